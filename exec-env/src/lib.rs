@@ -1,0 +1,1 @@
+//! `exec-env`: see DESIGN.md §2 (skeleton).

@@ -1,0 +1,1 @@
+//! `qre`: see DESIGN.md §2 (skeleton).

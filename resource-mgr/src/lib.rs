@@ -1,0 +1,1 @@
+//! `resource-mgr`: see DESIGN.md §2 (skeleton).

@@ -1,0 +1,1 @@
+//! `signaling`: see DESIGN.md §2 (skeleton).

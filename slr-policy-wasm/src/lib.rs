@@ -1,0 +1,1 @@
+//! `slr-policy-wasm`: see DESIGN.md §2 (skeleton).

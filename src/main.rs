@@ -1,0 +1,2 @@
+//! `pronto`: the router daemon and operator CLI.
+fn main() {}
