@@ -1,2 +1,35 @@
-//! `pronto`: the router daemon and operator CLI.
-fn main() {}
+//! `pronto`: the router daemon and operator CLI. Wires the crates together; all
+//! packet and protocol logic lives in the libraries.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod demo;
+
+/// Pronto: a programmable router for service level routing.
+#[derive(Debug, Parser)]
+#[command(name = "pronto", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the engine in-process on synthetic traffic and print where flows went.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Demo(args) => demo::run(&args),
+    }
+}
