@@ -25,20 +25,29 @@ fn fold64(mut s: u64) -> u16 {
 #[must_use]
 pub fn sum(data: &[u8], initial: u32) -> u32 {
     let (words, tail) = data.as_chunks::<8>();
-    // Two lanes of 32-bit halves: each add is at most 2^32 - 1, so neither lane can
-    // overflow for inputs below 2^34 bytes.
+    // Two lanes of 32-bit halves: each add is below 2^32, so neither lane can
+    // overflow for inputs below 2^35 bytes (packets are at most 64 KiB).
     let (mut lo, mut hi) = (0u64, 0u64);
     for w in words {
         let x = u64::from_ne_bytes(*w);
         lo += x & 0xffff_ffff;
         hi += x >> 32;
     }
-    let mut last = [0u8; 8];
-    last[..tail.len()].copy_from_slice(tail);
-    let x = u64::from_ne_bytes(last);
-    lo += x & 0xffff_ffff;
-    hi += x >> 32;
-    let native = fold64(lo) as u64 + fold64(hi) as u64;
+    // At most 7 bytes remain: one 4-byte word, one 2-byte word, one odd byte.
+    let (w4, rest) = tail.as_chunks::<4>();
+    for w in w4 {
+        lo += u64::from(u32::from_ne_bytes(*w));
+    }
+    let (w2, rest) = rest.as_chunks::<2>();
+    for w in w2 {
+        hi += u64::from(u16::from_ne_bytes(*w));
+    }
+    if let [b] = rest {
+        // RFC 1071 §4.1: the odd byte is padded with a zero to a full word.
+        hi += u64::from(u16::from_ne_bytes([*b, 0]));
+    }
+    let (both, carry) = lo.overflowing_add(hi);
+    let native = both + u64::from(carry);
     let be = u16::from_be(fold64(native));
     u32::from(fold64(u64::from(initial) + u64::from(be)))
 }
