@@ -24,12 +24,14 @@ die() { printf 'build-wasm: error: %s\n' "$*" >&2; exit 1; }
 # ---- choose a toolchain ----------------------------------------------------
 unset RUSTUP_TOOLCHAIN RUSTC RUSTC_WRAPPER RUSTC_WORKSPACE_WRAPPER CARGO_BUILD_TARGET
 BUILD_STD=()
-REMAP="--remap-path-prefix=$SRC=/pronto --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo"
+# Reproducible paths; a 64 KiB shadow stack instead of the default 1 MiB (policies
+# use a few KiB), so an instance needs 2-4 pages of memory, not 17.
+COMMON_FLAGS="--remap-path-prefix=$SRC=/pronto --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo -C link-arg=-zstack-size=65536"
 if command -v rustup >/dev/null 2>&1 \
     && rustup target list --installed 2>/dev/null | grep -qx "$TARGET"; then
   TOOLCHAIN="rustup ($(rustc --version))"
   CARGO=(cargo)
-  export RUSTFLAGS="$REMAP"
+  export RUSTFLAGS="$COMMON_FLAGS"
 elif [ -x /usr/bin/cargo ] && [ -x /usr/bin/rustc ] && command -v wasm-ld-19 >/dev/null 2>&1 \
     && [ -d /usr/lib/rustlib/src/rust/library/core ]; then
   TOOLCHAIN="debian rustc-web ($(/usr/bin/rustc --version))"
@@ -37,7 +39,7 @@ elif [ -x /usr/bin/cargo ] && [ -x /usr/bin/rustc ] && command -v wasm-ld-19 >/d
   # rustup's proxies come first on PATH; pin Debian's compiler explicitly.
   export RUSTC=/usr/bin/rustc
   export RUSTC_BOOTSTRAP=1
-  export RUSTFLAGS="-C linker=wasm-ld-19 $REMAP"
+  export RUSTFLAGS="-C linker=wasm-ld-19 $COMMON_FLAGS"
   BUILD_STD=(-Zbuild-std=core,alloc)
 else
   die "no wasm32 toolchain found.

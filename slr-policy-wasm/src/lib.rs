@@ -15,7 +15,10 @@
 //! | [`time_of_day`] | `pronto_select` | day/night candidate sets by operator tag, then least load |
 //!
 //! Build: `scripts/build-wasm.sh` (one `cdylib` per feature for
-//! `wasm32-unknown-unknown`). Natively, features only type-check the exports.
+//! `wasm32-unknown-unknown`, 64 KiB stack: each instance needs 2 pages of memory,
+//! `consistent_hash` 4 for its table). Natively, features only type-check the
+//! exports. `tests/artifacts.rs` checks the committed artifacts against the ABI and
+//! `tests/differential.rs` runs them in wasmtime against the native policies.
 //!
 //! Ties are broken by the lowest candidate index everywhere, and a NaN load or
 //! cost counts as +inf (worst), so every policy is deterministic on any input.
