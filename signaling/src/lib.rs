@@ -1,1 +1,32 @@
-//! `signaling`: see DESIGN.md §2 (skeleton).
+//! `signaling`: Pronto's authenticated router-to-router protocol (DESIGN.md §4, §5).
+//!
+//! Owns the signalling messages (hello, state update, tunnel object, WHOHAS, mirror
+//! delta, keepalive), their bounded binary framing ([`codec`]), the sans-IO session
+//! state machine ([`Peer`]) and a thin tokio + rustls shell ([`transport`]) that runs
+//! it over mutually authenticated TLS 1.3.
+//!
+//! It must never: read a clock, a socket or randomness inside [`Peer`] or the codec
+//! (the shell hands those in); allocate for a frame or list beyond its limit before
+//! checking it; panic on bytes from the network; or accept a peer whose certificate
+//! does not chain to the configured trust anchors or does not carry the name it
+//! claims.
+#![warn(missing_docs)]
+
+pub mod codec;
+pub mod message;
+pub mod peer;
+pub mod transport;
+
+pub use codec::{CodecError, CodecStats, Decoder, MAX_FRAME_LEN, decode, encode};
+pub use message::{
+    Envelope, Epoch, FlowPhase, FlowRecord, HelloAck, MAX_DELTA_REMOVALS, MAX_DELTA_UPSERTS,
+    MAX_NODE_NAME_LEN, MAX_SUBNETS_PER_UPDATE, MAX_WHOHAS_TTL, Message, MirrorDelta, NodeName,
+    PrefixError, Registration, Role, StateUpdate, SubnetLoad, SubnetPrefix, TunnelObject, WhoHas,
+    WhoHasAnswer,
+};
+pub use peer::{
+    DownReason, LocalNode, Outgoing, Peer, PeerAuth, PeerConfig, PeerEvent, PeerStats, SendError,
+};
+pub use transport::{
+    Connector, Listener, Session, TlsIdentity, TransportConfig, TransportError, TransportStats,
+};
