@@ -182,7 +182,10 @@ fn decode_body(body: &[u8]) -> Result<Envelope, CodecError> {
                 postcard::Error::DeserializeBadVarint => "bad varint",
                 postcard::Error::DeserializeBadBool => "bad bool",
                 postcard::Error::DeserializeBadUtf8 => "bad utf-8",
-                postcard::Error::DeserializeBadEnum => "unknown message or enum variant",
+                // serde reports an out-of-range variant index as a custom error.
+                postcard::Error::DeserializeBadEnum | postcard::Error::SerdeDeCustom => {
+                    "unknown message or enum variant"
+                }
                 postcard::Error::DeserializeBadOption => "bad option tag",
                 _ => "undecodable body",
             }),

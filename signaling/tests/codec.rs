@@ -58,7 +58,8 @@ fn role() -> impl Strategy<Value = Role> {
 }
 
 fn name() -> impl Strategy<Value = NodeName> {
-    "[a-z][a-z0-9-]{0,20}[a-z0-9](\\.[a-z][a-z0-9]{0,10}){0,3}".prop_map(|s| NodeName::new(&s).unwrap())
+    "[a-z][a-z0-9-]{0,20}[a-z0-9](\\.[a-z][a-z0-9]{0,10}){0,3}"
+        .prop_map(|s| NodeName::new(&s).unwrap())
 }
 
 fn registration() -> impl Strategy<Value = Registration> {
@@ -91,17 +92,19 @@ fn record() -> impl Strategy<Value = FlowRecord> {
         phase(),
         any::<[u64; 4]>(),
     )
-        .prop_map(|(key, next_hop, label, level, state, [a, i, p, b])| FlowRecord {
-            key,
-            next_hop,
-            label,
-            level,
-            state,
-            age_ms: a,
-            idle_ms: i,
-            packets: p,
-            bytes: b,
-        })
+        .prop_map(
+            |(key, next_hop, label, level, state, [a, i, p, b])| FlowRecord {
+                key,
+                next_hop,
+                label,
+                level,
+                state,
+                age_ms: a,
+                idle_ms: i,
+                packets: p,
+                bytes: b,
+            },
+        )
 }
 
 fn message() -> impl Strategy<Value = Message> {
@@ -132,11 +135,13 @@ fn message() -> impl Strategy<Value = Message> {
             prop::collection::vec(record(), 0..20),
             prop::collection::vec(key(), 0..20)
         )
-            .prop_map(|(seq, upserts, removals)| Message::MirrorDelta(MirrorDelta {
-                seq,
-                upserts,
-                removals
-            })),
+            .prop_map(
+                |(seq, upserts, removals)| Message::MirrorDelta(MirrorDelta {
+                    seq,
+                    upserts,
+                    removals
+                })
+            ),
         any::<u64>().prop_map(|seq| Message::Keepalive { seq }),
     ]
 }
@@ -302,11 +307,17 @@ fn header_errors_are_typed_and_counted() {
 
     let mut bad = good.clone();
     bad[0] = b'X';
-    assert_eq!(decode(&bad).unwrap_err(), CodecError::BadMagic { got: [b'X', b'S'] });
+    assert_eq!(
+        decode(&bad).unwrap_err(),
+        CodecError::BadMagic { got: [b'X', b'S'] }
+    );
 
     let mut bad = good.clone();
     bad[2] = 2;
-    assert_eq!(decode(&bad).unwrap_err(), CodecError::UnknownVersion { got: 2 });
+    assert_eq!(
+        decode(&bad).unwrap_err(),
+        CodecError::UnknownVersion { got: 2 }
+    );
 
     let mut bad = good.clone();
     bad[4..8].copy_from_slice(&1_000_000u32.to_be_bytes());
@@ -447,7 +458,10 @@ fn list_limits_are_enforced_both_ways() {
         }
     );
     let body = postcard::to_allocvec(&too_many).unwrap();
-    assert!(body.len() <= MAX_BODY_LEN, "fits a frame, so the list limit is what refuses it");
+    assert!(
+        body.len() <= MAX_BODY_LEN,
+        "fits a frame, so the list limit is what refuses it"
+    );
     assert_eq!(
         decode(&raw_frame(&body)).unwrap_err(),
         CodecError::Malformed {
@@ -502,7 +516,9 @@ fn largest_legal_messages_fit_one_frame() {
         message: Message::MirrorDelta(MirrorDelta {
             seq: u64::MAX,
             upserts: (0..MAX_DELTA_UPSERTS as u128).map(v6record).collect(),
-            removals: (0..MAX_DELTA_REMOVALS as u128).map(|n| v6record(n).key).collect(),
+            removals: (0..MAX_DELTA_REMOVALS as u128)
+                .map(|n| v6record(n).key)
+                .collect(),
         }),
     };
     for env in [biggest_update, biggest_delta] {
@@ -532,5 +548,8 @@ fn prefix_and_name_validation() {
     assert!(NodeName::new("").is_err());
     assert!(NodeName::new("bad name").is_err());
     assert!(NodeName::new(&"a".repeat(254)).is_err());
-    assert_eq!(NodeName::new("slr1.site-a.example").unwrap().as_str(), "slr1.site-a.example");
+    assert_eq!(
+        NodeName::new("slr1.site-a.example").unwrap().as_str(),
+        "slr1.site-a.example"
+    );
 }

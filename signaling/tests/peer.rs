@@ -155,32 +155,83 @@ fn messages_flow_with_assigned_sequence_numbers() {
         subnet: SubnetPrefix::new("192.200.0.0".parse().unwrap(), 16).unwrap(),
         load: 0.3,
     }];
-    low.send(t0, Outgoing::StateUpdate { subnets: subnets.clone() }).unwrap();
-    low.send(t0, Outgoing::StateUpdate { subnets: subnets.clone() }).unwrap();
+    low.send(
+        t0,
+        Outgoing::StateUpdate {
+            subnets: subnets.clone(),
+        },
+    )
+    .unwrap();
+    low.send(
+        t0,
+        Outgoing::StateUpdate {
+            subnets: subnets.clone(),
+        },
+    )
+    .unwrap();
     let server: IpAddr = "10.1.0.5".parse().unwrap();
-    low.send(t0, Outgoing::TunnelObject(TunnelObject { key: key(), server })).unwrap();
-    low.send(t0, Outgoing::MirrorDelta { upserts: vec![], removals: vec![key()] }).unwrap();
-    up.send(t0, Outgoing::WhoHas(WhoHas { query_id: 9, key: key(), ttl: 2 })).unwrap();
+    low.send(
+        t0,
+        Outgoing::TunnelObject(TunnelObject { key: key(), server }),
+    )
+    .unwrap();
+    low.send(
+        t0,
+        Outgoing::MirrorDelta {
+            upserts: vec![],
+            removals: vec![key()],
+        },
+    )
+    .unwrap();
+    up.send(
+        t0,
+        Outgoing::WhoHas(WhoHas {
+            query_id: 9,
+            key: key(),
+            ttl: 2,
+        }),
+    )
+    .unwrap();
     transfer(&mut low, &mut up, t0);
     transfer(&mut up, &mut low, t0);
     assert_eq!(
         events(&mut up),
         vec![
-            PeerEvent::StateUpdate(StateUpdate { seq: 1, subnets: subnets.clone() }),
+            PeerEvent::StateUpdate(StateUpdate {
+                seq: 1,
+                subnets: subnets.clone()
+            }),
             PeerEvent::StateUpdate(StateUpdate { seq: 2, subnets }),
             PeerEvent::TunnelObject(TunnelObject { key: key(), server }),
-            PeerEvent::MirrorDelta(MirrorDelta { seq: 1, upserts: vec![], removals: vec![key()] }),
+            PeerEvent::MirrorDelta(MirrorDelta {
+                seq: 1,
+                upserts: vec![],
+                removals: vec![key()]
+            }),
         ]
     );
     assert_eq!(
         events(&mut low),
-        vec![PeerEvent::WhoHas(WhoHas { query_id: 9, key: key(), ttl: 2 })]
+        vec![PeerEvent::WhoHas(WhoHas {
+            query_id: 9,
+            key: key(),
+            ttl: 2
+        })]
     );
     assert_eq!(up.stats().messages_in, 4);
     // A limit breach is refused at send time, not on the wire.
     assert_eq!(
-        low.send(t0, Outgoing::WhoHas(WhoHas { query_id: 1, key: key(), ttl: MAX_WHOHAS_TTL + 1 })),
-        Err(SendError::Codec(CodecError::Malformed { reason: "whohas ttl too large" }))
+        low.send(
+            t0,
+            Outgoing::WhoHas(WhoHas {
+                query_id: 1,
+                key: key(),
+                ttl: MAX_WHOHAS_TTL + 1
+            })
+        ),
+        Err(SendError::Codec(CodecError::Malformed {
+            reason: "whohas ttl too large"
+        }))
     );
     assert_eq!(low.stats().send_refused, 1);
 }
@@ -193,7 +244,10 @@ fn message_before_hello_is_refused() {
     assert_eq!(
         events(&mut up),
         vec![PeerEvent::PeerDown {
-            reason: DownReason::Protocol { expected: "hello", got: "state_update" }
+            reason: DownReason::Protocol {
+                expected: "hello",
+                got: "state_update"
+            }
         }]
     );
     assert_eq!(up.stats().refused_before_hello, 1);
@@ -203,7 +257,14 @@ fn message_before_hello_is_refused() {
     up.handle_input(t0, &frame(Epoch(5), hello(LOWER)));
     assert!(events(&mut up).is_empty());
     assert_eq!(
-        up.send(t0, Outgoing::WhoHas(WhoHas { query_id: 1, key: key(), ttl: 1 })),
+        up.send(
+            t0,
+            Outgoing::WhoHas(WhoHas {
+                query_id: 1,
+                key: key(),
+                ttl: 1
+            })
+        ),
         Err(SendError::Down)
     );
 }
@@ -226,7 +287,9 @@ fn hello_naming_someone_else_is_refused() {
     assert_eq!(
         events(&mut up),
         vec![PeerEvent::PeerDown {
-            reason: DownReason::IdentityMismatch { claimed: name("other.as65001.example") }
+            reason: DownReason::IdentityMismatch {
+                claimed: name("other.as65001.example")
+            }
         }]
     );
     assert_eq!(up.stats().identity_mismatches, 1);
@@ -267,7 +330,9 @@ fn keepalives_keep_the_session_and_silence_kills_it() {
     assert_eq!(now.saturating_since(silent_since), Duration::from_secs(3));
     assert_eq!(
         events(&mut up),
-        vec![PeerEvent::PeerDown { reason: DownReason::Timeout }]
+        vec![PeerEvent::PeerDown {
+            reason: DownReason::Timeout
+        }]
     );
     assert_eq!(up.stats().timeouts, 1);
 }
@@ -281,7 +346,9 @@ fn handshake_times_out() {
     up.handle_timeout(t0 + Duration::from_secs(5));
     assert_eq!(
         events(&mut up),
-        vec![PeerEvent::PeerDown { reason: DownReason::HandshakeTimeout }]
+        vec![PeerEvent::PeerDown {
+            reason: DownReason::HandshakeTimeout
+        }]
     );
 }
 
@@ -308,8 +375,17 @@ fn stale_and_replayed_updates_are_ignored_and_counted() {
     assert_eq!(up.stats().stale_updates, 2);
 
     // Mirror deltas keep their own sequence.
-    let delta = |seq| Message::MirrorDelta(MirrorDelta { seq, upserts: vec![], removals: vec![key()] });
-    up.handle_input(t0, &[frame(e, delta(1)), frame(e, delta(1)), frame(e, delta(2))].concat());
+    let delta = |seq| {
+        Message::MirrorDelta(MirrorDelta {
+            seq,
+            upserts: vec![],
+            removals: vec![key()],
+        })
+    };
+    up.handle_input(
+        t0,
+        &[frame(e, delta(1)), frame(e, delta(1)), frame(e, delta(2))].concat(),
+    );
     assert_eq!(events(&mut up).len(), 2);
     assert_eq!(up.stats().stale_deltas, 1);
 }
