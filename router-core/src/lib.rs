@@ -1,14 +1,34 @@
 //! `router-core`: Pronto's service-independent forwarding engine.
 //!
-//! It owns the wire formats (zero-copy views), the classifier and virtual-subnet
-//! table, the flow table of pinned flows, tunnels, the per-packet [`engine`], and the
-//! API boundary ([`api`]) that execution environments program.
+//! Owns: zero-copy wire views ([`wire`]), the classifier and virtual-subnet table
+//! ([`classify`]), the bounded flow table of pinned flows ([`flow`]), tunnels
+//! ([`tunnel`]) and ICMP errors ([`icmp`]), the per-packet walk ([`engine`]), the
+//! policy seam ([`policy`]) and the API boundary the execution environments use
+//! ([`api`]). Everything here is sans-IO: bytes and a timestamp in, a verdict out.
 //!
-//! It must never know a service: which server is "best" arrives through the
-//! [`policy::Policy`] trait. The core is sans-IO: it never reads a clock, a socket or
-//! netlink; bytes and a timestamp go in, verdicts come out. The established-flow path
-//! never allocates and never makes a syscall.
+//! It must never: know a service (service choices arrive through [`policy::Policy`]),
+//! perform I/O or read the clock, allocate or make a syscall per packet on the
+//! pinned-flow path, panic on any packet, or grow a table without bound.
+#![warn(missing_docs)]
 
+pub mod api;
 pub mod classify;
+pub mod engine;
+pub mod flow;
+pub mod icmp;
+pub mod packet;
 pub mod policy;
+pub mod synth;
+pub mod time;
+pub mod tunnel;
 pub mod wire;
+
+pub use api::{ApiError, RouterApi};
+pub use classify::{FlowKey, PrefixTable, VirtualSubnet};
+pub use engine::{DropReason, Engine, EngineConfig, EngineCounters, Verdict};
+pub use flow::{FlowEntry, FlowState, FlowTable};
+pub use packet::PacketBuf;
+pub use policy::{
+    Candidate, CostModel, Decision, FlowRequest, Level, Policy, PolicyError, SubnetId,
+};
+pub use time::Instant;

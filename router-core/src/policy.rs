@@ -74,6 +74,39 @@ pub trait Policy: Send + Sync {
     fn select(&self, req: &FlowRequest, candidates: &[Candidate]) -> Result<Decision, PolicyError>;
 }
 
+/// The operator's F and G (DESIGN.md §4): F turns a next hop's reported load and
+/// the route cost to it into a cost; G aggregates a subnet's candidates into the
+/// one load this router advertises upward.
+pub trait CostModel: Send + Sync {
+    /// Short name for logs and counters.
+    fn name(&self) -> &str;
+    /// F(load, route_cost); lower is better, `+inf` means unreachable.
+    fn cost(&self, load: f64, route_cost: f64) -> Result<f64, PolicyError>;
+    /// G over a subnet's candidates: the load to advertise upward.
+    fn aggregate(&self, candidates: &[Candidate]) -> Result<f64, PolicyError>;
+}
+
+/// The built-in F and G: F = load + route_cost; G = the lowest load among usable
+/// candidates (what the next new flow would see), `+inf` when none is usable.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SumCost;
+
+impl CostModel for SumCost {
+    fn name(&self) -> &str {
+        "builtin-sum-cost"
+    }
+    fn cost(&self, load: f64, route_cost: f64) -> Result<f64, PolicyError> {
+        Ok(load + route_cost)
+    }
+    fn aggregate(&self, candidates: &[Candidate]) -> Result<f64, PolicyError> {
+        Ok(candidates
+            .iter()
+            .filter(|c| c.up && !c.load.is_nan())
+            .map(|c| c.load)
+            .fold(f64::INFINITY, f64::min))
+    }
+}
+
 /// Engine-local identifier of a virtual subnet (index into the subnet table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SubnetId(pub u32);
@@ -120,7 +153,27 @@ impl Policy for LeastCost {
     fn name(&self) -> &str {
         "builtin-least-cost"
     }
-    fn select(&self, _req: &FlowRequest, candidates: &[Candidate]) -> Result<Decision, PolicyError> {
+    fn select(
+        &self,
+        _req: &FlowRequest,
+        candidates: &[Candidate],
+    ) -> Result<Decision, PolicyError> {
         Ok(Self::choose(candidates))
+    }
+}
+
+impl std::fmt::Debug for dyn Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("name", &self.name())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for dyn CostModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CostModel")
+            .field("name", &self.name())
+            .finish()
     }
 }
