@@ -461,7 +461,8 @@ impl<T: Tunnel> Engine<T> {
             return Err(DropReason::NotServed);
         };
         let cands = &state.candidates;
-        if cands.is_empty() {
+        // Nothing usable: no policy can help, and a Reject here would blame it.
+        if !cands.iter().any(|c| c.up) {
             return Err(DropReason::NoCandidate);
         }
         let req = FlowRequest {

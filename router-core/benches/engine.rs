@@ -1,0 +1,129 @@
+//! Engine throughput against a baseline measured in the same run.
+//!
+//! Baseline: the least any IP-in-IP forwarder must do per packet, a 20-byte header
+//! write in front of the packet plus its checksum. The engine does that and the
+//! parse, checksum check, classify, flow lookup, TTL update and counters. Report
+//! the ratio engine / baseline (printed by `cargo bench -p router-core --bench
+//! engine`, compare the `pinned` and `baseline` lines).
+
+#![allow(clippy::unwrap_used, reason = "bench setup: a failure is a bug in the bench itself")]
+
+use criterion::{BatchSize, Criterion, Throughput, black_box, criterion_group, criterion_main};
+use router_core::flow::FlowConfig;
+use router_core::packet::HEADROOM;
+use router_core::synth::PacketSpec;
+use router_core::wire::{self, Ipv4Packet, TcpFlags};
+use router_core::{Candidate, Engine, EngineConfig, Instant, Level, PacketBuf, RouterApi, Verdict};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+const FLOWS: u32 = 100_000;
+
+fn engine() -> Engine {
+    let mut e = Engine::new(EngineConfig {
+        level: Level::Site,
+        local_v4: Some(Ipv4Addr::new(192, 0, 2, 1)),
+        flows: FlowConfig {
+            capacity_v4: 1 << 18,
+            ..FlowConfig::default()
+        },
+        ..EngineConfig::default()
+    });
+    for i in 0..16u8 {
+        let sid = e
+            .add_subnet(format!("10.{i}.0.0/16").parse().unwrap())
+            .unwrap();
+        let cands = (0..8u8)
+            .map(|h| Candidate {
+                addr: IpAddr::V4(Ipv4Addr::new(198, 51, i, h + 1)),
+                load: f64::from(h) / 10.0,
+                route_cost: 0.0,
+                up: true,
+            })
+            .collect();
+        e.set_candidates(sid, cands).unwrap();
+    }
+    e
+}
+
+fn flow_packet(i: u32, flags: TcpFlags) -> Vec<u8> {
+    let src = SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::from(0xcb00_0000 | (i >> 12))),
+        1024 + (i & 0xfff) as u16,
+    );
+    let dst = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, (i % 16) as u8, 1, 1)), 80);
+    let spec = PacketSpec::tcp(src, dst, flags).with_payload(64);
+    let mut buf = vec![0u8; HEADROOM + spec.len()];
+    spec.write(&mut buf[HEADROOM..]).unwrap();
+    buf
+}
+
+fn bench(c: &mut Criterion) {
+    let now = Instant::from_secs(10);
+    let mut e = engine();
+    for i in 0..FLOWS {
+        let mut b = flow_packet(i, TcpFlags::SYN);
+        let n = b.len() - HEADROOM;
+        let mut p = PacketBuf::new(&mut b, HEADROOM, n).unwrap();
+        assert!(matches!(e.process(&mut p, now), Verdict::Forward { .. }));
+    }
+    let acks: Vec<Vec<u8>> = (0..4096)
+        .map(|i| flow_packet(i * 24, TcpFlags::ACK))
+        .collect();
+    let len = acks[0].len() - HEADROOM;
+
+    let mut g = c.benchmark_group("engine");
+    g.throughput(Throughput::Elements(1));
+    let mut scratch = acks.clone();
+    let mut k = 0usize;
+    g.bench_function("baseline_header_write", |b| {
+        b.iter(|| {
+            k = (k + 1) & 4095;
+            let buf = &mut scratch[k];
+            // Restore the packet so every iteration starts from the same state.
+            buf[HEADROOM - 20..].copy_from_slice(&acks[k][HEADROOM - 20..]);
+            let repr = wire::Ipv4Repr {
+                src: Ipv4Addr::new(192, 0, 2, 1),
+                dst: Ipv4Addr::new(198, 51, 0, 1),
+                protocol: 4,
+                payload_len: len,
+                ttl: 64,
+                dscp: 0,
+                ecn: 0,
+                dont_frag: true,
+                ident: 0,
+            };
+            repr.emit(&mut Ipv4Packet::new_unchecked(
+                &mut buf[HEADROOM - 20..HEADROOM],
+            ));
+            black_box(&buf[HEADROOM - 20]);
+        })
+    });
+    let mut k = 0usize;
+    g.bench_function("pinned", |b| {
+        b.iter(|| {
+            k = (k + 1) & 4095;
+            let buf = &mut scratch[k];
+            buf[HEADROOM - 20..].copy_from_slice(&acks[k][HEADROOM - 20..]);
+            let mut p = PacketBuf::new(buf, HEADROOM, len).unwrap();
+            black_box(e.process(&mut p, now))
+        })
+    });
+    let mut next = FLOWS;
+    g.bench_function("new_flow", |b| {
+        b.iter_batched(
+            || {
+                next = next.wrapping_add(1);
+                flow_packet(next, TcpFlags::SYN)
+            },
+            |mut buf| {
+                let mut p = PacketBuf::new(&mut buf, HEADROOM, len).unwrap();
+                black_box(e.process(&mut p, now))
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
