@@ -27,7 +27,7 @@ pub use api::{ApiError, RouterApi};
 pub use classify::{FlowKey, PrefixTable, VirtualSubnet};
 pub use engine::{DropReason, Engine, EngineConfig, EngineCounters, Verdict};
 pub use flow::{FlowEntry, FlowState, FlowTable};
-pub use packet::PacketBuf;
+pub use packet::{HEADROOM, PacketBuf};
 pub use policy::{
     Candidate, CostModel, Decision, FlowRequest, Level, Policy, PolicyError, SubnetId,
 };
