@@ -8,8 +8,10 @@ use std::cell::Cell;
 use std::fmt;
 use std::net::IpAddr;
 
-use router_core::classify::FlowKey;
+use router_core::classify::{FlowKey, SubnetError, VirtualSubnet};
+use router_core::flow::{FlowEntry, FlowState};
 use router_core::policy::Level;
+use router_core::time::Instant;
 use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -250,6 +252,40 @@ impl fmt::Display for SubnetPrefix {
     }
 }
 
+impl From<VirtualSubnet> for SubnetPrefix {
+    /// A `VirtualSubnet` is canonical (host bits clear), so it is always a valid prefix.
+    fn from(v: VirtualSubnet) -> Self {
+        Self {
+            addr: v.addr(),
+            len: v.prefix_len(),
+        }
+    }
+}
+
+impl TryFrom<SubnetPrefix> for VirtualSubnet {
+    type Error = SubnetError;
+
+    /// Cannot fail for a validated prefix; typed anyway so no caller needs a panic.
+    fn try_from(p: SubnetPrefix) -> Result<Self, SubnetError> {
+        Self::new(p.addr, p.len)
+    }
+}
+
+impl SubnetPrefix {
+    /// Whether `ip` falls inside this prefix.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let (a, b, max) = match (self.addr, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                (u128::from(u32::from(a)), u128::from(u32::from(b)), 32u32)
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), 128),
+            _ => return false,
+        };
+        let host_bits = max - u32::from(self.len);
+        a.checked_shr(host_bits).unwrap_or(0) == b.checked_shr(host_bits).unwrap_or(0)
+    }
+}
+
 impl<'de> Deserialize<'de> for SubnetPrefix {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
@@ -354,6 +390,30 @@ pub enum FlowPhase {
     Other,
 }
 
+impl From<FlowState> for FlowPhase {
+    fn from(s: FlowState) -> Self {
+        match s {
+            FlowState::SynSeen => Self::SynSeen,
+            FlowState::Established => Self::Established,
+            FlowState::Closing => Self::Closing,
+            FlowState::Udp => Self::Udp,
+            FlowState::Other => Self::Other,
+        }
+    }
+}
+
+impl From<FlowPhase> for FlowState {
+    fn from(p: FlowPhase) -> Self {
+        match p {
+            FlowPhase::SynSeen => Self::SynSeen,
+            FlowPhase::Established => Self::Established,
+            FlowPhase::Closing => Self::Closing,
+            FlowPhase::Udp => Self::Udp,
+            FlowPhase::Other => Self::Other,
+        }
+    }
+}
+
 /// One pinned flow on the wire (hot-spare mirroring, WHOHAS answers).
 ///
 /// Times are relative (ages) because the sender's monotonic clock means nothing to
@@ -380,6 +440,46 @@ pub struct FlowRecord {
     pub packets: u64,
     /// Bytes forwarded.
     pub bytes: u64,
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl FlowRecord {
+    /// The wire form of a pinned flow read at `now` on the sender's clock.
+    pub fn from_entry(e: &FlowEntry, now: Instant) -> Self {
+        Self {
+            key: e.key,
+            next_hop: e.next_hop,
+            label: e.label,
+            level: e.level,
+            state: e.state.into(),
+            age_ms: millis(now.saturating_since(e.created)),
+            idle_ms: millis(now.saturating_since(e.last_seen)),
+            packets: e.packets,
+            bytes: e.bytes,
+        }
+    }
+
+    /// The flow rebased on the receiver's clock at `now` (ages older than the
+    /// receiver's epoch clamp to it).
+    pub fn to_entry(&self, now: Instant) -> FlowEntry {
+        let ago = |ms: u64| {
+            Instant::from_nanos(now.as_nanos().saturating_sub(ms.saturating_mul(1_000_000)))
+        };
+        FlowEntry {
+            key: self.key,
+            next_hop: self.next_hop,
+            label: self.label,
+            level: self.level,
+            state: self.state.into(),
+            created: ago(self.age_ms),
+            last_seen: ago(self.idle_ms),
+            packets: self.packets,
+            bytes: self.bytes,
+        }
+    }
 }
 
 /// Hot-spare mirroring: flows pinned or changed, and flows gone, since the last delta.
@@ -522,4 +622,104 @@ where
         }
     }
     d.deserialize_seq(V::<W, T, N>(std::marker::PhantomData))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn any_subnet() -> impl Strategy<Value = VirtualSubnet> {
+        prop_oneof![
+            (any::<u32>(), 0u8..=32).prop_map(|(a, l)| {
+                VirtualSubnet::new(IpAddr::V4(Ipv4Addr::from(a)), l).unwrap()
+            }),
+            (any::<u128>(), 0u8..=128).prop_map(|(a, l)| {
+                VirtualSubnet::new(IpAddr::V6(Ipv6Addr::from(a)), l).unwrap()
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn subnet_conversion_round_trips(v in any_subnet(), probe in any::<u32>()) {
+            let p = SubnetPrefix::from(v);
+            prop_assert_eq!(p.addr(), v.addr());
+            prop_assert_eq!(p.len(), v.prefix_len());
+            prop_assert_eq!(VirtualSubnet::try_from(p).unwrap(), v);
+            let ip = IpAddr::V4(Ipv4Addr::from(probe));
+            prop_assert_eq!(p.contains(ip), v.contains(ip));
+            prop_assert!(p.contains(v.addr()));
+        }
+
+        #[test]
+        fn flow_record_round_trips(
+            age_ms in 0u64..10_000_000,
+            idle_ms in 0u64..10_000_000,
+            packets in any::<u64>(),
+            phase in 0u8..5,
+        ) {
+            let idle_ms = idle_ms.min(age_ms);
+            let now = Instant::from_secs(20_000);
+            let state = [FlowPhase::SynSeen, FlowPhase::Established, FlowPhase::Closing,
+                FlowPhase::Udp, FlowPhase::Other][usize::from(phase)];
+            let rec = FlowRecord {
+                key: FlowKey {
+                    proto: 6,
+                    src: "198.51.100.7".parse().unwrap(),
+                    src_port: 40000,
+                    dst: "192.200.1.10".parse().unwrap(),
+                    dst_port: 443,
+                },
+                next_hop: "10.1.1.11".parse().unwrap(),
+                label: 7,
+                level: Level::Site,
+                state,
+                age_ms,
+                idle_ms,
+                packets,
+                bytes: packets / 3,
+            };
+            let entry = rec.to_entry(now);
+            prop_assert_eq!(FlowPhase::from(entry.state), state);
+            prop_assert_eq!(FlowRecord::from_entry(&entry, now), rec);
+        }
+    }
+
+    #[test]
+    fn ages_beyond_the_receivers_epoch_clamp() {
+        let rec = FlowRecord {
+            key: FlowKey {
+                proto: 17,
+                src: "198.51.100.7".parse().unwrap(),
+                src_port: 1,
+                dst: "192.200.1.10".parse().unwrap(),
+                dst_port: 2,
+            },
+            next_hop: "10.1.1.11".parse().unwrap(),
+            label: 1,
+            level: Level::System,
+            state: FlowPhase::Udp,
+            age_ms: u64::MAX,
+            idle_ms: 5_000,
+            packets: 1,
+            bytes: 1,
+        };
+        let e = rec.to_entry(Instant::from_secs(3));
+        assert_eq!(e.created, Instant::ZERO);
+        assert_eq!(e.last_seen, Instant::ZERO);
+        assert_eq!(e.state, FlowState::Udp);
+    }
+
+    #[test]
+    fn prefix_contains_respects_family_and_length() {
+        let p = SubnetPrefix::new("192.200.0.0".parse().unwrap(), 16).unwrap();
+        assert!(p.contains("192.200.255.1".parse().unwrap()));
+        assert!(!p.contains("192.201.0.1".parse().unwrap()));
+        assert!(!p.contains("::ffff:192.200.0.1".parse().unwrap()));
+        let all = SubnetPrefix::new("::".parse().unwrap(), 0).unwrap();
+        assert!(all.contains("2001:db8::1".parse().unwrap()));
+        assert!(!all.contains("10.0.0.1".parse().unwrap()));
+    }
 }
