@@ -2,8 +2,10 @@
 //!
 //! Owns the signalling messages (hello, state update, tunnel object, WHOHAS, mirror
 //! delta, keepalive), their bounded binary framing ([`codec`]), the sans-IO session
-//! state machine ([`Peer`]) and a thin tokio + rustls shell ([`transport`]) that runs
-//! it over mutually authenticated TLS 1.3.
+//! state machine ([`Peer`]), a thin tokio + rustls shell ([`transport`]) that runs
+//! it over mutually authenticated TLS 1.3, and the sans-IO control logic the
+//! sessions feed: the next-hop table ([`table`]), an SLR's control side with
+//! shortcuts ([`slr`]) and a host server's agent ([`host`]).
 //!
 //! It must never: read a clock, a socket or randomness inside [`Peer`] or the codec
 //! (the shell hands those in); allocate for a frame or list beyond its limit before
@@ -13,11 +15,15 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod host;
 pub mod message;
 pub mod peer;
+pub mod slr;
+pub mod table;
 pub mod transport;
 
 pub use codec::{CodecError, CodecStats, Decoder, MAX_FRAME_LEN, decode, encode};
+pub use host::{HostAgent, HostConfig, HostError, HostStats};
 pub use message::{
     Envelope, Epoch, FlowPhase, FlowRecord, HelloAck, MAX_DELTA_REMOVALS, MAX_DELTA_UPSERTS,
     MAX_NODE_NAME_LEN, MAX_SUBNETS_PER_UPDATE, MAX_WHOHAS_TTL, Message, MirrorDelta, NodeName,
@@ -26,6 +32,14 @@ pub use message::{
 };
 pub use peer::{
     DownReason, LocalNode, Outgoing, Peer, PeerAuth, PeerConfig, PeerEvent, PeerStats, SendError,
+};
+pub use slr::{
+    SessionId, ShortcutError, SlrAction, SlrConfig, SlrControl, SlrError, SlrStats,
+    install_shortcut,
+};
+pub use table::{
+    ApplyReport, FollowTable, Ignored, NextHopTable, PeerView, SubnetRoute, TableConfig,
+    TableError, TableStats, TableUpdate, UpdateReport,
 };
 pub use transport::{
     Connector, Listener, Session, TlsIdentity, TransportConfig, TransportError, TransportStats,
