@@ -14,5 +14,7 @@
 //! installed.
 #![warn(missing_docs)]
 
+pub mod host;
 pub mod manifest;
 pub mod verified;
+pub mod vm;
