@@ -17,5 +17,7 @@
 pub mod format;
 pub mod host;
 pub mod manifest;
+pub mod sign;
+pub mod trust;
 pub mod verified;
 pub mod vm;
