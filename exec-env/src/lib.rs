@@ -14,6 +14,7 @@
 //! installed.
 #![warn(missing_docs)]
 
+pub mod ca;
 pub mod format;
 pub mod host;
 pub mod manifest;
