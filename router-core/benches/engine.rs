@@ -4,12 +4,17 @@
 //! write in front of the packet plus its checksum. The engine does that and the
 //! parse, checksum check, classify, flow lookup, TTL update and counters. Report
 //! the ratio engine / baseline (printed by `cargo bench -p router-core --bench
-//! engine`, compare the `pinned` and `baseline` lines).
+//! engine`, compare the `pinned` and `baseline` lines). New flows run the built-in
+//! policy over 16 candidates. The `flow_table` group looks flows up in tables of
+//! 1M and 10M entries against a std `HashMap` of the same keys, and prints bytes
+//! per flow of each.
 
 #![allow(clippy::unwrap_used, reason = "bench setup: a failure is a bug in the bench itself")]
 
 use criterion::{BatchSize, Criterion, Throughput, black_box, criterion_group, criterion_main};
-use router_core::flow::FlowConfig;
+use router_core::classify::FlowKey;
+use router_core::flow::{FlowConfig, FlowState, FlowTable};
+use std::collections::HashMap;
 use router_core::packet::HEADROOM;
 use router_core::synth::PacketSpec;
 use router_core::wire::{self, Ipv4Packet, TcpFlags};
@@ -32,7 +37,7 @@ fn engine() -> Engine {
         let sid = e
             .add_subnet(format!("10.{i}.0.0/16").parse().unwrap())
             .unwrap();
-        let cands = (0..8u8)
+        let cands = (0..16u8)
             .map(|h| Candidate {
                 addr: IpAddr::V4(Ipv4Addr::new(198, 51, i, h + 1)),
                 load: f64::from(h) / 10.0,
@@ -125,5 +130,65 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+fn key(i: u64) -> FlowKey {
+    // Spread keys like real clients: many sources, ephemeral ports, few VIPs.
+    let h = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    FlowKey {
+        proto: 6,
+        src: IpAddr::V4(Ipv4Addr::from((h >> 32) as u32)),
+        src_port: (h >> 16) as u16 | 1024,
+        dst: IpAddr::V4(Ipv4Addr::new(10, 1, (i % 251) as u8, 10)),
+        dst_port: 443,
+    }
+}
+
+fn flow_table(c: &mut Criterion) {
+    let now = Instant::from_secs(10);
+    let mut g = c.benchmark_group("flow_table");
+    g.throughput(Throughput::Elements(1));
+    for n in [1_000_000u64, 10_000_000] {
+        // Sized like a deployment would be: 10% headroom over the live flows.
+        let cap = (n + n / 10) as usize;
+        let mut t = FlowTable::new(&FlowConfig {
+            capacity_v4: cap,
+            capacity_v6: 8,
+            ..FlowConfig::default()
+        });
+        let mut base: HashMap<FlowKey, IpAddr, ahash::RandomState> =
+            HashMap::with_capacity_and_hasher(n as usize, ahash::RandomState::new());
+        let hop = |i: u64| IpAddr::V4(Ipv4Addr::new(198, 51, 100, (i % 200) as u8 + 1));
+        for i in 0..n {
+            let k = key(i);
+            t.insert(&k, hop(i), 0, Level::Site, FlowState::Established, now)
+                .unwrap();
+            base.insert(k, hop(i));
+        }
+        println!(
+            "flow_table/{n}: {} flows, {:.1} bytes per flow (FlowTable) vs {:.1} (HashMap, lower bound)",
+            t.len(),
+            t.memory_bytes() as f64 / n as f64,
+            (base.capacity() * (size_of::<(FlowKey, IpAddr)>() + 1)) as f64 / n as f64
+        );
+        let probes: Vec<FlowKey> = (0..1u64 << 16)
+            .map(|i| key(i.wrapping_mul(2_654_435_761) % n))
+            .collect();
+        let mut j = 0usize;
+        g.bench_function(format!("hashmap_baseline/{n}"), |b| {
+            b.iter(|| {
+                j = (j + 1) & 0xffff;
+                black_box(base.get(&probes[j]).copied())
+            })
+        });
+        let mut j = 0usize;
+        g.bench_function(format!("flowtable_touch/{n}"), |b| {
+            b.iter(|| {
+                j = (j + 1) & 0xffff;
+                black_box(t.touch(&probes[j], None, 100, now).is_some())
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, flow_table);
 criterion_main!(benches);
