@@ -131,7 +131,10 @@ pub enum VerifyError {
     )]
     Unsigned,
     /// The signer's chain does not lead to a trust anchor of this environment.
-    #[error("signer certificate is not trusted here: {reason}")]
+    #[error(
+        "signer certificate is not trusted here: {} ({reason})",
+        explain(reason)
+    )]
     UntrustedChain {
         /// What webpki found.
         #[source]
@@ -502,15 +505,41 @@ fn verify_inner(
         algorithm: block.algorithm,
     })?;
 
-    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let mut d = [0u8; 32];
-    d.copy_from_slice(digest.as_ref());
     Ok(VerifiedModule {
         manifest: file.manifest().clone(),
         wasm: file.signed_bytes().to_vec(),
-        digest: d,
+        digest: digest(bytes),
         signer,
     })
+}
+
+/// What an operator should read into webpki's path-building errors.
+fn explain(e: &webpki::Error) -> &'static str {
+    match e {
+        webpki::Error::UnknownIssuer => {
+            "its issuer is not a trust anchor of this environment (signed by another CA?)"
+        }
+        webpki::Error::InvalidSignatureForPublicKey => {
+            "a certificate's signature does not verify with its issuer's key (a CA with the same name but another key?)"
+        }
+        webpki::Error::CrlExpired { .. } => {
+            "a configured CRL is past its nextUpdate; fetch a fresh one"
+        }
+        webpki::Error::InvalidCrlSignatureForPublicKey => {
+            "a configured CRL is not signed by the CA it names"
+        }
+        webpki::Error::CaUsedAsEndEntity => "the signer certificate is a CA certificate",
+        webpki::Error::BadDer | webpki::Error::BadDerTime => "a certificate is malformed",
+        _ => "the chain does not verify",
+    }
+}
+
+/// SHA-256 of a whole module file, as [`VerifiedModule::digest`] reports it.
+pub fn digest(bytes: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
 }
 
 /// Map webpki's path-building error to the refusal an operator can act on.
