@@ -4,6 +4,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod cli_module;
 mod demo;
 
 /// Pronto: a programmable router for service level routing.
@@ -18,6 +19,10 @@ struct Cli {
 enum Command {
     /// Run the engine in-process on synthetic traffic and print where flows went.
     Demo(demo::DemoArgs),
+    /// Certificate authority for module signers and signalling peers.
+    Ca(cli_module::CaArgs),
+    /// Signed module files: sign, inspect, verify.
+    Module(cli_module::ModuleArgs),
 }
 
 fn main() -> Result<()> {
@@ -31,5 +36,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Demo(args) => demo::run(&args),
+        Command::Ca(args) => cli_module::run_ca(&args),
+        Command::Module(args) => cli_module::run_module(&args),
     }
 }
