@@ -16,6 +16,8 @@ pub mod classify;
 pub mod engine;
 pub mod flow;
 pub mod icmp;
+#[cfg(all(target_os = "linux", feature = "linux"))]
+pub mod linux;
 pub mod packet;
 pub mod policy;
 pub mod synth;

@@ -1,0 +1,664 @@
+//! The router's Linux shell: packets from the TUN and raw IP-in-IP sockets through
+//! [`Engine::process`], verdicts acted on, control changes applied between batches.
+//!
+//! One thread owns the engine ([`Dataplane::run`]). Each turn it drains every source
+//! in batches of up to `batch` packets, runs each packet through the engine, sends
+//! all `Forward` and `Reply` packets of the batch with one `sendmmsg` per family,
+//! and hands `Deliver` / `Recover` packets to the control plane over a bounded
+//! channel. Only when no source had anything does it `poll`; a command sent through
+//! [`DataplaneHandle`] wakes it through an eventfd.
+
+use super::netlink::{Netlink, NetlinkError};
+use super::raw::{Family, MAX_BATCH, RawRx, RawTx, RxMeta, Slots, TxItem};
+use super::tun::TunDevice;
+use super::{Clock, SyscallError, sysctl};
+use crate::api::{ApiError, RouterApi};
+use crate::classify::{FlowKey, VirtualSubnet};
+use crate::engine::{Engine, EngineConfig, EngineCounters, Verdict};
+use crate::packet::PacketBuf;
+use crate::policy::SubnetId;
+use crate::time::Instant;
+use crate::tunnel::fragment_ipv4;
+use crate::wire::ip_proto;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How tunnels addressed to this router are terminated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TunnelPath {
+    /// Use a kernel ipip device if the kernel has one, else userspace raw sockets.
+    #[default]
+    Auto,
+    /// Always terminate in userspace (raw sockets, protocols 4 and 41).
+    Userspace,
+    /// Require the kernel ipip device (fail at start if there is none).
+    Kernel,
+}
+
+/// Configuration of a [`Dataplane`].
+#[derive(Debug, Clone)]
+pub struct DataplaneConfig {
+    /// The engine's configuration; `local_v4` / `local_v6` are the tunnel endpoints
+    /// (assign them to a local interface, e.g. `lo`, before starting).
+    pub engine: EngineConfig,
+    /// Name of the TUN device the served subnets are routed into.
+    pub tun_name: String,
+    /// MTU of the TUN device.
+    pub tun_mtu: u16,
+    /// Packets per batch (1..=64).
+    pub batch: usize,
+    /// Largest packet accepted, outer header included.
+    pub max_packet: usize,
+    /// Capacity of the channel of punted (`Deliver` / `Recover`) packets.
+    pub punt_queue: usize,
+    /// Tunnel termination path.
+    pub tunnel_path: TunnelPath,
+    /// Turn on IP forwarding in the namespace (needed to route into the TUN).
+    pub enable_forwarding: bool,
+    /// Flow-table buckets swept per sweep (every 100 ms).
+    pub sweep_buckets: usize,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        Self {
+            engine: EngineConfig::default(),
+            tun_name: "pronto0".into(),
+            tun_mtu: 1500,
+            batch: 32,
+            max_packet: 9216,
+            punt_queue: 1024,
+            tunnel_path: TunnelPath::Auto,
+            enable_forwarding: true,
+            sweep_buckets: 4096,
+        }
+    }
+}
+
+/// Errors starting or talking to a dataplane.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataplaneError {
+    /// A system call failed.
+    #[error(transparent)]
+    Syscall(#[from] SyscallError),
+    /// A netlink request failed.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// The engine refused a control change.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// A configuration value is out of range.
+    #[error("invalid dataplane configuration: {field}: {reason}")]
+    Config {
+        /// The field.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// [`TunnelPath::Kernel`] was asked for and the kernel has no ipip.
+    #[error("the kernel has no ipip device support (use tunnel_path = Auto or Userspace)")]
+    NoKernelIpip,
+    /// The dataplane thread has stopped.
+    #[error("the dataplane has stopped")]
+    Stopped,
+}
+
+/// Why a packet was handed to the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PuntKind {
+    /// Addressed to this router (after tunnel termination).
+    Deliver,
+    /// A mid-connection packet of an unknown flow: recover its state.
+    Recover {
+        /// The flow.
+        key: FlowKey,
+    },
+}
+
+/// A packet handed to the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PuntedPacket {
+    /// Why.
+    pub kind: PuntKind,
+    /// The packet from its (inner) IP header on.
+    pub data: Vec<u8>,
+    /// When the engine processed it.
+    pub at: Instant,
+}
+
+/// Shell counters, shared with handles; one per fault.
+#[derive(Debug, Default)]
+struct ShellCounters {
+    rx_tun: AtomicU64,
+    rx_tunnel: AtomicU64,
+    rx_truncated: AtomicU64,
+    rx_errors: AtomicU64,
+    tx_packets: AtomicU64,
+    tx_failed: AtomicU64,
+    tx_fragments: AtomicU64,
+    punted: AtomicU64,
+    punt_dropped: AtomicU64,
+    batches: AtomicU64,
+    polls: AtomicU64,
+    commands: AtomicU64,
+}
+
+/// A snapshot of the shell counters (engine counters are separate:
+/// [`DataplaneHandle::counters`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShellStats {
+    /// Packets read from the TUN (served-subnet traffic).
+    pub rx_tun: u64,
+    /// Tunnel packets read from the raw sockets.
+    pub rx_tunnel: u64,
+    /// Packets longer than a slot, dropped before the engine.
+    pub rx_truncated: u64,
+    /// Receive calls that failed.
+    pub rx_errors: u64,
+    /// Packets (and fragments) handed to the kernel for transmission.
+    pub tx_packets: u64,
+    /// Packets the kernel refused to send (no route, too big, no socket).
+    pub tx_failed: u64,
+    /// Fragments sent for `Forward { fragment: true }`.
+    pub tx_fragments: u64,
+    /// Packets handed to the control plane.
+    pub punted: u64,
+    /// Punted packets dropped because the channel was full.
+    pub punt_dropped: u64,
+    /// Non-empty receive batches.
+    pub batches: u64,
+    /// Times the loop slept in `poll`.
+    pub polls: u64,
+    /// Control commands applied.
+    pub commands: u64,
+}
+
+impl ShellCounters {
+    fn snapshot(&self) -> ShellStats {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ShellStats {
+            rx_tun: g(&self.rx_tun),
+            rx_tunnel: g(&self.rx_tunnel),
+            rx_truncated: g(&self.rx_truncated),
+            rx_errors: g(&self.rx_errors),
+            tx_packets: g(&self.tx_packets),
+            tx_failed: g(&self.tx_failed),
+            tx_fragments: g(&self.tx_fragments),
+            punted: g(&self.punted),
+            punt_dropped: g(&self.punt_dropped),
+            batches: g(&self.batches),
+            polls: g(&self.polls),
+            commands: g(&self.commands),
+        }
+    }
+}
+
+fn bump(a: &AtomicU64, n: u64) {
+    if n > 0 {
+        a.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+type EngineFn = Box<dyn FnOnce(&mut Engine, Instant) + Send>;
+
+enum Command {
+    Apply(EngineFn),
+    Stop,
+}
+
+/// A cloneable control handle of a running [`Dataplane`].
+#[derive(Debug, Clone)]
+pub struct DataplaneHandle {
+    commands: Sender<Command>,
+    wake: Arc<EventFd>,
+    stats: Arc<ShellCounters>,
+    netlink: Arc<Mutex<Netlink>>,
+    tun_index: u32,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Apply(_) => "Apply",
+            Self::Stop => "Stop",
+        })
+    }
+}
+
+impl DataplaneHandle {
+    fn send(&self, c: Command) -> Result<(), DataplaneError> {
+        self.commands.send(c).map_err(|_| DataplaneError::Stopped)?;
+        // A failed wake only delays the command to the next poll timeout.
+        let _ = self.wake.write(1);
+        Ok(())
+    }
+
+    /// Run `f` on the engine between two batches and return its result: any
+    /// [`RouterApi`] call, counters, flow lookups.
+    pub fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Engine, Instant) -> R + Send + 'static,
+    ) -> Result<R, DataplaneError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send(Command::Apply(Box::new(move |e, now| {
+            let _ = tx.send(f(e, now));
+        })))?;
+        rx.recv().map_err(|_| DataplaneError::Stopped)
+    }
+
+    /// Serve a virtual subnet: route it into the TUN and add it to the engine.
+    pub fn serve(&self, subnet: VirtualSubnet) -> Result<SubnetId, DataplaneError> {
+        let id = self.call(move |e, _| e.add_subnet(subnet))??;
+        self.netlink
+            .lock()
+            .map_err(|_| DataplaneError::Stopped)?
+            .route_to_link(subnet, self.tun_index)?;
+        Ok(id)
+    }
+
+    /// Stop serving a subnet: remove its route and its engine entry.
+    pub fn unserve(&self, subnet: VirtualSubnet) -> Result<(), DataplaneError> {
+        let r = self
+            .netlink
+            .lock()
+            .map_err(|_| DataplaneError::Stopped)?
+            .remove_route_to_link(subnet, self.tun_index);
+        if let Err(e) = r {
+            tracing::warn!(%subnet, error = %e, "removing the subnet route failed");
+        }
+        self.call(move |e, _| e.remove_subnet(&subnet))??;
+        Ok(())
+    }
+
+    /// The engine's counters.
+    pub fn counters(&self) -> Result<EngineCounters, DataplaneError> {
+        self.call(|e, _| e.counters())
+    }
+
+    /// The shell's counters (no round trip to the dataplane thread).
+    pub fn stats(&self) -> ShellStats {
+        self.stats.snapshot()
+    }
+
+    /// Ask the dataplane to stop after the current batch.
+    pub fn stop(&self) -> Result<(), DataplaneError> {
+        self.send(Command::Stop)
+    }
+}
+
+/// The router's data path on Linux.
+#[derive(Debug)]
+pub struct Dataplane {
+    engine: Engine,
+    io: Io,
+    commands: Receiver<Command>,
+    punts: Option<Receiver<PuntedPacket>>,
+    handle: DataplaneHandle,
+    sweep_buckets: usize,
+    tunnel_path_used: &'static str,
+}
+
+/// Everything the packet loop touches besides the engine.
+#[derive(Debug)]
+struct Io {
+    tun: TunDevice,
+    raw: Vec<RawRx>,
+    tx: RawTx,
+    slots: Slots,
+    meta: [RxMeta; MAX_BATCH],
+    txq: Vec<TxItem>,
+    scratch: Vec<u8>,
+    mtu: usize,
+    batch: usize,
+    punt_tx: SyncSender<PuntedPacket>,
+    wake: Arc<EventFd>,
+    stats: Arc<ShellCounters>,
+}
+
+impl Dataplane {
+    /// Set the data path up in the calling thread's network namespace: create and
+    /// raise the TUN, probe for kernel ipip, open the raw sockets, turn on
+    /// forwarding. Serve subnets afterwards with [`DataplaneHandle::serve`].
+    pub fn new(cfg: DataplaneConfig) -> Result<Self, DataplaneError> {
+        if !(1..=MAX_BATCH).contains(&cfg.batch) {
+            return Err(DataplaneError::Config {
+                field: "batch",
+                reason: format!("{} is outside 1..={MAX_BATCH}", cfg.batch),
+            });
+        }
+        if !(576..=65535).contains(&cfg.max_packet) || usize::from(cfg.tun_mtu) > cfg.max_packet {
+            return Err(DataplaneError::Config {
+                field: "max_packet",
+                reason: format!(
+                    "{} must be in 576..=65535 and at least the TUN MTU {}",
+                    cfg.max_packet, cfg.tun_mtu
+                ),
+            });
+        }
+        if cfg.engine.local_v4.is_none() && cfg.engine.local_v6.is_none() {
+            return Err(DataplaneError::Config {
+                field: "engine.local_v4/local_v6",
+                reason: "a tunnel endpoint address is required".into(),
+            });
+        }
+        let nl = Netlink::open()?;
+        let tun = TunDevice::create(&cfg.tun_name)?;
+        let tun_index = nl.link_index(&cfg.tun_name)?;
+        if cfg.engine.local_v6.is_none() {
+            // Else the kernel's own IPv6 chatter (RS, MLD) arrives as NotServed drops.
+            if let Err(e) = sysctl::disable_ipv6(&cfg.tun_name) {
+                tracing::debug!(error = %e, "cannot disable IPv6 on the TUN");
+            }
+        }
+        nl.set_mtu(tun_index, u32::from(cfg.tun_mtu))?;
+        nl.set_up(tun_index)?;
+        if cfg.enable_forwarding {
+            sysctl::enable_forwarding(cfg.engine.local_v6.is_some())?;
+        }
+
+        let want_kernel = match cfg.tunnel_path {
+            TunnelPath::Userspace => false,
+            TunnelPath::Auto | TunnelPath::Kernel => {
+                let has = nl.kernel_has_ipip();
+                if !has && cfg.tunnel_path == TunnelPath::Kernel {
+                    return Err(DataplaneError::NoKernelIpip);
+                }
+                has
+            }
+        };
+        let mut raw = Vec::new();
+        let mut tunnel_path_used = "userspace-raw";
+        if let Some(local) = cfg.engine.local_v4 {
+            if want_kernel {
+                // The kernel terminates IPv4-in-IPv4 to us and routes the inner
+                // packet (a VIP) into the TUN; the raw socket must stay closed or
+                // every packet would arrive twice.
+                let name = format!("{}ip", truncate_name(&cfg.tun_name, 13));
+                let idx = nl.create_ipip(&name, local)?;
+                nl.set_up(idx)?;
+                let all = sysctl::set_rp_filter(&name, 0)?;
+                if all == 1 {
+                    tracing::warn!(iface = %name, "net.ipv4.conf.all.rp_filter=1 drops decapsulated packets");
+                }
+                tunnel_path_used = "kernel-ipip";
+            } else {
+                raw.push(RawRx::open(Family::V4, ip_proto::IPV4, cfg.batch)?);
+            }
+            raw.push(RawRx::open(Family::V4, ip_proto::IPV6, cfg.batch)?);
+        }
+        if cfg.engine.local_v6.is_some() {
+            raw.push(RawRx::open(Family::V6, ip_proto::IPV4, cfg.batch)?);
+            raw.push(RawRx::open(Family::V6, ip_proto::IPV6, cfg.batch)?);
+        }
+        tracing::info!(
+            tunnel_path = tunnel_path_used,
+            tun = %cfg.tun_name,
+            local_v4 = ?cfg.engine.local_v4,
+            local_v6 = ?cfg.engine.local_v6,
+            "dataplane ready"
+        );
+        let tx = RawTx::open(cfg.engine.local_v4.is_some(), cfg.engine.local_v6.is_some())?;
+        let wake = Arc::new(
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+                .map_err(|e| SyscallError::errno("eventfd", e))?,
+        );
+        let stats = Arc::new(ShellCounters::default());
+        let (cmd_tx, cmd_rx) = mpsc::channel();
+        let (punt_tx, punt_rx) = mpsc::sync_channel(cfg.punt_queue.max(1));
+        let mtu = cfg.engine.tunnel_mtu;
+        let handle = DataplaneHandle {
+            commands: cmd_tx,
+            wake: Arc::clone(&wake),
+            stats: Arc::clone(&stats),
+            netlink: Arc::new(Mutex::new(nl)),
+            tun_index,
+        };
+        Ok(Self {
+            engine: Engine::new(cfg.engine),
+            io: Io {
+                tun,
+                raw,
+                tx,
+                slots: Slots::new(cfg.batch, cfg.max_packet),
+                meta: [RxMeta::default(); MAX_BATCH],
+                txq: Vec::with_capacity(MAX_BATCH),
+                scratch: vec![0; cfg.max_packet],
+                mtu,
+                batch: cfg.batch,
+                punt_tx,
+                wake,
+                stats,
+            },
+            commands: cmd_rx,
+            punts: Some(punt_rx),
+            handle,
+            sweep_buckets: cfg.sweep_buckets,
+            tunnel_path_used,
+        })
+    }
+
+    /// A control handle.
+    pub fn handle(&self) -> DataplaneHandle {
+        self.handle.clone()
+    }
+
+    /// The receiver of punted packets (once; later calls return `None`).
+    pub fn take_punts(&mut self) -> Option<Receiver<PuntedPacket>> {
+        self.punts.take()
+    }
+
+    /// `"kernel-ipip"` or `"userspace-raw"`: how IPv4-in-IPv4 to us is terminated.
+    pub fn tunnel_path(&self) -> &'static str {
+        self.tunnel_path_used
+    }
+
+    /// The TUN's interface index.
+    pub fn tun_index(&self) -> u32 {
+        self.handle.tun_index
+    }
+
+    /// Direct access to the engine before the loop starts (configuration, tests).
+    pub fn engine_mut(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+
+    /// Run on a new thread named `pronto-dataplane`.
+    pub fn spawn(self) -> std::io::Result<std::thread::JoinHandle<Result<(), DataplaneError>>> {
+        std::thread::Builder::new()
+            .name("pronto-dataplane".into())
+            .spawn(move || self.run())
+    }
+
+    /// Run the packet loop until [`DataplaneHandle::stop`].
+    pub fn run(mut self) -> Result<(), DataplaneError> {
+        let clock = Clock::new();
+        let mut last_sweep = clock.now();
+        loop {
+            let now = clock.now();
+            while let Ok(cmd) = self.commands.try_recv() {
+                match cmd {
+                    Command::Apply(f) => {
+                        f(&mut self.engine, now);
+                        bump(&self.io.stats.commands, 1);
+                    }
+                    Command::Stop => {
+                        tracing::info!("dataplane stopping");
+                        return Ok(());
+                    }
+                }
+            }
+            let mut got = self.io.pump_tun(&mut self.engine, now);
+            for i in 0..self.io.raw.len() {
+                got += self.io.pump_raw(i, &mut self.engine, now);
+            }
+            if now.saturating_since(last_sweep) >= Duration::from_millis(100) {
+                self.engine.sweep(now, self.sweep_buckets);
+                last_sweep = now;
+            }
+            if got == 0 {
+                self.io.wait(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn truncate_name(name: &str, max: usize) -> &str {
+    let mut end = name.len().min(max);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
+}
+
+impl Io {
+    /// Sleep until a source is readable, a command arrives, or `timeout`.
+    fn wait(&mut self, timeout: Duration) {
+        bump(&self.stats.polls, 1);
+        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        // wake, tun, then up to four raw sockets; unused entries poll nothing.
+        let mut list: [PollFd<'_>; 6] = std::array::from_fn(|i| match i {
+            0 => PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
+            1 => PollFd::new(self.tun.as_fd(), PollFlags::POLLIN),
+            _ => match self.raw.get(i - 2) {
+                Some(r) => PollFd::new(r.as_fd(), PollFlags::POLLIN),
+                None => PollFd::new(self.wake.as_fd(), PollFlags::empty()),
+            },
+        });
+        let n = 2 + self.raw.len().min(4);
+        let _ = poll(&mut list[..n], PollTimeout::from(ms));
+        // Drain the wake counter; commands are read by the loop.
+        let _ = self.wake.read();
+    }
+
+    fn pump_tun(&mut self, engine: &mut Engine, now: Instant) -> usize {
+        let n = match self
+            .tun
+            .recv_batch(&mut self.slots, &mut self.meta[..self.batch])
+        {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "tun read failed");
+                bump(&self.stats.rx_errors, 1);
+                return 0;
+            }
+        };
+        bump(&self.stats.rx_tun, n as u64);
+        self.process(n, engine, now);
+        n
+    }
+
+    fn pump_raw(&mut self, i: usize, engine: &mut Engine, now: Instant) -> usize {
+        let Some(rx) = self.raw.get_mut(i) else {
+            return 0;
+        };
+        let n = match rx.recv_batch(&mut self.slots, &mut self.meta[..self.batch]) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "raw receive failed");
+                bump(&self.stats.rx_errors, 1);
+                return 0;
+            }
+        };
+        bump(&self.stats.rx_tunnel, n as u64);
+        self.process(n, engine, now);
+        n
+    }
+
+    /// Run slots `0..n` through the engine and act on the verdicts.
+    fn process(&mut self, n: usize, engine: &mut Engine, now: Instant) {
+        if n == 0 {
+            return;
+        }
+        bump(&self.stats.batches, 1);
+        self.txq.clear();
+        for i in 0..n {
+            let m = self.meta[i];
+            if m.truncated {
+                bump(&self.stats.rx_truncated, 1);
+                continue;
+            }
+            let Ok(mut pkt) = PacketBuf::new(self.slots.slot_mut(i), m.start, m.len) else {
+                bump(&self.stats.rx_truncated, 1);
+                continue;
+            };
+            match engine.process(&mut pkt, now) {
+                Verdict::Forward {
+                    next_hop,
+                    fragment: false,
+                }
+                | Verdict::Reply { to: next_hop } => self.txq.push(TxItem {
+                    slot: i,
+                    start: pkt.start(),
+                    len: pkt.len(),
+                    dst: next_hop,
+                }),
+                Verdict::Forward {
+                    next_hop,
+                    fragment: true,
+                } => {
+                    let (tx, stats) = (&self.tx, &self.stats);
+                    let r = fragment_ipv4(pkt.data(), self.mtu, &mut self.scratch, |frag| match tx
+                        .send_one(frag, next_hop)
+                    {
+                        Ok(()) => {
+                            bump(&stats.tx_packets, 1);
+                            bump(&stats.tx_fragments, 1);
+                        }
+                        Err(_) => bump(&stats.tx_failed, 1),
+                    });
+                    if r.is_err() {
+                        bump(&self.stats.tx_failed, 1);
+                    }
+                }
+                Verdict::Deliver => {
+                    punt(
+                        &self.punt_tx,
+                        &self.stats,
+                        PuntKind::Deliver,
+                        pkt.data(),
+                        now,
+                    );
+                }
+                Verdict::Recover { key } => {
+                    let kind = PuntKind::Recover { key };
+                    punt(&self.punt_tx, &self.stats, kind, pkt.data(), now);
+                }
+                // Counted by the engine.
+                Verdict::Drop(_) => {}
+            }
+        }
+        if !self.txq.is_empty() {
+            let r = self.tx.send_batch(&self.slots, &self.txq);
+            bump(&self.stats.tx_packets, r.sent as u64);
+            bump(&self.stats.tx_failed, r.failed as u64);
+        }
+    }
+}
+
+/// Hand a packet to the control plane; a full channel drops it (counted) rather
+/// than stall forwarding.
+fn punt(
+    punt_tx: &SyncSender<PuntedPacket>,
+    stats: &ShellCounters,
+    kind: PuntKind,
+    data: &[u8],
+    at: Instant,
+) {
+    let p = PuntedPacket {
+        kind,
+        data: data.to_vec(),
+        at,
+    };
+    match punt_tx.try_send(p) {
+        Ok(()) => bump(&stats.punted, 1),
+        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+            bump(&stats.punt_dropped, 1);
+        }
+    }
+}
