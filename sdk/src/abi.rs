@@ -49,6 +49,9 @@ pub mod flags {
 /// | 0 | 56 | one [`FlowRequest`](super::FlowRequest) |
 /// | 56 + 40·i | 40 | [`Candidate`](super::Candidate) i, for i < `MAX_CANDIDATES` |
 /// | total | 10 296 | [`IO_BUFFER_SIZE`] |
+///
+/// A scheduler module uses the same buffer differently: one
+/// [`RankRequest`](super::RankRequest) (64 bytes) at offset 0, nothing else.
 pub mod layout {
     use core::ops::Range;
 
@@ -97,6 +100,51 @@ pub mod layout {
         /// Encoded size.
         pub const SIZE: usize = 40;
     }
+
+    /// Offsets inside one encoded [`RankRequest`](crate::RankRequest) (64 bytes):
+    /// the packet a scheduler module ranks, at offset 0 of the I/O buffer.
+    pub mod rank {
+        use core::ops::Range;
+        /// `u32` packet length in bytes, IP header onward.
+        pub const LEN: Range<usize> = 0..4;
+        /// `u32` the packet's leaf class (host-assigned id).
+        pub const CLASS: Range<usize> = 4..8;
+        /// `u32` the scheduling node whose queue this rank orders (the class itself
+        /// at the leaf level, an ancestor above it).
+        pub const NODE: Range<usize> = 8..12;
+        /// `u32` the child of `node` the packet comes through (equal to `node` at
+        /// the leaf level).
+        pub const CHILD: Range<usize> = 12..16;
+        /// `u64` keyed hash of the flow's 5-tuple; stable for the flow's life.
+        pub const FLOW_HASH: Range<usize> = 16..24;
+        /// `u64` host monotonic time in nanoseconds.
+        pub const NOW_NS: Range<usize> = 24..32;
+        /// `u64` the node's virtual time: the largest rank dequeued from it in its
+        /// current busy period, 0 when the busy period starts.
+        pub const VTIME: Range<usize> = 32..40;
+        /// `u64` the node's busy-period number: grows by one each time the node
+        /// goes from empty to backlogged.
+        pub const BUSY_PERIOD: Range<usize> = 40..48;
+        /// `u32` weight of `child` (at least 1).
+        pub const WEIGHT: Range<usize> = 48..52;
+        /// `u32` packets queued under `node` before this one.
+        pub const QUEUED: Range<usize> = 52..56;
+        /// `u8` DSCP of the packet (0..=63).
+        pub const DSCP: usize = 56;
+        /// `u8` strict priority of `child` (0 is served first).
+        pub const PRIORITY: usize = 57;
+        /// `u8` IP protocol number of the packet.
+        pub const PROTO: usize = 58;
+        /// `u8` reserved, zero.
+        pub const RESERVED0: usize = 59;
+        /// `u32` reserved, zero.
+        pub const RESERVED1: Range<usize> = 60..64;
+        /// Encoded size.
+        pub const SIZE: usize = 64;
+    }
+
+    /// Where a scheduler's [`RankRequest`](crate::RankRequest) sits in the I/O buffer.
+    pub const IO_RANK: Range<usize> = 0..rank::SIZE;
 
     /// Where the request starts in the I/O buffer.
     pub const IO_REQUEST: Range<usize> = 0..request::SIZE;
@@ -165,6 +213,15 @@ pub enum AbiError {
         raw: i32,
         /// Candidates it was given.
         candidates: usize,
+    },
+    /// A rank request's weight is 0; weights are at least 1.
+    #[error("rank request weight is 0 (weights are at least 1)")]
+    ZeroWeight,
+    /// A guest's `pronto_rank` result is negative: the guest reported a fault.
+    #[error("module returned rank {raw}: negative means fault")]
+    InvalidRank {
+        /// The raw `i64` the guest returned.
+        raw: i64,
     },
 }
 
@@ -319,7 +376,11 @@ const _: () = {
 };
 
 /// Fails with [`AbiError::BufferTooShort`] unless `len >= needed`.
-const fn check_len(what: &'static str, needed: usize, len: usize) -> Result<(), AbiError> {
+pub(crate) const fn check_len(
+    what: &'static str,
+    needed: usize,
+    len: usize,
+) -> Result<(), AbiError> {
     if len < needed {
         Err(AbiError::BufferTooShort {
             what,
@@ -333,7 +394,7 @@ const fn check_len(what: &'static str, needed: usize, len: usize) -> Result<(), 
 
 /// Copies `N` bytes at `range`; callers have checked the length, and a short slice
 /// still yields an error rather than a panic.
-fn read<const N: usize>(
+pub(crate) fn read<const N: usize>(
     what: &'static str,
     bytes: &[u8],
     range: core::ops::Range<usize>,
@@ -348,7 +409,7 @@ fn read<const N: usize>(
         })
 }
 
-fn write(
+pub(crate) fn write(
     what: &'static str,
     out: &mut [u8],
     range: core::ops::Range<usize>,

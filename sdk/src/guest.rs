@@ -1,5 +1,5 @@
 //! Guest side (wasm32 only): the static I/O buffer, the two exports every module
-//! has, the glue the export macros call, wrappers over host imports and the panic
+//! has, the glue the export macros call (policies and schedulers), wrappers over host imports and the panic
 //! handler.
 //!
 //! This is the only `unsafe` a policy author's module contains, and it lives here
@@ -9,6 +9,7 @@ use core::cell::{RefCell, UnsafeCell};
 
 use crate::{
     ABI_VERSION, Candidate, DECISION_FAULT, Decision, FlowRequest, IoBuffer, MAX_CANDIDATES,
+    RANK_FAULT, RankRequest, rank_to_raw,
 };
 
 /// The I/O buffer, written by the host between calls.
@@ -60,6 +61,22 @@ pub fn run_select(n: i32, f: impl FnOnce(&FlowRequest, &[Candidate]) -> Decision
 /// Glue behind `pronto_aggregate`; see [`crate::export_aggregate!`].
 pub fn run_aggregate(n: i32, g: impl FnOnce(&[Candidate]) -> f64) -> f64 {
     with_io(n, |_, candidates| g(candidates)).unwrap_or(f64::NAN)
+}
+
+/// Glue behind `pronto_rank`; see [`crate::export_scheduler!`].
+pub fn run_rank(f: impl FnOnce(&RankRequest) -> u64) -> i64 {
+    // SAFETY: as in `with_io`, the host writes the buffer only between calls and
+    // the guest never writes it, so this shared borrow overlaps no mutable access.
+    // `RankRequest` is plain old data (integers only), 64 bytes with alignment 8,
+    // and sits at offset 0 of the 8-aligned, 10 296-byte `IoBuffer` (asserted in
+    // `rank.rs`), so the cast pointer is in bounds, aligned, and any bytes are a
+    // valid value.
+    #[expect(unsafe_code, reason = "reading the host-written buffer; see SAFETY")]
+    let request: &RankRequest = unsafe { &*IO.0.get().cast::<RankRequest>() };
+    if request.validate().is_err() {
+        return RANK_FAULT;
+    }
+    rank_to_raw(f(request))
 }
 
 /// Per-instance mutable state for a policy (e.g. a cached lookup table), usable

@@ -1,5 +1,5 @@
-//! Native test harness (host targets only): call a policy through the very byte
-//! encoding the host uses, without wasm.
+//! Native test harness (host targets only): call a policy or a scheduler through
+//! the very byte encoding the host uses, without wasm.
 //!
 //! Each call encodes the request and candidates into an I/O-buffer-shaped byte
 //! array with [`encode_io`], decodes them back with [`decode_io`] (so a layout or
@@ -11,8 +11,8 @@ use std::vec;
 use std::vec::Vec;
 
 use crate::{
-    AbiError, Candidate, Decision, FlowRequest, IO_BUFFER_SIZE, MAX_CANDIDATES, decode_io,
-    encode_io, proto,
+    AbiError, Candidate, Decision, FlowRequest, IO_BUFFER_SIZE, MAX_CANDIDATES, RankRequest,
+    decode_io, encode_io, layout, proto, rank_from_raw, rank_to_raw,
 };
 
 /// A TCP flow request from `src` to `dst` (site level, subnet 0, time 0).
@@ -115,4 +115,14 @@ pub fn aggregate(
 /// out: no buffer involved); here for symmetry.
 pub fn cost(f: impl FnOnce(f64, f64) -> f64, load: f64, route_cost: f64) -> f64 {
     f(load, route_cost)
+}
+
+/// Calls a scheduler's rank function as the host calls `pronto_rank`: the request
+/// goes through the I/O buffer bytes, the answer through [`rank_to_raw`] and
+/// [`rank_from_raw`] (so a rank above [`crate::MAX_RANK`] comes back saturated).
+pub fn rank(f: impl FnOnce(&RankRequest) -> u64, request: &RankRequest) -> Result<u64, AbiError> {
+    let mut bytes = vec![0_u8; IO_BUFFER_SIZE];
+    request.encode(&mut bytes[layout::IO_RANK])?;
+    let decoded = RankRequest::decode(&bytes[layout::IO_RANK])?;
+    rank_from_raw(rank_to_raw(f(&decoded)))
 }

@@ -23,9 +23,10 @@
 //! | `pronto_select` | `(n: i32) -> i32` | policy: choose a next hop |
 //! | `pronto_cost` | `(load: f64, route_cost: f64) -> f64` | F |
 //! | `pronto_aggregate` | `(n: i32) -> f64` | G |
+//! | `pronto_rank` | `() -> i64` | scheduler: rank a packet |
 //!
 //! A policy module exports `pronto_select` and/or `pronto_cost` +
-//! `pronto_aggregate`. The sdk also leaves the linker's default `__data_end` and
+//! `pronto_aggregate`; a scheduler module exports `pronto_rank`. The sdk also leaves the linker's default `__data_end` and
 //! `__heap_base` global exports; hosts ignore them.
 //!
 //! **I/O buffer** at address `buf = pronto_io_buffer()`, 8-byte aligned,
@@ -58,6 +59,25 @@
 //! request part is ignored; NaN means fault (bad `n`). Both results should be
 //! checked (`+inf` is a legal "unreachable"; NaN is a fault).
 //!
+//! **Rank** (scheduler modules, see [`rank`]): the host writes one
+//! [`RankRequest`] at `buf + 0` ([`RankRequest::encode`], 64 bytes, offsets in
+//! [`layout::rank`]) and calls `pronto_rank()`:
+//!
+//! ```text
+//! RankRequest at buf + 0 (64 bytes)
+//!   +0  len u32        +4  class u32      +8  node u32        +12 child u32
+//!   +16 flow_hash u64  +24 now_ns u64     +32 vtime u64       +40 busy_period u64
+//!   +48 weight u32     +52 queued u32     +56 dscp u8  +57 priority u8
+//!   +58 proto u8       +59 reserved u8 = 0                   +60 reserved u32 = 0
+//! ```
+//!
+//! It is called once per node on the packet's path, leaf first (`node == child
+//! == class`), then each ancestor with `child` = the node the packet comes
+//! through. The result is a rank in `0..=i64::MAX` (smaller leaves first, ties in
+//! arrival order) or negative ([`RANK_FAULT`]) for a request that does not
+//! decode; validate with [`rank_from_raw`]. A module may keep per-flow state in
+//! its own memory between calls (`guest::InstanceCell`).
+//!
 //! **Imports** (see [`import`]), all in module `pronto`, each linked only if the
 //! module's manifest was granted its capability: `log(level: i32, ptr: i32,
 //! len: i32)` (capability `log`) and `now_ms() -> i64` (capability `clock`). Any
@@ -79,6 +99,18 @@
 //! sdk::export_policy!(select);
 //! ```
 //!
+//! # Writing a scheduler
+//!
+//! ```ignore
+//! #![no_std]
+//! use sdk::RankRequest;
+//! /// Strict priority between classes, arrival order inside one.
+//! fn rank(request: &RankRequest) -> u64 {
+//!     if request.is_leaf() { 0 } else { u64::from(request.priority) }
+//! }
+//! sdk::export_scheduler!(rank);
+//! ```
+//!
 //! Build for `wasm32-unknown-unknown` as a `cdylib` (see `scripts/build-wasm.sh`);
 //! test natively through [`harness`].
 #![no_std]
@@ -89,6 +121,7 @@ extern crate std;
 
 pub mod abi;
 mod names;
+pub mod rank;
 
 #[cfg(target_arch = "wasm32")]
 pub mod guest;
@@ -102,6 +135,7 @@ pub use abi::{
     check_count, decode_candidates, decode_io, encode_candidates, encode_io, flags, layout, proto,
 };
 pub use names::{Func, LogLevel, Signature, ValType, export, import};
+pub use rank::{MAX_RANK, RANK_FAULT, RankRequest, rank_from_raw, rank_to_raw};
 
 /// Exports `pronto_select` from `fn(&FlowRequest, &[Candidate]) -> Decision`.
 ///
@@ -150,6 +184,26 @@ macro_rules! export_aggregate {
         #[unsafe(no_mangle)]
         pub extern "C" fn pronto_aggregate(n_candidates: i32) -> f64 {
             $crate::guest::run_aggregate(n_candidates, $aggregate)
+        }
+    };
+}
+
+/// Exports `pronto_rank` (scheduler ABI v1) from `fn(&RankRequest) -> u64`.
+///
+/// Ranks above [`MAX_RANK`] saturate; a request that fails
+/// [`RankRequest::validate`] is answered with [`RANK_FAULT`] without calling the
+/// function. Natively it only type-checks the function.
+#[macro_export]
+macro_rules! export_scheduler {
+    ($rank:path) => {
+        const _: fn(&$crate::RankRequest) -> u64 = $rank;
+
+        /// `pronto_rank` export (scheduler ABI v1).
+        #[cfg(target_arch = "wasm32")]
+        #[allow(unsafe_code, reason = "a wasm export needs an unmangled name")]
+        #[unsafe(no_mangle)]
+        pub extern "C" fn pronto_rank() -> i64 {
+            $crate::guest::run_rank($rank)
         }
     };
 }

@@ -59,10 +59,17 @@ pub mod export {
     /// candidates in the I/O buffer (the request part is ignored); NaN if the
     /// count is out of range.
     pub const AGGREGATE: Func = func("pronto_aggregate", &[I32], &[F64]);
+    /// `pronto_rank() -> i64`: rank the packet described by the
+    /// [`crate::RankRequest`] at offset 0 of the I/O buffer; returns a rank in
+    /// `0..=i64::MAX` (smaller leaves first) or a negative value
+    /// ([`crate::RANK_FAULT`]) when the request does not decode.
+    pub const RANK: Func = func("pronto_rank", &[], &[I64]);
     /// Exports every guest has.
     pub const REQUIRED: [Func; 2] = [ABI_VERSION, IO_BUFFER];
-    /// Exports of which a module has at least one: its entry points.
+    /// Exports of which a policy module has at least one: its entry points.
     pub const ENTRY_POINTS: [Func; 3] = [SELECT, COST, AGGREGATE];
+    /// Exports a scheduler module has (all of them): its entry points.
+    pub const SCHEDULER_ENTRY_POINTS: [Func; 1] = [RANK];
 }
 
 /// Host functions a guest may import, each granted only with its capability.
