@@ -13,7 +13,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-MODULES=(least_load weighted_cost proximity consistent_hash time_of_day)
+MODULES=(least_load weighted_cost proximity consistent_hash time_of_day sfq strict_priority least_slack)
 TARGET=wasm32-unknown-unknown
 WORK="$ROOT/target/wasm"
 SRC="$WORK/src"

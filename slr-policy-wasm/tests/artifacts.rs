@@ -1,6 +1,7 @@
 //! The committed `modules/*.wasm` against the ABI in `sdk`: exports with the right
-//! signatures, no imports beyond the `pronto` host functions, and imports matching
-//! the capabilities the manifest requests. Catches an artifact that drifted from
+//! signatures for the manifest's kind (policy or scheduler), no imports beyond the
+//! `pronto` host functions, and imports matching the capabilities the manifest
+//! requests. Catches an artifact that drifted from
 //! the source or the ABI (rebuild with `scripts/build-wasm.sh`).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -10,17 +11,55 @@ use anyhow::{Context, Result, bail, ensure};
 use sdk::{Func, Signature, ValType, export, import};
 use wasmparser::{ExternalKind, FuncType, Parser, Payload, TypeRef, ValType as WasmVal, Validator};
 
-/// Modules shipped, with the entry points each must export.
-const MODULES: [(&str, &[Func]); 5] = [
-    (slr_policy_wasm::least_load::NAME, &[export::SELECT]),
+/// Manifest kind of routing policies.
+const POLICY: &str = "policy";
+/// Manifest kind of packet schedulers.
+const SCHEDULER: &str = "scheduler";
+
+/// Modules shipped, with their manifest kind and the entry points each must export.
+const MODULES: [(&str, &str, &[Func]); 8] = [
+    (slr_policy_wasm::least_load::NAME, POLICY, &[export::SELECT]),
     (
         slr_policy_wasm::weighted_cost::NAME,
+        POLICY,
         &[export::SELECT, export::COST, export::AGGREGATE],
     ),
-    (slr_policy_wasm::proximity::NAME, &[export::SELECT]),
-    (slr_policy_wasm::consistent_hash::NAME, &[export::SELECT]),
-    (slr_policy_wasm::time_of_day::NAME, &[export::SELECT]),
+    (slr_policy_wasm::proximity::NAME, POLICY, &[export::SELECT]),
+    (
+        slr_policy_wasm::consistent_hash::NAME,
+        POLICY,
+        &[export::SELECT],
+    ),
+    (
+        slr_policy_wasm::time_of_day::NAME,
+        POLICY,
+        &[export::SELECT],
+    ),
+    (
+        slr_policy_wasm::sfq::NAME,
+        SCHEDULER,
+        &export::SCHEDULER_ENTRY_POINTS,
+    ),
+    (
+        slr_policy_wasm::strict_priority::NAME,
+        SCHEDULER,
+        &export::SCHEDULER_ENTRY_POINTS,
+    ),
+    (
+        slr_policy_wasm::least_slack::NAME,
+        SCHEDULER,
+        &export::SCHEDULER_ENTRY_POINTS,
+    ),
 ];
+
+/// Entry points a module of `kind` may export; it must export at least one.
+fn allowed_entry_points(kind: &str) -> Result<&'static [Func]> {
+    Ok(match kind {
+        POLICY => &export::ENTRY_POINTS,
+        SCHEDULER => &export::SCHEDULER_ENTRY_POINTS,
+        other => bail!("unknown module kind {other}"),
+    })
+}
 
 /// Linker-default global exports a host ignores.
 const IGNORED_GLOBALS: [&str; 2] = ["__data_end", "__heap_base"];
@@ -139,15 +178,24 @@ fn manifest(name: &str) -> Result<Manifest> {
     Ok(toml::from_str(&text)?)
 }
 
-fn check_module(name: &str, entry_points: &[Func]) -> Result<()> {
+fn check_module(name: &str, kind: &str, entry_points: &[Func]) -> Result<()> {
     let path: PathBuf = crate_dir().join("modules").join(format!("{name}.wasm"));
     let bytes = std::fs::read(&path)
         .with_context(|| format!("{} missing: run scripts/build-wasm.sh", path.display()))?;
-    check_bytes(name, entry_points, &bytes)
+    check_bytes(name, kind, entry_points, &bytes)
 }
 
-/// Checks `bytes` as module `name` (its manifest) with these entry points.
-fn check_bytes(name: &str, entry_points: &[Func], bytes: &[u8]) -> Result<()> {
+/// Checks `bytes` as module `name` (its manifest) of `kind` with these entry points.
+fn check_bytes(name: &str, kind: &str, entry_points: &[Func], bytes: &[u8]) -> Result<()> {
+    let allowed = allowed_entry_points(kind)?;
+    ensure!(!entry_points.is_empty(), "a {kind} needs an entry point");
+    for f in entry_points {
+        ensure!(
+            allowed.contains(f),
+            "{} is not an entry point of a {kind}",
+            f.name
+        );
+    }
     let Shape {
         imports,
         exports,
@@ -178,7 +226,11 @@ fn check_bytes(name: &str, entry_points: &[Func], bytes: &[u8]) -> Result<()> {
 
     let manifest = manifest(name)?;
     ensure!(manifest.name == name, "manifest name {}", manifest.name);
-    ensure!(manifest.kind == "policy", "kind {}", manifest.kind);
+    ensure!(
+        manifest.kind == kind,
+        "manifest kind {}, expected {kind}",
+        manifest.kind
+    );
     let parts: Vec<&str> = manifest.version.split('.').collect();
     ensure!(
         parts.len() == 3 && parts.iter().all(|p| p.parse::<u64>().is_ok()),
@@ -209,15 +261,15 @@ fn check_bytes(name: &str, entry_points: &[Func], bytes: &[u8]) -> Result<()> {
 
 #[test]
 fn committed_modules_match_the_abi() -> Result<()> {
-    for (name, entry_points) in MODULES {
-        check_module(name, entry_points).with_context(|| format!("module {name}"))?;
+    for (name, kind, entry_points) in MODULES {
+        check_module(name, kind, entry_points).with_context(|| format!("module {name}"))?;
     }
     Ok(())
 }
 
 #[test]
 fn every_committed_file_is_a_known_module() -> Result<()> {
-    let known: BTreeSet<&str> = MODULES.iter().map(|(n, _)| *n).collect();
+    let known: BTreeSet<&str> = MODULES.iter().map(|(n, _, _)| *n).collect();
     for (dir, ext) in [("modules", "wasm"), ("manifests", "toml")] {
         let mut found = BTreeSet::new();
         for entry in std::fs::read_dir(crate_dir().join(dir))? {
@@ -244,12 +296,26 @@ fn a_drifted_artifact_is_caught() -> Result<()> {
     let read = |name: &str| std::fs::read(crate_dir().join("modules").join(format!("{name}.wasm")));
     // Missing entry points: least_load's bytes lack weighted_cost's F and G.
     let least_load = read("least_load")?;
-    ensure!(check_bytes("least_load", MODULES[1].1, &least_load).is_err());
+    ensure!(check_bytes("least_load", POLICY, MODULES[1].2, &least_load).is_err());
     // An import the manifest did not request: consistent_hash imports pronto.log,
     // least_load's manifest requests no capability.
     let consistent_hash = read("consistent_hash")?;
-    ensure!(check_bytes("least_load", &[export::SELECT], &consistent_hash).is_err());
-    ensure!(check_bytes("least_load", &[export::SELECT], &least_load).is_ok());
+    ensure!(check_bytes("least_load", POLICY, &[export::SELECT], &consistent_hash).is_err());
+    ensure!(check_bytes("least_load", POLICY, &[export::SELECT], &least_load).is_ok());
+    // A scheduler is not a policy: wrong kind for its manifest, wrong entry points.
+    let sfq = read("sfq")?;
+    ensure!(check_bytes("sfq", SCHEDULER, &export::SCHEDULER_ENTRY_POINTS, &sfq).is_ok());
+    ensure!(check_bytes("sfq", POLICY, &export::SCHEDULER_ENTRY_POINTS, &sfq).is_err());
+    ensure!(check_bytes("sfq", SCHEDULER, &[export::SELECT], &sfq).is_err());
+    ensure!(
+        check_bytes(
+            "least_load",
+            SCHEDULER,
+            &export::SCHEDULER_ENTRY_POINTS,
+            &least_load
+        )
+        .is_err()
+    );
     ensure!(shape(b"\0asm\x01\0\0\0garbage").is_err());
     Ok(())
 }

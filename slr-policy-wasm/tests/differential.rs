@@ -1,6 +1,6 @@
 //! Differential check (STYLE.md §13): each committed `modules/*.wasm`, run in
 //! wasmtime through the ABI exactly as a host would, decides like the native
-//! policy on random inputs. A small stand-in host, not exec-env's.
+//! policy (or ranks like the native scheduler, state included) on random inputs. A small stand-in host, not exec-env's.
 
 use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -9,11 +9,13 @@ use anyhow::{Context, Result, ensure};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use sdk::{
-    Candidate, DECISION_FAULT, Decision, FlowRequest, IO_BUFFER_SIZE, MAX_CANDIDATES, export,
-    harness, import, layout,
+    Candidate, DECISION_FAULT, Decision, FlowRequest, IO_BUFFER_SIZE, MAX_CANDIDATES, RankRequest,
+    export, harness, import, layout,
 };
 use slr_policy_wasm::consistent_hash::MaglevTable;
-use slr_policy_wasm::{least_load, proximity, time_of_day, weighted_cost};
+use slr_policy_wasm::{
+    least_load, least_slack, proximity, sfq, strict_priority, time_of_day, weighted_cost,
+};
 use wasmtime::{Caller, Engine, Instance, Linker, Memory, Module, Store, TypedFunc};
 
 /// Log lines the guest sent through `pronto.log`.
@@ -286,4 +288,154 @@ fn same_f64(a: f64, b: f64) -> bool {
 
 fn fail(e: impl std::fmt::Display) -> TestCaseError {
     TestCaseError::fail(e.to_string())
+}
+
+/// A scheduler module in wasmtime, driven through `pronto_rank` as a host would.
+struct RankGuest {
+    store: Store<HostState>,
+    memory: Memory,
+    buffer: usize,
+    rank: TypedFunc<(), i64>,
+}
+
+impl RankGuest {
+    fn load(name: &str) -> Result<Self> {
+        let path = format!("{}/modules/{name}.wasm", env!("CARGO_MANIFEST_DIR"));
+        let bytes = std::fs::read(&path).with_context(|| path.clone())?;
+        let engine = Engine::default();
+        let module = Module::new(&engine, &bytes)?;
+        // Schedulers ship without capabilities: an empty linker must do.
+        let linker: Linker<HostState> = Linker::new(&engine);
+        let mut store = Store::new(&engine, HostState::default());
+        let instance = linker.instantiate(&mut store, &module)?;
+        let version: TypedFunc<(), u32> =
+            instance.get_typed_func(&mut store, export::ABI_VERSION.name)?;
+        ensure!(version.call(&mut store, ())? == sdk::ABI_VERSION);
+        let io: TypedFunc<(), i32> = instance.get_typed_func(&mut store, export::IO_BUFFER.name)?;
+        let buffer = usize::try_from(io.call(&mut store, ())?)?;
+        ensure!(
+            buffer % 8 == 0,
+            "I/O buffer at {buffer} is not 8-byte aligned"
+        );
+        let memory = instance
+            .get_memory(&mut store, export::MEMORY)
+            .context("memory")?;
+        ensure!(buffer + IO_BUFFER_SIZE <= memory.data_size(&store));
+        let rank = instance.get_typed_func(&mut store, export::RANK.name)?;
+        Ok(Self {
+            store,
+            memory,
+            buffer,
+            rank,
+        })
+    }
+
+    fn raw(&mut self, bytes: &[u8; RankRequest::SIZE]) -> Result<i64> {
+        self.memory.write(&mut self.store, self.buffer, bytes)?;
+        Ok(self.rank.call(&mut self.store, ())?)
+    }
+
+    fn rank(&mut self, request: &RankRequest) -> Result<u64> {
+        let mut bytes = [0_u8; RankRequest::SIZE];
+        request.encode(&mut bytes)?;
+        Ok(sdk::rank_from_raw(self.raw(&bytes)?)?)
+    }
+
+    fn pages(&self) -> usize {
+        self.memory.data_size(&self.store) / 65_536
+    }
+}
+
+fn arb_rank_request() -> impl Strategy<Value = RankRequest> {
+    // Few nodes, children, flows and busy periods, so tags are reused and reset;
+    // some nodes lie beyond the module's table.
+    (
+        (0_u32..1600, 0_u32..70, 0_u32..70, 0_u64..6, 0_u64..3),
+        (1_u32..200, 0_u64..3, 0_u64..1 << 24, 0_u32..10, 0_u8..64),
+        (any::<u8>(), any::<u64>(), prop::bool::weighted(0.05)),
+    )
+        .prop_map(
+            |(
+                (len, node, child, flow, period),
+                (weight, vstep, now, queued, dscp),
+                (prio, big, huge),
+            )| {
+                let len = if huge { u32::MAX } else { len };
+                let vtime = if huge { big } else { vstep * 4096 };
+                let child = if child % 3 == 0 { node } else { child };
+                RankRequest::leaf(len, child, flow.wrapping_mul(0x1234_5678_9abc_def1))
+                    .with_node(node, child, weight, prio)
+                    .with_state(vtime, period, queued)
+                    .with_now(if huge { big } else { now })
+                    .with_dscp(dscp, 6)
+            },
+        )
+}
+
+/// Runs random sequences of requests through the module and the native rank
+/// function (fresh state each sequence on both sides) and compares every answer.
+fn rank_differential<S>(
+    name: &str,
+    cases: u32,
+    fresh: impl Fn() -> S,
+    native: impl Fn(&mut S, &RankRequest) -> u64,
+) -> Result<()> {
+    let mut runner = TestRunner::new(Config::with_cases(cases));
+    runner
+        .run(
+            &prop::collection::vec(arb_rank_request(), 1..200),
+            |requests| {
+                let mut guest = RankGuest::load(name).map_err(fail)?;
+                let mut state = fresh();
+                for request in &requests {
+                    let wasm = guest.rank(request).map_err(fail)?;
+                    let native = harness::rank(|r| native(&mut state, r), request)
+                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    prop_assert_eq!(wasm, native, "{:?}", request);
+                }
+                Ok(())
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+
+    // A request the host could never write is the guest's fault code, not a rank.
+    let mut guest = RankGuest::load(name)?;
+    let mut bytes = [0_u8; RankRequest::SIZE];
+    RankRequest::leaf(100, 1, 1).encode(&mut bytes)?;
+    for (at, value) in [(layout::rank::RESERVED0, 1_u8), (layout::rank::DSCP, 64)] {
+        let mut bad = bytes;
+        bad[at] = value;
+        ensure!(guest.raw(&bad)? == sdk::RANK_FAULT, "{name}: byte {at}");
+    }
+    ensure!(
+        guest.raw(&[0; RankRequest::SIZE])? == sdk::RANK_FAULT,
+        "{name}: weight 0"
+    );
+    ensure!(guest.pages() <= 2, "{name}: {} pages", guest.pages());
+    Ok(())
+}
+
+#[test]
+fn sfq_matches_native() -> Result<()> {
+    rank_differential(
+        sfq::NAME,
+        60,
+        || Box::new(sfq::Sfq::EMPTY),
+        |s, r| s.rank(r),
+    )
+}
+
+#[test]
+fn strict_priority_matches_native() -> Result<()> {
+    rank_differential(
+        strict_priority::NAME,
+        40,
+        || (),
+        |(), r| strict_priority::rank(r),
+    )
+}
+
+#[test]
+fn least_slack_matches_native() -> Result<()> {
+    rank_differential(least_slack::NAME, 40, || (), |(), r| least_slack::rank(r))
 }
