@@ -84,6 +84,16 @@ pub enum SlrAction {
     /// Install this shortcut in the cluster's tunnel entry routers (e.g. with
     /// [`install_shortcut`], checking the flow is pinned to this SLR).
     ProgramEntry(TunnelObject),
+    /// The next hop at `addr` went down. Flows pinned to it that have only shown a
+    /// SYN hold no server state yet: the shell should unpin them (the engine's
+    /// flow table is not reachable through [`RouterApi`]) so that the client's
+    /// retransmitted SYN is placed anew instead of following the dead path until
+    /// the SYN timeout. Established flows stay pinned: with a shortcut their
+    /// server may well still be reachable.
+    NextHopDown {
+        /// The tunnel endpoint that went down.
+        addr: IpAddr,
+    },
 }
 
 /// Why a configuration call was refused.
@@ -393,6 +403,8 @@ impl SlrControl {
                     debug!(peer = %name, %reason, "lower-level peer down");
                     // Refused only for an old epoch, which cannot be the one stored here.
                     let _ = self.table.peer_down(name, *epoch);
+                    self.actions
+                        .push_back(SlrAction::NextHopDown { addr: ds.addr });
                 }
                 self.downstream.remove(&session);
             }
@@ -739,6 +751,10 @@ mod tests {
                 reason: crate::DownReason::Timeout,
             },
             &mut e,
+        );
+        assert_eq!(
+            actions(&mut c),
+            vec![SlrAction::NextHopDown { addr: site(2) }]
         );
         c.handle_timeout(Instant::from_millis(100), &mut e);
         let (_, v) = syn(&mut e, 8, Instant::from_millis(101));
