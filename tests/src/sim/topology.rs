@@ -1,0 +1,474 @@
+//! Building a hierarchy: network SLR (+ its cluster's tunnel entry router) →
+//! system SLRs → site SLRs → host servers, plus clients.
+//!
+//! Addresses: network SLR 10.0.0.1, entry router 10.0.0.2, system `i` 10.i'.0.1,
+//! site `j` of system `i` 10.i'.j'.1, host `h` 10.i'.j'.(h+10) (primes are 1-based),
+//! clients 172.16.x.y. Names follow the same shape under `pronto.test`.
+
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use router_core::engine::{Engine, EngineConfig};
+use router_core::flow::FlowConfig;
+use router_core::policy::Level;
+use router_core::time::Instant;
+use router_core::tunnel::IpIpTunnel;
+use signaling::{
+    HostAgent, HostConfig, HostError, NodeName, SlrConfig, SlrControl, SubnetPrefix, TableConfig,
+};
+
+use super::Sim;
+use super::{
+    ClientNode, EntryNode, Event, HostNode, HostServerStats, Kind, Node, NodeId, RouterNode,
+    SimCert, SimConfig, SimStats, SplitMix64, UpLink,
+};
+
+/// A certificate authority of the modelled PKI. Every node trusts `CaId(0)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct CaId(pub u32);
+
+/// Uplink delays of the location tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delays {
+    /// Client to the network core.
+    pub client: Duration,
+    /// Entry router to the network SLR.
+    pub entry: Duration,
+    /// System SLR to the network SLR.
+    pub system: Duration,
+    /// Site SLR to its system SLR.
+    pub site: Duration,
+    /// Host server to its site SLR.
+    pub host: Duration,
+}
+
+impl Default for Delays {
+    fn default() -> Self {
+        Self {
+            client: Duration::from_millis(10),
+            entry: Duration::from_micros(200),
+            system: Duration::from_millis(5),
+            site: Duration::from_millis(2),
+            host: Duration::from_micros(100),
+        }
+    }
+}
+
+/// One host server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostSpec {
+    /// Virtual subnets it serves.
+    pub subnets: Vec<SubnetPrefix>,
+    /// Connections at load 1.0.
+    pub capacity: u32,
+    /// Load from other work.
+    pub background_load: f64,
+    /// Route cost from its site SLR.
+    pub route_cost: f64,
+}
+
+/// One host site.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiteSpec {
+    /// Route cost from its system SLR.
+    pub route_cost: f64,
+    /// Its host servers.
+    pub hosts: Vec<HostSpec>,
+    /// Issuer of the site SLR's certificate (`CaId(0)` is trusted).
+    pub issuer: CaId,
+    /// The name the site claims in its Hello, if not its certificate's.
+    pub claimed_name: Option<String>,
+}
+
+/// One AS with its system SLR.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SystemSpec {
+    /// Route cost from the network SLR.
+    pub route_cost: f64,
+    /// Its sites.
+    pub sites: Vec<SiteSpec>,
+}
+
+/// The whole hierarchy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HierarchySpec {
+    /// The ASes.
+    pub systems: Vec<SystemSpec>,
+    /// Number of clients.
+    pub clients: usize,
+    /// Link delays.
+    pub delays: Delays,
+}
+
+impl HierarchySpec {
+    /// `systems` ASes of `sites` sites of `hosts` hosts, every host serving
+    /// `subnets`, idle, capacity 1000, all route costs zero.
+    pub fn uniform(systems: usize, sites: usize, hosts: usize, subnets: &[SubnetPrefix]) -> Self {
+        let host = HostSpec {
+            subnets: subnets.to_vec(),
+            capacity: 1000,
+            background_load: 0.0,
+            route_cost: 0.0,
+        };
+        let site = SiteSpec {
+            route_cost: 0.0,
+            hosts: vec![host; hosts],
+            issuer: CaId(0),
+            claimed_name: None,
+        };
+        Self {
+            systems: vec![
+                SystemSpec {
+                    route_cost: 0.0,
+                    sites: vec![site; sites],
+                };
+                systems
+            ],
+            clients: 16,
+            delays: Delays::default(),
+        }
+    }
+}
+
+/// Node ids of a built hierarchy, indexed like the spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hierarchy {
+    /// The network SLR.
+    pub network: NodeId,
+    /// The tunnel entry router of the network cluster.
+    pub entry: NodeId,
+    /// System SLRs.
+    pub systems: Vec<NodeId>,
+    /// Site SLRs per system.
+    pub sites: Vec<Vec<NodeId>>,
+    /// Host servers per site per system.
+    pub hosts: Vec<Vec<Vec<NodeId>>>,
+    /// Clients.
+    pub clients: Vec<NodeId>,
+}
+
+impl Hierarchy {
+    /// Every host with its (system, site, host) indices.
+    pub fn all_hosts(&self) -> impl Iterator<Item = (usize, usize, usize, NodeId)> + '_ {
+        self.hosts.iter().enumerate().flat_map(|(i, sites)| {
+            sites.iter().enumerate().flat_map(move |(j, hosts)| {
+                hosts.iter().enumerate().map(move |(h, &id)| (i, j, h, id))
+            })
+        })
+    }
+
+    /// Every site SLR with its (system, site) indices.
+    pub fn all_sites(&self) -> impl Iterator<Item = (usize, usize, NodeId)> + '_ {
+        self.sites
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| s.iter().enumerate().map(move |(j, &id)| (i, j, id)))
+    }
+}
+
+/// Why a hierarchy or a workload could not be built.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TopologyError {
+    /// More of something than the address plan holds.
+    #[error("too many {what} for the address plan")]
+    TooMany {
+        /// What.
+        what: &'static str,
+    },
+    /// A name is not a DNS name.
+    #[error("{name:?} is not a valid node name")]
+    BadName {
+        /// The name.
+        name: String,
+    },
+    /// A host's configuration was refused.
+    #[error("host configuration: {0}")]
+    Host(#[from] HostError),
+    /// The node is not a client.
+    #[error("node {} is not a client", node.0)]
+    NotAClient {
+        /// The node.
+        node: NodeId,
+    },
+    /// A client used all its source ports.
+    #[error("client {} has no source port left", node.0)]
+    PortsExhausted {
+        /// The node.
+        node: NodeId,
+    },
+}
+
+fn node_name(s: &str) -> Result<NodeName, TopologyError> {
+    NodeName::new(s).map_err(|_| TopologyError::BadName { name: s.to_owned() })
+}
+
+fn octet(i: usize, limit: usize, what: &'static str) -> Result<u8, TopologyError> {
+    if i >= limit {
+        return Err(TopologyError::TooMany { what });
+    }
+    u8::try_from(i + 1).map_err(|_| TopologyError::TooMany { what })
+}
+
+struct NewNode {
+    name: NodeName,
+    claimed: NodeName,
+    addr: Ipv4Addr,
+    parent: Option<NodeId>,
+    uplink: Duration,
+    issuer: CaId,
+    trust: Vec<CaId>,
+    up: Option<(NodeId, f64)>,
+    kind: Kind,
+}
+
+impl Sim {
+    /// Builds the hierarchy of `spec`; every lower node starts registering at time
+    /// zero.
+    pub fn build(cfg: SimConfig, spec: &HierarchySpec) -> Result<(Self, Hierarchy), TopologyError> {
+        let mut sim = Self {
+            rng: SplitMix64::new(cfg.seed),
+            cfg,
+            now: Instant::ZERO,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            nodes: Vec::new(),
+            by_addr: HashMap::new(),
+            sessions: Vec::new(),
+            conns: Vec::new(),
+            entries: Vec::new(),
+            stats: SimStats::default(),
+        };
+        let d = spec.delays;
+        let net_addr = Ipv4Addr::new(10, 0, 0, 1);
+        let network = sim.add_router(
+            "net.pronto.test",
+            net_addr,
+            None,
+            Duration::ZERO,
+            Level::Network,
+            None,
+            CaId(0),
+            None,
+        )?;
+        let entry_addr = Ipv4Addr::new(10, 0, 0, 2);
+        let entry_engine = sim.engine(Level::Network, entry_addr, sim.cfg.entry_flow_capacity);
+        let entry = sim.add_node(NewNode {
+            name: node_name("entry.pronto.test")?,
+            claimed: node_name("entry.pronto.test")?,
+            addr: entry_addr,
+            parent: Some(network),
+            uplink: d.entry,
+            issuer: CaId(0),
+            trust: vec![CaId(0)],
+            up: None,
+            kind: Kind::Entry(Box::new(EntryNode {
+                engine: entry_engine,
+                slr: network,
+                slr_addr: IpAddr::V4(net_addr),
+                served: BTreeSet::new(),
+            })),
+        });
+        sim.entries.push(entry);
+        let mut h = Hierarchy {
+            network,
+            entry,
+            systems: Vec::new(),
+            sites: Vec::new(),
+            hosts: Vec::new(),
+            clients: Vec::new(),
+        };
+        for (i, sys) in spec.systems.iter().enumerate() {
+            let a = octet(i, 200, "systems")?;
+            let sys_id = sim.add_router(
+                &format!("as{i}.pronto.test"),
+                Ipv4Addr::new(10, a, 0, 1),
+                Some(network),
+                d.system,
+                Level::System,
+                Some((network, sys.route_cost)),
+                CaId(0),
+                None,
+            )?;
+            h.systems.push(sys_id);
+            let mut sites = Vec::new();
+            let mut hosts_of_sys = Vec::new();
+            for (j, site) in sys.sites.iter().enumerate() {
+                let b = octet(j, 250, "sites per system")?;
+                let site_addr = Ipv4Addr::new(10, a, b, 1);
+                let site_id = sim.add_router(
+                    &format!("site{i}-{j}.pronto.test"),
+                    site_addr,
+                    Some(sys_id),
+                    d.site,
+                    Level::Site,
+                    Some((sys_id, site.route_cost)),
+                    site.issuer,
+                    site.claimed_name.as_deref(),
+                )?;
+                sites.push(site_id);
+                let mut hosts = Vec::new();
+                for (k, host) in site.hosts.iter().enumerate() {
+                    let c = octet(k + 9, 250, "hosts per site")?;
+                    let name = node_name(&format!("host{i}-{j}-{k}.pronto.test"))?;
+                    let mut agent = HostAgent::new(HostConfig {
+                        subnets: host.subnets.clone(),
+                        update_interval: sim.cfg.host_update_interval,
+                        capacity: host.capacity,
+                    })?;
+                    agent.set_background_load(host.background_load);
+                    let id = sim.add_node(NewNode {
+                        claimed: name.clone(),
+                        name,
+                        addr: Ipv4Addr::new(10, a, b, c),
+                        parent: Some(site_id),
+                        uplink: d.host,
+                        issuer: CaId(0),
+                        trust: vec![CaId(0), site.issuer],
+                        up: Some((site_id, host.route_cost)),
+                        kind: Kind::Host(Box::new(HostNode {
+                            agent,
+                            tunnel: IpIpTunnel::new(),
+                            site_addr: IpAddr::V4(site_addr),
+                            conns: HashMap::new(),
+                            stats: HostServerStats::default(),
+                        })),
+                    });
+                    hosts.push(id);
+                }
+                hosts_of_sys.push(hosts);
+            }
+            h.sites.push(sites);
+            h.hosts.push(hosts_of_sys);
+        }
+        for k in 0..spec.clients {
+            if k >= 250 * 250 {
+                return Err(TopologyError::TooMany { what: "clients" });
+            }
+            let name = node_name(&format!("client{k}.pronto.test"))?;
+            let id = sim.add_node(NewNode {
+                claimed: name.clone(),
+                name,
+                addr: Ipv4Addr::new(172, 16, (k / 250) as u8, (k % 250 + 1) as u8),
+                parent: Some(network),
+                uplink: d.client,
+                issuer: CaId(0),
+                trust: vec![CaId(0)],
+                up: None,
+                kind: Kind::Client(Box::new(ClientNode {
+                    next_port: 10_000,
+                    ..ClientNode::default()
+                })),
+            });
+            h.clients.push(id);
+        }
+        for i in 0..sim.nodes.len() {
+            let id = NodeId(i as u32);
+            if sim.nodes[i].up.is_some() {
+                sim.schedule(Instant::ZERO, Event::Connect { lower: id });
+            }
+            sim.reschedule(id);
+        }
+        Ok((sim, h))
+    }
+
+    fn engine(&self, level: Level, addr: Ipv4Addr, capacity: usize) -> Engine {
+        Engine::new(EngineConfig {
+            level,
+            local_v4: Some(addr),
+            flows: FlowConfig {
+                capacity_v4: capacity,
+                capacity_v6: 8,
+                max_next_hops: 4096,
+                ..FlowConfig::default()
+            },
+            ..EngineConfig::default()
+        })
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site per level, all named"
+    )]
+    fn add_router(
+        &mut self,
+        name: &str,
+        addr: Ipv4Addr,
+        parent: Option<NodeId>,
+        uplink: Duration,
+        level: Level,
+        up: Option<(NodeId, f64)>,
+        issuer: CaId,
+        claimed: Option<&str>,
+    ) -> Result<NodeId, TopologyError> {
+        let mut engine = self.engine(level, addr, self.cfg.flow_capacity);
+        let mut slr = SlrConfig::new(level);
+        slr.table = TableConfig {
+            interval: self.cfg.table_interval,
+            hold_time: self.cfg.hold_time,
+            ..TableConfig::default()
+        };
+        slr.shortcuts = self.cfg.shortcuts && level == Level::Site;
+        slr.entry_routers = level == Level::Network;
+        let mut control = SlrControl::new(slr, self.cfg.cost.clone(), Instant::ZERO);
+        let policy = match level {
+            Level::Network => self.cfg.network_policy.clone(),
+            Level::System => self.cfg.system_policy.clone(),
+            Level::Site => self.cfg.site_policy.clone(),
+        };
+        if let Some(p) = policy {
+            control.set_policy(p, &mut engine);
+        }
+        let name = node_name(name)?;
+        let claimed = match claimed {
+            Some(c) => node_name(c)?,
+            None => name.clone(),
+        };
+        Ok(self.add_node(NewNode {
+            name,
+            claimed,
+            addr,
+            parent,
+            uplink,
+            issuer,
+            trust: vec![CaId(0)],
+            up,
+            kind: Kind::Router(Box::new(RouterNode {
+                level,
+                engine,
+                control,
+                recover: 0,
+            })),
+        }))
+    }
+
+    fn add_node(&mut self, n: NewNode) -> NodeId {
+        let id = NodeId(self.nodes.len() as u32);
+        self.by_addr.insert(IpAddr::V4(n.addr), id);
+        let backoff = self.cfg.reconnect_backoff;
+        self.nodes.push(Node {
+            cert: SimCert {
+                subject: n.name.clone(),
+                issuer: n.issuer,
+            },
+            name: n.name,
+            claimed: n.claimed,
+            addr: n.addr,
+            parent: n.parent,
+            uplink: n.uplink,
+            alive: true,
+            trust: n.trust,
+            wake_at: None,
+            sessions: Vec::new(),
+            up: n.up.map(|(target, route_cost)| UpLink {
+                target,
+                route_cost,
+                session: None,
+                backoff,
+            }),
+            kind: n.kind,
+        });
+        id
+    }
+}
