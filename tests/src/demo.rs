@@ -348,18 +348,28 @@ impl fmt::Display for DemoReport {
         writeln!(f)?;
         writeln!(
             f,
-            "{:<48} {:>6} {:>6} {:>6} {:>6} {:>8} {:>8} {:>8} {:>8}",
-            "phase", "opened", "done", "failed", "open", "SLR pkt", "network", "system", "site"
+            "{:<48} {:>6} {:>6} {:>6} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "phase",
+            "opened",
+            "done",
+            "failed",
+            "open",
+            "entry",
+            "SLR pkt",
+            "network",
+            "system",
+            "site"
         )?;
         for p in &self.phases {
             writeln!(
                 f,
-                "{:<48} {:>6} {:>6} {:>6} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
+                "{:<48} {:>6} {:>6} {:>6} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
                 p.title,
                 p.opened,
                 p.completed,
                 p.failed,
                 p.unfinished,
+                p.figures.entry_per_conn,
                 p.figures.slr_packets_per_conn,
                 p.figures.per_level[0],
                 p.figures.per_level[1],
@@ -368,8 +378,9 @@ impl fmt::Display for DemoReport {
         }
         writeln!(
             f,
-            "(per completed connection: distinct packets that reached any SLR, then SLR \
-             engine passes per level; each connection sent {:.1} packets)",
+            "(per completed connection: packets through the tunnel entry router (a fast \
+             router), distinct packets that reached any SLR, then SLR engine passes per \
+             level; each connection sent {:.1} packets)",
             self.phases
                 .first()
                 .map_or(0.0, |p| p.figures.packets_per_conn)

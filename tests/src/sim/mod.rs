@@ -194,6 +194,8 @@ pub struct ConnRecord {
     pub level_handlings: [u32; 3],
     /// Packets that reached a host other than `server`.
     pub misrouted: u32,
+    /// Its packets the tunnel entry router forwarded.
+    pub entry_packets: u32,
     acked: u32,
     sent: u32,
     tries: u32,
@@ -280,16 +282,20 @@ pub struct ShortcutFigures {
     pub slr_handlings_per_conn: f64,
     /// SLR engine passes per connection at the network, system and site level.
     pub per_level: [f64; 3],
+    /// Packets per connection the tunnel entry router (a fast router, not an
+    /// SLR) forwarded.
+    pub entry_per_conn: f64,
 }
 
 impl fmt::Display for ShortcutFigures {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} connections, {:.2} packets each; through SLRs: {:.3} packets/conn \
-             ({:.3} engine passes: network {:.3}, system {:.3}, site {:.3})",
+            "{} connections, {:.2} packets each, {:.2} via the entry router; through SLRs: \
+             {:.3} packets/conn ({:.3} engine passes: network {:.3}, system {:.3}, site {:.3})",
             self.connections,
             self.packets_per_conn,
+            self.entry_per_conn,
             self.slr_packets_per_conn,
             self.slr_handlings_per_conn,
             self.per_level[0],
@@ -1206,6 +1212,9 @@ impl Sim {
         let v = e.engine.process(&mut pb, now);
         pkt.start = pb.start();
         pkt.len = pb.len();
+        if let Some(c) = pkt.conn {
+            self.conns[c.0 as usize].entry_packets += 1;
+        }
         match v {
             Verdict::Forward { next_hop, .. } => self.send_packet(id, next_hop, pkt),
             Verdict::Reply { to } => {
@@ -1355,6 +1364,7 @@ impl Sim {
             slr_handlings: 0,
             level_handlings: [0; 3],
             misrouted: 0,
+            entry_packets: 0,
             acked: 0,
             sent: 0,
             tries: 0,
@@ -1696,6 +1706,7 @@ impl Sim {
                 avg(&|c| c.level_handlings[1]),
                 avg(&|c| c.level_handlings[2]),
             ],
+            entry_per_conn: avg(&|c| c.entry_packets),
         }
     }
 
