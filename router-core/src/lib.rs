@@ -20,6 +20,8 @@ pub mod icmp;
 pub mod linux;
 pub mod packet;
 pub mod policy;
+pub mod queue;
+pub mod sched;
 pub mod synth;
 pub mod time;
 pub mod tunnel;

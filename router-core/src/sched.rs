@@ -1,0 +1,1514 @@
+//! Link scheduler: a tree of rank-ordered queues (PIFO tree, Sivaraman et al.,
+//! SIGCOMM'16) over bounded per-class queues, shaped to a link rate. Sans-IO:
+//! every call that depends on time takes `now`.
+//!
+//! # Model
+//!
+//! Classes form a tree under [`ClassId::ROOT`]. Packets are queued at leaf
+//! classes. Every class holds one PIFO: a leaf's holds its packets, an internal
+//! class's holds one *reference* per packet queued beneath it, naming the child the
+//! packet came through. Enqueueing a packet of leaf `c` computes one rank per
+//! level, leaf first: at the leaf (`node == child == c`) it orders the packet
+//! inside the class; at each ancestor `p` it orders the reference to the child on
+//! the path among `p`'s other references. Dequeue pops the smallest reference at
+//! the root, then the smallest at the child it names, down to a leaf, and sends
+//! that leaf's smallest packet. Equal ranks leave in arrival order.
+//!
+//! Ranks come from one [`Rank`] function for the whole tree: the built-in
+//! [`Sfq`] (the default), [`StrictPriority`], [`Fifo`], or a module's (exec-env
+//! wraps a wasm `pronto_rank` in a `Rank`). Each class has a weight and a priority
+//! that the rank function sees for the child it ranks.
+//!
+//! Each class also has a *virtual time*, the largest rank dequeued from it in its
+//! current *busy period*. A busy period starts when a packet reaches an empty
+//! class: its virtual time restarts at 0 and it gets a new busy-period number,
+//! unique across the scheduler. Rank functions see both, which is all SFQ needs
+//! (`S = max(v, F)`), and can forget their tags of older periods, which keeps ranks
+//! far from `u64::MAX` (see [`Sfq`]).
+//!
+//! # Hot swap
+//!
+//! [`LinkScheduler::set_rank`] replaces the rank function between two calls.
+//! Queued entries keep the ranks they were given, in every PIFO, and are never
+//! moved or dropped; packets enqueued afterwards get ranks from the new function,
+//! computed against the same virtual times and busy periods. A reference in a
+//! parent names a child, not a packet, and a class always sends its own packets
+//! in its own leaf order. So a swap changes which class is served next as soon as
+//! new references arrive, while the order inside a class changes only if the new
+//! function ranks leaves differently: with FIFO leaves (every built-in) arrival
+//! order inside a class survives any swap. For example, SFQ to strict priority:
+//! the new small ranks go ahead of the queued SFQ references, so the first class
+//! by priority is served from its next arrival on, oldest packet first, and the
+//! queued SFQ references are served after the new ones. A fresh SFQ starts its
+//! tags at each class's current virtual time, so its ranks interleave with the
+//! old ones. A failing rank call (module trap, timeout, budget) ranks the packet at
+//! the class's virtual time instead and counts a fault; the packet is never
+//! dropped for it.
+//!
+//! # Bounds and drops
+//!
+//! Every leaf has a packet and a byte limit, the scheduler a shared packet and
+//! byte limit and a class limit. The drop policy is **tail drop**: a packet that
+//! would exceed its class's limits or the shared ones is refused before any rank
+//! is computed (so a refusal leaves no state behind in the rank function), handed
+//! back in [`Refused`], and counted by [`QueueDrop`] reason at its class and every
+//! ancestor. Queued packets are never pushed out. Storage is preallocated: a slab
+//! of `total_packets` slots and heaps sized to the limits beneath each class, so
+//! enqueue and dequeue do not allocate in steady state.
+//!
+//! # Shaping
+//!
+//! With a link rate ([`SchedConfig::link`], a `resource-mgr` [`RateLimit`] in
+//! bytes per second and a burst in bytes), the head packet leaves only when a token
+//! bucket holds `min(len, burst)` bytes of credit; it then takes `len` (an oversize
+//! packet leaves a debt). [`LinkScheduler::next_ready`] says when to call
+//! [`LinkScheduler::dequeue`] again. Shaping never reorders: it holds back the head.
+//!
+//! # Costs
+//!
+//! Enqueue and dequeue are `O(depth * log backlog)` heap operations plus one rank
+//! call per level (`depth + 1` calls for a packet at depth `depth`).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fmt;
+use std::time::Duration;
+
+use resource_mgr::RateLimit;
+
+use crate::time::Instant;
+
+/// Index of the root in the class arena.
+const ROOT: u32 = 0;
+
+/// Fractional bits of the built-in SFQ's tags (resource-mgr's share tree uses 32
+/// in `u128`; ranks are `u64`, so 16 here).
+pub const SFQ_TAG_SHIFT: u32 = 16;
+
+/// Names one class of a [`LinkScheduler`]; a removed class's id never names a
+/// later class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClassId {
+    index: u32,
+    generation: u32,
+}
+
+impl ClassId {
+    /// The root class, which exists from the start.
+    pub const ROOT: Self = Self {
+        index: ROOT,
+        generation: 0,
+    };
+
+    /// Dense index of the class (the `node`/`child`/`class` number rank modules
+    /// see); reused after the class is removed.
+    pub fn index(self) -> u32 {
+        self.index
+    }
+}
+
+impl fmt::Display for ClassId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "class#{}.{}", self.index, self.generation)
+    }
+}
+
+/// Configuration of one class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClassConfig {
+    /// Relative share among its siblings (at least 1); SFQ serves by it.
+    pub weight: u32,
+    /// Strict priority among its siblings: 0 is served first.
+    pub priority: u8,
+    /// Most packets a leaf may queue (at least 1).
+    pub limit_packets: u32,
+    /// Most bytes a leaf may queue (at least 1).
+    pub limit_bytes: u64,
+}
+
+impl ClassConfig {
+    /// A class of `weight` with priority 0 and the default limits (1024 packets,
+    /// 2 MiB).
+    pub fn new(weight: u32) -> Self {
+        Self {
+            weight,
+            ..Self::default()
+        }
+    }
+
+    /// Sets the priority.
+    #[must_use]
+    pub fn with_priority(mut self, priority: u8) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Sets the leaf limits.
+    #[must_use]
+    pub fn with_limits(mut self, packets: u32, bytes: u64) -> Self {
+        self.limit_packets = packets;
+        self.limit_bytes = bytes;
+        self
+    }
+
+    fn validate(self) -> Result<Self, SchedError> {
+        if self.weight == 0 {
+            return Err(SchedError::InvalidWeight {
+                weight: self.weight,
+            });
+        }
+        if self.limit_packets == 0 || self.limit_bytes == 0 {
+            return Err(SchedError::InvalidLimit {
+                packets: self.limit_packets,
+                bytes: self.limit_bytes,
+            });
+        }
+        Ok(self)
+    }
+}
+
+impl Default for ClassConfig {
+    fn default() -> Self {
+        Self {
+            weight: 1,
+            priority: 0,
+            limit_packets: 1024,
+            limit_bytes: 2 << 20,
+        }
+    }
+}
+
+/// Bounds of a [`LinkScheduler`] and its link rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SchedConfig {
+    /// Most classes, root included.
+    pub max_classes: usize,
+    /// Deepest level a class may sit at (the root is level 0).
+    pub max_depth: u8,
+    /// Most packets queued in all classes together (the slab is this big).
+    pub total_packets: usize,
+    /// Most bytes queued in all classes together.
+    pub total_bytes: u64,
+    /// Shaping: the link's rate in bytes per second and burst in bytes; `None`
+    /// sends as fast as `dequeue` is called.
+    pub link: Option<RateLimit>,
+}
+
+impl SchedConfig {
+    /// Shared limits; the class limits keep their defaults and the link is unshaped.
+    pub fn new(total_packets: usize, total_bytes: u64) -> Self {
+        Self {
+            total_packets,
+            total_bytes,
+            ..Self::default()
+        }
+    }
+
+    /// Sets the class limit.
+    #[must_use]
+    pub fn with_max_classes(mut self, max_classes: usize) -> Self {
+        self.max_classes = max_classes;
+        self
+    }
+
+    /// Sets the link rate.
+    #[must_use]
+    pub fn with_link(mut self, link: Option<RateLimit>) -> Self {
+        self.link = link;
+        self
+    }
+}
+
+impl Default for SchedConfig {
+    fn default() -> Self {
+        Self {
+            max_classes: 1024,
+            max_depth: 8,
+            total_packets: 16_384,
+            total_bytes: 32 << 20,
+            link: None,
+        }
+    }
+}
+
+/// What the scheduler knows of a packet: everything a rank function may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacketMeta {
+    /// Length in bytes, IP header onward (what the link and limits count).
+    pub len: u32,
+    /// Its leaf class.
+    pub class: ClassId,
+    /// Keyed hash of its flow's 5-tuple.
+    pub flow_hash: u64,
+    /// DSCP (0..=63).
+    pub dscp: u8,
+    /// IP protocol number.
+    pub proto: u8,
+}
+
+impl PacketMeta {
+    /// A packet of `len` bytes in `class`, flow hash 0, DSCP 0, protocol 0.
+    pub fn new(len: u32, class: ClassId) -> Self {
+        Self {
+            len,
+            class,
+            flow_hash: 0,
+            dscp: 0,
+            proto: 0,
+        }
+    }
+
+    /// Same packet with the flow hash set.
+    #[must_use]
+    pub fn with_flow(mut self, flow_hash: u64) -> Self {
+        self.flow_hash = flow_hash;
+        self
+    }
+
+    /// Same packet with DSCP (masked to 6 bits) and protocol set.
+    #[must_use]
+    pub fn with_dscp(mut self, dscp: u8, proto: u8) -> Self {
+        self.dscp = dscp & 0x3f;
+        self.proto = proto;
+        self
+    }
+}
+
+/// Where in the tree a rank is computed, and that node's scheduling state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RankContext {
+    /// The class whose PIFO the rank orders.
+    pub node: ClassId,
+    /// The child of `node` the packet comes through; `node` itself at the leaf.
+    pub child: ClassId,
+    /// Weight of `child`.
+    pub weight: u32,
+    /// Priority of `child`.
+    pub priority: u8,
+    /// `node`'s virtual time: the largest rank dequeued from it in this busy period.
+    pub vtime: u64,
+    /// `node`'s busy-period number, unique across the scheduler.
+    pub busy_period: u64,
+    /// Packets queued under `node` before this one.
+    pub queued: u32,
+    /// The time of the enqueue.
+    pub now: Instant,
+}
+
+impl RankContext {
+    /// Whether this is the leaf level (ordering packets inside one class).
+    pub fn is_leaf(&self) -> bool {
+        self.node == self.child
+    }
+}
+
+/// Why a rank function produced no rank; the scheduler ranks the packet at the
+/// node's virtual time instead and counts a fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RankError {
+    /// The module trapped.
+    #[error("rank function trapped: {message}")]
+    Trap {
+        /// What the VM reported.
+        message: String,
+    },
+    /// The call ran out of time or CPU budget.
+    #[error("rank function exceeded its CPU budget")]
+    Timeout,
+    /// The module returned an invalid rank (negative in the wasm ABI).
+    #[error("rank function returned invalid rank {raw}")]
+    BadResult {
+        /// The raw value.
+        raw: i64,
+    },
+    /// The module is quarantined or otherwise unavailable.
+    #[error("rank function unavailable: {reason}")]
+    Unavailable {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A rank function: given a packet and where in the tree it is being queued,
+/// the packet's rank there; smaller leaves first, equal ranks in arrival order.
+///
+/// Called once per level on the packet's path, leaf first, only for packets the
+/// queue accepts. Implementations may keep per-flow or per-class state (bounded).
+pub trait Rank: Send {
+    /// Short name for logs and counters.
+    fn name(&self) -> &str;
+    /// The rank of `packet` at `at.node`.
+    fn rank(&mut self, packet: &PacketMeta, at: &RankContext) -> Result<u64, RankError>;
+}
+
+impl fmt::Debug for dyn Rank {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Rank({})", self.name())
+    }
+}
+
+/// Arrival order everywhere: one FIFO for the whole link.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fifo;
+
+impl Rank for Fifo {
+    fn name(&self) -> &str {
+        "fifo"
+    }
+
+    fn rank(&mut self, _: &PacketMeta, _: &RankContext) -> Result<u64, RankError> {
+        Ok(0)
+    }
+}
+
+/// Strict priority: a class serves its child of the smallest priority number
+/// first, equal priorities and packets inside a class in arrival order.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StrictPriority;
+
+impl Rank for StrictPriority {
+    fn name(&self) -> &str {
+        "strict_priority"
+    }
+
+    fn rank(&mut self, _: &PacketMeta, at: &RankContext) -> Result<u64, RankError> {
+        Ok(if at.is_leaf() {
+            0
+        } else {
+            u64::from(at.priority)
+        })
+    }
+}
+
+/// Advance of an SFQ tag for `len` bytes at `weight`: `len * 2^16 / weight`,
+/// resource-mgr's `tag_len` at 16 fractional bits.
+pub fn sfq_tag_len(len: u32, weight: u32) -> u64 {
+    (u64::from(len) << SFQ_TAG_SHIFT) / u64::from(weight.max(1))
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct SfqTag {
+    busy_period: u64,
+    finish: u64,
+}
+
+/// Start-time fair queuing (Goyal, Vin, Cheng, SIGCOMM'96) between the children
+/// of every class, by weight; arrival order inside a class (as resource-mgr's
+/// share tree: FIFO leaves).
+///
+/// A packet reaching `node` through `child` gets the rank `S = max(v, F[child])`
+/// and sets `F[child] = S + len * 2^16 / weight(child)`, where `v` is the node's
+/// virtual time. `F` from an earlier busy period of the node counts as 0: the
+/// node was empty since, and SFQ's rule (at the end of a busy period `v` becomes
+/// the largest finish tag) makes every child start level, which is the same.
+/// Ranks restart with every busy period, so they saturate at `u64::MAX` only after
+/// one busy period of `2^48 * W / w_min` bytes without the class ever emptying,
+/// where `W` is the busy children's total weight (for weights 20/30/50 all busy,
+/// 1.4 * 10^16 bytes: 130 days of a saturated 10 Gbit/s link); past that, ranks
+/// tie and the class serves in arrival order until it next empties.
+///
+/// Tags are kept per class index (`max_classes` of them, 16 bytes each); a class
+/// beyond that ranks at the node's virtual time.
+#[derive(Debug, Clone)]
+pub struct Sfq {
+    tags: Vec<SfqTag>,
+}
+
+impl Sfq {
+    /// Tags for classes with index below `max_classes`.
+    pub fn new(max_classes: usize) -> Self {
+        Self {
+            tags: vec![SfqTag::default(); max_classes],
+        }
+    }
+}
+
+impl Rank for Sfq {
+    fn name(&self) -> &str {
+        "sfq"
+    }
+
+    fn rank(&mut self, packet: &PacketMeta, at: &RankContext) -> Result<u64, RankError> {
+        if at.is_leaf() {
+            return Ok(0);
+        }
+        let Some(tag) = self.tags.get_mut(at.child.index() as usize) else {
+            return Ok(at.vtime);
+        };
+        let finish = if tag.busy_period == at.busy_period {
+            tag.finish
+        } else {
+            0
+        };
+        let start = at.vtime.max(finish);
+        *tag = SfqTag {
+            busy_period: at.busy_period,
+            finish: start.saturating_add(sfq_tag_len(packet.len, at.weight)),
+        };
+        Ok(start)
+    }
+}
+
+/// A closure as a rank function (tests, experiments).
+pub struct FnRank<F> {
+    name: String,
+    f: F,
+}
+
+impl<F> FnRank<F>
+where
+    F: FnMut(&PacketMeta, &RankContext) -> u64 + Send,
+{
+    /// Wraps `f` under `name`.
+    pub fn new(name: impl Into<String>, f: F) -> Self {
+        Self {
+            name: name.into(),
+            f,
+        }
+    }
+}
+
+impl<F> fmt::Debug for FnRank<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FnRank({})", self.name)
+    }
+}
+
+impl<F> Rank for FnRank<F>
+where
+    F: FnMut(&PacketMeta, &RankContext) -> u64 + Send,
+{
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn rank(&mut self, packet: &PacketMeta, at: &RankContext) -> Result<u64, RankError> {
+        Ok((self.f)(packet, at))
+    }
+}
+
+/// Why the queue refused a packet. Each reason has its own counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+#[non_exhaustive]
+pub enum QueueDrop {
+    /// The class holds its limit of packets.
+    ClassPackets = 0,
+    /// The class would exceed its byte limit.
+    ClassBytes,
+    /// All classes together hold the shared packet limit.
+    BufferPackets,
+    /// All classes together would exceed the shared byte limit.
+    BufferBytes,
+    /// The class has children; packets are queued at leaves.
+    NotALeaf,
+    /// The class id names no live class.
+    UnknownClass,
+    /// No class matched the packet's source and there is no default class, or
+    /// the packet's headers could not be read.
+    Unclassified,
+}
+
+impl QueueDrop {
+    /// Number of reasons.
+    pub const COUNT: usize = 7;
+
+    /// Every reason, in counter order.
+    pub const ALL: [Self; Self::COUNT] = [
+        Self::ClassPackets,
+        Self::ClassBytes,
+        Self::BufferPackets,
+        Self::BufferBytes,
+        Self::NotALeaf,
+        Self::UnknownClass,
+        Self::Unclassified,
+    ];
+
+    /// Stable snake_case name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClassPackets => "class_packets",
+            Self::ClassBytes => "class_bytes",
+            Self::BufferPackets => "buffer_packets",
+            Self::BufferBytes => "buffer_bytes",
+            Self::NotALeaf => "not_a_leaf",
+            Self::UnknownClass => "unknown_class",
+            Self::Unclassified => "unclassified",
+        }
+    }
+}
+
+impl fmt::Display for QueueDrop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A packet the queue refused, handed back so the caller can recycle its buffer.
+#[derive(Debug)]
+pub struct Refused<P> {
+    /// The packet, untouched.
+    pub packet: P,
+    /// Why it was refused.
+    pub reason: QueueDrop,
+}
+
+/// A packet leaving the link.
+#[derive(Debug)]
+pub struct Dequeued<P> {
+    /// The packet as it was queued.
+    pub packet: P,
+    /// Its leaf class.
+    pub class: ClassId,
+    /// Its length as given at enqueue.
+    pub len: u32,
+    /// Its rank in its leaf class.
+    pub rank: u64,
+    /// How long it was queued.
+    pub delay: Duration,
+}
+
+/// Counters of one class; an internal class's sum its whole subtree.
+///
+/// For every class, `enqueued = dequeued + backlog`, and packets offered to it
+/// are `enqueued + dropped_total()`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClassStats {
+    /// Packets accepted.
+    pub enqueued: u64,
+    /// Bytes accepted.
+    pub enqueued_bytes: u64,
+    /// Packets sent.
+    pub dequeued: u64,
+    /// Bytes sent.
+    pub dequeued_bytes: u64,
+    /// Packets refused, per [`QueueDrop`] (index = `reason as usize`).
+    pub dropped: [u64; QueueDrop::COUNT],
+    /// Bytes refused.
+    pub dropped_bytes: u64,
+    /// Packets queued now.
+    pub backlog: u32,
+    /// Bytes queued now.
+    pub backlog_bytes: u64,
+    /// Sum of the queueing delays of the packets sent, nanoseconds.
+    pub delay_total_ns: u64,
+    /// Largest queueing delay of a packet sent, nanoseconds.
+    pub delay_max_ns: u64,
+}
+
+impl ClassStats {
+    /// Packets refused for one reason.
+    pub fn dropped(&self, reason: QueueDrop) -> u64 {
+        self.dropped[reason as usize]
+    }
+
+    /// All packets refused.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().sum()
+    }
+
+    /// Mean queueing delay of the packets sent.
+    pub fn delay_mean(&self) -> Duration {
+        Duration::from_nanos(self.delay_total_ns.checked_div(self.dequeued).unwrap_or(0))
+    }
+}
+
+/// Counters of the whole scheduler.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SchedCounters {
+    /// Packets accepted.
+    pub enqueued: u64,
+    /// Packets sent.
+    pub dequeued: u64,
+    /// Packets refused per [`QueueDrop`], whatever their class.
+    pub dropped: [u64; QueueDrop::COUNT],
+    /// Rank function calls.
+    pub rank_calls: u64,
+    /// Rank calls that failed and were ranked at the virtual time instead.
+    pub rank_faults: u64,
+    /// Ranks equal to `u64::MAX` (saturated tags: arrival order among them).
+    pub rank_saturated: u64,
+    /// Rank functions swapped in.
+    pub rank_swaps: u64,
+    /// `dequeue` calls that found packets but were held back by the shaper.
+    pub shaped: u64,
+}
+
+impl SchedCounters {
+    /// Packets refused for one reason.
+    pub fn dropped(&self, reason: QueueDrop) -> u64 {
+        self.dropped[reason as usize]
+    }
+
+    /// All packets refused.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().sum()
+    }
+}
+
+/// Why a class operation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SchedError {
+    /// The id names no live class.
+    #[error("unknown {class}: it was removed or never existed")]
+    UnknownClass {
+        /// The id given.
+        class: ClassId,
+    },
+    /// Weights are relative shares and must be at least 1.
+    #[error("weight must be at least 1 (got {weight})")]
+    InvalidWeight {
+        /// The rejected weight.
+        weight: u32,
+    },
+    /// Limits must be at least 1.
+    #[error("class limits must be at least 1 packet and 1 byte (got {packets}, {bytes})")]
+    InvalidLimit {
+        /// Packet limit given.
+        packets: u32,
+        /// Byte limit given.
+        bytes: u64,
+    },
+    /// The configured class limit is reached.
+    #[error("the scheduler already holds its limit of {limit} classes")]
+    TooManyClasses {
+        /// Configured maximum, root included.
+        limit: usize,
+    },
+    /// The configured depth limit is reached.
+    #[error("a child of {parent} would exceed the depth limit of {limit}")]
+    TooDeep {
+        /// The parent asked to take a child.
+        parent: ClassId,
+        /// Configured maximum depth.
+        limit: u8,
+    },
+    /// The class still queues packets; drain it first.
+    #[error("{class} still queues {backlog} packets; drain it first")]
+    HasBacklog {
+        /// The class.
+        class: ClassId,
+        /// Packets queued under it.
+        backlog: u32,
+    },
+    /// Only classes without children can be removed.
+    #[error("{class} has children; remove them first")]
+    HasChildren {
+        /// The class.
+        class: ClassId,
+    },
+    /// The root carries the whole link and cannot be removed.
+    #[error("the root class cannot be removed")]
+    RootNotRemovable,
+}
+
+/// One element of a PIFO, ordered by `(rank, seq)`: `seq` is the arrival number,
+/// so equal ranks leave in arrival order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Entry {
+    rank: u64,
+    seq: u64,
+    /// A child class index (internal class) or a slab slot (leaf).
+    target: u32,
+}
+
+#[derive(Debug)]
+struct Node {
+    live: bool,
+    generation: u32,
+    parent: Option<u32>,
+    depth: u8,
+    config: ClassConfig,
+    children: Vec<u32>,
+    /// Sum of the packet limits of the leaves below (the leaf's own for a leaf),
+    /// capped at the shared limit: the most entries `pifo` can hold.
+    capacity: usize,
+    pifo: BinaryHeap<Reverse<Entry>>,
+    vtime: u64,
+    busy_period: u64,
+    stats: ClassStats,
+}
+
+impl Node {
+    fn vacant(generation: u32) -> Self {
+        Self {
+            live: false,
+            generation,
+            parent: None,
+            depth: 0,
+            config: ClassConfig::default(),
+            children: Vec::new(),
+            capacity: 0,
+            pifo: BinaryHeap::new(),
+            vtime: 0,
+            busy_period: 0,
+            stats: ClassStats::default(),
+        }
+    }
+
+    fn is_leaf(&self) -> bool {
+        self.children.is_empty()
+    }
+}
+
+/// A queued packet in the slab.
+#[derive(Debug)]
+struct Slot<P> {
+    packet: Option<P>,
+    len: u32,
+    leaf: u32,
+    rank: u64,
+    since: Instant,
+}
+
+/// Token bucket of the link in exact integer arithmetic (bytes times 10^9), as
+/// resource-mgr's buckets: refilling `rate` bytes/s over `dt` ns adds `rate * dt`.
+#[derive(Debug, Clone)]
+struct Shaper {
+    limit: RateLimit,
+    tokens: i128,
+    last: Instant,
+}
+
+const NANOS: i128 = 1_000_000_000;
+
+impl Shaper {
+    /// A full bucket as of `now`.
+    fn new(limit: RateLimit, now: Instant) -> Self {
+        Self {
+            limit,
+            tokens: i128::from(limit.burst) * NANOS,
+            last: now,
+        }
+    }
+
+    fn tokens_at(&self, now: Instant) -> i128 {
+        let dt = now.as_nanos().saturating_sub(self.last.as_nanos());
+        self.tokens
+            .saturating_add(i128::from(self.limit.rate).saturating_mul(i128::from(dt)))
+            .min(i128::from(self.limit.burst) * NANOS)
+    }
+
+    /// Earliest time >= `now` at which `len` bytes may go.
+    fn ready_at(&self, now: Instant, len: u32) -> Instant {
+        let need = i128::from(u64::from(len).min(self.limit.burst)) * NANOS;
+        let deficit = need - self.tokens_at(now);
+        if deficit <= 0 {
+            return now;
+        }
+        let rate = i128::from(self.limit.rate.max(1));
+        let wait = u64::try_from((deficit + rate - 1) / rate).unwrap_or(u64::MAX);
+        Instant::from_nanos(self.last.max(now).as_nanos().saturating_add(wait))
+    }
+
+    fn charge(&mut self, now: Instant, len: u32) {
+        self.tokens = self.tokens_at(now).saturating_sub(i128::from(len) * NANOS);
+        self.last = self.last.max(now);
+    }
+}
+
+/// The link scheduler: classes, their bounded PIFOs, the rank function and the
+/// shaper. Generic over the packet type `P` (the queue manager uses
+/// [`crate::queue::OwnedPacket`]); it never looks inside a packet, only at the
+/// [`PacketMeta`] given with it.
+#[derive(Debug)]
+pub struct LinkScheduler<P> {
+    config: SchedConfig,
+    nodes: Vec<Node>,
+    free_nodes: Vec<u32>,
+    live_classes: usize,
+    slots: Vec<Slot<P>>,
+    free_slots: Vec<u32>,
+    queued_packets: usize,
+    queued_bytes: u64,
+    rank: Box<dyn Rank>,
+    shaper: Option<Shaper>,
+    seq: u64,
+    busy_periods: u64,
+    counters: SchedCounters,
+}
+
+impl<P> LinkScheduler<P> {
+    /// A scheduler holding only the root class (a leaf until it gets children),
+    /// ranking with the built-in [`Sfq`]; the link bucket starts full at time 0.
+    pub fn new(config: SchedConfig) -> Self {
+        let rank = Box::new(Sfq::new(config.max_classes));
+        Self::with_rank(config, rank)
+    }
+
+    /// Same with another rank function.
+    pub fn with_rank(config: SchedConfig, rank: Box<dyn Rank>) -> Self {
+        let mut root = Node::vacant(0);
+        root.live = true;
+        root.config = ClassConfig::default();
+        // The root queues packets only while it has no children; its limits are the
+        // shared ones then.
+        root.config.limit_packets = u32::try_from(config.total_packets).unwrap_or(u32::MAX);
+        root.config.limit_bytes = config.total_bytes;
+        root.capacity = config.total_packets;
+        root.pifo = BinaryHeap::with_capacity(config.total_packets);
+        Self {
+            config,
+            nodes: vec![root],
+            free_nodes: Vec::new(),
+            live_classes: 1,
+            slots: Vec::with_capacity(config.total_packets),
+            free_slots: Vec::with_capacity(config.total_packets),
+            queued_packets: 0,
+            queued_bytes: 0,
+            rank,
+            shaper: config.link.map(|l| Shaper::new(l, Instant::ZERO)),
+            seq: 0,
+            busy_periods: 0,
+            counters: SchedCounters::default(),
+        }
+    }
+
+    /// The configuration (with the current link rate).
+    pub fn config(&self) -> SchedConfig {
+        self.config
+    }
+
+    /// Packets queued in all classes.
+    pub fn len(&self) -> usize {
+        self.queued_packets
+    }
+
+    /// No packet is queued.
+    pub fn is_empty(&self) -> bool {
+        self.queued_packets == 0
+    }
+
+    /// Bytes queued in all classes.
+    pub fn queued_bytes(&self) -> u64 {
+        self.queued_bytes
+    }
+
+    /// Live classes, root included.
+    pub fn class_count(&self) -> usize {
+        self.live_classes
+    }
+
+    /// Scheduler counters.
+    pub fn counters(&self) -> SchedCounters {
+        self.counters
+    }
+
+    /// Name of the rank function in use.
+    pub fn rank_name(&self) -> &str {
+        self.rank.name()
+    }
+
+    fn id(&self, index: u32) -> ClassId {
+        ClassId {
+            index,
+            generation: self.nodes[index as usize].generation,
+        }
+    }
+
+    fn resolve(&self, class: ClassId) -> Result<u32, SchedError> {
+        match self.nodes.get(class.index as usize) {
+            Some(n) if n.live && n.generation == class.generation => Ok(class.index),
+            _ => Err(SchedError::UnknownClass { class }),
+        }
+    }
+
+    /// Adds a child of `parent`. A leaf parent must be empty; it becomes an
+    /// internal class and stops queueing packets itself.
+    pub fn add_class(
+        &mut self,
+        parent: ClassId,
+        config: ClassConfig,
+    ) -> Result<ClassId, SchedError> {
+        let config = config.validate()?;
+        let p = self.resolve(parent)?;
+        let pnode = &self.nodes[p as usize];
+        if pnode.depth >= self.config.max_depth {
+            return Err(SchedError::TooDeep {
+                parent,
+                limit: self.config.max_depth,
+            });
+        }
+        if self.live_classes >= self.config.max_classes {
+            return Err(SchedError::TooManyClasses {
+                limit: self.config.max_classes,
+            });
+        }
+        if pnode.is_leaf() && pnode.stats.backlog > 0 {
+            return Err(SchedError::HasBacklog {
+                class: parent,
+                backlog: pnode.stats.backlog,
+            });
+        }
+        let depth = pnode.depth + 1;
+        let index = match self.free_nodes.pop() {
+            Some(i) => i,
+            None => {
+                let i =
+                    u32::try_from(self.nodes.len()).map_err(|_| SchedError::TooManyClasses {
+                        limit: self.config.max_classes,
+                    })?;
+                self.nodes.push(Node::vacant(0));
+                i
+            }
+        };
+        let capacity = (config.limit_packets as usize).min(self.config.total_packets);
+        let generation = self.nodes[index as usize].generation;
+        let mut node = Node::vacant(generation);
+        node.live = true;
+        node.parent = Some(p);
+        node.depth = depth;
+        node.config = config;
+        node.capacity = capacity;
+        node.pifo = BinaryHeap::with_capacity(capacity);
+        self.nodes[index as usize] = node;
+        self.live_classes += 1;
+
+        // A leaf parent stops queueing packets: from now on its PIFO holds
+        // references, as many as its children's packets.
+        self.nodes[p as usize].children.push(index);
+        self.recompute_capacity(p);
+        let id = self.id(index);
+        tracing::debug!(class = %id, parent = %parent, weight = config.weight,
+            priority = config.priority, "scheduler class added");
+        Ok(id)
+    }
+
+    /// Sizes the PIFOs of `from` and its ancestors to the packets their leaves may
+    /// hold (control path: may allocate).
+    fn recompute_capacity(&mut self, from: u32) {
+        let mut at = Some(from);
+        while let Some(i) = at {
+            let node = &self.nodes[i as usize];
+            let want = if node.is_leaf() {
+                node.config.limit_packets as usize
+            } else {
+                node.children
+                    .iter()
+                    .map(|&c| self.nodes[c as usize].capacity)
+                    .fold(0_usize, usize::saturating_add)
+            }
+            .min(self.config.total_packets);
+            let node = &mut self.nodes[i as usize];
+            node.capacity = want;
+            if node.pifo.capacity() < want {
+                let more = want - node.pifo.len();
+                node.pifo.reserve_exact(more);
+            }
+            at = node.parent;
+        }
+    }
+
+    /// Removes an empty leaf class. Its parent becomes a leaf again if it was the
+    /// last child.
+    pub fn remove_class(&mut self, class: ClassId) -> Result<(), SchedError> {
+        let i = self.resolve(class)?;
+        let node = &self.nodes[i as usize];
+        let Some(parent) = node.parent else {
+            return Err(SchedError::RootNotRemovable);
+        };
+        if !node.is_leaf() {
+            return Err(SchedError::HasChildren { class });
+        }
+        if node.stats.backlog > 0 {
+            return Err(SchedError::HasBacklog {
+                class,
+                backlog: node.stats.backlog,
+            });
+        }
+        let generation = node.generation.wrapping_add(1);
+        self.nodes[i as usize] = Node::vacant(generation);
+        self.free_nodes.push(i);
+        self.live_classes -= 1;
+        self.nodes[parent as usize].children.retain(|&c| c != i);
+        self.recompute_capacity(parent);
+        tracing::debug!(class = %class, "scheduler class removed");
+        Ok(())
+    }
+
+    /// Changes a class's weight, priority and limits; they apply to packets
+    /// enqueued from now on (lowering a limit below the backlog drops nothing).
+    pub fn set_class(&mut self, class: ClassId, config: ClassConfig) -> Result<(), SchedError> {
+        let config = config.validate()?;
+        let i = self.resolve(class)?;
+        self.nodes[i as usize].config = config;
+        self.recompute_capacity(i);
+        Ok(())
+    }
+
+    /// A class's configuration.
+    pub fn class_config(&self, class: ClassId) -> Result<ClassConfig, SchedError> {
+        Ok(self.nodes[self.resolve(class)? as usize].config)
+    }
+
+    /// A class's counters (its subtree's, for an internal class).
+    pub fn stats(&self, class: ClassId) -> Result<ClassStats, SchedError> {
+        Ok(self.nodes[self.resolve(class)? as usize].stats)
+    }
+
+    /// A class's children, in the order they were added.
+    pub fn children(&self, class: ClassId) -> Result<Vec<ClassId>, SchedError> {
+        let i = self.resolve(class)?;
+        Ok(self.nodes[i as usize]
+            .children
+            .iter()
+            .map(|&c| self.id(c))
+            .collect())
+    }
+
+    /// A class's parent (`None` for the root).
+    pub fn parent(&self, class: ClassId) -> Result<Option<ClassId>, SchedError> {
+        let i = self.resolve(class)?;
+        Ok(self.nodes[i as usize].parent.map(|p| self.id(p)))
+    }
+
+    /// Installs a new rank function and returns the old one. Queued packets keep
+    /// their ranks; see the module docs for what that means for their order.
+    pub fn set_rank(&mut self, rank: Box<dyn Rank>) -> Box<dyn Rank> {
+        let old = std::mem::replace(&mut self.rank, rank);
+        self.counters.rank_swaps = self.counters.rank_swaps.saturating_add(1);
+        tracing::info!(
+            old = old.name(),
+            new = self.rank.name(),
+            queued = self.queued_packets,
+            "scheduler rank function swapped"
+        );
+        old
+    }
+
+    /// Sets or clears the link rate; a new bucket starts full at `now`.
+    pub fn set_link(&mut self, link: Option<RateLimit>, now: Instant) {
+        self.config.link = link;
+        self.shaper = link.map(|l| Shaper::new(l, now));
+    }
+
+    /// Counts a packet refused before it reached a class (the queue manager's
+    /// classifier), at the root and in the scheduler counters.
+    pub(crate) fn count_refusal(&mut self, reason: QueueDrop, len: u32) {
+        self.counters.dropped[reason as usize] =
+            self.counters.dropped[reason as usize].saturating_add(1);
+        let root = &mut self.nodes[ROOT as usize].stats;
+        root.dropped[reason as usize] = root.dropped[reason as usize].saturating_add(1);
+        root.dropped_bytes = root.dropped_bytes.saturating_add(u64::from(len));
+    }
+
+    fn refuse(&mut self, at: Option<u32>, reason: QueueDrop, len: u32, packet: P) -> Refused<P> {
+        self.counters.dropped[reason as usize] =
+            self.counters.dropped[reason as usize].saturating_add(1);
+        let mut cur = at;
+        while let Some(i) = cur {
+            let node = &mut self.nodes[i as usize];
+            let s = &mut node.stats;
+            s.dropped[reason as usize] = s.dropped[reason as usize].saturating_add(1);
+            s.dropped_bytes = s.dropped_bytes.saturating_add(u64::from(len));
+            cur = node.parent;
+        }
+        Refused { packet, reason }
+    }
+
+    /// Queues `packet` at its leaf class `meta.class`, or refuses it (tail drop)
+    /// and hands it back. Ranks are computed only for accepted packets.
+    pub fn enqueue(
+        &mut self,
+        meta: &PacketMeta,
+        packet: P,
+        now: Instant,
+    ) -> Result<(), Refused<P>> {
+        let Ok(leaf) = self.resolve(meta.class) else {
+            return Err(self.refuse(None, QueueDrop::UnknownClass, meta.len, packet));
+        };
+        let len = u64::from(meta.len);
+        let node = &self.nodes[leaf as usize];
+        let refusal = if !node.is_leaf() {
+            Some(QueueDrop::NotALeaf)
+        } else if node.stats.backlog >= node.config.limit_packets {
+            Some(QueueDrop::ClassPackets)
+        } else if node.stats.backlog_bytes.saturating_add(len) > node.config.limit_bytes {
+            Some(QueueDrop::ClassBytes)
+        } else if self.queued_packets >= self.config.total_packets {
+            Some(QueueDrop::BufferPackets)
+        } else if self.queued_bytes.saturating_add(len) > self.config.total_bytes {
+            Some(QueueDrop::BufferBytes)
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            return Err(self.refuse(Some(leaf), reason, meta.len, packet));
+        }
+
+        let slot = match self.free_slots.pop() {
+            Some(s) => s,
+            None => {
+                // Below `total_packets` (checked above), so the slab has room.
+                let s = self.slots.len() as u32;
+                self.slots.push(Slot {
+                    packet: None,
+                    len: 0,
+                    leaf,
+                    rank: 0,
+                    since: now,
+                });
+                s
+            }
+        };
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+
+        let mut node = leaf;
+        let mut child = leaf;
+        let mut leaf_rank = 0;
+        loop {
+            let (ctx, parent) = {
+                let n = &mut self.nodes[node as usize];
+                if n.stats.backlog == 0 {
+                    // A busy period starts: virtual time restarts under a new number.
+                    self.busy_periods = self.busy_periods.wrapping_add(1);
+                    n.busy_period = self.busy_periods;
+                    n.vtime = 0;
+                }
+                let c = &self.nodes[child as usize].config;
+                let n = &self.nodes[node as usize];
+                let ctx = RankContext {
+                    node: ClassId {
+                        index: node,
+                        generation: n.generation,
+                    },
+                    child: ClassId {
+                        index: child,
+                        generation: self.nodes[child as usize].generation,
+                    },
+                    weight: c.weight,
+                    priority: c.priority,
+                    vtime: n.vtime,
+                    busy_period: n.busy_period,
+                    queued: n.stats.backlog,
+                    now,
+                };
+                (ctx, n.parent)
+            };
+            self.counters.rank_calls = self.counters.rank_calls.saturating_add(1);
+            let rank = match self.rank.rank(meta, &ctx) {
+                Ok(r) => r,
+                Err(error) => {
+                    self.counters.rank_faults = self.counters.rank_faults.saturating_add(1);
+                    tracing::debug!(rank = self.rank.name(), node = %ctx.node, %error,
+                        "rank call failed; ranked at virtual time");
+                    ctx.vtime
+                }
+            };
+            if rank == u64::MAX {
+                self.counters.rank_saturated = self.counters.rank_saturated.saturating_add(1);
+            }
+            let target = if node == leaf {
+                leaf_rank = rank;
+                slot
+            } else {
+                child
+            };
+            let n = &mut self.nodes[node as usize];
+            n.pifo.push(Reverse(Entry { rank, seq, target }));
+            let s = &mut n.stats;
+            s.enqueued = s.enqueued.saturating_add(1);
+            s.enqueued_bytes = s.enqueued_bytes.saturating_add(len);
+            s.backlog += 1;
+            s.backlog_bytes = s.backlog_bytes.saturating_add(len);
+            match parent {
+                Some(p) => {
+                    child = node;
+                    node = p;
+                }
+                None => break,
+            }
+        }
+        self.slots[slot as usize] = Slot {
+            packet: Some(packet),
+            len: meta.len,
+            leaf,
+            rank: leaf_rank,
+            since: now,
+        };
+        self.queued_packets += 1;
+        self.queued_bytes = self.queued_bytes.saturating_add(len);
+        self.counters.enqueued = self.counters.enqueued.saturating_add(1);
+        Ok(())
+    }
+
+    /// The slab slot of the packet `dequeue` would send next, regardless of shaping.
+    fn head(&self) -> Option<u32> {
+        let mut node = ROOT;
+        loop {
+            let Reverse(top) = self.nodes[node as usize].pifo.peek()?;
+            if self.nodes[node as usize].is_leaf() {
+                return Some(top.target);
+            }
+            node = top.target;
+        }
+    }
+
+    /// Length and class of the packet `dequeue` would send next.
+    pub fn peek(&self) -> Option<(ClassId, u32)> {
+        let slot = &self.slots[self.head()? as usize];
+        Some((self.id(slot.leaf), slot.len))
+    }
+
+    /// When to call [`dequeue`](Self::dequeue) next: `Some(now)` if a packet may
+    /// leave now, `Some(t)` if the shaper holds the head back until `t` (with no
+    /// other call meanwhile), `None` if nothing is queued.
+    pub fn next_ready(&self, now: Instant) -> Option<Instant> {
+        let slot = self.head()?;
+        Some(match &self.shaper {
+            Some(shaper) => shaper.ready_at(now, self.slots[slot as usize].len),
+            None => now,
+        })
+    }
+
+    /// Sends the next packet by rank, if the shaper lets it go at `now`.
+    pub fn dequeue(&mut self, now: Instant) -> Option<Dequeued<P>> {
+        let head = self.head()?;
+        let len = self.slots[head as usize].len;
+        if let Some(shaper) = &self.shaper
+            && shaper.ready_at(now, len) > now
+        {
+            self.counters.shaped = self.counters.shaped.saturating_add(1);
+            return None;
+        }
+        let slot = &mut self.slots[head as usize];
+        let packet = slot.packet.take()?;
+        let (leaf, rank, since) = (slot.leaf, slot.rank, slot.since);
+        let delay = now.saturating_since(since);
+        let delay_ns = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+        let bytes = u64::from(len);
+
+        let mut node = ROOT;
+        loop {
+            let n = &mut self.nodes[node as usize];
+            // `head` followed the tops, so these pops are exactly its path.
+            let Some(Reverse(top)) = n.pifo.pop() else {
+                break;
+            };
+            n.vtime = n.vtime.max(top.rank);
+            let s = &mut n.stats;
+            s.dequeued = s.dequeued.saturating_add(1);
+            s.dequeued_bytes = s.dequeued_bytes.saturating_add(bytes);
+            s.backlog = s.backlog.saturating_sub(1);
+            s.backlog_bytes = s.backlog_bytes.saturating_sub(bytes);
+            s.delay_total_ns = s.delay_total_ns.saturating_add(delay_ns);
+            s.delay_max_ns = s.delay_max_ns.max(delay_ns);
+            if n.is_leaf() {
+                break;
+            }
+            node = top.target;
+        }
+        self.free_slots.push(head);
+        self.queued_packets -= 1;
+        self.queued_bytes = self.queued_bytes.saturating_sub(bytes);
+        self.counters.dequeued = self.counters.dequeued.saturating_add(1);
+        if let Some(shaper) = &mut self.shaper {
+            shaper.charge(now, len);
+        }
+        Some(Dequeued {
+            packet,
+            class: self.id(leaf),
+            len,
+            rank,
+            delay,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sched(rank: Box<dyn Rank>) -> (LinkScheduler<u32>, [ClassId; 2]) {
+        let mut s = LinkScheduler::with_rank(SchedConfig::default(), rank);
+        let a = s
+            .add_class(ClassId::ROOT, ClassConfig::new(1).with_priority(1))
+            .unwrap();
+        let b = s
+            .add_class(ClassId::ROOT, ClassConfig::new(1).with_priority(0))
+            .unwrap();
+        (s, [a, b])
+    }
+
+    fn drain(s: &mut LinkScheduler<u32>) -> Vec<u32> {
+        std::iter::from_fn(|| s.dequeue(Instant::ZERO).map(|d| d.packet)).collect()
+    }
+
+    #[test]
+    fn root_without_children_is_a_fifo() {
+        let mut s: LinkScheduler<u32> = LinkScheduler::new(SchedConfig::default());
+        for k in 0..5 {
+            s.enqueue(&PacketMeta::new(100, ClassId::ROOT), k, Instant::ZERO)
+                .unwrap();
+        }
+        assert_eq!(drain(&mut s), vec![0, 1, 2, 3, 4]);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn sfq_alternates_equal_weights_and_strict_priority_does_not() {
+        let (mut s, [a, b]) = sched(Box::new(Sfq::new(16)));
+        for k in 0..3 {
+            s.enqueue(&PacketMeta::new(100, a), 10 + k, Instant::ZERO)
+                .unwrap();
+            s.enqueue(&PacketMeta::new(100, b), 20 + k, Instant::ZERO)
+                .unwrap();
+        }
+        assert_eq!(drain(&mut s), vec![10, 20, 11, 21, 12, 22]);
+
+        let (mut s, [a, b]) = sched(Box::new(StrictPriority));
+        for k in 0..3 {
+            s.enqueue(&PacketMeta::new(100, a), 10 + k, Instant::ZERO)
+                .unwrap();
+            s.enqueue(&PacketMeta::new(100, b), 20 + k, Instant::ZERO)
+                .unwrap();
+        }
+        assert_eq!(drain(&mut s), vec![20, 21, 22, 10, 11, 12]);
+    }
+
+    #[test]
+    fn busy_periods_restart_virtual_time() {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let rank = FnRank::new("probe", move |_: &PacketMeta, at: &RankContext| {
+            if let Ok(mut v) = log.lock() {
+                v.push((at.node.index(), at.vtime, at.busy_period, at.queued));
+            }
+            1000
+        });
+        let (mut s, [a, _]) = sched(Box::new(rank));
+        let m = PacketMeta::new(100, a);
+        s.enqueue(&m, 1, Instant::ZERO).unwrap();
+        s.enqueue(&m, 2, Instant::ZERO).unwrap();
+        assert!(s.dequeue(Instant::ZERO).is_some());
+        s.enqueue(&m, 3, Instant::ZERO).unwrap();
+        drain(&mut s);
+        s.enqueue(&m, 4, Instant::ZERO).unwrap();
+        let seen = seen.lock().unwrap().clone();
+        let (ai, r) = (a.index(), ClassId::ROOT.index());
+        assert_eq!(
+            seen,
+            vec![
+                (ai, 0, 1, 0),
+                (r, 0, 2, 0),
+                (ai, 0, 1, 1),
+                (r, 0, 2, 1),
+                // After one dequeue the virtual time is the rank served.
+                (ai, 1000, 1, 1),
+                (r, 1000, 2, 1),
+                // Emptied, then a new busy period: new numbers, time from 0.
+                (ai, 0, 3, 0),
+                (r, 0, 4, 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn failing_rank_calls_fall_back_to_virtual_time_and_count() {
+        struct Broken;
+        impl Rank for Broken {
+            fn name(&self) -> &str {
+                "broken"
+            }
+            fn rank(&mut self, _: &PacketMeta, _: &RankContext) -> Result<u64, RankError> {
+                Err(RankError::Timeout)
+            }
+        }
+        let (mut s, [a, b]) = sched(Box::new(Broken));
+        s.enqueue(&PacketMeta::new(100, a), 1, Instant::ZERO)
+            .unwrap();
+        s.enqueue(&PacketMeta::new(100, b), 2, Instant::ZERO)
+            .unwrap();
+        assert_eq!(drain(&mut s), vec![1, 2]);
+        assert_eq!(s.counters().rank_faults, 4);
+        assert_eq!(s.counters().rank_calls, 4);
+    }
+
+    #[test]
+    fn shaper_waits_for_credit() {
+        let link = RateLimit::new(1000, 1500).unwrap();
+        let mut s: LinkScheduler<u32> =
+            LinkScheduler::new(SchedConfig::default().with_link(Some(link)));
+        for k in 0..3 {
+            s.enqueue(&PacketMeta::new(1000, ClassId::ROOT), k, Instant::ZERO)
+                .unwrap();
+        }
+        let t0 = Instant::ZERO;
+        assert_eq!(s.dequeue(t0).map(|d| d.packet), Some(0));
+        // 500 bytes of credit left, 1000 needed: 0.5 s at 1000 B/s.
+        assert_eq!(s.next_ready(t0), Some(Instant::from_millis(500)));
+        assert!(s.dequeue(Instant::from_millis(499)).is_none());
+        assert_eq!(s.counters().shaped, 1);
+        assert_eq!(
+            s.dequeue(Instant::from_millis(500)).map(|d| d.packet),
+            Some(1)
+        );
+        assert_eq!(
+            s.next_ready(Instant::from_millis(500)),
+            Some(Instant::from_secs(1) + Duration::from_millis(500))
+        );
+    }
+
+    #[test]
+    fn class_management_is_checked() {
+        let mut s: LinkScheduler<u32> =
+            LinkScheduler::new(SchedConfig::default().with_max_classes(3));
+        assert_eq!(
+            s.add_class(ClassId::ROOT, ClassConfig::new(0)),
+            Err(SchedError::InvalidWeight { weight: 0 })
+        );
+        let a = s.add_class(ClassId::ROOT, ClassConfig::new(1)).unwrap();
+        s.enqueue(&PacketMeta::new(10, a), 1, Instant::ZERO)
+            .unwrap();
+        assert!(matches!(
+            s.add_class(a, ClassConfig::new(1)),
+            Err(SchedError::HasBacklog { .. })
+        ));
+        assert!(matches!(
+            s.remove_class(a),
+            Err(SchedError::HasBacklog { .. })
+        ));
+        let b = s.add_class(ClassId::ROOT, ClassConfig::new(1)).unwrap();
+        assert!(matches!(
+            s.add_class(ClassId::ROOT, ClassConfig::new(1)),
+            Err(SchedError::TooManyClasses { limit: 3 })
+        ));
+        assert_eq!(
+            s.remove_class(ClassId::ROOT),
+            Err(SchedError::RootNotRemovable)
+        );
+        s.remove_class(b).unwrap();
+        // A removed id stays dead even when its index is reused.
+        let c = s.add_class(ClassId::ROOT, ClassConfig::new(1)).unwrap();
+        assert_eq!(c.index(), b.index());
+        assert_ne!(c, b);
+        let refused = s
+            .enqueue(&PacketMeta::new(10, b), 2, Instant::ZERO)
+            .unwrap_err();
+        assert_eq!(
+            (refused.packet, refused.reason),
+            (2, QueueDrop::UnknownClass)
+        );
+        let refused = s
+            .enqueue(&PacketMeta::new(10, ClassId::ROOT), 3, Instant::ZERO)
+            .unwrap_err();
+        assert_eq!(refused.reason, QueueDrop::NotALeaf);
+        assert_eq!(s.counters().dropped_total(), 2);
+        assert_eq!(drain(&mut s), vec![1]);
+    }
+
+    #[test]
+    fn sfq_tags_follow_the_formula() {
+        assert_eq!(sfq_tag_len(1, 1), 1 << 16);
+        assert_eq!(sfq_tag_len(1500, 3), (1500 << 16) / 3);
+        assert_eq!(sfq_tag_len(7, 0), sfq_tag_len(7, 1));
+        assert_eq!(sfq_tag_len(u32::MAX, 1), u64::from(u32::MAX) << 16);
+    }
+}
