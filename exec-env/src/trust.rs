@@ -19,6 +19,11 @@
 //! 4. the signature over the signed bytes, with the leaf's public key.
 //!
 //! Every refusal is counted per reason in the anchors' [`VerifyCounters`].
+//!
+//! Not checked here: the anchors' own validity period (as in webpki and RFC 5280
+//! §6.1, an anchor is trusted until it is removed from the configuration), and
+//! whether the manifest's subnets lie inside the signer's
+//! ([`SignerInfo::subnets`]); that confinement is the environment's rule.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
