@@ -153,12 +153,13 @@ impl Lab {
             "198.18.2.1",
         ]);
         // The client accepts VIP-sourced replies on ch although the VIP route is cr.
-        for dev in ["all", "default", "ch", "cr"] {
-            exec(
-                c,
-                &["sysctl", "-qw", &format!("net.ipv4.conf.{dev}.rp_filter=0")],
-            );
-        }
+        router_core::linux::in_netns(c, || {
+            for dev in ["all", "default", "ch", "cr"] {
+                let key = format!("net/ipv4/conf/{dev}/rp_filter");
+                router_core::linux::sysctl::write(&key, "0").expect("rp_filter");
+            }
+        })
+        .expect("client namespace");
         lab
     }
 
@@ -175,7 +176,10 @@ impl Lab {
 
     /// Plain kernel forwarding of the VIP subnet to the host (the baseline).
     pub(crate) fn kernel_forwarding(&self) {
-        exec(&self.router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        router_core::linux::in_netns(&self.router, || {
+            router_core::linux::sysctl::enable_forwarding(false).expect("ip_forward")
+        })
+        .expect("router namespace");
         ip(&[
             "-n",
             &self.router,
