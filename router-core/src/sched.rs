@@ -69,7 +69,7 @@
 //! Enqueue and dequeue are `O(depth * log backlog)` heap operations plus one rank
 //! call per level (`depth + 1` calls for a packet at depth `depth`).
 
-use std::cmp::Reverse;
+use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::fmt;
 use std::time::Duration;
@@ -708,14 +708,42 @@ pub enum SchedError {
     RootNotRemovable,
 }
 
-/// One element of a PIFO, ordered by `(rank, seq)`: `seq` is the arrival number,
-/// so equal ranks leave in arrival order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// One element of a PIFO, ordered by `(rank, seq)`: `seq` is the arrival number
+/// (unique), so equal ranks leave in arrival order. The order is reversed, so the
+/// max-heap `BinaryHeap` pops the smallest.
+#[derive(Debug, Clone, Copy)]
 struct Entry {
     rank: u64,
     seq: u64,
     /// A child class index (internal class) or a slab slot (leaf).
     target: u32,
+}
+
+impl Entry {
+    /// `(rank, seq)` as one integer: a single comparison per heap step.
+    fn key(&self) -> u128 {
+        (u128::from(self.rank) << 64) | u128::from(self.seq)
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Entry {}
+
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.key().cmp(&self.key())
+    }
 }
 
 #[derive(Debug)]
@@ -729,7 +757,7 @@ struct Node {
     /// Sum of the packet limits of the leaves below (the leaf's own for a leaf),
     /// capped at the shared limit: the most entries `pifo` can hold.
     capacity: usize,
-    pifo: BinaryHeap<Reverse<Entry>>,
+    pifo: BinaryHeap<Entry>,
     vtime: u64,
     busy_period: u64,
     stats: ClassStats,
@@ -1212,7 +1240,7 @@ impl<P> LinkScheduler<P> {
                 child
             };
             let n = &mut self.nodes[node as usize];
-            n.pifo.push(Reverse(Entry { rank, seq, target }));
+            n.pifo.push(Entry { rank, seq, target });
             let s = &mut n.stats;
             s.enqueued = s.enqueued.saturating_add(1);
             s.enqueued_bytes = s.enqueued_bytes.saturating_add(len);
@@ -1243,7 +1271,7 @@ impl<P> LinkScheduler<P> {
     fn head(&self) -> Option<u32> {
         let mut node = ROOT;
         loop {
-            let Reverse(top) = self.nodes[node as usize].pifo.peek()?;
+            let top = self.nodes[node as usize].pifo.peek()?;
             if self.nodes[node as usize].is_leaf() {
                 return Some(top.target);
             }
@@ -1289,7 +1317,7 @@ impl<P> LinkScheduler<P> {
         loop {
             let n = &mut self.nodes[node as usize];
             // `head` followed the tops, so these pops are exactly its path.
-            let Some(Reverse(top)) = n.pifo.pop() else {
+            let Some(top) = n.pifo.pop() else {
                 break;
             };
             n.vtime = n.vtime.max(top.rank);
