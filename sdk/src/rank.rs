@@ -14,7 +14,7 @@
 //! that keeps virtual-time tags (SFQ) forgets the tags of an older busy period and
 //! stays far from overflow; see `slr-policy-wasm`'s `sfq` for the pattern.
 //!
-//! The offsets are in [`layout::rank`](crate::layout::rank); compile-time asserts
+//! The offsets are in [`crate::layout::rank`]; compile-time asserts
 //! tie them to the `#[repr(C)]` struct.
 
 use core::mem::{align_of, offset_of, size_of};
