@@ -122,8 +122,8 @@ pub mod layout {
         /// `u64` the node's virtual time: the largest rank dequeued from it in its
         /// current busy period, 0 when the busy period starts.
         pub const VTIME: Range<usize> = 32..40;
-        /// `u64` the node's busy-period number: grows by one each time the node
-        /// goes from empty to backlogged.
+        /// `u64` the node's busy-period number: a new, larger number each time the
+        /// node goes from empty to backlogged, never reused (by any node).
         pub const BUSY_PERIOD: Range<usize> = 40..48;
         /// `u32` weight of `child` (at least 1).
         pub const WEIGHT: Range<usize> = 48..52;

@@ -51,7 +51,8 @@ pub struct RankRequest {
     /// The node's virtual time: the largest rank dequeued from it in this busy
     /// period (0 when the period starts).
     pub vtime: u64,
-    /// The node's busy-period number (grows each time the node stops being empty).
+    /// The node's busy-period number: new and larger each time the node stops
+    /// being empty, never reused by any node.
     pub busy_period: u64,
     /// Weight of `child`, at least 1.
     pub weight: u32,
