@@ -488,9 +488,10 @@ impl NextHopTable {
                 refreshed: now,
             };
             if let Some(row) = self.rows.get_mut(&s.subnet) {
-                match row.reports.iter_mut().find(|r| r.peer == idx) {
-                    Some(r) => *r = fresh,
-                    None => row.reports.push(fresh),
+                // Reports stay sorted by peer slot: O(log peers) per subnet.
+                match row.reports.binary_search_by_key(&idx, |r| r.peer) {
+                    Ok(i) => row.reports[i] = fresh,
+                    Err(i) => row.reports.insert(i, fresh),
                 }
             } else if self.rows.len() < self.cfg.max_subnets {
                 self.rows.insert(
@@ -534,12 +535,16 @@ impl NextHopTable {
         let peers = &self.peers;
         let stats = &mut self.stats;
         let mut held = vec![0usize; peers.len()];
+        // Scratch reused across rows: no allocation per subnet unless its
+        // candidate list changed.
+        let mut scored: Vec<(f64, Candidate)> = Vec::new();
+        let mut candidates: Vec<Candidate> = Vec::new();
         self.rows.retain(|prefix, row| {
             let before = row.reports.len();
             row.reports
                 .retain(|r| now.saturating_since(r.refreshed) <= hold);
             stats.reports_expired += (before - row.reports.len()) as u64;
-            let mut scored: Vec<(f64, Candidate)> = Vec::with_capacity(row.reports.len());
+            scored.clear();
             for r in &row.reports {
                 let Some(p) = peers.get(r.peer as usize).and_then(Option::as_ref) else {
                     continue;
@@ -568,8 +573,11 @@ impl NextHopTable {
                 }
                 return false;
             }
-            scored.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.addr.cmp(&b.1.addr)));
-            let (costs, candidates): (Vec<f64>, Vec<Candidate>) = scored.into_iter().unzip();
+            // Keys are unique per peer address, so the unstable sort is as
+            // deterministic as a stable one.
+            scored.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.addr.cmp(&b.1.addr)));
+            candidates.clear();
+            candidates.extend(scored.iter().map(|s| s.1));
             let aggregate = g_of(cost, &candidates, stats);
             if let Some(g) = aggregate {
                 let load = g as f32;
@@ -582,12 +590,12 @@ impl NextHopTable {
             }
             row.best = candidates.first().filter(|c| c.up).map(|c| c.addr);
             row.aggregate = aggregate;
-            if row.installed.as_ref() != Some(&candidates) {
+            if row.installed.as_deref() != Some(&candidates[..]) {
                 row.installed = Some(candidates.clone());
                 out.changed.push(SubnetRoute {
                     subnet: *prefix,
-                    candidates,
-                    costs,
+                    candidates: candidates.clone(),
+                    costs: scored.iter().map(|s| s.0).collect(),
                     aggregate,
                 });
             }
