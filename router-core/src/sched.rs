@@ -871,7 +871,10 @@ impl<P> LinkScheduler<P> {
     }
 
     /// Same with another rank function.
-    pub fn with_rank(config: SchedConfig, rank: Box<dyn Rank>) -> Self {
+    pub fn with_rank(mut config: SchedConfig, rank: Box<dyn Rank>) -> Self {
+        // Slots and classes are named by `u32` in the PIFOs.
+        config.total_packets = config.total_packets.min(u32::MAX as usize);
+        config.max_classes = config.max_classes.min(u32::MAX as usize);
         let mut root = Node::vacant(0);
         root.live = true;
         root.config = ClassConfig::default();
