@@ -185,6 +185,23 @@ fn huge_initial_memory_is_refused_at_load() {
 }
 
 #[test]
+fn tables_beyond_the_caps_are_refused_at_instantiation() {
+    let vm = vm(VmConfig::default());
+    // No check before compiling looks at tables: the store's limiter refuses them.
+    for table in [
+        "(table 100000 funcref)",
+        "(table 1 funcref) (table 1 funcref)",
+    ] {
+        let wat = wat_policy(table, "(i32.const 0)");
+        let err = vm
+            .load(&from_wat("m", "1.0.0", &[], &wat), &[])
+            .unwrap_err();
+        assert!(matches!(err, VmError::Instantiate { .. }), "{table}: {err}");
+    }
+    assert_good_module_works(&vm);
+}
+
+#[test]
 fn trap_in_select_fails_that_call_only() {
     let vm = vm(VmConfig::default());
     let trapping = load(&vm, &wat_trigger("", "unreachable"));
