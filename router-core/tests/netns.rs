@@ -44,6 +44,7 @@ struct Running {
     host_thread: Option<JoinHandle<Result<(), router_core::linux::HostError>>>,
     server_stop: Arc<AtomicBool>,
     server_thread: Option<JoinHandle<()>>,
+    new_flows: std::sync::mpsc::Receiver<router_core::linux::NewFlow>,
 }
 
 impl Drop for Running {
@@ -73,6 +74,7 @@ fn start(tag: &str) -> Running {
                 ..EngineConfig::default()
             },
             tunnel_path: TunnelPath::Auto,
+            new_flow_queue: 64,
             ..DataplaneConfig::default()
         };
         let dp = Dataplane::new(cfg).expect("dataplane");
@@ -81,6 +83,7 @@ fn start(tag: &str) -> Running {
     })
     .unwrap();
     let _punts = dp.take_punts();
+    let new_flows = dp.take_new_flows().expect("new-flow notices on");
     let router_thread = dp.spawn().unwrap();
     let id = router.serve(vip_subnet()).unwrap();
     router
@@ -136,6 +139,7 @@ fn start(tag: &str) -> Running {
         host_thread: Some(host_thread),
         server_stop,
         server_thread: Some(server_thread),
+        new_flows,
     }
 }
 
@@ -211,6 +215,19 @@ fn tcp_through_userspace_router_with_direct_server_return() {
     assert!(c.forwarded_pinned >= 2 * N, "{c:?}");
     assert_eq!(c.dropped_total(), 0, "{c:?}");
     assert_eq!(s.tx_packets, c.forwarded_new + c.forwarded_pinned, "{s:?}");
+    // One new-flow notice per connection, naming the client's flow and the host.
+    let notices: Vec<_> = run.new_flows.try_iter().collect();
+    assert_eq!(notices.len() as u64, N, "{s:?}");
+    assert_eq!(s.new_flows, N);
+    assert_eq!(s.new_flow_dropped, 0);
+    for n in &notices {
+        assert_eq!(n.next_hop, IpAddr::V4(HOST));
+        assert_eq!(
+            (n.key.proto, n.key.src, n.key.dst),
+            (6, IpAddr::V4(CLIENT), IpAddr::V4(VIP))
+        );
+        assert_eq!(n.key.dst_port, PORT);
+    }
     assert_eq!(s.tx_failed, 0);
     // The host terminated every tunnel packet in userspace and injected the inner.
     assert_eq!(h.injected, s.tx_packets, "{h:?}");

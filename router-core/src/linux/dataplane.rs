@@ -7,6 +7,10 @@
 //! and hands `Deliver` / `Recover` packets to the control plane over a bounded
 //! channel. Only when no source had anything does it `poll`; a command sent through
 //! [`DataplaneHandle`] wakes it through an eventfd.
+//!
+//! When asked to (`new_flow_queue > 0`), it also reports every flow the engine pins
+//! on its first packet ([`NewFlow`]): a site SLR's control plane turns these into
+//! shortcuts (tunnel objects) upstream, and needs them before the flow's next packet.
 
 use super::netlink::{Netlink, NetlinkError};
 use super::raw::{Family, MAX_BATCH, RawRx, RawTx, RxMeta, Slots, TxItem};
@@ -19,9 +23,10 @@ use crate::packet::PacketBuf;
 use crate::policy::SubnetId;
 use crate::time::Instant;
 use crate::tunnel::fragment_ipv4;
-use crate::wire::ip_proto;
+use crate::wire::{self, Ipv4Packet, Ipv6Packet, Ipv6Repr, ip_proto};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
+use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
@@ -62,6 +67,9 @@ pub struct DataplaneConfig {
     pub enable_forwarding: bool,
     /// Flow-table buckets swept per sweep (every 100 ms).
     pub sweep_buckets: usize,
+    /// Capacity of the channel of [`NewFlow`] notices; 0 sends none (and costs
+    /// nothing per packet).
+    pub new_flow_queue: usize,
 }
 
 impl Default for DataplaneConfig {
@@ -76,6 +84,7 @@ impl Default for DataplaneConfig {
             tunnel_path: TunnelPath::Auto,
             enable_forwarding: true,
             sweep_buckets: 4096,
+            new_flow_queue: 0,
         }
     }
 }
@@ -132,6 +141,17 @@ pub struct PuntedPacket {
     pub at: Instant,
 }
 
+/// The engine pinned a new flow to `next_hop` on its first packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewFlow {
+    /// The flow (of the inner packet).
+    pub key: FlowKey,
+    /// Where it is pinned.
+    pub next_hop: IpAddr,
+    /// When the engine pinned it.
+    pub at: Instant,
+}
+
 /// Shell counters, shared with handles; one per fault.
 #[derive(Debug, Default)]
 struct ShellCounters {
@@ -144,6 +164,8 @@ struct ShellCounters {
     tx_fragments: AtomicU64,
     punted: AtomicU64,
     punt_dropped: AtomicU64,
+    new_flows: AtomicU64,
+    new_flow_dropped: AtomicU64,
     batches: AtomicU64,
     polls: AtomicU64,
     commands: AtomicU64,
@@ -171,6 +193,10 @@ pub struct ShellStats {
     pub punted: u64,
     /// Punted packets dropped because the channel was full.
     pub punt_dropped: u64,
+    /// [`NewFlow`] notices sent.
+    pub new_flows: u64,
+    /// [`NewFlow`] notices dropped (channel full or closed, key unreadable).
+    pub new_flow_dropped: u64,
     /// Non-empty receive batches.
     pub batches: u64,
     /// Times the loop slept in `poll`.
@@ -192,6 +218,8 @@ impl ShellCounters {
             tx_fragments: g(&self.tx_fragments),
             punted: g(&self.punted),
             punt_dropped: g(&self.punt_dropped),
+            new_flows: g(&self.new_flows),
+            new_flow_dropped: g(&self.new_flow_dropped),
             batches: g(&self.batches),
             polls: g(&self.polls),
             commands: g(&self.commands),
@@ -299,6 +327,7 @@ pub struct Dataplane {
     io: Io,
     commands: Receiver<Command>,
     punts: Option<Receiver<PuntedPacket>>,
+    new_flows: Option<Receiver<NewFlow>>,
     handle: DataplaneHandle,
     sweep_buckets: usize,
     tunnel_path_used: &'static str,
@@ -317,6 +346,7 @@ struct Io {
     mtu: usize,
     batch: usize,
     punt_tx: SyncSender<PuntedPacket>,
+    new_flow_tx: Option<SyncSender<NewFlow>>,
     wake: Arc<EventFd>,
     stats: Arc<ShellCounters>,
 }
@@ -411,6 +441,12 @@ impl Dataplane {
         let stats = Arc::new(ShellCounters::default());
         let (cmd_tx, cmd_rx) = mpsc::channel();
         let (punt_tx, punt_rx) = mpsc::sync_channel(cfg.punt_queue.max(1));
+        let (new_flow_tx, new_flows) = if cfg.new_flow_queue > 0 {
+            let (tx, rx) = mpsc::sync_channel(cfg.new_flow_queue);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         let mtu = cfg.engine.tunnel_mtu;
         let handle = DataplaneHandle {
             commands: cmd_tx,
@@ -432,11 +468,13 @@ impl Dataplane {
                 mtu,
                 batch: cfg.batch,
                 punt_tx,
+                new_flow_tx,
                 wake,
                 stats,
             },
             commands: cmd_rx,
             punts: Some(punt_rx),
+            new_flows,
             handle,
             sweep_buckets: cfg.sweep_buckets,
             tunnel_path_used,
@@ -451,6 +489,12 @@ impl Dataplane {
     /// The receiver of punted packets (once; later calls return `None`).
     pub fn take_punts(&mut self) -> Option<Receiver<PuntedPacket>> {
         self.punts.take()
+    }
+
+    /// The receiver of [`NewFlow`] notices (once, and only when `new_flow_queue`
+    /// was above zero).
+    pub fn take_new_flows(&mut self) -> Option<Receiver<NewFlow>> {
+        self.new_flows.take()
     }
 
     /// `"kernel-ipip"` or `"userspace-raw"`: how IPv4-in-IPv4 to us is terminated.
@@ -587,7 +631,24 @@ impl Io {
                 bump(&self.stats.rx_truncated, 1);
                 continue;
             };
-            match engine.process(&mut pkt, now) {
+            // Compared after the verdict: a counter read, no per-packet work else.
+            let new_before = self
+                .new_flow_tx
+                .as_ref()
+                .map(|_| engine.counters().forwarded_new);
+            let verdict = engine.process(&mut pkt, now);
+            if let (Some(before), Verdict::Forward { next_hop, .. }) = (new_before, verdict)
+                && engine.counters().forwarded_new != before
+            {
+                new_flow(
+                    self.new_flow_tx.as_ref(),
+                    &self.stats,
+                    pkt.data(),
+                    next_hop,
+                    now,
+                );
+            }
+            match verdict {
                 Verdict::Forward {
                     next_hop,
                     fragment: false,
@@ -639,6 +700,51 @@ impl Io {
             bump(&self.stats.tx_failed, r.failed as u64);
         }
     }
+}
+
+/// Report a newly pinned flow; `outer` is the encapsulated packet. A full channel
+/// drops the notice (counted) rather than stall forwarding.
+fn new_flow(
+    tx: Option<&SyncSender<NewFlow>>,
+    stats: &ShellCounters,
+    outer: &[u8],
+    next_hop: IpAddr,
+    at: Instant,
+) {
+    let Some(tx) = tx else {
+        return;
+    };
+    let key = inner_of(outer).and_then(|inner| crate::classify::classify(inner).ok());
+    let sent = key.is_some_and(|c| {
+        tx.try_send(NewFlow {
+            key: c.key,
+            next_hop,
+            at,
+        })
+        .is_ok()
+    });
+    bump(
+        if sent {
+            &stats.new_flows
+        } else {
+            &stats.new_flow_dropped
+        },
+        1,
+    );
+}
+
+/// The inner packet of an IP-in-IP packet the engine built (no IPv6 extension
+/// headers are emitted, so the outer IPv6 header is the fixed 40 bytes).
+fn inner_of(outer: &[u8]) -> Option<&[u8]> {
+    let len = match wire::ip_version(outer).ok()? {
+        4 => Ipv4Packet::new_checked(outer).ok()?.header_len(),
+        6 => {
+            Ipv6Packet::new_checked(outer).ok()?;
+            Ipv6Repr::HEADER_LEN
+        }
+        _ => return None,
+    };
+    outer.get(len..)
 }
 
 /// Hand a packet to the control plane; a full channel drops it (counted) rather

@@ -30,7 +30,7 @@ pub mod sysctl;
 pub mod tun;
 
 pub use dataplane::{
-    Dataplane, DataplaneConfig, DataplaneError, DataplaneHandle, PuntKind, PuntedPacket,
+    Dataplane, DataplaneConfig, DataplaneError, DataplaneHandle, NewFlow, PuntKind, PuntedPacket,
     ShellStats, TunnelPath,
 };
 pub use host::{
