@@ -124,7 +124,7 @@ fn bench(c: &mut Criterion) {
     // the table stays at FLOWS entries (a table with room, as deployed).
     let mut next = FLOWS;
     let e = std::cell::RefCell::new(e);
-    let mut last: Option<router_core::FlowKey> = None;
+    let mut last: Option<FlowKey> = None;
     g.bench_function("new_flow", |b| {
         b.iter_batched(
             || {
