@@ -1025,6 +1025,8 @@ impl Environment {
 
     /// Removes a module; handles bound to it answer `Unavailable` (so the engine
     /// uses its built-in policy) until a module of that name is installed again.
+    /// While such handles live, the name still counts towards
+    /// [`EnvironmentConfig::max_modules`].
     pub fn remove(&self, name: &str) -> Result<(), ManagerError> {
         let mut modules = self.modules();
         let slot = modules
