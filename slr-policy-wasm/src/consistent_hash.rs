@@ -4,11 +4,14 @@
 //!
 //! The lookup table has [`TABLE_SIZE`] (prime, 65 537) slots, enough for an even
 //! spread over all [`sdk::MAX_CANDIDATES`] candidates. It is rebuilt only when the
-//! candidate set (addresses and UP flags, in order) changes, and otherwise reused,
-//! so a call costs one hash and one comparison of the candidate list. Each
-//! candidate's preference list comes from a hash of its *address*, and candidates
-//! fill the table in address order, so the table does not depend on the order in
-//! which the host lists them.
+//! *set* of UP addresses changes, and otherwise reused: next-hop tables list
+//! candidates cheapest first, so their order (and loads) change all the time while
+//! the set rarely does, and a rebuild costs ~16 M fuel. A call costs one flow hash,
+//! an order-independent fingerprint of the UP set and a scan of the candidates.
+//! Each candidate's preference list comes from a hash of its *address*, and
+//! candidates fill the table in address order, so the table does not depend on the
+//! order in which the host lists them. Slots name a position in the sorted UP set,
+//! mapped back to the caller's index by address at lookup.
 
 use sdk::{Candidate, Decision, FlowRequest, MAX_CANDIDATES};
 
@@ -67,12 +70,13 @@ fn slot_of(h: u64) -> usize {
 /// All-zero when empty, so a `static` of it costs no bytes in the wasm file.
 #[derive(Clone)]
 pub struct MaglevTable {
-    /// Candidate index + 1 per slot (0 only before the first build).
+    /// Position + 1 in `addrs` per slot (0 only before the first build).
     slots: [u16; TABLE_SIZE],
+    /// The distinct UP addresses the table was built for, sorted.
     addrs: [[u8; 16]; MAX_CANDIDATES],
-    up: [bool; MAX_CANDIDATES],
-    len: usize,
     n_up: usize,
+    /// Wrapping sum of the address hashes of the UP candidates at build time.
+    fingerprint: u64,
     built: bool,
     rebuilds: u64,
 }
@@ -80,7 +84,6 @@ pub struct MaglevTable {
 impl core::fmt::Debug for MaglevTable {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("MaglevTable")
-            .field("len", &self.len)
             .field("n_up", &self.n_up)
             .field("built", &self.built)
             .field("rebuilds", &self.rebuilds)
@@ -93,9 +96,8 @@ impl MaglevTable {
     pub const EMPTY: Self = Self {
         slots: [0; TABLE_SIZE],
         addrs: [[0; 16]; MAX_CANDIDATES],
-        up: [false; MAX_CANDIDATES],
-        len: 0,
         n_up: 0,
+        fingerprint: 0,
         built: false,
         rebuilds: 0,
     };
@@ -106,63 +108,72 @@ impl MaglevTable {
         self.rebuilds
     }
 
-    /// Whether the table was built for exactly these candidates.
-    fn built_for(&self, candidates: &[Candidate]) -> bool {
-        self.built
-            && self.len == candidates.len()
-            && candidates
-                .iter()
-                .zip(self.addrs.iter().zip(&self.up))
-                .all(|(c, (addr, up))| c.addr == *addr && c.is_up() == *up)
+    /// Order-independent fingerprint of the UP candidates' addresses.
+    fn fingerprint_of(candidates: &[Candidate]) -> u64 {
+        candidates
+            .iter()
+            .filter(|c| c.is_up())
+            .fold(0_u64, |acc, c| acc.wrapping_add(hash(OFFSET_SEED, &c.addr)))
     }
 
-    /// Maglev population over the UP candidates (at most `MAX_CANDIDATES`).
-    fn rebuild(&mut self, candidates: &[Candidate]) {
+    /// Whether the table was built for exactly this set of UP addresses: the
+    /// fingerprint matches and every UP address is in the built set.
+    fn built_for(&self, candidates: &[Candidate], fingerprint: u64) -> bool {
+        let set = &self.addrs[..self.n_up];
+        self.built
+            && fingerprint == self.fingerprint
+            && candidates
+                .iter()
+                .filter(|c| c.is_up())
+                .all(|c| set.binary_search(&c.addr).is_ok())
+    }
+
+    /// Maglev population over the distinct UP addresses (at most `MAX_CANDIDATES`).
+    fn rebuild(&mut self, candidates: &[Candidate], fingerprint: u64) {
         self.rebuilds = self.rebuilds.wrapping_add(1);
-        self.len = candidates.len();
         self.built = true;
-        let mut order = [0_u16; MAX_CANDIDATES];
+        self.fingerprint = fingerprint;
         let mut n_up = 0;
-        for (index, candidate) in candidates.iter().enumerate() {
-            if let (Some(addr), Some(up)) = (self.addrs.get_mut(index), self.up.get_mut(index)) {
-                *addr = candidate.addr;
-                *up = candidate.is_up();
-            }
-            if candidate.is_up()
-                && let (Some(slot), Ok(index)) = (order.get_mut(n_up), u16::try_from(index))
-            {
-                *slot = index;
+        for candidate in candidates.iter().filter(|c| c.is_up()) {
+            if let Some(slot) = self.addrs.get_mut(n_up) {
+                *slot = candidate.addr;
                 n_up += 1;
             }
         }
-        self.n_up = n_up;
+        let set = &mut self.addrs[..n_up];
+        set.sort_unstable();
+        // Dedup in place: a next hop listed twice gets one share, not two.
+        let mut distinct = 0;
+        for i in 0..n_up {
+            if distinct == 0 || set[i] != set[distinct - 1] {
+                set[distinct] = set[i];
+                distinct += 1;
+            }
+        }
+        self.n_up = distinct;
         self.slots.fill(0);
-        if n_up == 0 {
+        if distinct == 0 {
             return;
         }
-        let order = &mut order[..n_up];
-        // Address order (index for equal addresses) so the host's listing order
-        // does not change the table.
-        order.sort_unstable_by_key(|&i| (candidates[usize::from(i)].addr, i));
-
+        let set = &self.addrs[..distinct];
         let m = TABLE_SIZE as u64;
         let mut position = [0_u64; MAX_CANDIDATES];
         let mut skip = [0_u64; MAX_CANDIDATES];
-        for (j, &i) in order.iter().enumerate() {
-            let addr = &candidates[usize::from(i)].addr;
+        for (j, addr) in set.iter().enumerate() {
             position[j] = hash(OFFSET_SEED, addr) % m;
             skip[j] = hash(SKIP_SEED, addr) % (m - 1) + 1;
         }
         let mut filled = 0;
         'fill: loop {
-            for (j, &i) in order.iter().enumerate() {
+            for j in 0..distinct {
                 // `skip` is in 1..m and m is prime, so each candidate's sequence
                 // visits every slot and this inner loop ends.
                 loop {
                     let slot = position[j] as usize;
                     position[j] = (position[j] + skip[j]) % m;
                     if self.slots[slot] == 0 {
-                        self.slots[slot] = i + 1;
+                        // j < MAX_CANDIDATES = 256, so j + 1 fits in u16.
+                        self.slots[slot] = j as u16 + 1;
                         filled += 1;
                         break;
                     }
@@ -184,21 +195,21 @@ impl MaglevTable {
         if candidates.len() > MAX_CANDIDATES {
             return (Decision::Reject, false);
         }
-        let rebuilt = !self.built_for(candidates);
+        let fingerprint = Self::fingerprint_of(candidates);
+        let rebuilt = !self.built_for(candidates, fingerprint);
         if rebuilt {
-            self.rebuild(candidates);
+            self.rebuild(candidates, fingerprint);
         }
         if self.n_up == 0 {
             return (Decision::Reject, rebuilt);
         }
-        let entry = self
+        let addr = self
             .slots
             .get(slot_of(flow_hash(request)))
-            .copied()
-            .unwrap_or(0);
-        let decision = usize::from(entry)
-            .checked_sub(1)
-            .filter(|&i| candidates.get(i).is_some_and(Candidate::is_up))
+            .and_then(|&entry| usize::from(entry).checked_sub(1))
+            .and_then(|j| self.addrs[..self.n_up].get(j));
+        let decision = addr
+            .and_then(|a| candidates.iter().position(|c| c.is_up() && c.addr == *a))
             .map_or(Decision::Reject, Decision::Select);
         (decision, rebuilt)
     }
@@ -317,7 +328,24 @@ mod tests {
         let after_removed = assign(&mut table, &f, &removed);
         check_disruption(&before, &after_removed, gone, 10);
         assert_eq!(after_down, after_removed);
-        assert_eq!(table.rebuilds(), 3);
+        // Going down and disappearing leave the same UP set: one rebuild, not two.
+        assert_eq!(table.rebuilds(), 2);
+    }
+
+    #[test]
+    fn reordering_and_load_changes_do_not_rebuild() {
+        let f = flows(2_000, 5);
+        let c = servers(8);
+        let mut table = Box::new(MaglevTable::EMPTY);
+        let before = assign(&mut table, &f, &c);
+        let mut shuffled = c.clone();
+        shuffled.reverse();
+        for (i, cand) in shuffled.iter_mut().enumerate() {
+            cand.load = i as f64 / 10.0;
+        }
+        let after = assign(&mut table, &f, &shuffled);
+        assert_eq!(before, after, "same flows, same next hops");
+        assert_eq!(table.rebuilds(), 1);
     }
 
     #[test]
