@@ -20,9 +20,18 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 /// Options of `pronto demo`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct DemoArgs {
-    /// Number of synthetic flows to open.
+    /// Run only one engine on synthetic traffic (no hierarchy, no modules).
+    #[arg(long)]
+    pub(crate) engine: bool,
+    /// With --engine: number of synthetic flows to open.
     #[arg(long, default_value_t = 4000)]
     pub(crate) flows: u32,
+    /// Connections opened in each phase of the hierarchy demo.
+    #[arg(long, default_value_t = 600)]
+    pub(crate) connections: u32,
+    /// Seed of the hierarchy simulation (same seed, same run).
+    #[arg(long, default_value_t = 2024)]
+    pub(crate) seed: u64,
 }
 
 const SUBNETS: [&str; 2] = ["10.1.0.0/16", "10.2.0.0/16"];
@@ -64,6 +73,14 @@ impl Run {
 }
 
 pub(crate) fn run(args: &DemoArgs) -> Result<()> {
+    if args.engine {
+        run_engine(args)
+    } else {
+        crate::demo_hierarchy::run(args)
+    }
+}
+
+fn run_engine(args: &DemoArgs) -> Result<()> {
     if args.flows == 0 {
         bail!("--flows must be at least 1");
     }

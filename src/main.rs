@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod cli_module;
 mod demo;
+mod demo_hierarchy;
 
 /// Pronto: a programmable router for service level routing.
 #[derive(Debug, Parser)]
