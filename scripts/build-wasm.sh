@@ -14,6 +14,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 MODULES=(least_load weighted_cost proximity consistent_hash time_of_day sfq strict_priority least_slack)
+# `scripts/build-wasm.sh NAME...` builds only those modules (e.g. a new one).
+if [ "$#" -gt 0 ]; then MODULES=("$@"); fi
 TARGET=wasm32-unknown-unknown
 WORK="$ROOT/target/wasm"
 SRC="$WORK/src"

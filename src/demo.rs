@@ -32,6 +32,12 @@ pub(crate) struct DemoArgs {
     /// Seed of the hierarchy simulation (same seed, same run).
     #[arg(long, default_value_t = 2024)]
     pub(crate) seed: u64,
+    /// Your own signed policy module: hot-loaded as the phase-1 site policy.
+    #[arg(long, value_name = "FILE", requires = "trust")]
+    pub(crate) module: Option<std::path::PathBuf>,
+    /// CA certificate (PEM) that signed --module; added to the demo's anchors.
+    #[arg(long, value_name = "PEM")]
+    pub(crate) trust: Option<std::path::PathBuf>,
 }
 
 const SUBNETS: [&str; 2] = ["10.1.0.0/16", "10.2.0.0/16"];

@@ -58,7 +58,15 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
         })
         .context("issuing the demo signer")?;
     let key = signer.signing_key().context("demo signer key")?;
-    let anchors = TrustAnchors::from_pem(ca.cert_pem().as_bytes()).context("demo trust anchor")?;
+    let mut anchors =
+        TrustAnchors::from_pem(ca.cert_pem().as_bytes()).context("demo trust anchor")?;
+    if let Some(path) = &args.trust {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("reading trust anchor {}", path.display()))?;
+        anchors
+            .add_pem(&pem)
+            .with_context(|| format!("adding trust anchor {}", path.display()))?;
+    }
     let env = Environment::new(EnvironmentConfig::operator("operator"), anchors)
         .context("creating the operator environment")?;
     for (name, wasm, manifest) in MODULES {
@@ -74,10 +82,26 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
         tracing::info!(module = name, ?report, "module installed");
     }
     let subnet: VirtualSubnet = SUBNET.parse()?;
+    let mut site_policy = "least_load".to_owned();
+    if let Some(path) = &args.module {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading module {}", path.display()))?;
+        let report = env.install(&bytes).with_context(|| {
+            format!(
+                "installing {} (is it signed by a CA given with --trust?)",
+                path.display()
+            )
+        })?;
+        println!(
+            "your module {} {} is installed and serves phase 1",
+            report.name, report.active
+        );
+        site_policy = report.name;
+    }
     let opts = DemoOptions {
         seed: args.seed,
         cost: env.cost_model("weighted_cost", subnet)?,
-        site_policy: Some(env.policy("least_load", subnet)?),
+        site_policy: Some(env.policy(&site_policy, subnet)?),
         swapped_site_policy: env.policy("consistent_hash", subnet)?,
         connections_per_phase: args.connections,
         ..DemoOptions::default()
@@ -91,7 +115,7 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    println!("F/G: weighted_cost; site policy: least_load, hot-swapped to consistent_hash\n");
+    println!("F/G: weighted_cost; site policy: {site_policy}, hot-swapped to consistent_hash\n");
     let report = run_demo(&opts).context("running the hierarchy simulation")?;
     println!("{report}");
     println!("module counters:");
