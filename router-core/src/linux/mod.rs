@@ -27,6 +27,7 @@ pub mod netlink;
 pub mod netns;
 pub mod raw;
 pub mod sysctl;
+pub mod tc;
 pub mod tun;
 
 pub use dataplane::{
