@@ -383,8 +383,8 @@ fn htb_offload_shares_a_shaped_link_by_weight() {
         .collect();
     assert_eq!(
         quanta,
-        vec![1600, 2400, 4000],
-        "quantum proportional to rate"
+        vec![65_536, 98_304, 163_840],
+        "quanta proportional to rate, the smallest the veth's gso_max_size"
     );
 
     // Applying the same tree again changes nothing.
@@ -443,11 +443,15 @@ fn htb_offload_shares_a_shaped_link_by_weight() {
     eprintln!("HTB shares at weights 50/30/20: {got:.3?}");
     assert_shares("50/30/20", got, [0.5, 0.3, 0.2]);
 
-    // An idle tenant's share is lent to the others in proportion to rate.
+    // An idle tenant's share is lent to the others in proportion to their
+    // rates (with quanta below the GSO packet size it would be split by
+    // packets: 0.48/0.52 here).
+    let r = apply_share_tree(&tc, DEV, &tree([20, 30, 50])).unwrap();
+    assert_eq!(r.classes_changed, 2, "{r:?}");
     traffic.stop_tenant(2);
     let got = shares(traffic.measure([true, true, false], warm, window));
-    eprintln!("HTB shares at weights 50/30/(idle 20): {got:.3?}");
-    assert_shares("50/30/idle", got, [0.625, 0.375, 0.0]);
+    eprintln!("HTB shares at weights 20/30/(idle 50): {got:.3?}");
+    assert_shares("20/30/idle", got, [0.4, 0.6, 0.0]);
     drop(traffic);
 
     assert!(remove_share_tree(&tc, DEV).unwrap());

@@ -19,11 +19,17 @@
 //! ```
 //!
 //! With every class backlogged each leaf gets its rate, which is its weight
-//! share of the link; an idle class's rate is lent to the others in proportion
-//! to their quanta, which are proportional to their rates (with HTB's default
-//! quantum, `rate / r2q` clamped to 1000..200000 bytes, spare bandwidth is split
-//! almost equally instead). Inside one family, prefixes are tried longest first
-//! (u32 node order), so a /24 inside a /16 of another class wins.
+//! share of the link; an idle class's rate is lent to the others by HTB's
+//! deficit round robin, in proportion to their quanta, which are proportional
+//! to their rates. Two traps make that split wrong, and both are avoided here:
+//! HTB's default quantum (`rate / r2q` clamped to 1000..200000 bytes) is not
+//! proportional, and a quantum smaller than a packet degenerates to one packet
+//! per turn, i.e. an equal split by packets. With GSO/TSO the qdisc sees
+//! packets of up to the link's `gso_max_size` (64 KiB), not the MTU, so the
+//! slowest leaf's quantum is that size (measured: spare bandwidth of a 20/30
+//! pair split 48/52 with 1600-byte quanta, 40/60 with 64 KiB ones). Inside one
+//! family, prefixes are tried longest first (u32 node order), so a /24 inside a
+//! /16 of another class wins.
 //!
 //! # Messages
 //!
@@ -65,6 +71,7 @@ use crate::queue::SourceClassifier;
 use crate::sched::{ClassConfig, ClassId, LinkScheduler, SchedError};
 use futures::StreamExt;
 use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::tc::{
     TcAttribute, TcFilterU32Option, TcHandle, TcMessage, TcOption, TcStats2, TcU32Selector,
     TcXstats,
@@ -92,8 +99,13 @@ pub const MAX_DEPTH: usize = 7;
 /// Most source-prefix filters per address family: u32 node ids are 12 bits.
 pub const MAX_FILTERS_PER_FAMILY: usize = 0xfff;
 /// Largest quantum given to a class; beyond it quanta stop being proportional
-/// (HTB keeps deficits in an `int`).
+/// (with a 64 KiB floor: leaf rates 256 times the slowest leaf's). A round of
+/// HTB's deficit round robin lasts the sum of the quanta, so unbounded quanta
+/// would make borrowing arbitrarily bursty.
 pub const MAX_QUANTUM: u32 = 1 << 24;
+/// Quantum floor when the link's GSO size is unknown: Linux's default
+/// `gso_max_size`.
+pub const DEFAULT_QUANTUM_FLOOR: u32 = 65_536;
 /// Most objects read from one kernel dump.
 const MAX_DUMP: usize = 65_536;
 
@@ -149,6 +161,12 @@ pub struct ShareTreeConfig {
     /// Burst allowance in time at each class's rate; the burst is at least
     /// `rate / HZ + mtu` (`tc`'s default), more if this asks for more.
     pub burst: Duration,
+    /// The slowest leaf's quantum in bytes (the others' are proportional to
+    /// their rates). It must be at least the largest packet the qdisc sees, or
+    /// spare bandwidth is split by packets (see the module docs). `None`: the
+    /// link's largest GSO size, read when applying (at least the mtu;
+    /// [`DEFAULT_QUANTUM_FLOOR`] for [`plan`](Self::plan)).
+    pub quantum_floor: Option<u32>,
 }
 
 impl ShareTreeConfig {
@@ -161,6 +179,7 @@ impl ShareTreeConfig {
             default_class: 0,
             mtu: 1600,
             burst: Duration::ZERO,
+            quantum_floor: None,
         }
     }
 
@@ -695,8 +714,8 @@ fn plan(cfg: &ShareTreeConfig, clock: &PschedClock) -> Result<HtbPlan, ShareTree
         );
     }
 
-    // Quanta proportional to rate, the slowest leaf getting one mtu: HTB's DRR
-    // then lends spare bandwidth in proportion to rate.
+    // Quanta proportional to rate, the slowest leaf getting the floor: HTB's
+    // DRR then lends spare bandwidth in proportion to rate.
     let min_leaf = classes
         .iter()
         .filter(|c| c.leaf)
@@ -705,11 +724,27 @@ fn plan(cfg: &ShareTreeConfig, clock: &PschedClock) -> Result<HtbPlan, ShareTree
         .unwrap_or(link)
         .max(1);
     let burst_time = cfg.burst.as_secs_f64();
+    let floor = cfg
+        .quantum_floor
+        .unwrap_or(DEFAULT_QUANTUM_FLOOR)
+        .clamp(cfg.mtu, MAX_QUANTUM);
+    let mut capped = 0_usize;
     for c in &mut classes {
-        let q = u128::from(cfg.mtu) * u128::from(c.rate) / u128::from(min_leaf);
-        c.quantum = q.clamp(u128::from(cfg.mtu), u128::from(MAX_QUANTUM)) as u32;
+        let q = u128::from(floor) * u128::from(c.rate) / u128::from(min_leaf);
+        if c.leaf && q > u128::from(MAX_QUANTUM) {
+            capped += 1;
+        }
+        c.quantum = q.clamp(u128::from(floor), u128::from(MAX_QUANTUM)) as u32;
         c.burst = clock.default_burst(c.rate, cfg.mtu, burst_time);
         c.cburst = clock.default_burst(c.ceil, cfg.mtu, burst_time);
+    }
+    if capped > 0 {
+        tracing::warn!(
+            capped,
+            floor,
+            max = MAX_QUANTUM,
+            "leaf rates span too wide a range: some quanta are capped, so spare bandwidth is not lent in proportion to rate"
+        );
     }
 
     let leaves: BTreeMap<u16, bool> = classes
@@ -1371,8 +1406,6 @@ pub struct TcCounters {
     pub filter_swaps: u64,
     /// Dump entries not read because a dump exceeded its bound.
     pub dump_truncated: u64,
-    /// Dump entries the crate could not decode (skipped).
-    pub dump_undecodable: u64,
     /// Applies that left HTB's own default class stale (the catch-all rules).
     pub stale_default: u64,
 }
@@ -1387,7 +1420,6 @@ struct Counters {
     rebuilds: AtomicU64,
     filter_swaps: AtomicU64,
     dump_truncated: AtomicU64,
-    dump_undecodable: AtomicU64,
     stale_default: AtomicU64,
 }
 
@@ -1454,13 +1486,17 @@ impl Tc {
             rebuilds: l(&c.rebuilds),
             filter_swaps: l(&c.filter_swaps),
             dump_truncated: l(&c.dump_truncated),
-            dump_undecodable: l(&c.dump_undecodable),
             stale_default: l(&c.stale_default),
         }
     }
 
     /// Index of link `name`.
     pub fn link_index(&self, name: &str) -> Result<i32, TcError> {
+        self.link(name).map(|(index, _)| index)
+    }
+
+    /// Index of link `name` and the largest GSO packet it may be handed.
+    fn link(&self, name: &str) -> Result<(i32, Option<u32>), TcError> {
         let req = self
             .handle
             .link()
@@ -1475,7 +1511,18 @@ impl Tc {
             name: name.to_owned(),
         };
         match found {
-            Ok(Some(msg)) => i32::try_from(msg.header.index).map_err(|_| missing()),
+            Ok(Some(msg)) => {
+                let gso = msg
+                    .attributes
+                    .iter()
+                    .filter_map(|a| match a {
+                        LinkAttribute::GsoMaxSize(n) | LinkAttribute::GsoIpv4MaxSize(n) => Some(*n),
+                        _ => None,
+                    })
+                    .max();
+                let index = i32::try_from(msg.header.index).map_err(|_| missing())?;
+                Ok((index, gso))
+            }
             Ok(None) => Err(missing()),
             // A missing name comes back as ENODEV.
             Err(rtnetlink::Error::NetlinkError(m))
@@ -1646,14 +1693,25 @@ impl Tc {
     }
 
     fn apply(&self, link: &str, cfg: &ShareTreeConfig) -> Result<ApplyReport, TcError> {
-        let plan = cfg.plan(&self.clock).map_err(|source| {
+        let config_error = |source| {
             bump(&self.counters.config_errors);
             TcError::Config {
                 link: link.to_owned(),
                 source,
             }
-        })?;
-        let ifindex = self.link_index(link)?;
+        };
+        // Refuse a bad tree before touching the link.
+        cfg.validate().map_err(config_error)?;
+        let (ifindex, gso) = self.link(link)?;
+        let plan = match cfg.quantum_floor {
+            Some(_) => cfg.plan(&self.clock),
+            None => {
+                let mut resolved = cfg.clone();
+                resolved.quantum_floor = Some(gso.unwrap_or(DEFAULT_QUANTUM_FLOOR).max(cfg.mtu));
+                resolved.plan(&self.clock)
+            }
+        }
+        .map_err(config_error)?;
         let mut report = ApplyReport::default();
         let qdisc = TcId::new(HTB_MAJOR, 0);
 
@@ -2135,11 +2193,32 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                (s("1:1"), s("1:"), 12_500_000, 12_500_000, 8000, false),
-                (s("1:10"), s("1:1"), 2_500_000, 12_500_000, 1600, true),
-                (s("1:20"), s("1:1"), 3_750_000, 12_500_000, 2400, true),
-                (s("1:30"), s("1:1"), 6_250_000, 12_500_000, 4000, true),
+                (s("1:1"), s("1:"), 12_500_000, 12_500_000, 327_680, false),
+                (s("1:10"), s("1:1"), 2_500_000, 12_500_000, 65_536, true),
+                (s("1:20"), s("1:1"), 3_750_000, 12_500_000, 98_304, true),
+                (s("1:30"), s("1:1"), 6_250_000, 12_500_000, 163_840, true),
             ]
+        );
+        // An explicit floor (no GSO on the link); never below the mtu.
+        let mut cfg = tenants();
+        cfg.quantum_floor = Some(1500);
+        let q: Vec<u32> = cfg
+            .plan(&PschedClock::HIGH_RES)
+            .unwrap()
+            .classes
+            .iter()
+            .map(|c| c.quantum)
+            .collect();
+        assert_eq!(q, vec![8000, 1600, 2400, 4000]);
+        // Beyond MAX_QUANTUM quanta stop growing.
+        let wide = ShareTreeConfig::new(1_000_000_000)
+            .with_class(ShareClassConfig::new(2, 1))
+            .with_class(ShareClassConfig::new(3, 1000))
+            .with_default(2);
+        let p2 = wide.plan(&PschedClock::HIGH_RES).unwrap();
+        assert_eq!(
+            (p2.classes[1].quantum, p2.classes[2].quantum),
+            (65_536, MAX_QUANTUM)
         );
         let shares = tenants().leaf_shares().unwrap();
         assert_eq!(shares[&0x10], 0.2);
