@@ -492,6 +492,62 @@ fn htb_offload_swaps_filters_restructures_and_names_failures() {
     let again = apply_share_tree(&tc, DEV, &cfg).unwrap();
     assert_eq!((again.filter_band, again.filters_installed), (20, 0));
 
+    // The kernel classifies by them: datagrams from the remapped IPv4 subnet
+    // land in 1:20, from the IPv6 one in 1:30, none in the default 1:10.
+    lab::ip(&[
+        "-n",
+        &pair.snd,
+        "addr",
+        "add",
+        "2001:db8:1::1/64",
+        "dev",
+        DEV,
+        "nodad",
+    ]);
+    lab::ip(&[
+        "-n",
+        &pair.rcv,
+        "addr",
+        "add",
+        "2001:db8:1::2/64",
+        "dev",
+        "r0",
+        "nodad",
+    ]);
+    let packets = |id: u16| {
+        tc.class_stats(DEV)
+            .unwrap()
+            .iter()
+            .find(|c| c.id == TcId::new(1, id))
+            .unwrap()
+            .packets
+    };
+    let before = CLASS_IDS.map(packets);
+    const N: u64 = 50;
+    in_netns(&pair.snd, || {
+        let send = |from: SocketAddr, to: SocketAddr| {
+            let s = std::net::UdpSocket::bind(from).unwrap();
+            for _ in 0..N {
+                s.send_to(&[0u8; 100], to).unwrap();
+            }
+        };
+        send(
+            SocketAddr::from((VIPS[0], 0)),
+            SocketAddr::from((RECEIVER, 9)),
+        );
+        let v6 = |a: &str| a.parse::<std::net::Ipv6Addr>().unwrap();
+        send(
+            SocketAddr::from((v6("2001:db8:1::1"), 0)),
+            SocketAddr::from((v6("2001:db8:1::2"), 9)),
+        );
+    })
+    .unwrap();
+    let after = CLASS_IDS.map(packets);
+    let moved: Vec<u64> = (0..3).map(|i| after[i] - before[i]).collect();
+    assert!(moved[0] < N, "default class got them: {moved:?}");
+    assert!(moved[1] >= N, "IPv4 remap: {moved:?}");
+    assert!(moved[2] >= N, "IPv6 prefix: {moved:?}");
+
     // Nest a tenant under a new parent: HTB cannot move a class, so the qdisc
     // is rebuilt; a dropped class is deleted.
     let nested = ShareTreeConfig::new(LINK_BPS)
