@@ -26,8 +26,9 @@
 //! proportional, and a quantum smaller than a packet degenerates to one packet
 //! per turn, i.e. an equal split by packets. With GSO/TSO the qdisc sees
 //! packets of up to the link's `gso_max_size` (64 KiB), not the MTU, so the
-//! slowest leaf's quantum is that size (measured: spare bandwidth of a 20/30
-//! pair split 48/52 with 1600-byte quanta, 40/60 with 64 KiB ones). Inside one
+//! slowest leaf's quantum is that size (measured on a veth: spare bandwidth of
+//! a 20/30 pair split 46/54 to 48/52 with 1600-byte quanta, 40/60 with 64 KiB
+//! ones; `examples/htb_share.rs`). Inside one
 //! family, prefixes are tried longest first (u32 node order), so a /24 inside a
 //! /16 of another class wins.
 //!
