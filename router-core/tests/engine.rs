@@ -2,7 +2,10 @@
 //! recovery instead of re-choice, tunnels in and out, TTL, path MTU, ECN, policy
 //! faults, bounded tables and the counters behind each verdict.
 
-#![allow(clippy::unwrap_used, reason = "test helpers: a failure is a test failure")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failure is a test failure"
+)]
 
 use proptest::prelude::*;
 use router_core::engine::MAX_CANDIDATES;
