@@ -25,9 +25,11 @@
 //! prepared (untimed) for that iteration: the same publish plus dropping the
 //! version that falls out of the pair (its store, instance and linear memory),
 //! which happens on the swapping thread unless a policy call holds it at that
-//! moment. `retire` times that drop alone (dropping an unpublished prepared
-//! module). The two prepared-module cases time each iteration separately,
-//! which adds about 20 ns of clock reads to each.
+//! moment. `swap_prepared_nothing_retired` is the same swap into a slot
+//! emptied beforehand (untimed), so nothing is retired: the publish step of
+//! `swap` alone. `retire` times the drop alone (dropping an unpublished
+//! prepared module). The prepared-module cases time each iteration
+//! separately, which adds about 20 ns of clock reads to each.
 //!
 //! Run: `cargo bench -p exec-env --bench swap`.
 
@@ -306,6 +308,23 @@ fn swap(c: &mut Criterion) {
             for _ in 0..iters {
                 patch += 1;
                 let prepared = env.prepare(versioned(&verified, patch)).unwrap();
+                let start = Instant::now();
+                let report = env.swap(prepared);
+                total += start.elapsed();
+                black_box(report.unwrap());
+            }
+            total
+        })
+    });
+    // The same publish with nothing to retire: the slot is emptied (untimed)
+    // first; the handle above keeps it alive, so the swap fills it in place.
+    g.bench_function("swap_prepared_nothing_retired", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                patch += 1;
+                let prepared = env.prepare(versioned(&verified, patch)).unwrap();
+                env.remove(NAME).unwrap();
                 let start = Instant::now();
                 let report = env.swap(prepared);
                 total += start.elapsed();
