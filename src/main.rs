@@ -5,8 +5,12 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod cli_module;
+mod config;
 mod demo;
 mod demo_hierarchy;
+mod host;
+mod lab;
+mod router;
 
 /// Pronto: a programmable router for service level routing.
 #[derive(Debug, Parser)]
@@ -24,6 +28,12 @@ enum Command {
     Ca(cli_module::CaArgs),
     /// Signed module files: sign, inspect, verify.
     Module(cli_module::ModuleArgs),
+    /// The SLR daemon: `pronto router run --config FILE`.
+    Router(router::RouterArgs),
+    /// The host server agent: `pronto host run --config FILE`.
+    Host(host::HostArgs),
+    /// A namespace lab of the whole hierarchy (root): up, down, status.
+    Lab(lab::LabArgs),
 }
 
 fn main() -> Result<()> {
@@ -39,5 +49,8 @@ fn main() -> Result<()> {
         Command::Demo(args) => demo::run(&args),
         Command::Ca(args) => cli_module::run_ca(&args),
         Command::Module(args) => cli_module::run_module(&args),
+        Command::Router(args) => router::run(&args),
+        Command::Host(args) => host::run(&args),
+        Command::Lab(args) => lab::run(&args),
     }
 }

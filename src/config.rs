@@ -1,0 +1,1155 @@
+//! Configuration files of the daemons (`pronto router run`, `pronto host run`).
+//!
+//! TOML with unknown keys refused (`deny_unknown_fields`); every value is checked
+//! before anything starts, and an error names the file and the field
+//! (`tunnel.mtu`, `downstream[1].route_cost`, ...). Relative paths are relative to
+//! the configuration file's directory.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use router_core::VirtualSubnet;
+use router_core::engine::{EngineConfig, MAX_CANDIDATES};
+use router_core::flow::{FlowConfig, Timeouts};
+use router_core::linux::{DataplaneConfig, HostConfig as TunnelHostConfig, TunnelPath};
+use router_core::policy::{Candidate, Level};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+use signaling::{NodeName, PeerConfig, SlrConfig, SubnetPrefix, TableConfig, TlsIdentity};
+
+/// Largest configuration file read.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// Largest PEM file read (a certificate chain or a key).
+const MAX_PEM_BYTES: u64 = 1 << 20;
+/// Most static subnets and downstream entries.
+const MAX_ENTRIES: usize = 4096;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid TOML, an unknown key, or a value of the wrong type (the message
+    /// names the key and the line).
+    #[error("{path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A value out of range or inconsistent with another.
+    #[error("{path}: {field}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The field, as a TOML path.
+        field: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+}
+
+/// Collects the file name into every error of one validation.
+struct Check<'a> {
+    path: &'a Path,
+}
+
+impl Check<'_> {
+    fn err(&self, field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn name(&self, field: &str, s: &str) -> Result<NodeName, ConfigError> {
+        NodeName::new(s).map_err(|e| self.err(field, e.to_string()))
+    }
+
+    fn subnet(&self, field: &str, s: &str) -> Result<VirtualSubnet, ConfigError> {
+        s.parse::<VirtualSubnet>()
+            .map_err(|e| self.err(field, format!("{e} (write ADDR/LEN with host bits clear)")))
+    }
+
+    fn cost(&self, field: &str, v: f64) -> Result<f64, ConfigError> {
+        if v.is_finite() && v >= 0.0 {
+            Ok(v)
+        } else {
+            Err(self.err(field, format!("{v} must be finite and non-negative")))
+        }
+    }
+
+    fn range<T: PartialOrd + std::fmt::Display + Copy>(
+        &self,
+        field: &str,
+        v: T,
+        lo: T,
+        hi: T,
+    ) -> Result<T, ConfigError> {
+        if v < lo || v > hi {
+            Err(self.err(field, format!("{v} is outside {lo}..={hi}")))
+        } else {
+            Ok(v)
+        }
+    }
+
+    fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.path
+                .parent()
+                .map_or_else(|| p.to_owned(), |d| d.join(p))
+        }
+    }
+
+    fn tun_name(&self, field: &str, s: &str) -> Result<String, ConfigError> {
+        let ok = !s.is_empty()
+            && s.len() <= 15
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if ok {
+            Ok(s.to_owned())
+        } else {
+            Err(self.err(
+                field,
+                format!("{s:?} is not an interface name (1-15 of [A-Za-z0-9_-])"),
+            ))
+        }
+    }
+}
+
+fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, std::io::Error> {
+    use std::io::Read;
+    let f = std::fs::File::open(path)?;
+    let mut buf = Vec::new();
+    f.take(limit + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {limit} bytes"),
+        ));
+    }
+    Ok(buf)
+}
+
+fn parse_file<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
+    let bytes = read_bounded(path, MAX_CONFIG_BYTES).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let text = String::from_utf8(bytes).map_err(|_| ConfigError::Invalid {
+        path: path.to_owned(),
+        field: "(file)".into(),
+        reason: "not UTF-8 text".into(),
+    })?;
+    parse_str(path, &text)
+}
+
+fn parse_str<T: for<'de> Deserialize<'de>>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Validate a router configuration given as text (`path` names it in errors).
+#[cfg(test)]
+pub(crate) fn parse_router_text(path: &Path, text: &str) -> Result<RouterConfig, ConfigError> {
+    router_from_file(path, parse_str(path, text)?)
+}
+
+/// Validate a host configuration given as text (`path` names it in errors).
+#[cfg(test)]
+pub(crate) fn parse_host_text(path: &Path, text: &str) -> Result<HostDaemonConfig, ConfigError> {
+    host_from_file(path, parse_str(path, text)?)
+}
+
+// ----- shared sections --------------------------------------------------------
+
+/// `level = "network" | "system" | "site"`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum LevelName {
+    Network,
+    System,
+    Site,
+}
+
+impl From<LevelName> for Level {
+    fn from(l: LevelName) -> Self {
+        match l {
+            LevelName::Network => Self::Network,
+            LevelName::System => Self::System,
+            LevelName::Site => Self::Site,
+        }
+    }
+}
+
+/// `[tls]`: our identity and whom we trust.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    /// CA certificates (PEM) a peer's chain must reach; at least one.
+    trust_anchors: Vec<PathBuf>,
+    /// Our certificate chain, PEM, end-entity first.
+    cert: PathBuf,
+    /// Our private key, PKCS#8 (or SEC1/PKCS#1) PEM.
+    key: PathBuf,
+}
+
+/// The TLS files, resolved; loaded when the daemon starts.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsFiles {
+    /// CA certificates.
+    pub(crate) trust_anchors: Vec<PathBuf>,
+    /// Our chain.
+    pub(crate) cert: PathBuf,
+    /// Our key.
+    pub(crate) key: PathBuf,
+}
+
+impl TlsFiles {
+    fn from_file(c: &Check<'_>, t: &TlsFile) -> Result<Self, ConfigError> {
+        if t.trust_anchors.is_empty() {
+            return Err(c.err(
+                "tls.trust_anchors",
+                "name at least one CA certificate; refusing to run unauthenticated",
+            ));
+        }
+        Ok(Self {
+            trust_anchors: t.trust_anchors.iter().map(|p| c.resolve(p)).collect(),
+            cert: c.resolve(&t.cert),
+            key: c.resolve(&t.key),
+        })
+    }
+
+    /// Read and parse the PEM files; errors name the field and the file.
+    pub(crate) fn load(&self) -> anyhow::Result<(TlsIdentity, Vec<CertificateDer<'static>>)> {
+        use anyhow::Context;
+        let pem = |field: &str, p: &Path| {
+            read_bounded(p, MAX_PEM_BYTES)
+                .with_context(|| format!("{field}: cannot read {}", p.display()))
+        };
+        let mut anchors = Vec::new();
+        for (i, p) in self.trust_anchors.iter().enumerate() {
+            let field = format!("tls.trust_anchors[{i}]");
+            let bytes = pem(&field, p)?;
+            let before = anchors.len();
+            for c in CertificateDer::pem_slice_iter(&bytes) {
+                anchors.push(c.with_context(|| format!("{field}: bad PEM in {}", p.display()))?);
+            }
+            if anchors.len() == before {
+                anyhow::bail!("{field}: no certificate in {}", p.display());
+            }
+        }
+        let bytes = pem("tls.cert", &self.cert)?;
+        let cert_chain = CertificateDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("tls.cert: bad PEM in {}", self.cert.display()))?;
+        if cert_chain.is_empty() {
+            anyhow::bail!("tls.cert: no certificate in {}", self.cert.display());
+        }
+        let bytes = pem("tls.key", &self.key)?;
+        let key = PrivateKeyDer::from_pem_slice(&bytes)
+            .with_context(|| format!("tls.key: no private key in {}", self.key.display()))?;
+        Ok((TlsIdentity { cert_chain, key }, anchors))
+    }
+}
+
+/// `[upstream]` (router) or `[site]` (host): the level above.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamFile {
+    /// Its signalling address.
+    address: SocketAddr,
+    /// The name its certificate must carry.
+    name: String,
+    /// First reconnect delay (doubles up to 8 s).
+    #[serde(default = "default_reconnect_ms")]
+    reconnect_ms: u64,
+}
+
+fn default_reconnect_ms() -> u64 {
+    250
+}
+
+/// The level above, validated.
+#[derive(Debug, Clone)]
+pub(crate) struct Upstream {
+    /// Signalling address.
+    pub(crate) address: SocketAddr,
+    /// Expected certificate name.
+    pub(crate) name: NodeName,
+    /// First reconnect delay.
+    pub(crate) reconnect: Duration,
+}
+
+impl Upstream {
+    fn from_file(c: &Check<'_>, section: &str, u: &UpstreamFile) -> Result<Self, ConfigError> {
+        Ok(Self {
+            address: u.address,
+            name: c.name(&format!("{section}.name"), &u.name)?,
+            reconnect: Duration::from_millis(c.range(
+                &format!("{section}.reconnect_ms"),
+                u.reconnect_ms,
+                10,
+                60_000,
+            )?),
+        })
+    }
+}
+
+/// `[session]`: signalling timers.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct SessionFile {
+    keepalive_ms: u64,
+    dead_ms: u64,
+    hello_timeout_ms: u64,
+}
+
+impl Default for SessionFile {
+    fn default() -> Self {
+        Self {
+            keepalive_ms: 1000,
+            dead_ms: 3000,
+            hello_timeout_ms: 5000,
+        }
+    }
+}
+
+impl SessionFile {
+    fn peer(&self, c: &Check<'_>) -> Result<PeerConfig, ConfigError> {
+        let keepalive = c.range("session.keepalive_ms", self.keepalive_ms, 50, 600_000)?;
+        let dead = c.range("session.dead_ms", self.dead_ms, 100, 3_600_000)?;
+        if dead <= keepalive {
+            return Err(c.err(
+                "session.dead_ms",
+                format!("{dead} must exceed session.keepalive_ms ({keepalive})"),
+            ));
+        }
+        let hello = c.range(
+            "session.hello_timeout_ms",
+            self.hello_timeout_ms,
+            100,
+            600_000,
+        )?;
+        Ok(PeerConfig {
+            keepalive_interval: Duration::from_millis(keepalive),
+            dead_interval: Duration::from_millis(dead),
+            hello_timeout: Duration::from_millis(hello),
+            ..PeerConfig::default()
+        })
+    }
+}
+
+/// `[stats]`: a counters snapshot written periodically.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatsFile {
+    file: PathBuf,
+    #[serde(default = "default_stats_ms")]
+    interval_ms: u64,
+}
+
+fn default_stats_ms() -> u64 {
+    500
+}
+
+/// Where and how often to write the counters snapshot.
+#[derive(Debug, Clone)]
+pub(crate) struct Stats {
+    /// The file (replaced atomically).
+    pub(crate) file: PathBuf,
+    /// Interval.
+    pub(crate) interval: Duration,
+}
+
+impl Stats {
+    fn from_file(c: &Check<'_>, s: &StatsFile) -> Result<Self, ConfigError> {
+        Ok(Self {
+            file: c.resolve(&s.file),
+            interval: Duration::from_millis(c.range(
+                "stats.interval_ms",
+                s.interval_ms,
+                20,
+                3_600_000,
+            )?),
+        })
+    }
+}
+
+// ----- router -----------------------------------------------------------------
+
+/// `[tunnel]` of a router.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TunnelFile {
+    local_v4: Option<Ipv4Addr>,
+    local_v6: Option<Ipv6Addr>,
+    #[serde(default = "default_tunnel_mtu")]
+    mtu: u16,
+    #[serde(default = "default_router_tun")]
+    tun_name: String,
+    #[serde(default)]
+    path: PathName,
+    #[serde(default = "default_ttl")]
+    ttl: u8,
+}
+
+fn default_tunnel_mtu() -> u16 {
+    1500
+}
+fn default_router_tun() -> String {
+    "pronto0".into()
+}
+fn default_ttl() -> u8 {
+    64
+}
+
+/// `tunnel.path = "auto" | "userspace" | "kernel"`.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum PathName {
+    #[default]
+    Auto,
+    Userspace,
+    Kernel,
+}
+
+/// `[[downstream]]`: a lower-level peer expected to register.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DownstreamFile {
+    name: String,
+    route_cost: Option<f64>,
+    tunnel: Option<IpAddr>,
+}
+
+/// A known lower-level peer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct DownstreamPeer {
+    /// Route cost `r_j`.
+    pub(crate) route_cost: f64,
+    /// Its tunnel endpoint; `None`: the address its signalling session comes from.
+    pub(crate) tunnel: Option<IpAddr>,
+}
+
+/// `[[static_subnets]]`: a subnet served with fixed next hops.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StaticSubnetFile {
+    subnet: String,
+    next_hops: Vec<StaticHopFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StaticHopFile {
+    address: IpAddr,
+    #[serde(default)]
+    route_cost: f64,
+    #[serde(default)]
+    load: f64,
+}
+
+/// `[table]`: next-hop table timers and bounds.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct TableFile {
+    interval_ms: u64,
+    hold_ms: u64,
+    max_peers: usize,
+    max_subnets: usize,
+}
+
+impl Default for TableFile {
+    fn default() -> Self {
+        Self {
+            interval_ms: 1000,
+            hold_ms: 10_000,
+            max_peers: MAX_CANDIDATES,
+            max_subnets: 1 << 16,
+        }
+    }
+}
+
+/// `[flows]`: flow table sizes and timeouts.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct FlowsFile {
+    capacity_v4: usize,
+    capacity_v6: usize,
+    max_next_hops: usize,
+    syn_timeout_ms: u64,
+    established_timeout_ms: u64,
+    closing_timeout_ms: u64,
+    udp_timeout_ms: u64,
+}
+
+impl Default for FlowsFile {
+    fn default() -> Self {
+        let t = Timeouts::default();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Self {
+            capacity_v4: 1 << 16,
+            capacity_v6: 1 << 12,
+            max_next_hops: 4096,
+            syn_timeout_ms: ms(t.syn),
+            established_timeout_ms: ms(t.established),
+            closing_timeout_ms: ms(t.closing),
+            udp_timeout_ms: ms(t.udp),
+        }
+    }
+}
+
+/// The policy choosing among next hops for new flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum PolicyName {
+    /// `router_core::policy::LeastCost`: lowest load + route cost.
+    #[default]
+    LeastCost,
+    /// `signaling::FollowTable`: the table's cheapest by F.
+    FollowTable,
+    /// Spread flows by a hash of the five-tuple over the usable next hops.
+    FlowHash,
+}
+
+/// `[policy]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct PolicyFile {
+    name: PolicyName,
+    /// Originate shortcuts (default: on at the site level).
+    shortcuts: Option<bool>,
+}
+
+/// `pronto router run` configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouterFile {
+    level: LevelName,
+    name: String,
+    tunnel: TunnelFile,
+    tls: TlsFile,
+    listen: Option<SocketAddr>,
+    upstream: Option<UpstreamFile>,
+    #[serde(default = "default_route_cost")]
+    default_route_cost: f64,
+    #[serde(default)]
+    downstream: Vec<DownstreamFile>,
+    #[serde(default)]
+    static_subnets: Vec<StaticSubnetFile>,
+    #[serde(default)]
+    table: TableFile,
+    #[serde(default)]
+    flows: FlowsFile,
+    #[serde(default)]
+    policy: PolicyFile,
+    #[serde(default)]
+    session: SessionFile,
+    stats: Option<StatsFile>,
+}
+
+fn default_route_cost() -> f64 {
+    1.0
+}
+
+/// A validated router configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct RouterConfig {
+    /// This router's level.
+    pub(crate) level: Level,
+    /// Its node name (a dNSName of its certificate).
+    pub(crate) name: NodeName,
+    /// Data path (engine, TUN, tunnel path).
+    pub(crate) dataplane: DataplaneConfig,
+    /// TLS files.
+    pub(crate) tls: TlsFiles,
+    /// Where lower levels register.
+    pub(crate) listen: Option<SocketAddr>,
+    /// The level above.
+    pub(crate) upstream: Option<Upstream>,
+    /// Route cost of a lower-level peer not listed in `downstream`.
+    pub(crate) default_route_cost: f64,
+    /// Known lower-level peers.
+    pub(crate) downstream: BTreeMap<NodeName, DownstreamPeer>,
+    /// Subnets with fixed next hops.
+    pub(crate) static_subnets: Vec<(VirtualSubnet, Vec<Candidate>)>,
+    /// Control side.
+    pub(crate) slr: SlrConfig,
+    /// Policy for new flows.
+    pub(crate) policy: PolicyName,
+    /// Session timers.
+    pub(crate) peer: PeerConfig,
+    /// Counters snapshot.
+    pub(crate) stats: Option<Stats>,
+}
+
+/// Read and validate a router configuration file.
+pub(crate) fn load_router(path: &Path) -> Result<RouterConfig, ConfigError> {
+    let f: RouterFile = parse_file(path)?;
+    router_from_file(path, f)
+}
+
+fn router_from_file(path: &Path, f: RouterFile) -> Result<RouterConfig, ConfigError> {
+    let c = Check { path };
+    let level = Level::from(f.level);
+    let name = c.name("name", &f.name)?;
+    if f.tunnel.local_v4.is_none() && f.tunnel.local_v6.is_none() {
+        return Err(c.err(
+            "tunnel.local_v4",
+            "set local_v4 and/or local_v6: the tunnel endpoint address (assigned to a local interface)",
+        ));
+    }
+    let mtu = c.range("tunnel.mtu", f.tunnel.mtu, 576, 9000)?;
+    let ttl = c.range("tunnel.ttl", f.tunnel.ttl, 1, 255)?;
+    let tun_name = c.tun_name("tunnel.tun_name", &f.tunnel.tun_name)?;
+    let upstream = match (&f.upstream, level) {
+        (Some(_), Level::Network) => {
+            return Err(c.err(
+                "upstream",
+                "a network-level router has no upper level; remove [upstream]",
+            ));
+        }
+        (Some(u), _) => Some(Upstream::from_file(&c, "upstream", u)?),
+        (None, _) => None,
+    };
+    let default_route_cost = c.cost("default_route_cost", f.default_route_cost)?;
+    if f.downstream.len() > MAX_ENTRIES {
+        return Err(c.err("downstream", format!("more than {MAX_ENTRIES} entries")));
+    }
+    let mut downstream = BTreeMap::new();
+    for (i, d) in f.downstream.iter().enumerate() {
+        let n = c.name(&format!("downstream[{i}].name"), &d.name)?;
+        let route_cost = match d.route_cost {
+            Some(r) => c.cost(&format!("downstream[{i}].route_cost"), r)?,
+            None => default_route_cost,
+        };
+        if downstream
+            .insert(
+                n.clone(),
+                DownstreamPeer {
+                    route_cost,
+                    tunnel: d.tunnel,
+                },
+            )
+            .is_some()
+        {
+            return Err(c.err(
+                format!("downstream[{i}].name"),
+                format!("{n} is listed twice"),
+            ));
+        }
+    }
+    if f.static_subnets.len() > MAX_ENTRIES {
+        return Err(c.err("static_subnets", format!("more than {MAX_ENTRIES} entries")));
+    }
+    let mut static_subnets = Vec::new();
+    for (i, s) in f.static_subnets.iter().enumerate() {
+        let subnet = c.subnet(&format!("static_subnets[{i}].subnet"), &s.subnet)?;
+        if s.next_hops.is_empty() || s.next_hops.len() > MAX_CANDIDATES {
+            return Err(c.err(
+                format!("static_subnets[{i}].next_hops"),
+                format!("give 1..={MAX_CANDIDATES} next hops"),
+            ));
+        }
+        let mut hops = Vec::new();
+        for (j, h) in s.next_hops.iter().enumerate() {
+            let at = format!("static_subnets[{i}].next_hops[{j}]");
+            hops.push(Candidate {
+                addr: h.address,
+                load: c.cost(&format!("{at}.load"), h.load)?,
+                route_cost: c.cost(&format!("{at}.route_cost"), h.route_cost)?,
+                up: true,
+            });
+        }
+        static_subnets.push((subnet, hops));
+    }
+    let t = &f.table;
+    let interval = c.range("table.interval_ms", t.interval_ms, 10, 3_600_000)?;
+    let hold = c.range("table.hold_ms", t.hold_ms, 20, 86_400_000)?;
+    if hold <= interval {
+        return Err(c.err(
+            "table.hold_ms",
+            format!("{hold} must exceed table.interval_ms ({interval}) and the lower level's update interval"),
+        ));
+    }
+    let table = TableConfig {
+        interval: Duration::from_millis(interval),
+        hold_time: Duration::from_millis(hold),
+        max_peers: c.range("table.max_peers", t.max_peers, 1, MAX_CANDIDATES)?,
+        max_subnets: c.range("table.max_subnets", t.max_subnets, 1, 1 << 20)?,
+    };
+    let fl = &f.flows;
+    let ms = |field: &str, v: u64| -> Result<Duration, ConfigError> {
+        Ok(Duration::from_millis(c.range(field, v, 100, 86_400_000)?))
+    };
+    let flows = FlowConfig {
+        capacity_v4: c.range("flows.capacity_v4", fl.capacity_v4, 8, 1 << 26)?,
+        capacity_v6: c.range("flows.capacity_v6", fl.capacity_v6, 8, 1 << 24)?,
+        max_next_hops: c.range("flows.max_next_hops", fl.max_next_hops, 1, 1 << 20)?,
+        timeouts: Timeouts {
+            syn: ms("flows.syn_timeout_ms", fl.syn_timeout_ms)?,
+            established: ms("flows.established_timeout_ms", fl.established_timeout_ms)?,
+            closing: ms("flows.closing_timeout_ms", fl.closing_timeout_ms)?,
+            udp: ms("flows.udp_timeout_ms", fl.udp_timeout_ms)?,
+            ..Timeouts::default()
+        },
+    };
+    let mut slr = SlrConfig::new(level);
+    slr.table = table;
+    if let Some(s) = f.policy.shortcuts {
+        slr.shortcuts = s;
+    }
+    let dataplane = DataplaneConfig {
+        engine: EngineConfig {
+            level,
+            local_v4: f.tunnel.local_v4,
+            local_v6: f.tunnel.local_v6,
+            tunnel_mtu: usize::from(mtu),
+            tunnel_ttl: ttl,
+            flows,
+            max_subnets: table.max_subnets + static_subnets.len(),
+            ..EngineConfig::default()
+        },
+        tun_name,
+        tunnel_path: match f.tunnel.path {
+            PathName::Auto => TunnelPath::Auto,
+            PathName::Userspace => TunnelPath::Userspace,
+            PathName::Kernel => TunnelPath::Kernel,
+        },
+        // Shortcuts need each newly pinned flow reported by the data path.
+        new_flow_queue: if slr.shortcuts { 4096 } else { 0 },
+        ..DataplaneConfig::default()
+    };
+    Ok(RouterConfig {
+        level,
+        name,
+        dataplane,
+        tls: TlsFiles::from_file(&c, &f.tls)?,
+        listen: f.listen,
+        upstream,
+        default_route_cost,
+        downstream,
+        static_subnets,
+        slr,
+        policy: f.policy.name,
+        peer: f.session.peer(&c)?,
+        stats: f
+            .stats
+            .as_ref()
+            .map(|s| Stats::from_file(&c, s))
+            .transpose()?,
+    })
+}
+
+// ----- host -------------------------------------------------------------------
+
+/// `[tunnel]` of a host.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct HostTunnelFile {
+    tun_name: String,
+    mtu: u16,
+    ipv4: bool,
+    ipv6: bool,
+}
+
+impl Default for HostTunnelFile {
+    fn default() -> Self {
+        Self {
+            tun_name: "pronto-host0".into(),
+            mtu: 1500,
+            ipv4: true,
+            ipv6: false,
+        }
+    }
+}
+
+/// `[load]`: how the advertised load is computed.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct LoadFile {
+    update_interval_ms: u64,
+    capacity: u32,
+    cpu_weight: f64,
+    background: f64,
+    background_file: Option<PathBuf>,
+}
+
+impl Default for LoadFile {
+    fn default() -> Self {
+        Self {
+            update_interval_ms: 1000,
+            capacity: 1000,
+            cpu_weight: 1.0,
+            background: 0.0,
+            background_file: None,
+        }
+    }
+}
+
+/// `[http_demo]`: a small HTTP server answering every request with a body naming
+/// the host.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpDemoFile {
+    listen: SocketAddr,
+    body: Option<String>,
+    #[serde(default = "default_http_conns")]
+    max_connections: usize,
+}
+
+fn default_http_conns() -> usize {
+    256
+}
+
+/// `pronto host run` configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostFile {
+    name: String,
+    site: UpstreamFile,
+    tls: TlsFile,
+    subnets: Vec<String>,
+    #[serde(default)]
+    tunnel: HostTunnelFile,
+    #[serde(default)]
+    load: LoadFile,
+    #[serde(default)]
+    session: SessionFile,
+    stats: Option<StatsFile>,
+    http_demo: Option<HttpDemoFile>,
+}
+
+/// How the host computes its load: `background + background_file +
+/// cpu_weight * cpu busy fraction + established connections / capacity`.
+#[derive(Debug, Clone)]
+pub(crate) struct LoadConfig {
+    /// Update interval.
+    pub(crate) update_interval: Duration,
+    /// Connections at which the connection part reaches 1.0.
+    pub(crate) capacity: u32,
+    /// Weight of the CPU busy fraction.
+    pub(crate) cpu_weight: f64,
+    /// Fixed extra load.
+    pub(crate) background: f64,
+    /// A file holding one number, re-read at each update (load an operator or a
+    /// test adds).
+    pub(crate) background_file: Option<PathBuf>,
+}
+
+/// The demo HTTP server.
+#[derive(Debug, Clone)]
+pub(crate) struct HttpDemo {
+    /// Where it listens (`0.0.0.0:80` answers on every VIP).
+    pub(crate) listen: SocketAddr,
+    /// The body of every answer.
+    pub(crate) body: String,
+    /// Most connections served at once.
+    pub(crate) max_connections: usize,
+}
+
+/// A validated host configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct HostDaemonConfig {
+    /// Node name.
+    pub(crate) name: NodeName,
+    /// The site router.
+    pub(crate) site: Upstream,
+    /// TLS files.
+    pub(crate) tls: TlsFiles,
+    /// Served virtual subnets.
+    pub(crate) subnets: Vec<SubnetPrefix>,
+    /// Tunnel endpoint.
+    pub(crate) tunnel: TunnelHostConfig,
+    /// Load computation.
+    pub(crate) load: LoadConfig,
+    /// Session timers.
+    pub(crate) peer: PeerConfig,
+    /// Counters snapshot.
+    pub(crate) stats: Option<Stats>,
+    /// Demo HTTP server.
+    pub(crate) http_demo: Option<HttpDemo>,
+}
+
+/// Read and validate a host configuration file.
+pub(crate) fn load_host(path: &Path) -> Result<HostDaemonConfig, ConfigError> {
+    let f: HostFile = parse_file(path)?;
+    host_from_file(path, f)
+}
+
+fn host_from_file(path: &Path, f: HostFile) -> Result<HostDaemonConfig, ConfigError> {
+    let c = Check { path };
+    let name = c.name("name", &f.name)?;
+    if f.subnets.is_empty() || f.subnets.len() > signaling::host::MAX_HOST_SUBNETS {
+        return Err(c.err(
+            "subnets",
+            format!(
+                "give 1..={} virtual subnets",
+                signaling::host::MAX_HOST_SUBNETS
+            ),
+        ));
+    }
+    let mut subnets = Vec::new();
+    let mut vsubnets = Vec::new();
+    for (i, s) in f.subnets.iter().enumerate() {
+        let v = c.subnet(&format!("subnets[{i}]"), s)?;
+        vsubnets.push(v);
+        subnets.push(SubnetPrefix::from(v));
+    }
+    let t = &f.tunnel;
+    if !t.ipv4 && !t.ipv6 {
+        return Err(c.err("tunnel.ipv4", "terminate at least one outer family"));
+    }
+    let tunnel = TunnelHostConfig {
+        tun_name: c.tun_name("tunnel.tun_name", &t.tun_name)?,
+        tun_mtu: c.range("tunnel.mtu", t.mtu, 576, 9000)?,
+        subnets: vsubnets,
+        ipv4: t.ipv4,
+        ipv6: t.ipv6,
+        ..TunnelHostConfig::default()
+    };
+    let l = &f.load;
+    let load = LoadConfig {
+        update_interval: Duration::from_millis(c.range(
+            "load.update_interval_ms",
+            l.update_interval_ms,
+            20,
+            3_600_000,
+        )?),
+        capacity: c.range("load.capacity", l.capacity, 1, u32::MAX)?,
+        cpu_weight: c.cost("load.cpu_weight", l.cpu_weight)?,
+        background: c.cost("load.background", l.background)?,
+        background_file: l.background_file.as_ref().map(|p| c.resolve(p)),
+    };
+    let http_demo = match &f.http_demo {
+        None => None,
+        Some(h) => Some(HttpDemo {
+            listen: h.listen,
+            body: h.body.clone().unwrap_or_else(|| name.to_string()),
+            max_connections: c.range("http_demo.max_connections", h.max_connections, 1, 65_536)?,
+        }),
+    };
+    Ok(HostDaemonConfig {
+        site: Upstream::from_file(&c, "site", &f.site)?,
+        tls: TlsFiles::from_file(&c, &f.tls)?,
+        subnets,
+        tunnel,
+        load,
+        peer: f.session.peer(&c)?,
+        stats: f
+            .stats
+            .as_ref()
+            .map(|s| Stats::from_file(&c, s))
+            .transpose()?,
+        http_demo,
+        name,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROUTER: &str = r#"
+level = "site"
+name = "site-a.lab"
+listen = "0.0.0.0:7800"
+default_route_cost = 0.5
+
+[tunnel]
+local_v4 = "10.1.0.2"
+mtu = 1600
+
+[tls]
+trust_anchors = ["ca.pem"]
+cert = "peer.pem"
+key = "/abs/peer.key"
+
+[upstream]
+address = "10.1.0.1:7800"
+name = "sys.lab"
+
+[[downstream]]
+name = "a1.site-a.lab"
+route_cost = 0.25
+
+[[downstream]]
+name = "a2.site-a.lab"
+tunnel = "10.1.2.2"
+
+[[static_subnets]]
+subnet = "198.51.100.0/24"
+next_hops = [{ address = "10.9.9.9", load = 0.1 }]
+
+[table]
+interval_ms = 200
+hold_ms = 2000
+
+[flows]
+capacity_v4 = 16384
+
+[policy]
+name = "flow-hash"
+"#;
+
+    fn router(text: &str) -> Result<RouterConfig, ConfigError> {
+        let p = Path::new("/etc/pronto/router.toml");
+        router_from_file(p, parse_str(p, text)?)
+    }
+
+    fn host(text: &str) -> Result<HostDaemonConfig, ConfigError> {
+        let p = Path::new("/etc/pronto/host.toml");
+        host_from_file(p, parse_str(p, text)?)
+    }
+
+    fn err_text(r: Result<impl std::fmt::Debug, ConfigError>) -> String {
+        r.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_full_router_file_validates() {
+        let c = router(ROUTER).unwrap();
+        assert_eq!(c.level, Level::Site);
+        assert_eq!(c.name.as_str(), "site-a.lab");
+        assert_eq!(
+            c.dataplane.engine.local_v4,
+            Some(Ipv4Addr::new(10, 1, 0, 2))
+        );
+        assert_eq!(c.dataplane.engine.tunnel_mtu, 1600);
+        assert_eq!(c.dataplane.engine.flows.capacity_v4, 16384);
+        assert!(c.slr.shortcuts, "site level originates shortcuts");
+        assert!(c.dataplane.new_flow_queue > 0);
+        assert_eq!(c.slr.table.interval, Duration::from_millis(200));
+        assert_eq!(c.policy, PolicyName::FlowHash);
+        assert_eq!(c.upstream.as_ref().unwrap().name.as_str(), "sys.lab");
+        let a1 = NodeName::new("a1.site-a.lab").unwrap();
+        let a2 = NodeName::new("a2.site-a.lab").unwrap();
+        assert_eq!(c.downstream[&a1].route_cost, 0.25);
+        assert_eq!(c.downstream[&a2].route_cost, 0.5, "default_route_cost");
+        assert_eq!(c.downstream[&a2].tunnel, Some("10.1.2.2".parse().unwrap()));
+        assert_eq!(c.static_subnets[0].1[0].load, 0.1);
+        assert_eq!(
+            c.tls.trust_anchors,
+            vec![PathBuf::from("/etc/pronto/ca.pem")]
+        );
+        assert_eq!(c.tls.key, PathBuf::from("/abs/peer.key"));
+    }
+
+    #[test]
+    fn router_errors_name_the_field() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("mtu = 1600", "mtu = 100", "tunnel.mtu"),
+            ("local_v4 = \"10.1.0.2\"", "", "tunnel.local_v4"),
+            ("name = \"site-a.lab\"", "name = \"not a name\"", "name"),
+            (
+                "route_cost = 0.25",
+                "route_cost = -1.0",
+                "downstream[0].route_cost",
+            ),
+            (
+                "name = \"a2.site-a.lab\"",
+                "name = \"a1.site-a.lab\"",
+                "downstream[1].name",
+            ),
+            (
+                "198.51.100.0/24",
+                "198.51.100.1/24",
+                "static_subnets[0].subnet",
+            ),
+            ("hold_ms = 2000", "hold_ms = 100", "table.hold_ms"),
+            (
+                "trust_anchors = [\"ca.pem\"]",
+                "trust_anchors = []",
+                "tls.trust_anchors",
+            ),
+            ("level = \"site\"", "level = \"network\"", "upstream"),
+            (
+                "capacity_v4 = 16384",
+                "capacity_v4 = 0",
+                "flows.capacity_v4",
+            ),
+        ];
+        for (from, to, field) in cases {
+            assert!(ROUTER.contains(from), "{from}");
+            let text = ROUTER.replacen(from, to, 1);
+            let e = err_text(router(&text));
+            assert!(e.contains(field), "{field}: {e}");
+            assert!(e.contains("/etc/pronto/router.toml"), "{e}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_types_are_refused_with_their_name() {
+        let e = err_text(router(&ROUTER.replace("[flows]", "[flows]\ncapacity = 3")));
+        assert!(e.contains("capacity"), "{e}");
+        assert!(e.contains("unknown field"), "{e}");
+        let e = err_text(router(&ROUTER.replace("\"flow-hash\"", "\"random\"")));
+        assert!(e.contains("random"), "{e}");
+        let e = err_text(router(&ROUTER.replace("\"0.0.0.0:7800\"", "\"nowhere\"")));
+        assert!(e.contains("listen") || e.contains("line 4"), "{e}");
+        let e = err_text(router("level = \"site\"\n"));
+        assert!(e.contains("missing field"), "{e}");
+    }
+
+    const HOST: &str = r#"
+name = "a1.site-a.lab"
+subnets = ["192.200.0.0/24"]
+
+[site]
+address = "10.1.1.1:7800"
+name = "site-a.lab"
+
+[tls]
+trust_anchors = ["ca.pem"]
+cert = "a1.pem"
+key = "a1.key"
+
+[load]
+update_interval_ms = 200
+capacity = 10
+cpu_weight = 0.0
+background_file = "load-a1"
+
+[http_demo]
+listen = "0.0.0.0:80"
+"#;
+
+    #[test]
+    fn a_host_file_validates_and_errors_name_the_field() {
+        let c = host(HOST).unwrap();
+        assert_eq!(c.subnets.len(), 1);
+        assert_eq!(c.load.capacity, 10);
+        assert_eq!(
+            c.load.background_file,
+            Some(PathBuf::from("/etc/pronto/load-a1"))
+        );
+        let demo = c.http_demo.unwrap();
+        assert_eq!(demo.body, "a1.site-a.lab");
+        let e = err_text(host(&HOST.replace("192.200.0.0/24", "192.200.0.0/40")));
+        assert!(e.contains("subnets[0]"), "{e}");
+        let e = err_text(host(&HOST.replace("capacity = 10", "capacity = 0")));
+        assert!(e.contains("load.capacity"), "{e}");
+        let e = err_text(host(&HOST.replace("name = \"site-a.lab\"", "name = \"-\"")));
+        assert!(e.contains("site.name"), "{e}");
+        let e = err_text(host(&HOST.replace("[load]", "[load]\ncpu = 1")));
+        assert!(e.contains("unknown field"), "{e}");
+    }
+}

@@ -1,0 +1,609 @@
+//! `pronto host run --config FILE`: a host server's agent.
+//!
+//! It terminates the tunnels of its virtual subnets into the local stack
+//! (router-core's `HostTunnelEndpoint`: the subnets become local routes, so the
+//! host's own TCP answers the client directly with the VIP as source), registers
+//! with its site router over mutual TLS, and advertises its subnets with a real
+//! load (signaling's `HostAgent`):
+//!
+//! `load = background + background_file + cpu_weight * cpu + connections / capacity`
+//!
+//! where `connections` counts the ESTABLISHED TCP connections on the served VIPs
+//! (`/proc/net/tcp`, `/proc/net/tcp6` of the host's namespace) and `cpu` is the
+//! busy fraction of `/proc/stat` since the last update. Optionally it runs a tiny
+//! HTTP server answering every request with the host's name (`[http_demo]`).
+
+use std::io::BufRead;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use router_core::linux::{Clock, HostTunnelEndpoint, HostTunnelHandle};
+use serde::Serialize;
+use signaling::{Connector, HostAgent, PeerEvent, SubnetPrefix, TransportConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+use crate::config::{self, HostDaemonConfig, HttpDemo, LoadConfig};
+use crate::router::{rss_kib, shutdown_signal, write_snapshot};
+
+/// Most lines of `/proc/net/tcp*` read per update.
+const MAX_TCP_LINES: usize = 1 << 20;
+/// Longest HTTP request head the demo server reads.
+const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// How long the demo server waits for a request.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for the site router to answer a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest reconnect backoff.
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
+
+/// `pronto host ...`.
+#[derive(Debug, Args)]
+pub(crate) struct HostArgs {
+    #[command(subcommand)]
+    command: HostCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum HostCommand {
+    /// Run the host agent (root: TUN, raw sockets, local routes) until SIGINT/SIGTERM.
+    Run {
+        /// The configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and load its certificates, then exit.
+    Check {
+        /// The configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+/// Run `pronto host ...`.
+pub(crate) fn run(args: &HostArgs) -> Result<()> {
+    match &args.command {
+        HostCommand::Run { config } => run_host(config),
+        HostCommand::Check { config } => {
+            let c = config::load_host(config)?;
+            c.tls.load()?;
+            println!("{}: host {} is valid", config.display(), c.name);
+            Ok(())
+        }
+    }
+}
+
+fn run_host(path: &Path) -> Result<()> {
+    let cfg = config::load_host(path)?;
+    let (identity, anchors) = cfg.tls.load()?;
+    // The endpoint's netlink handle runs its own runtime: create it first.
+    let ep = HostTunnelEndpoint::new(cfg.tunnel.clone()).context("starting the tunnel endpoint")?;
+    let tunnel = ep.handle();
+    let ep_thread = ep.spawn().context("spawning the tunnel endpoint")?;
+    info!(name = %cfg.name, subnets = ?cfg.subnets, site = %cfg.site.name, "host agent starting");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("pronto-host")
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let result = rt.block_on(agent_main(cfg, identity, anchors, tunnel.clone()));
+    tunnel.stop();
+    rt.shutdown_timeout(Duration::from_secs(2));
+    match ep_thread.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "tunnel endpoint ended with an error"),
+        Err(_) => warn!("tunnel endpoint thread panicked"),
+    }
+    info!("host agent stopped");
+    result
+}
+
+/// What the stats writer shows of the agent.
+#[derive(Debug, Default, Clone, Serialize)]
+struct AgentView {
+    registered: bool,
+    load: f64,
+    connections: u32,
+    cpu: f64,
+    background: f64,
+    registrations: u64,
+    sessions_lost: u64,
+    updates_sent: u64,
+    connect_failures: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct TunnelSnapshot {
+    rx: u64,
+    injected: u64,
+    bad_tunnel: u64,
+    fragmented: u64,
+    ecn_drop: u64,
+    not_served: u64,
+    nested: u64,
+    truncated: u64,
+    inject_failed: u64,
+    rx_errors: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct HostSnapshot {
+    name: String,
+    pid: u32,
+    rss_kib: u64,
+    http_requests: u64,
+    http_refused: u64,
+    agent: AgentView,
+    tunnel: TunnelSnapshot,
+}
+
+async fn agent_main(
+    cfg: HostDaemonConfig,
+    identity: signaling::TlsIdentity,
+    anchors: Vec<rustls_pki_types::CertificateDer<'static>>,
+    tunnel: HostTunnelHandle,
+) -> Result<()> {
+    let connector = Connector::new(TransportConfig {
+        identity,
+        trust_anchors: anchors,
+        local: HostAgent::local_node(cfg.name.clone()),
+        peer: cfg.peer,
+    })
+    .context("[tls]: TLS configuration")?;
+    let mut agent = HostAgent::new(signaling::HostConfig {
+        subnets: cfg.subnets.clone(),
+        update_interval: cfg.load.update_interval,
+        capacity: cfg.load.capacity,
+    })
+    .context("[load]")?;
+    let http = Arc::new(HttpCounters::default());
+    if let Some(demo) = &cfg.http_demo {
+        let listener = TcpListener::bind(demo.listen)
+            .await
+            .with_context(|| format!("http_demo.listen = {}: cannot listen", demo.listen))?;
+        info!(listen = %demo.listen, body = %demo.body, "demo HTTP server listening");
+        tokio::spawn(http_demo(listener, demo.clone(), Arc::clone(&http)));
+    }
+    let view = Arc::new(Mutex::new(AgentView::default()));
+    if let Some(stats) = cfg.stats.clone() {
+        let (view, http, tunnel, name) = (
+            Arc::clone(&view),
+            Arc::clone(&http),
+            tunnel.clone(),
+            cfg.name.to_string(),
+        );
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(stats.interval);
+            loop {
+                t.tick().await;
+                let agent = view.lock().map(|v| v.clone()).unwrap_or_default();
+                write_snapshot(&stats.file, &host_snapshot(&name, agent, &http, &tunnel));
+            }
+        });
+    }
+
+    let clock = Clock::new();
+    let base = tokio::time::Instant::now();
+    let mut meter = LoadMeter::new(cfg.load.clone(), cfg.subnets.clone());
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let mut backoff = cfg.site.reconnect;
+    let mut connect_failures = 0u64;
+    loop {
+        let attempt = tokio::select! {
+            r = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(cfg.site.address, &cfg.site.name)) => r,
+            which = &mut shutdown => {
+                info!(signal = which, "shutting down");
+                return Ok(());
+            }
+        };
+        let mut session = match attempt {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                connect_failures += 1;
+                warn!(site = %cfg.site.name, address = %cfg.site.address, error = %e, "cannot register with the site router");
+                if let Ok(mut v) = view.lock() {
+                    v.connect_failures = connect_failures;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    which = &mut shutdown => {
+                        info!(signal = which, "shutting down");
+                        return Ok(());
+                    }
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+            Err(_) => {
+                connect_failures += 1;
+                warn!(site = %cfg.site.address, "site router did not answer; retrying");
+                continue;
+            }
+        };
+        backoff = cfg.site.reconnect;
+        loop {
+            let deadline = agent
+                .poll_timeout()
+                .map(|t| base + Duration::from_nanos(t.as_nanos()));
+            tokio::select! {
+                ev = session.next_event() => match ev {
+                    Some(PeerEvent::Registered { identity, .. }) => {
+                        info!(site = %identity, "registered with the site router");
+                        agent.on_registered(clock.now());
+                    }
+                    Some(PeerEvent::PeerDown { reason }) => {
+                        warn!(%reason, "site session down; reconnecting");
+                        agent.on_session_lost();
+                        break;
+                    }
+                    None => {
+                        agent.on_session_lost();
+                        break;
+                    }
+                    Some(other) => debug!(event = ?other, "event ignored by a host"),
+                },
+                () = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let reading = meter.refresh(&mut agent);
+                    for out in agent.handle_timeout(clock.now()) {
+                        if let Err(e) = session.send(out).await {
+                            debug!(error = %e, "state update not sent");
+                        }
+                    }
+                    if let Ok(mut v) = view.lock() {
+                        *v = AgentView {
+                            registered: agent.is_registered(),
+                            load: agent.load(),
+                            connections: agent.active_connections(),
+                            cpu: reading.cpu,
+                            background: reading.background,
+                            registrations: agent.stats().registrations,
+                            sessions_lost: agent.stats().sessions_lost,
+                            updates_sent: agent.stats().updates_sent,
+                            connect_failures,
+                        };
+                    }
+                }
+                which = &mut shutdown => {
+                    info!(signal = which, "shutting down");
+                    return Ok(());
+                }
+            }
+        }
+        if let Ok(mut v) = view.lock() {
+            v.registered = false;
+            v.sessions_lost = agent.stats().sessions_lost;
+        }
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+fn host_snapshot(
+    name: &str,
+    agent: AgentView,
+    http: &HttpCounters,
+    tunnel: &HostTunnelHandle,
+) -> HostSnapshot {
+    let t = tunnel.stats();
+    HostSnapshot {
+        name: name.to_owned(),
+        pid: std::process::id(),
+        rss_kib: rss_kib(),
+        http_requests: http.served.load(Ordering::Relaxed),
+        http_refused: http.refused.load(Ordering::Relaxed),
+        agent,
+        tunnel: TunnelSnapshot {
+            rx: t.rx,
+            injected: t.injected,
+            bad_tunnel: t.bad_tunnel,
+            fragmented: t.fragmented,
+            ecn_drop: t.ecn_drop,
+            not_served: t.not_served,
+            nested: t.nested,
+            truncated: t.truncated,
+            inject_failed: t.inject_failed,
+            rx_errors: t.rx_errors,
+        },
+    }
+}
+
+// ----- load ---------------------------------------------------------------------
+
+/// One load reading's parts.
+#[derive(Debug, Clone, Copy, Default)]
+struct Reading {
+    cpu: f64,
+    background: f64,
+}
+
+/// Computes the advertised load from the kernel's view of the host.
+#[derive(Debug)]
+struct LoadMeter {
+    cfg: LoadConfig,
+    subnets: Vec<SubnetPrefix>,
+    last_cpu: Option<CpuTimes>,
+    file_warned: bool,
+}
+
+impl LoadMeter {
+    fn new(cfg: LoadConfig, subnets: Vec<SubnetPrefix>) -> Self {
+        Self {
+            cfg,
+            subnets,
+            last_cpu: None,
+            file_warned: false,
+        }
+    }
+
+    /// Bring the agent's connection count and background load up to date.
+    fn refresh(&mut self, agent: &mut HostAgent) -> Reading {
+        let conns = established_on(&self.subnets);
+        while agent.active_connections() < conns {
+            agent.connection_opened();
+        }
+        while agent.active_connections() > conns {
+            agent.connection_closed();
+        }
+        let cpu = match (read_cpu(), self.last_cpu) {
+            (Some(now), Some(before)) => {
+                self.last_cpu = Some(now);
+                now.busy_fraction_since(before)
+            }
+            (now, _) => {
+                self.last_cpu = now;
+                0.0
+            }
+        };
+        let file = self.background_file();
+        let background = self.cfg.background + file + self.cfg.cpu_weight * cpu;
+        agent.set_background_load(background);
+        Reading { cpu, background }
+    }
+
+    fn background_file(&mut self) -> f64 {
+        let Some(path) = &self.cfg.background_file else {
+            return 0.0;
+        };
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        match text.trim().parse::<f64>() {
+            Ok(v) if v.is_finite() && v >= 0.0 => {
+                self.file_warned = false;
+                v
+            }
+            _ => {
+                if !self.file_warned {
+                    warn!(path = %path.display(), "load.background_file holds no non-negative number; using 0");
+                    self.file_warned = true;
+                }
+                0.0
+            }
+        }
+    }
+}
+
+/// ESTABLISHED TCP connections whose local address is in `subnets`.
+fn established_on(subnets: &[SubnetPrefix]) -> u32 {
+    let mut n = 0u32;
+    for (file, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
+        let Ok(f) = std::fs::File::open(file) else {
+            continue;
+        };
+        for line in std::io::BufReader::new(f)
+            .lines()
+            .skip(1)
+            .take(MAX_TCP_LINES)
+        {
+            let Ok(line) = line else { break };
+            if let Some(local) = established_local(&line, v6)
+                && subnets.iter().any(|s| s.contains(local))
+            {
+                n = n.saturating_add(1);
+            }
+        }
+    }
+    n
+}
+
+/// The local address of a `/proc/net/tcp{,6}` line in state ESTABLISHED (01).
+fn established_local(line: &str, v6: bool) -> Option<IpAddr> {
+    let mut f = line.split_whitespace();
+    let local = f.nth(1)?;
+    let state = f.nth(1)?;
+    if state != "01" {
+        return None;
+    }
+    let (addr, _port) = local.split_once(':')?;
+    // The kernel prints each 32-bit word of the address in host byte order.
+    let word = |s: &str| u32::from_str_radix(s, 16).ok().map(u32::to_ne_bytes);
+    if v6 {
+        if addr.len() != 32 {
+            return None;
+        }
+        let mut b = [0u8; 16];
+        for i in 0..4 {
+            b[i * 4..i * 4 + 4].copy_from_slice(&word(addr.get(i * 8..i * 8 + 8)?)?);
+        }
+        let a = Ipv6Addr::from(b);
+        // IPv4 connections on a dual-stack socket show up as mapped addresses.
+        Some(a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4))
+    } else {
+        (addr.len() == 8).then_some(())?;
+        Some(IpAddr::V4(Ipv4Addr::from(word(addr)?)))
+    }
+}
+
+/// Aggregate CPU times of `/proc/stat`, in ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CpuTimes {
+    busy: u64,
+    total: u64,
+}
+
+impl CpuTimes {
+    fn busy_fraction_since(self, before: Self) -> f64 {
+        let total = self.total.saturating_sub(before.total);
+        if total == 0 {
+            return 0.0;
+        }
+        (self.busy.saturating_sub(before.busy) as f64 / total as f64).clamp(0.0, 1.0)
+    }
+}
+
+fn read_cpu() -> Option<CpuTimes> {
+    let f = std::fs::File::open("/proc/stat").ok()?;
+    let mut first = String::new();
+    std::io::BufReader::new(f).read_line(&mut first).ok()?;
+    parse_cpu_line(&first)
+}
+
+/// `cpu user nice system idle iowait irq softirq steal ...`.
+fn parse_cpu_line(line: &str) -> Option<CpuTimes> {
+    let mut f = line.split_whitespace();
+    if f.next()? != "cpu" {
+        return None;
+    }
+    let v: Vec<u64> = f.take(8).map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    let [user, nice, system, idle, iowait, irq, softirq, steal] = v.try_into().ok()?;
+    let busy = user + nice + system + irq + softirq + steal;
+    Some(CpuTimes {
+        busy,
+        total: busy + idle + iowait,
+    })
+}
+
+// ----- the demo HTTP server ----------------------------------------------------
+
+#[derive(Debug, Default)]
+struct HttpCounters {
+    served: AtomicU64,
+    refused: AtomicU64,
+}
+
+async fn http_demo(listener: TcpListener, demo: HttpDemo, counters: Arc<HttpCounters>) {
+    let slots = Arc::new(Semaphore::new(demo.max_connections));
+    let response: Arc<[u8]> = {
+        let body = format!("{}\n", demo.body);
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+        .into()
+    };
+    loop {
+        let (mut stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(error = %e, "http accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            counters.refused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let (response, counters) = (Arc::clone(&response), Arc::clone(&counters));
+        tokio::spawn(async move {
+            let _permit = permit;
+            let served = tokio::time::timeout(HTTP_TIMEOUT, async {
+                let mut head = Vec::with_capacity(512);
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_HEAD {
+                    let n = stream.read(&mut buf).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                }
+                stream.write_all(&response).await?;
+                stream.shutdown().await
+            })
+            .await;
+            if matches!(served, Ok(Ok(()))) {
+                counters.served.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_tcp_lines_parse() {
+        // 192.200.0.10:80 ESTABLISHED (little-endian host) and a LISTEN line.
+        let est = "   1: 0A00C8C0:0050 020010AC:9C40 01 00000000:00000000 00:00000000 00000000     0        0 1 1 0 10 0 0 10 -1";
+        let listen = "   0: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 10 0 0 10 -1";
+        if cfg!(target_endian = "little") {
+            assert_eq!(
+                established_local(est, false),
+                Some(IpAddr::V4(Ipv4Addr::new(192, 200, 0, 10)))
+            );
+        }
+        assert_eq!(established_local(listen, false), None);
+        assert_eq!(established_local("garbage", false), None);
+        assert_eq!(established_local("0: ZZZZZZZZ:0050 0:0 01", false), None);
+        // ::ffff:192.200.0.10 on a dual-stack socket counts as the IPv4 VIP.
+        let v6 = "   0: 0000000000000000FFFF00000A00C8C0:0050 0000000000000000FFFF0000020010AC:9C40 01 0:0 0:0 0 0 0 1";
+        if cfg!(target_endian = "little") {
+            assert_eq!(
+                established_local(v6, true),
+                Some(IpAddr::V4(Ipv4Addr::new(192, 200, 0, 10)))
+            );
+        }
+    }
+
+    #[test]
+    fn cpu_line_parses_and_fraction_is_bounded() {
+        let a = parse_cpu_line("cpu  100 0 100 800 0 0 0 0 0 0\n").unwrap();
+        let b = parse_cpu_line("cpu  150 0 150 900 0 0 0 0 0 0\n").unwrap();
+        assert!((b.busy_fraction_since(a) - 0.5).abs() < 1e-9);
+        assert_eq!(a.busy_fraction_since(a), 0.0);
+        assert_eq!(b.busy_fraction_since(b), 0.0);
+        assert!(parse_cpu_line("cpu0 1 2 3").is_none());
+        assert!(parse_cpu_line("intr 1 2 3 4 5 6 7 8").is_none());
+    }
+
+    #[test]
+    fn background_file_is_read_each_time_and_bad_values_count_as_zero() {
+        let dir = std::env::temp_dir().join(format!("pronto-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("load");
+        let mut m = LoadMeter::new(
+            LoadConfig {
+                update_interval: Duration::from_secs(1),
+                capacity: 10,
+                cpu_weight: 0.0,
+                background: 0.25,
+                background_file: Some(file.clone()),
+            },
+            vec![SubnetPrefix::new("192.0.2.0".parse().unwrap(), 24).unwrap()],
+        );
+        let mut agent = HostAgent::new(signaling::HostConfig {
+            subnets: vec![],
+            update_interval: Duration::from_secs(1),
+            capacity: 10,
+        })
+        .unwrap();
+        std::fs::write(&file, "0.5\n").unwrap();
+        assert!((m.refresh(&mut agent).background - 0.75).abs() < 1e-9);
+        assert!((agent.load() - 0.75).abs() < 1e-9);
+        std::fs::write(&file, "NaN").unwrap();
+        assert!((m.refresh(&mut agent).background - 0.25).abs() < 1e-9);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
