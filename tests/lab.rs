@@ -1,0 +1,830 @@
+//! Namespace lab tests of the daemons (`pronto lab up`: a client, a system SLR, two
+//! site SLRs, four hosts with HTTP servers; see src/lab.rs for the picture).
+//!
+//! This file belongs to the root package (`cargo test -p pronto --test lab`), so
+//! cargo builds the `pronto` binary it drives; it only lives in the directory of
+//! the pronto-tests crate because that is the root package's `tests/` directory.
+//!
+//! Needs root: prints SKIP otherwise, and fails when CI=true. Needs `curl` (the
+//! real client) and `ip`. Labs run one at a time; every wait polls with a
+//! deadline.
+#![cfg(target_os = "linux")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failure is a test failure"
+)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use router_core::linux::in_netns;
+use router_core::synth::PacketSpec;
+use router_core::wire::{Ipv4Packet, Ipv4Repr, TcpFlags, ip_proto};
+use socket2::{Domain, Protocol, Socket, Type};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(192, 200, 0, 10);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 2);
+const SYS_ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const HOSTS: [&str; 4] = ["a1", "a2", "b1", "b2"];
+const SITES: [&str; 2] = ["site-a", "site-b"];
+
+/// One lab at a time: two cores, seven daemons each.
+static LABS: Mutex<()> = Mutex::new(());
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+fn root_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    let msg = format!("SKIP {test}: needs root (network namespaces, TUN, raw sockets)");
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{msg}; CI=true runs as root, so a skip is a failure"
+    );
+    eprintln!("{msg}");
+    false
+}
+
+fn pronto() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pronto"))
+}
+
+/// A running lab, torn down on drop (also when the test fails).
+struct Lab {
+    dir: PathBuf,
+    prefix: String,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Lab {
+    fn up(args: &[&str]) -> Self {
+        let serial = LABS.lock().unwrap_or_else(|e| e.into_inner());
+        let prefix = format!(
+            "t{}{}",
+            std::process::id() % 10_000,
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(format!("pronto-lab-{prefix}"));
+        let lab = Self {
+            dir: dir.clone(),
+            prefix: prefix.clone(),
+            _serial: serial,
+        };
+        let out = pronto()
+            .args(["lab", "up", "--dir"])
+            .arg(&dir)
+            .args(["--prefix", &prefix, "--timeout-secs", "60"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run pronto lab up");
+        assert!(
+            out.status.success(),
+            "pronto lab up failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
+        lab
+    }
+
+    fn ns(&self, node: &str) -> String {
+        format!("{}-{node}", self.prefix)
+    }
+
+    /// A daemon's counters snapshot.
+    fn stats(&self, node: &str) -> toml::Table {
+        let p = self.dir.join("stats").join(format!("{node}.toml"));
+        let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        text.parse()
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    /// Snapshots of every daemon once their packet counters have not moved for
+    /// 300 ms (the last ACKs and FINs may still be in flight after curl returns).
+    fn settled(&self) -> BTreeMap<String, toml::Table> {
+        let nodes: Vec<&str> = ["sys"]
+            .iter()
+            .chain(&SITES)
+            .chain(&HOSTS)
+            .copied()
+            .collect();
+        let read = || -> BTreeMap<String, toml::Table> {
+            nodes
+                .iter()
+                .map(|n| ((*n).to_owned(), self.stats(n)))
+                .collect()
+        };
+        let key = |m: &BTreeMap<String, toml::Table>| -> Vec<i64> {
+            m.values()
+                .map(|t| {
+                    int(t, &["engine", "packets"])
+                        + int(t, &["tunnel", "rx"])
+                        + int(t, &["http_requests"])
+                })
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut last = read();
+        loop {
+            // Snapshots are rewritten every 100 ms.
+            std::thread::sleep(Duration::from_millis(300));
+            let now = read();
+            if key(&now) == key(&last) {
+                return now;
+            }
+            assert!(Instant::now() < deadline, "counters never settled");
+            last = now;
+        }
+    }
+
+    fn link_stat(&self, node: &str, dev: &str, stat: &str) -> i64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns(node), "cat"])
+            .arg(format!("/sys/class/net/{dev}/statistics/{stat}"))
+            .output()
+            .expect("run ip netns exec");
+        assert!(out.status.success(), "{node} {dev} {stat}");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("counter")
+    }
+
+    fn set_load(&self, host: &str, load: f64) {
+        std::fs::write(self.dir.join("load").join(host), format!("{load}\n")).expect("load file");
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let out = pronto()
+            .args(["lab", "down", "--dir"])
+            .arg(&self.dir)
+            .args(["--prefix", &self.prefix])
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {
+                let _ = std::fs::remove_dir_all(&self.dir);
+            }
+            Ok(o) => eprintln!(
+                "pronto lab down failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("pronto lab down: {e}"),
+        }
+    }
+}
+
+/// An integer at `path` in a snapshot (0 when absent).
+fn int(t: &toml::Table, path: &[&str]) -> i64 {
+    let mut v: Option<&toml::Value> = None;
+    for (i, k) in path.iter().enumerate() {
+        v = if i == 0 {
+            t.get(*k)
+        } else {
+            v.and_then(|x| x.get(*k))
+        };
+    }
+    v.and_then(toml::Value::as_integer).unwrap_or(0)
+}
+
+fn delta(
+    after: &BTreeMap<String, toml::Table>,
+    before: &BTreeMap<String, toml::Table>,
+    node: &str,
+    path: &[&str],
+) -> i64 {
+    int(&after[node], path) - int(&before[node], path)
+}
+
+/// The loads a router currently offers for the VIP subnet, by next hop.
+fn candidate_loads(t: &toml::Table) -> BTreeMap<String, f64> {
+    t.get("subnets")
+        .and_then(toml::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|s| s.get("subnet").and_then(toml::Value::as_str) == Some("192.200.0.0/24"))
+        .flat_map(|s| {
+            s.get("candidates")
+                .and_then(toml::Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter(|c| c.get("up").and_then(toml::Value::as_bool) == Some(true))
+        .filter_map(|c| {
+            Some((
+                c.get("address")?.as_str()?.to_owned(),
+                c.get("load")?.as_float()?,
+            ))
+        })
+        .collect()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `n` requests from one real curl in the client namespace (URL globbing: one
+/// new connection each, as the server closes). Returns the body of each answer,
+/// or `ERROR <code>`.
+fn curl(lab: &Lab, n: usize) -> Vec<String> {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns("client"),
+            "curl",
+            "--silent",
+            "--show-error",
+        ])
+        .args([
+            "--max-time",
+            "5",
+            "--write-out",
+            "|%{http_code}|%{remote_ip}\n",
+        ])
+        .arg(format!("http://{VIP}/[1-{n}]"))
+        .output()
+        .expect("run curl (install curl: .ci/run does)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut answers = Vec::new();
+    let mut body = String::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix('|') {
+            let mut f = rest.split('|');
+            let (code, ip) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
+            if code == "200" && ip == VIP.to_string() {
+                answers.push(std::mem::take(&mut body));
+            } else {
+                answers.push(format!("ERROR {code} from {ip}"));
+                body.clear();
+            }
+        } else {
+            body = line.trim().to_owned();
+        }
+    }
+    assert_eq!(
+        answers.len(),
+        n,
+        "curl gave {} answers for {n} requests: {}",
+        answers.len(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    answers
+}
+
+fn count_by_host(answers: &[String]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for a in answers {
+        *m.entry(a.trim_end_matches(".lab").to_owned()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// Captures, in the client namespace, the source of every TCP segment from port
+/// 80 that reaches the client (a raw IPPROTO_TCP socket sees a copy of each).
+struct Capture {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<BTreeMap<Ipv4Addr, u64>>>,
+}
+
+impl Capture {
+    fn start(lab: &Lab) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ns, flag) = (lab.ns("client"), Arc::clone(&stop));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            in_netns(&ns, || {
+                let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::TCP)).unwrap();
+                let _ = s.set_recv_buffer_size(4 << 20);
+                s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+                ready_tx.send(()).unwrap();
+                let mut seen = BTreeMap::new();
+                let mut buf = [0u8; 2048];
+                let mut idle_after_stop = 0;
+                while idle_after_stop < 5 {
+                    match (&s).read(&mut buf) {
+                        Ok(n) => {
+                            let bytes = &buf[..n];
+                            if let Ok(p) = Ipv4Packet::new_checked(bytes) {
+                                let hl = p.header_len();
+                                if bytes.len() >= hl + 2
+                                    && u16::from_be_bytes([bytes[hl], bytes[hl + 1]]) == 80
+                                {
+                                    *seen.entry(p.src_addr()).or_insert(0) += 1;
+                                }
+                            }
+                        }
+                        Err(_) if flag.load(Ordering::Relaxed) => idle_after_stop += 1,
+                        Err(_) => {}
+                    }
+                }
+                seen
+            })
+            .unwrap()
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("capture socket");
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> BTreeMap<Ipv4Addr, u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+/// Resident set size of a process in KiB.
+fn rss_kib(pid: i64) -> i64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no VmRSS for pid {pid}"))
+}
+
+/// Send raw IPv4 packets (header included) from the client namespace.
+fn send_raw(lab: &Lab, packets: &[Vec<u8>]) {
+    in_netns(&lab.ns("client"), || {
+        let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(255))).unwrap();
+        s.set_header_included_v4(true).unwrap();
+        let _ = s.set_send_buffer_size(4 << 20);
+        for p in packets {
+            let dst = Ipv4Packet::new_checked(&p[..]).unwrap().dst_addr();
+            // A full socket buffer: wait for it to drain rather than lose the packet.
+            while s.send_to(p, &SocketAddrV4::new(dst, 0).into()).is_err() {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+    })
+    .unwrap();
+}
+
+/// `inner` behind an IPv4 header of protocol `proto` from `src` to `dst`.
+fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, inner: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; Ipv4Repr::HEADER_LEN + inner.len()];
+    Ipv4Repr {
+        src,
+        dst,
+        protocol: proto,
+        payload_len: inner.len(),
+        ttl: 64,
+        dscp: 0,
+        ecn: 0,
+        dont_frag: true,
+        ident: 0,
+    }
+    .emit(&mut Ipv4Packet::new_unchecked(&mut out[..]));
+    out[Ipv4Repr::HEADER_LEN..].copy_from_slice(inner);
+    out
+}
+
+fn syn(src: Ipv4Addr, sport: u16, dst: Ipv4Addr) -> Vec<u8> {
+    let spec = PacketSpec::tcp(
+        SocketAddr::from((src, sport)),
+        SocketAddr::from((dst, 80)),
+        TcpFlags::SYN,
+    );
+    let mut buf = vec![0u8; spec.len()];
+    let n = spec.write(&mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+#[test]
+fn curl_is_spread_over_every_server_replies_bypass_the_slrs_and_shortcuts_skip_the_sites() {
+    let name =
+        "curl_is_spread_over_every_server_replies_bypass_the_slrs_and_shortcuts_skip_the_sites";
+    if !root_or_skip(name) {
+        return;
+    }
+    let lab = Lab::up(&["--policy", "flow-hash"]);
+    const N: usize = 400;
+    let before = lab.settled();
+    let sys_to_client = lab.link_stat("sys", "client", "tx_packets");
+    let client_wan = lab.link_stat("client", "wan", "rx_packets");
+    let client_up = lab.link_stat("client", "up", "rx_packets");
+    let capture = Capture::start(&lab);
+    let started = Instant::now();
+    let answers = curl(&lab, N);
+    let took = started.elapsed();
+    let after = lab.settled();
+    let seen = capture.finish();
+
+    // Every request succeeded, from the VIP, answered by one of the servers.
+    let bad: Vec<&String> = answers
+        .iter()
+        .filter(|a| !HOSTS.iter().any(|h| **a == format!("{h}.lab")))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{} of {N} requests failed: {bad:?}",
+        bad.len()
+    );
+    let counts = count_by_host(&answers);
+    println!(
+        "{N} curl requests in {:.2} s, 100% answered; per server: {counts:?}",
+        took.as_secs_f64()
+    );
+    // The flow-hash policy spreads connections evenly at both levels: about N/4
+    // each (binomial, 3.5 sigma is about 30).
+    for h in HOSTS {
+        let c = counts.get(h).copied().unwrap_or(0);
+        assert!(
+            (N / 4 - 45..=N / 4 + 45).contains(&c),
+            "{h}: {c} of {N}: {counts:?}"
+        );
+        // The servers counted the same requests.
+        assert_eq!(
+            delta(&after, &before, h, &["http_requests"]),
+            c as i64,
+            "{h}"
+        );
+    }
+    // One placement per connection at each level, and the sites placed exactly
+    // the connections their servers answered.
+    assert_eq!(
+        delta(&after, &before, "sys", &["engine", "forwarded_new"]),
+        N as i64
+    );
+    for (site, hs) in [("site-a", ["a1", "a2"]), ("site-b", ["b1", "b2"])] {
+        let placed = delta(&after, &before, site, &["engine", "forwarded_new"]);
+        assert_eq!(placed, (counts[hs[0]] + counts[hs[1]]) as i64, "{site}");
+    }
+    for n in ["sys", "site-a", "site-b"] {
+        assert_eq!(
+            delta(&after, &before, n, &["engine", "dropped_total"]),
+            0,
+            "{n} dropped"
+        );
+    }
+
+    // Direct server return: the answers reach the client over the wan bridge, with
+    // the VIP as source, and the system SLR sends nothing toward the client.
+    let over_wan = lab.link_stat("client", "wan", "rx_packets") - client_wan;
+    let via_sys = lab.link_stat("sys", "client", "tx_packets") - sys_to_client;
+    let client_up_rx = lab.link_stat("client", "up", "rx_packets") - client_up;
+    println!(
+        "direct server return: {over_wan} packets reached the client over the wan bridge, \
+         {via_sys} came from the system SLR ({client_up_rx} received on the SLR link)"
+    );
+    assert!(over_wan >= 3 * N as i64, "{over_wan}");
+    assert!(
+        via_sys < 20,
+        "{via_sys} packets from the system SLR toward the client"
+    );
+    let sources: Vec<&Ipv4Addr> = seen.keys().collect();
+    assert_eq!(
+        sources,
+        vec![&VIP],
+        "sources of TCP segments from port 80: {seen:?}"
+    );
+    assert!(seen[&VIP] >= 3 * N as u64, "{seen:?}");
+
+    // Shortcuts: every connection's tunnel object reached the system SLR, which
+    // then tunnels straight to the server; the sites see only the first packets.
+    assert_eq!(
+        delta(&after, &before, "sys", &["control", "shortcuts_installed"]),
+        N as i64
+    );
+    let sys_pkts = delta(&after, &before, "sys", &["engine", "packets"]);
+    let site_pkts: i64 = SITES
+        .iter()
+        .map(|s| delta(&after, &before, s, &["engine", "packets"]))
+        .sum();
+    let lag: Vec<i64> = (0..8)
+        .map(|i| {
+            let arr = |t: &toml::Table| {
+                t.get("control")
+                    .and_then(|c| c.get("shortcut_lag_packets"))
+                    .and_then(toml::Value::as_array)
+                    .and_then(|a| a.get(i))
+                    .and_then(toml::Value::as_integer)
+                    .unwrap_or(0)
+            };
+            arr(&after["sys"]) - arr(&before["sys"])
+        })
+        .collect();
+    println!(
+        "packets per connection: {:.2} through the system SLR (the tunnel entry), \
+         {:.2} through the site SLRs with shortcuts; shortcuts arrived after \
+         1,2,3,...,8+ packets: {lag:?}",
+        sys_pkts as f64 / N as f64,
+        site_pkts as f64 / N as f64,
+    );
+    assert!(
+        site_pkts * 10 <= sys_pkts * 8,
+        "shortcuts took no effect: {site_pkts} site packets of {sys_pkts}"
+    );
+
+    // A connection held open: once the system SLR has its shortcut, not one of its
+    // later packets passes a site SLR.
+    let base = lab.settled();
+    let installed = int(&base["sys"], &["control", "shortcuts_installed"]);
+    let site_before = |m: &BTreeMap<String, toml::Table>| -> i64 {
+        SITES
+            .iter()
+            .map(|s| int(&m[*s], &["engine", "packets"]))
+            .sum()
+    };
+    let (body, site_at_shortcut, sys_at_shortcut) = in_netns(&lab.ns("client"), || {
+        let mut s =
+            TcpStream::connect_timeout(&SocketAddr::from((VIP, 80)), Duration::from_secs(5))
+                .unwrap();
+        s.set_nodelay(true).unwrap();
+        wait_for(
+            "the shortcut of the held connection",
+            Duration::from_secs(5),
+            || int(&lab.stats("sys"), &["control", "shortcuts_installed"]) > installed,
+        );
+        let at = lab.settled();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: lab\r\n").unwrap();
+        for i in 0..40 {
+            s.write_all(format!("X-Pad-{i}: x\r\n").as_bytes()).unwrap();
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        s.write_all(b"\r\n").unwrap();
+        let mut resp = String::new();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.read_to_string(&mut resp).unwrap();
+        (
+            resp,
+            site_before(&at),
+            int(&at["sys"], &["engine", "packets"]),
+        )
+    })
+    .unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    let end = lab.settled();
+    let through_sys = int(&end["sys"], &["engine", "packets"]) - sys_at_shortcut;
+    let through_sites = site_before(&end) - site_at_shortcut;
+    println!(
+        "held connection after its shortcut: {through_sys} packets through the system SLR, \
+         {through_sites} through the site SLRs"
+    );
+    assert!(through_sys >= 40, "{through_sys}");
+    assert_eq!(through_sites, 0);
+
+    // `lab down` is idempotent.
+    let (dir, prefix) = (lab.dir.clone(), lab.prefix.clone());
+    drop(lab);
+    let again = pronto()
+        .args(["lab", "down", "--dir"])
+        .arg(&dir)
+        .args(["--prefix", &prefix])
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    let text = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        text.contains("0 daemons stopped, 0 namespaces deleted"),
+        "{text}"
+    );
+    assert!(
+        !Path::new("/var/run/netns")
+            .join(format!("{prefix}-sys"))
+            .exists()
+    );
+}
+
+#[test]
+fn least_cost_sends_every_connection_to_the_least_loaded_server_and_follows_its_load() {
+    let name = "least_cost_sends_every_connection_to_the_least_loaded_server_and_follows_its_load";
+    if !root_or_skip(name) {
+        return;
+    }
+    let lab = Lab::up(&[
+        "--policy",
+        "least-cost",
+        "--load",
+        "a1=0.6",
+        "--load",
+        "a2=0.3",
+        "--load",
+        "b1=0.2",
+        "--load",
+        "b2=0.8",
+    ]);
+    let near = |m: &BTreeMap<String, f64>, addr: &str, want: f64| {
+        m.get(addr).is_some_and(|l| (l - want).abs() < 0.05)
+    };
+    // The system SLR sees each site's aggregate G = the least load behind it.
+    wait_for("advertised loads", Duration::from_secs(10), || {
+        let sys = candidate_loads(&lab.stats("sys"));
+        let b = candidate_loads(&lab.stats("site-b"));
+        near(&sys, "10.1.0.2", 0.3) && near(&sys, "10.2.0.2", 0.2) && near(&b, "10.2.1.2", 0.2)
+    });
+    let answers = curl(&lab, 100);
+    let counts = count_by_host(&answers);
+    println!("loads a1 0.6, a2 0.3, b1 0.2, b2 0.8: {counts:?}");
+    assert_eq!(counts.get("b1"), Some(&100), "{counts:?}");
+
+    // b1 gets busy: site b's aggregate becomes 0.8 (b2), so site a wins with a2.
+    lab.set_load("b1", 0.9);
+    wait_for(
+        "b1's new load at the system SLR",
+        Duration::from_secs(10),
+        || {
+            let sys = candidate_loads(&lab.stats("sys"));
+            near(&sys, "10.2.0.2", 0.8) && near(&sys, "10.1.0.2", 0.3)
+        },
+    );
+    let answers = curl(&lab, 100);
+    let counts = count_by_host(&answers);
+    println!("loads a1 0.6, a2 0.3, b1 0.9, b2 0.8: {counts:?}");
+    assert_eq!(counts.get("a2"), Some(&100), "{counts:?}");
+}
+
+#[test]
+fn bad_input_and_a_syn_flood_are_counted_while_curl_keeps_working_and_memory_stays_bounded() {
+    let name =
+        "bad_input_and_a_syn_flood_are_counted_while_curl_keeps_working_and_memory_stays_bounded";
+    if !root_or_skip(name) {
+        return;
+    }
+    // A flow table smaller than the flood (the router reads only part of a flood
+    // in a debug build; the kernel drops the rest at the TUN queue).
+    const CAPACITY: i64 = 4096;
+    let lab = Lab::up(&["--flow-capacity", "4096"]);
+    let pid = int(&lab.stats("sys"), &["pid"]);
+    // Warm up the allocator and the flow table's hot pages.
+    assert!(curl(&lab, 50).iter().all(|a| a.ends_with(".lab")));
+    let before = lab.settled();
+    let rss_before = rss_kib(pid);
+
+    // Malformed, truncated, nested, unserved: each kind K times.
+    const K: usize = 20;
+    let ipip = ip_proto::IPV4;
+    let nested = ipv4(
+        CLIENT,
+        SYS_ENDPOINT,
+        ipip,
+        &ipv4(CLIENT, SYS_ENDPOINT, ipip, &syn(CLIENT, 1, VIP)),
+    );
+    let truncated = ipv4(
+        CLIENT,
+        SYS_ENDPOINT,
+        ipip,
+        &[0x45, 0, 0, 40, 1, 2, 3, 4, 5, 6],
+    );
+    let garbage = ipv4(CLIENT, SYS_ENDPOINT, ipip, &[0xff; 64]);
+    let unserved = ipv4(
+        CLIENT,
+        SYS_ENDPOINT,
+        ipip,
+        &syn(CLIENT, 2, Ipv4Addr::new(198, 18, 200, 9)),
+    );
+    // A SYN to the VIP whose TCP header is cut short (the kernel forwards it into
+    // the TUN without reading TCP).
+    let full = syn(CLIENT, 3, VIP);
+    let short_tcp = ipv4(
+        CLIENT,
+        VIP,
+        ip_proto::TCP,
+        &full[Ipv4Repr::HEADER_LEN..][..8],
+    );
+    let mut burst = Vec::new();
+    for _ in 0..K {
+        burst.extend([
+            nested.clone(),
+            truncated.clone(),
+            garbage.clone(),
+            unserved.clone(),
+            short_tcp.clone(),
+        ]);
+    }
+    send_raw(&lab, &burst);
+    wait_for("the bad packets counted", Duration::from_secs(10), || {
+        int(&lab.stats("sys"), &["engine", "dropped_total"])
+            - int(&before["sys"], &["engine", "dropped_total"])
+            >= 5 * K as i64
+    });
+    let after_bad = lab.settled();
+    let d = |reason: &str| delta(&after_bad, &before, "sys", &["engine", "drops", reason]);
+    println!(
+        "bad input: nested {} bad_tunnel {} not_served {} malformed {}",
+        d("nested_tunnel"),
+        d("bad_tunnel"),
+        d("not_served"),
+        d("malformed")
+    );
+    assert_eq!(d("nested_tunnel"), K as i64);
+    assert_eq!(d("bad_tunnel"), 2 * K as i64);
+    assert_eq!(d("not_served"), K as i64);
+    assert_eq!(d("malformed"), K as i64);
+    assert_eq!(
+        delta(&after_bad, &before, "sys", &["engine", "dropped_total"]),
+        5 * K as i64
+    );
+    assert_eq!(
+        delta(&after_bad, &before, "sys", &["engine", "forwarded_new"]),
+        0,
+        "nothing bad was forwarded"
+    );
+
+    // A SYN flood to the VIP from 40 000 spoofed (address, port) pairs, more than
+    // the flow table holds, with a real client fetching at the same time.
+    const FLOOD: usize = 40_000;
+    let flood: Vec<Vec<u8>> = (0..FLOOD)
+        .map(|i| {
+            let src = Ipv4Addr::new(198, 51, 100, (i % 250) as u8 + 1);
+            syn(src, 1024 + (i / 250) as u16, VIP)
+        })
+        .collect();
+    let tun_drops = |lab: &Lab| {
+        lab.link_stat("sys", "pronto0", "tx_dropped") + lab.link_stat("sys", "client", "rx_dropped")
+    };
+    let kernel_drops_before = tun_drops(&lab);
+    let during = std::thread::scope(|s| {
+        let legit = s.spawn(|| curl(&lab, 100));
+        // As fast as the client's stack sends them, in bursts of 500.
+        for chunk in flood.chunks(500) {
+            send_raw(&lab, chunk);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        legit.join().unwrap()
+    });
+    let after_flood = lab.settled();
+    let rss_after = rss_kib(pid);
+    let later = curl(&lab, 100);
+    let ok = |a: &[String]| a.iter().filter(|x| x.ends_with(".lab")).count();
+    println!(
+        "SYN flood of {FLOOD}: {}/100 requests answered during it, {}/100 after it",
+        ok(&during),
+        ok(&later)
+    );
+    assert_eq!(ok(&during), 100, "{during:?}");
+    assert_eq!(ok(&later), 100, "{later:?}");
+
+    // Every packet the system SLR read has exactly one counted outcome.
+    let g = |path: &[&str]| delta(&after_flood, &after_bad, "sys", path);
+    let packets = g(&["engine", "packets"]);
+    let outcomes = g(&["engine", "forwarded_new"])
+        + g(&["engine", "forwarded_pinned"])
+        + g(&["engine", "icmp_sent"])
+        + g(&["engine", "delivered"])
+        + g(&["engine", "recover"])
+        + g(&["engine", "dropped_total"]);
+    assert_eq!(packets, outcomes, "every packet has a counted verdict");
+    assert_eq!(
+        g(&["shell", "rx_tun"]) + g(&["shell", "rx_tunnel"]),
+        packets + g(&["shell", "rx_truncated"])
+    );
+    // What the router could not read in time the kernel dropped at the TUN queue,
+    // and counted there.
+    let kernel_drops = tun_drops(&lab) - kernel_drops_before;
+    let flows = int(&after_flood["sys"], &["engine", "flows"]);
+    let evicted = g(&["engine", "flows_evicted"]) + g(&["engine", "drops", "flow_table_full"]);
+    println!(
+        "flood at the system SLR: {packets} packets read, {} new flows, {flows} flows held \
+         (capacity {CAPACITY}), {evicted} evicted or refused, {kernel_drops} dropped by the kernel \
+         at the TUN queue; RSS {rss_before} KiB -> {rss_after} KiB",
+        g(&["engine", "forwarded_new"])
+    );
+    assert!(
+        g(&["shell", "rx_tun"]) + kernel_drops >= FLOOD as i64,
+        "every flood packet was read or counted as dropped"
+    );
+    assert!(flows <= CAPACITY, "{flows}");
+    assert!(
+        g(&["engine", "forwarded_new"]) > CAPACITY,
+        "the flood must exceed the flow table"
+    );
+    assert!(evicted > 0, "a flood beyond capacity evicts or refuses");
+    assert!(
+        rss_after - rss_before < 16 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    // The sites survived their share and every drop of theirs is counted too.
+    for site in SITES {
+        let g = |path: &[&str]| delta(&after_flood, &after_bad, site, path);
+        assert_eq!(
+            g(&["engine", "packets"]),
+            g(&["engine", "forwarded_new"])
+                + g(&["engine", "forwarded_pinned"])
+                + g(&["engine", "icmp_sent"])
+                + g(&["engine", "delivered"])
+                + g(&["engine", "recover"])
+                + g(&["engine", "dropped_total"]),
+            "{site}"
+        );
+    }
+}
