@@ -148,11 +148,14 @@ pub enum VmError {
         /// What is wrong.
         reason: String,
     },
-    /// The VM runs policy modules only.
-    #[error("module kind {kind:?} is not supported by this VM (policy only)")]
+    /// The module's kind is not the one this load path runs (policies through
+    /// [`Vm::compile`], schedulers through [`Vm::compile_scheduler`]).
+    #[error("module kind {kind:?} is not accepted here (expected {expected:?})")]
     UnsupportedKind {
         /// The manifest's kind.
         kind: ModuleKind,
+        /// The kind this load path accepts.
+        expected: ModuleKind,
     },
     /// An import outside `pronto.log` / `pronto.now_ms`, or a non-function import.
     #[error("module imports {module}.{name}, which no capability grants")]
@@ -303,6 +306,12 @@ pub enum Fault {
         /// Candidates offered.
         candidates: usize,
     },
+    /// `pronto_rank` returned a negative rank (the module's fault signal).
+    #[error("module returned rank {raw}")]
+    BadRank {
+        /// Raw result.
+        raw: i64,
+    },
     /// F or G returned NaN.
     #[error("module returned {value} from {export}")]
     BadValue {
@@ -344,9 +353,10 @@ impl Fault {
         match self {
             Self::Trap { .. } => FaultKind::Trap,
             Self::Timeout { .. } => FaultKind::Timeout,
-            Self::BadDecision { .. } | Self::DownCandidate { .. } | Self::BadValue { .. } => {
-                FaultKind::BadResult
-            }
+            Self::BadDecision { .. }
+            | Self::DownCandidate { .. }
+            | Self::BadValue { .. }
+            | Self::BadRank { .. } => FaultKind::BadResult,
             Self::Budget => FaultKind::Budget,
             Self::Unavailable { .. } => FaultKind::Unavailable,
         }
@@ -381,7 +391,7 @@ impl From<Fault> for PolicyError {
                 index,
                 len: candidates,
             },
-            Fault::BadValue { .. } => Self::OutOfRange {
+            Fault::BadValue { .. } | Fault::BadRank { .. } => Self::OutOfRange {
                 index: usize::MAX,
                 len: 0,
             },
@@ -411,6 +421,8 @@ pub struct EntryPoints {
     pub cost: bool,
     /// `pronto_aggregate` (G).
     pub aggregate: bool,
+    /// `pronto_rank` (scheduler modules only; not looked for in a policy).
+    pub rank: bool,
 }
 
 /// What [`check_interface`] found: a module's checked imports and exports.
@@ -568,18 +580,39 @@ impl Vm {
         &self.shared.engine
     }
 
-    /// Checks, compiles and pre-instantiates a verified module; `granted` are the
-    /// capabilities the environment grants. Off the packet path.
+    /// Checks, compiles and pre-instantiates a verified policy module; `granted`
+    /// are the capabilities the environment grants. Off the packet path.
     pub fn compile(
         &self,
         module: &VerifiedModule,
         granted: &[Capability],
     ) -> Result<CompiledModule, VmError> {
+        self.compile_kind(module, granted, ModuleKind::Policy)
+    }
+
+    /// [`Vm::compile`] for a scheduler module (kind `scheduler`, exports
+    /// `pronto_rank`); its instances answer [`PolicyInstance::call_rank`] only.
+    /// A separate entry so the policy paths (the manager) never take a scheduler.
+    pub fn compile_scheduler(
+        &self,
+        module: &VerifiedModule,
+        granted: &[Capability],
+    ) -> Result<CompiledModule, VmError> {
+        self.compile_kind(module, granted, ModuleKind::Scheduler)
+    }
+
+    fn compile_kind(
+        &self,
+        module: &VerifiedModule,
+        granted: &[Capability],
+        expected: ModuleKind,
+    ) -> Result<CompiledModule, VmError> {
         let config = &self.shared.config;
         let manifest = &module.manifest;
-        if manifest.kind != ModuleKind::Policy {
+        if manifest.kind != expected {
             return Err(VmError::UnsupportedKind {
                 kind: manifest.kind,
+                expected,
             });
         }
         if module.wasm.len() > config.max_module_len {
@@ -810,10 +843,24 @@ pub fn check_interface(
     for func in export::REQUIRED {
         check_func(&func, true)?;
     }
+    if manifest.kind == ModuleKind::Scheduler {
+        // A scheduler has exactly one entry point; policy exports are ignored
+        // (never linked to a call), so only pronto_rank is checked.
+        check_func(&export::RANK, true)?;
+        return Ok(Interface {
+            capabilities,
+            entry_points: EntryPoints {
+                rank: true,
+                ..EntryPoints::default()
+            },
+            initial_memory,
+        });
+    }
     let entry_points = EntryPoints {
         select: check_func(&export::SELECT, false)?,
         cost: check_func(&export::COST, false)?,
         aggregate: check_func(&export::AGGREGATE, false)?,
+        rank: false,
     };
     match (entry_points.cost, entry_points.aggregate) {
         (true, false) => {
@@ -954,6 +1001,7 @@ struct Live {
     select: Option<TypedFunc<i32, i32>>,
     cost: Option<TypedFunc<(f64, f64), f64>>,
     aggregate: Option<TypedFunc<i32, f64>>,
+    rank: Option<TypedFunc<(), i64>>,
 }
 
 impl std::fmt::Debug for Live {
@@ -1069,6 +1117,11 @@ impl Live {
             .then(|| instance.get_typed_func(&mut store, export::AGGREGATE.name))
             .transpose()
             .map_err(typed_error(export::AGGREGATE.name))?;
+        let rank = entries
+            .rank
+            .then(|| instance.get_typed_func(&mut store, export::RANK.name))
+            .transpose()
+            .map_err(typed_error(export::RANK.name))?;
         Ok(Self {
             store,
             memory,
@@ -1076,6 +1129,7 @@ impl Live {
             select,
             cost,
             aggregate,
+            rank,
         })
     }
 
@@ -1385,6 +1439,34 @@ impl PolicyInstance {
                 candidates: candidates.len(),
             })),
         }
+    }
+
+    /// `pronto_rank` (scheduler modules): writes `request` at offset 0 of the I/O
+    /// buffer and validates the answer (negative is [`Fault::BadRank`]).
+    pub fn call_rank(
+        &self,
+        request: &sdk::RankRequest,
+        fuel_limit: Option<u64>,
+    ) -> CallOutcome<u64> {
+        self.run(fuel_limit, |live, _| {
+            let Live {
+                store,
+                memory,
+                io,
+                rank,
+                ..
+            } = live;
+            let rank = rank
+                .as_ref()
+                .ok_or_else(|| unavailable("module exports no pronto_rank"))?;
+            let buffer = io_buffer(memory, store, *io)?;
+            let region = buffer.get_mut(layout::IO_RANK).unwrap_or_default();
+            request.encode(region).map_err(|e| Fault::Unavailable {
+                reason: e.to_string(),
+            })?;
+            let raw = rank.call(&mut *store, ()).map_err(Step::Wasm)?;
+            sdk::rank_from_raw(raw).map_err(|_| Step::Fault(Fault::BadRank { raw }))
+        })
     }
 
     /// `pronto_cost` (F).
