@@ -245,7 +245,10 @@ fn contained(
 
 #[test]
 fn infinite_loop_is_stopped_by_fuel_and_quarantined() {
-    let mut lab = Lab::new();
+    // A distant epoch deadline, so fuel stops the loop even on a loaded machine.
+    let mut lab = Lab::with(|c| {
+        c.vm = VmConfig::default().with_epoch(Duration::from_millis(1), 10_000);
+    });
     let per_call = lab.env.config().vm.fuel_per_call.unwrap();
     let info = contained(
         &mut lab,
