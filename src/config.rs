@@ -539,6 +539,76 @@ struct PolicyFile {
     shortcuts: Option<bool>,
 }
 
+/// `[modules]`: signed policy modules loaded into an operator environment.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModulesFile {
+    trust_anchors: Vec<PathBuf>,
+    files: Vec<PathBuf>,
+    subnet: String,
+    policy: Option<String>,
+    cost: Option<String>,
+}
+
+/// Most module files loaded at start.
+const MAX_MODULE_FILES: usize = 64;
+
+/// Signed modules to load at start, validated.
+#[derive(Debug, Clone)]
+pub(crate) struct ModulesConfig {
+    /// CA certificates module signers must chain to.
+    pub(crate) trust_anchors: Vec<PathBuf>,
+    /// Signed module files, installed in order (a later version of a name
+    /// replaces an earlier one).
+    pub(crate) files: Vec<PathBuf>,
+    /// The virtual subnet the module handles govern.
+    pub(crate) subnet: VirtualSubnet,
+    /// Module choosing next hops for new flows in `subnet`.
+    pub(crate) policy: Option<String>,
+    /// Module computing F and G (for every subnet).
+    pub(crate) cost: Option<String>,
+}
+
+impl ModulesConfig {
+    fn from_file(c: &Check<'_>, m: &ModulesFile) -> Result<Self, ConfigError> {
+        if m.trust_anchors.is_empty() {
+            return Err(c.err(
+                "modules.trust_anchors",
+                "name at least one CA certificate of module signers (modules are refused without)",
+            ));
+        }
+        if m.files.is_empty() || m.files.len() > MAX_MODULE_FILES {
+            return Err(c.err(
+                "modules.files",
+                format!("give 1..={MAX_MODULE_FILES} signed module files"),
+            ));
+        }
+        let name = |field: &str, v: &Option<String>| -> Result<Option<String>, ConfigError> {
+            match v {
+                Some(n) if n.is_empty() || n.len() > 64 => {
+                    Err(c.err(field, format!("{n:?} is not a module name (1-64 bytes)")))
+                }
+                other => Ok(other.clone()),
+            }
+        };
+        let policy = name("modules.policy", &m.policy)?;
+        let cost = name("modules.cost", &m.cost)?;
+        if policy.is_none() && cost.is_none() {
+            return Err(c.err(
+                "modules",
+                "name the module to use as `policy` and/or `cost`, or remove [modules]",
+            ));
+        }
+        Ok(Self {
+            trust_anchors: m.trust_anchors.iter().map(|p| c.resolve(p)).collect(),
+            files: m.files.iter().map(|p| c.resolve(p)).collect(),
+            subnet: c.subnet("modules.subnet", &m.subnet)?,
+            policy,
+            cost,
+        })
+    }
+}
+
 /// `pronto router run` configuration file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -564,6 +634,7 @@ struct RouterFile {
     #[serde(default)]
     session: SessionFile,
     stats: Option<StatsFile>,
+    modules: Option<ModulesFile>,
 }
 
 fn default_route_cost() -> f64 {
@@ -599,6 +670,8 @@ pub(crate) struct RouterConfig {
     pub(crate) peer: PeerConfig,
     /// Counters snapshot.
     pub(crate) stats: Option<Stats>,
+    /// Signed policy modules.
+    pub(crate) modules: Option<ModulesConfig>,
 }
 
 /// Read and validate a router configuration file.
@@ -755,6 +828,11 @@ fn router_from_file(path: &Path, f: RouterFile) -> Result<RouterConfig, ConfigEr
             .stats
             .as_ref()
             .map(|s| Stats::from_file(&c, s))
+            .transpose()?,
+        modules: f
+            .modules
+            .as_ref()
+            .map(|m| ModulesConfig::from_file(&c, m))
             .transpose()?,
     })
 }
@@ -1008,6 +1086,12 @@ capacity_v4 = 16384
 
 [policy]
 name = "flow-hash"
+
+[modules]
+trust_anchors = ["ca.pem"]
+files = ["least_load.signed.wasm"]
+subnet = "192.200.0.0/16"
+policy = "least_load"
 "#;
 
     fn router(text: &str) -> Result<RouterConfig, ConfigError> {
@@ -1051,6 +1135,13 @@ name = "flow-hash"
             vec![PathBuf::from("/etc/pronto/ca.pem")]
         );
         assert_eq!(c.tls.key, PathBuf::from("/abs/peer.key"));
+        let m = c.modules.unwrap();
+        assert_eq!(
+            m.files,
+            vec![PathBuf::from("/etc/pronto/least_load.signed.wasm")]
+        );
+        assert_eq!(m.policy.as_deref(), Some("least_load"));
+        assert_eq!(m.cost, None);
     }
 
     #[test]
@@ -1075,6 +1166,17 @@ name = "flow-hash"
                 "static_subnets[0].subnet",
             ),
             ("hold_ms = 2000", "hold_ms = 100", "table.hold_ms"),
+            (
+                "trust_anchors = [\"ca.pem\"]\nfiles",
+                "trust_anchors = []\nfiles",
+                "modules.trust_anchors",
+            ),
+            ("policy = \"least_load\"", "", "modules"),
+            (
+                "subnet = \"192.200.0.0/16\"",
+                "subnet = \"192.200.0.0\"",
+                "modules.subnet",
+            ),
             (
                 "trust_anchors = [\"ca.pem\"]",
                 "trust_anchors = []",

@@ -100,6 +100,11 @@ enum LabCommand {
         /// IPv4 flow table capacity of every router.
         #[arg(long, default_value_t = 16384)]
         flow_capacity: usize,
+        /// Sign a shipped policy module with the lab CA and have every router
+        /// load it from its configuration as the VIP subnet's policy
+        /// (`least_load` or `consistent_hash`).
+        #[arg(long, value_name = "NAME")]
+        policy_module: Option<String>,
         /// Give up waiting for the lab after this many seconds.
         #[arg(long, default_value_t = 60)]
         timeout_secs: u64,
@@ -131,6 +136,7 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
             loads,
             no_shortcuts,
             flow_capacity,
+            policy_module,
             timeout_secs,
         } => {
             need_root()?;
@@ -140,6 +146,7 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
                 loads: parse_loads(loads)?,
                 shortcuts: !no_shortcuts,
                 flow_capacity: *flow_capacity,
+                policy_module: policy_module.clone(),
                 timeout: Duration::from_secs(*timeout_secs),
             };
             up(dir, &opts)
@@ -212,6 +219,7 @@ struct UpOptions {
     loads: Vec<(String, f64)>,
     shortcuts: bool,
     flow_capacity: usize,
+    policy_module: Option<String>,
     timeout: Duration,
 }
 
@@ -393,6 +401,9 @@ fn build(dir: &Path, o: &UpOptions, state: &mut LabState) -> Result<()> {
     let p = &o.prefix;
     let started = Instant::now();
     certificates(dir)?;
+    if let Some(m) = &o.policy_module {
+        sign_shipped_module(dir, m)?;
+    }
     network(p)?;
     for h in hosts() {
         let load = o
@@ -432,7 +443,11 @@ fn build(dir: &Path, o: &UpOptions, state: &mut LabState) -> Result<()> {
         started.elapsed().as_secs_f64(),
         state.namespaces.len(),
         state.daemons.len(),
-        o.policy.config_name(),
+        o.policy_module
+            .as_deref()
+            .map_or(o.policy.config_name().to_owned(), |m| format!(
+                "module {m} (signed)"
+            )),
         if o.shortcuts { "on" } else { "off" },
     );
     println!("  try:    ip netns exec {} curl http://{VIP}/", n.client);
@@ -456,6 +471,45 @@ fn certificates(dir: &Path) -> Result<()> {
             .with_context(|| format!("issuing the certificate of {name}"))?;
     }
     Ok(())
+}
+
+/// Shipped policy modules the lab can load (compiled in, signed at `lab up`).
+const LAB_MODULES: [(&str, &[u8], &str); 2] = [
+    (
+        "least_load",
+        include_bytes!("../slr-policy-wasm/modules/least_load.wasm"),
+        include_str!("../slr-policy-wasm/manifests/least_load.toml"),
+    ),
+    (
+        "consistent_hash",
+        include_bytes!("../slr-policy-wasm/modules/consistent_hash.wasm"),
+        include_str!("../slr-policy-wasm/manifests/consistent_hash.toml"),
+    ),
+];
+
+fn signed_module_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join("conf").join(format!("{name}.signed.wasm"))
+}
+
+/// Sign a shipped module with the lab CA's code-signing signer, as
+/// `pronto module sign` would.
+fn sign_shipped_module(dir: &Path, name: &str) -> Result<()> {
+    let Some((_, wasm, manifest)) = LAB_MODULES.iter().find(|(n, _, _)| *n == name) else {
+        let names: Vec<&str> = LAB_MODULES.iter().map(|(n, _, _)| *n).collect();
+        bail!("--policy-module {name}: choose one of {}", names.join(", "));
+    };
+    let ca = exec_env::ca::CaPaths::in_dir(&dir.join("ca"));
+    let key = exec_env::sign::ModuleSigningKey::from_pem_file(&ca.signer_key)
+        .context("the lab signer key")?;
+    let chain = exec_env::sign::chain_from_pem_file(&ca.signer_cert).context("the lab signer")?;
+    let manifest = exec_env::format::parse_manifest(manifest)
+        .with_context(|| format!("manifest of {name}"))?;
+    let unsigned = exec_env::format::embed_manifest(wasm, &manifest)
+        .with_context(|| format!("embedding the manifest of {name}"))?;
+    let signed = exec_env::sign::sign_module(&unsigned, &key, chain)
+        .with_context(|| format!("signing {name}"))?;
+    let out = signed_module_path(dir, name);
+    std::fs::write(&out, signed).with_context(|| format!("writing {}", out.display()))
 }
 
 fn network(p: &str) -> Result<()> {
@@ -580,11 +634,19 @@ fn router_config(dir: &Path, o: &UpOptions, site: Option<u8>) -> String {
          [table]\ninterval_ms = 100\nhold_ms = 1500\n\n\
          [flows]\ncapacity_v4 = {flow_capacity}\ncapacity_v6 = 64\nsyn_timeout_ms = 3000\nestablished_timeout_ms = 60000\n\n\
          [policy]\nname = \"{policy}\"\nshortcuts = {shortcuts}\n\n{SESSION}\n\
-         [stats]\nfile = {stats:?}\ninterval_ms = 100\n\n{upstream}\n{downstream}",
+         [stats]\nfile = {stats:?}\ninterval_ms = 100\n\n{modules}{upstream}\n{downstream}",
         tls = tls_section(dir, &name),
         policy = o.policy.config_name(),
         shortcuts = o.shortcuts && site.is_some(),
         flow_capacity = o.flow_capacity,
+        modules = match &o.policy_module {
+            Some(m) => format!(
+                "[modules]\ntrust_anchors = [{:?}]\nfiles = [{:?}]\nsubnet = \"{VIP_SUBNET}\"\npolicy = \"{m}\"\n\n",
+                dir.join("ca").join("ca.pem"),
+                signed_module_path(dir, m),
+            ),
+            None => String::new(),
+        },
     )
 }
 
@@ -894,12 +956,16 @@ mod tests {
             loads: vec![],
             shortcuts: true,
             flow_capacity: 16384,
+            policy_module: Some("consistent_hash".into()),
             timeout: Duration::from_secs(1),
         };
         let p = dir.join("conf/x.toml");
         let parse = |text: &str| text.parse::<toml::Table>().unwrap();
         let sys = crate::config::parse_router_text(&p, &router_config(dir, &o, None)).unwrap();
         assert!(!sys.slr.shortcuts, "the top originates none");
+        let m = sys.modules.unwrap();
+        assert_eq!(m.policy.as_deref(), Some("consistent_hash"));
+        assert_eq!(m.files, vec![signed_module_path(dir, "consistent_hash")]);
         assert_eq!(sys.downstream.len(), 2);
         let site = crate::config::parse_router_text(&p, &router_config(dir, &o, Some(2))).unwrap();
         assert!(site.slr.shortcuts);

@@ -28,12 +28,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use exec_env::format::MAX_MODULE_LEN;
+use exec_env::manager::{Environment, EnvironmentConfig};
+use exec_env::trust::TrustAnchors;
 use router_core::api::RouterApi;
 use router_core::engine::{DropReason, Engine, EngineCounters};
 use router_core::flow::FlowState;
 use router_core::linux::{Clock, Dataplane, DataplaneHandle, Netlink, NewFlow, ShellStats};
 use router_core::policy::{
-    Candidate, Decision, FlowRequest, LeastCost, Level, Policy, PolicyError, SumCost,
+    Candidate, CostModel, Decision, FlowRequest, LeastCost, Level, Policy, PolicyError, SumCost,
 };
 use router_core::{Instant, VirtualSubnet};
 use serde::Serialize;
@@ -41,6 +44,7 @@ use signaling::{
     Connector, DownReason, FollowTable, Listener, LocalNode, Outgoing, PeerEvent, Role, Session,
     SessionId, SlrAction, SlrControl, SlrStats, SubnetPrefix, TransportConfig,
 };
+use std::io::Read;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -170,6 +174,102 @@ pub(crate) fn policy_for(name: PolicyName) -> Arc<dyn Policy> {
         PolicyName::FollowTable => Arc::new(FollowTable),
         PolicyName::FlowHash => Arc::new(FlowHash),
     }
+}
+
+/// A module's policy for flows to its subnet, another policy for the rest.
+#[derive(Debug)]
+struct SubnetPolicy {
+    subnet: VirtualSubnet,
+    module: Arc<dyn Policy>,
+    other: Arc<dyn Policy>,
+}
+
+impl Policy for SubnetPolicy {
+    fn name(&self) -> &str {
+        self.module.name()
+    }
+
+    fn select(&self, req: &FlowRequest, candidates: &[Candidate]) -> Result<Decision, PolicyError> {
+        // A module fault returns an error: the engine then falls back to the
+        // built-in policy and counts it.
+        if self.subnet.contains(req.key.dst) {
+            self.module.select(req, candidates)
+        } else {
+            self.other.select(req, candidates)
+        }
+    }
+}
+
+/// The operator environment and the handles the configuration asked for.
+struct LoadedModules {
+    env: Arc<Environment>,
+    subnet: VirtualSubnet,
+    policy: Option<Arc<dyn Policy>>,
+    cost: Option<Arc<dyn CostModel>>,
+}
+
+/// Verify and install the configured module files in an operator environment
+/// (signature and chain checked before anything is compiled), and bind the
+/// policy and cost handles to the configured subnet.
+fn load_modules(m: &config::ModulesConfig) -> Result<LoadedModules> {
+    let mut anchors = TrustAnchors::empty();
+    for (i, p) in m.trust_anchors.iter().enumerate() {
+        let pem = std::fs::read(p)
+            .with_context(|| format!("modules.trust_anchors[{i}]: cannot read {}", p.display()))?;
+        anchors
+            .add_pem(&pem)
+            .with_context(|| format!("modules.trust_anchors[{i}]: {}", p.display()))?;
+    }
+    let env = Environment::new(EnvironmentConfig::operator("operator"), anchors)
+        .context("[modules]: creating the operator environment")?;
+    for (i, p) in m.files.iter().enumerate() {
+        let bytes = read_module_file(p)
+            .with_context(|| format!("modules.files[{i}]: cannot read {}", p.display()))?;
+        let report = env.install(&bytes).with_context(|| {
+            format!(
+                "modules.files[{i}]: {} refused (is it signed by a CA in modules.trust_anchors?)",
+                p.display()
+            )
+        })?;
+        info!(module = %report.name, version = %report.active, file = %p.display(), "module installed");
+    }
+    let policy = match &m.policy {
+        Some(n) => Some(env.policy(n, m.subnet).with_context(|| {
+            format!(
+                "modules.policy = {n:?}: no policy module of that name governs {}",
+                m.subnet
+            )
+        })? as Arc<dyn Policy>),
+        None => None,
+    };
+    let cost = match &m.cost {
+        Some(n) => Some(env.cost_model(n, m.subnet).with_context(|| {
+            format!(
+                "modules.cost = {n:?}: no cost module of that name governs {}",
+                m.subnet
+            )
+        })? as Arc<dyn CostModel>),
+        None => None,
+    };
+    Ok(LoadedModules {
+        env: Arc::new(env),
+        subnet: m.subnet,
+        policy,
+        cost,
+    })
+}
+
+fn read_module_file(p: &Path) -> std::io::Result<Vec<u8>> {
+    let f = std::fs::File::open(p)?;
+    let mut bytes = Vec::new();
+    f.take(MAX_MODULE_LEN as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > MAX_MODULE_LEN {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_MODULE_LEN} bytes"),
+        ));
+    }
+    Ok(bytes)
 }
 
 // ----- inputs of the control loop -------------------------------------------------
@@ -410,6 +510,37 @@ struct RouterSnapshot {
     shell: ShellSnapshot,
     control: ControlSnapshot,
     subnets: Vec<SubnetSnapshot>,
+    modules: Vec<ModuleSnapshot>,
+}
+
+#[derive(Debug, Serialize)]
+struct ModuleSnapshot {
+    name: String,
+    version: String,
+    calls: u64,
+    ok: u64,
+    faults: u64,
+    fallbacks: u64,
+    unavailable: u64,
+    throttled: u64,
+    quarantines: u64,
+}
+
+fn module_snapshots(env: &Environment) -> Vec<ModuleSnapshot> {
+    env.list()
+        .into_iter()
+        .map(|m| ModuleSnapshot {
+            version: m.active.version.to_string(),
+            calls: m.counters.calls,
+            ok: m.counters.ok,
+            faults: m.counters.faults(),
+            fallbacks: m.counters.fallbacks,
+            unavailable: m.counters.unavailable,
+            throttled: m.counters.throttled,
+            quarantines: m.counters.quarantines,
+            name: m.name,
+        })
+        .collect()
 }
 
 // ----- the daemon ----------------------------------------------------------------
@@ -425,6 +556,22 @@ fn run_router(path: &Path) -> Result<()> {
             Level::System => Role::System,
             Level::Site => Role::Site,
         },
+    };
+    let modules = cfg.modules.as_ref().map(load_modules).transpose()?;
+    let builtin = policy_for(cfg.policy);
+    let (policy, cost): (Arc<dyn Policy>, Arc<dyn CostModel>) = match &modules {
+        Some(m) => (
+            match &m.policy {
+                Some(p) => Arc::new(SubnetPolicy {
+                    subnet: m.subnet,
+                    module: p.clone(),
+                    other: builtin,
+                }),
+                None => builtin,
+            },
+            m.cost.clone().unwrap_or_else(|| Arc::new(SumCost)),
+        ),
+        None => (builtin, Arc::new(SumCost)),
     };
     // The dataplane and netlink handles run their own small runtimes: create them
     // before the signalling runtime exists.
@@ -476,7 +623,8 @@ fn run_router(path: &Path) -> Result<()> {
     }
 
     let mut control = Control {
-        slr: Some(SlrControl::new(cfg.slr, Arc::new(SumCost), Instant::ZERO)),
+        slr: Some(SlrControl::new(cfg.slr, cost, Instant::ZERO)),
+        policy,
         handle: handle.clone(),
         routes,
         sessions: BTreeMap::new(),
@@ -484,8 +632,14 @@ fn run_router(path: &Path) -> Result<()> {
         clock,
         stats_writer: match &cfg.stats {
             Some(st) => Some(
-                StatsWriter::spawn(st, cfg.name.to_string(), cfg.level, handle.clone())
-                    .context("spawning the stats writer")?,
+                StatsWriter::spawn(
+                    st,
+                    cfg.name.to_string(),
+                    cfg.level,
+                    handle.clone(),
+                    modules.map(|m| m.env),
+                )
+                .context("spawning the stats writer")?,
             ),
             None => None,
         },
@@ -709,6 +863,8 @@ struct BatchOut {
 struct Control {
     cfg: RouterConfig,
     slr: Option<SlrControl>,
+    /// The policy of every served subnet.
+    policy: Arc<dyn Policy>,
     handle: DataplaneHandle,
     routes: RouteKeeper,
     sessions: BTreeMap<SessionId, SessionEntry>,
@@ -727,7 +883,7 @@ struct Control {
 impl Control {
     /// Static subnets and the policy, before any session.
     fn start(&mut self) -> Result<()> {
-        let policy = policy_for(self.cfg.policy);
+        let policy = self.policy.clone();
         for (subnet, hops) in self.cfg.static_subnets.clone() {
             let id = self
                 .handle
@@ -1140,6 +1296,7 @@ impl StatsWriter {
         name: String,
         level: Level,
         handle: DataplaneHandle,
+        modules: Option<Arc<Environment>>,
     ) -> std::io::Result<Self> {
         let (jobs, rx) = std::sync::mpsc::sync_channel::<StatsJob>(1);
         let file = stats.file.clone();
@@ -1184,6 +1341,10 @@ impl StatsWriter {
                         shell: handle.stats().into(),
                         control: job.control,
                         subnets,
+                        modules: modules
+                            .as_ref()
+                            .map(|env| module_snapshots(env))
+                            .unwrap_or_default(),
                     };
                     write_snapshot(&file, &snap);
                 }

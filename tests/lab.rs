@@ -866,3 +866,51 @@ fn bad_input_and_a_syn_flood_are_counted_while_curl_keeps_working_and_memory_sta
         );
     }
 }
+
+/// The `calls` counter of module `name` in a router's snapshot.
+fn module_calls(t: &toml::Table, name: &str, field: &str) -> i64 {
+    t.get("modules")
+        .and_then(toml::Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|m| m.get("name").and_then(toml::Value::as_str) == Some(name))
+        .and_then(|m| m.get(field))
+        .and_then(toml::Value::as_integer)
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_signed_policy_module_from_the_configuration_places_every_connection() {
+    let name = "a_signed_policy_module_from_the_configuration_places_every_connection";
+    if !root_or_skip(name) {
+        return;
+    }
+    // The lab signs the shipped Maglev module with its CA; each router verifies
+    // and loads it from its [modules] section.
+    let lab = Lab::up(&["--policy-module", "consistent_hash"]);
+    const N: usize = 200;
+    let before = lab.settled();
+    let answers = curl(&lab, N);
+    let after = lab.settled();
+    let counts = count_by_host(&answers);
+    println!("consistent_hash module: {counts:?}");
+    assert!(answers.iter().all(|a| a.ends_with(".lab")), "{answers:?}");
+    // Maglev over the 5-tuple spreads the connections over all four servers.
+    for h in HOSTS {
+        let c = counts.get(h).copied().unwrap_or(0);
+        assert!(c >= N / 10, "{h}: {c} of {N}: {counts:?}");
+    }
+    for r in ["sys", "site-a", "site-b"] {
+        let d = |t: &toml::Table, f: &str| module_calls(t, "consistent_hash", f);
+        let calls = d(&after[r], "calls") - d(&before[r], "calls");
+        let placed = delta(&after, &before, r, &["engine", "forwarded_new"]);
+        println!("{r}: {placed} connections placed, {calls} module calls");
+        assert_eq!(calls, placed, "{r}: the module placed every new flow");
+        assert_eq!(d(&after[r], "faults"), 0, "{r}");
+        assert_eq!(
+            delta(&after, &before, r, &["engine", "policy_faults"]),
+            0,
+            "{r}"
+        );
+    }
+}
