@@ -771,6 +771,18 @@ fn bad_input_and_a_syn_flood_are_counted_while_curl_keeps_working_and_memory_sta
             .collect()
     })
     .unwrap();
+    // The hosts count them from /proc/net/tcp in the load they advertise.
+    wait_for(
+        "the hosts to count the held connections",
+        Duration::from_secs(5),
+        || {
+            HOSTS
+                .iter()
+                .map(|h| int(&lab.stats(h), &["agent", "connections"]))
+                .sum::<i64>()
+                == HELD as i64
+        },
+    );
     let mut held_ok = 0;
     let during = std::thread::scope(|s| {
         let legit = s.spawn(|| curl(&lab, 100));
@@ -913,4 +925,141 @@ fn a_signed_policy_module_from_the_configuration_places_every_connection() {
             "{r}"
         );
     }
+}
+
+/// A signalling client in the `site-a` namespace dialling the system SLR with
+/// `identity` and claiming `role`; returns how the session went.
+fn dial_sys(
+    lab: &Lab,
+    cert_pem: &str,
+    key_pem: &str,
+    anchors_pem: &[u8],
+    claim: &str,
+    role: signaling::Role,
+) -> Result<Vec<String>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let identity = signaling::TlsIdentity {
+        cert_chain: vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()],
+        key: PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap(),
+    };
+    let anchors: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(anchors_pem)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let connector = signaling::Connector::new(signaling::TransportConfig {
+        identity,
+        trust_anchors: anchors,
+        local: signaling::LocalNode {
+            name: signaling::NodeName::new(claim).unwrap(),
+            level: router_core::Level::Site,
+            role,
+        },
+        peer: signaling::PeerConfig::default(),
+    })
+    .unwrap();
+    in_netns(&lab.ns("site-a"), move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let sys = signaling::NodeName::new("sys.lab").unwrap();
+            let mut session = connector
+                .connect(SocketAddr::from(([10, 1, 0, 1], 7800)), &sys)
+                .await
+                .map_err(|e| e.to_string())?;
+            // What the system SLR does with us within two seconds.
+            let mut events = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, session.next_event()).await {
+                let down = matches!(ev, signaling::PeerEvent::PeerDown { .. });
+                events.push(format!("{ev:?}"));
+                if down {
+                    break;
+                }
+            }
+            Ok(events)
+        })
+    })
+    .unwrap()
+}
+
+#[test]
+fn impostors_and_peers_of_the_wrong_role_cannot_register() {
+    let name = "impostors_and_peers_of_the_wrong_role_cannot_register";
+    if !root_or_skip(name) {
+        return;
+    }
+    let lab = Lab::up(&[]);
+    let before = lab.settled();
+    let lab_ca = std::fs::read(lab.dir.join("ca").join("ca.pem")).unwrap();
+
+    // An impostor: a certificate naming site-a.lab, from a CA the lab does not trust.
+    let validity = exec_env::ca::Validity::days_from(std::time::SystemTime::now(), 1).unwrap();
+    let rogue = exec_env::ca::CertificateAuthority::generate(
+        "Rogue CA",
+        validity,
+        exec_env::ca::KeyAlgorithm::EcdsaP256,
+    )
+    .unwrap();
+    let fake = rogue.issue_peer("site-a.lab", validity).unwrap();
+    let r = dial_sys(
+        &lab,
+        &fake.cert_pem,
+        &fake.key_pem,
+        &lab_ca,
+        "site-a.lab",
+        signaling::Role::Site,
+    );
+    println!("impostor: {r:?}");
+    assert!(r.is_err(), "an untrusted certificate registered: {r:?}");
+
+    // A trusted host certificate trying to register as a site with the system
+    // SLR: TLS succeeds, the role is refused and the session closed.
+    let ca = lab.dir.join("ca");
+    let cert = std::fs::read_to_string(ca.join("peer-a1.lab.pem")).unwrap();
+    let key = std::fs::read_to_string(ca.join("peer-a1.lab.key")).unwrap();
+    let r = dial_sys(&lab, &cert, &key, &lab_ca, "a1.lab", signaling::Role::Host).unwrap();
+    println!("host at the system SLR: {r:?}");
+    assert!(r.last().is_some_and(|e| e.contains("PeerDown")), "{r:?}");
+    // And a trusted certificate claiming another node's name is refused too.
+    let r = dial_sys(
+        &lab,
+        &cert,
+        &key,
+        &lab_ca,
+        "site-b.lab",
+        signaling::Role::Site,
+    );
+    println!("a1.lab claiming site-b.lab: {r:?}");
+    assert!(
+        r.as_ref()
+            .map_or(true, |ev| ev.last().is_some_and(|e| e.contains("PeerDown"))),
+        "{r:?}"
+    );
+
+    wait_for("the refusals counted", Duration::from_secs(5), || {
+        let now = lab.stats("sys");
+        int(&now, &["control", "tls_untrusted"])
+            > int(&before["sys"], &["control", "tls_untrusted"])
+            && int(&now, &["control", "unexpected_roles"])
+                > int(&before["sys"], &["control", "unexpected_roles"])
+    });
+    let after = lab.settled();
+    assert_eq!(
+        delta(&after, &before, "sys", &["control", "registrations"]),
+        0,
+        "nobody new reached the next-hop table"
+    );
+    assert_eq!(
+        delta(&after, &before, "sys", &["control", "unexpected_roles"]),
+        1
+    );
+    assert_eq!(
+        int(&after["sys"], &["control", "downstream_sessions"]),
+        2,
+        "the real sites stay"
+    );
+    // The lab still works.
+    assert!(curl(&lab, 20).iter().all(|a| a.ends_with(".lab")));
 }
