@@ -60,6 +60,8 @@ const SESSION_QUEUE: usize = 1024;
 const TICK: Duration = Duration::from_millis(20);
 /// Longest reconnect backoff.
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
+/// Concurrent TLS accepts of lower-level sessions.
+const ACCEPTORS: usize = 8;
 /// Buckets of the shortcut lag histogram.
 const LAG_BUCKETS: usize = 8;
 
@@ -716,7 +718,17 @@ fn start_signalling(
             .with_context(|| format!("listen = {addr}: cannot listen for lower levels"))?;
         info!(%addr, "listening for lower-level registrations");
         counters.listener = Some(listener.stats().clone());
-        rt.spawn(accept_loop(listener, Arc::clone(ids), ctl.clone()));
+        // Listener::accept completes the TLS handshake before it returns, so a
+        // peer that stalls its handshake holds one acceptor (up to the handshake
+        // timeout); several acceptors keep registrations flowing meanwhile.
+        let listener = Arc::new(listener);
+        for _ in 0..ACCEPTORS {
+            rt.spawn(accept_loop(
+                Arc::clone(&listener),
+                Arc::clone(ids),
+                ctl.clone(),
+            ));
+        }
     }
     if let Some(up) = &cfg.upstream {
         let connector =
@@ -750,7 +762,7 @@ fn start_signalling(
     Ok(counters)
 }
 
-async fn accept_loop(listener: Listener, ids: Arc<AtomicU64>, ctl: mpsc::Sender<Input>) {
+async fn accept_loop(listener: Arc<Listener>, ids: Arc<AtomicU64>, ctl: mpsc::Sender<Input>) {
     loop {
         match listener.accept().await {
             Ok(session) => {

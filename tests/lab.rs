@@ -994,6 +994,16 @@ fn impostors_and_peers_of_the_wrong_role_cannot_register() {
     let before = lab.settled();
     let lab_ca = std::fs::read(lab.dir.join("ca").join("ca.pem")).unwrap();
 
+    // Connections that never start TLS hold an acceptor each (for up to its
+    // 10 s handshake timeout) but do not stop other peers from registering.
+    let stalled: Vec<TcpStream> = in_netns(&lab.ns("site-a"), || {
+        (0..3)
+            .map(|_| TcpStream::connect(SocketAddr::from(([10, 1, 0, 1], 7800))).unwrap())
+            .collect()
+    })
+    .unwrap();
+    let started = Instant::now();
+
     // An impostor: a certificate naming site-a.lab, from a CA the lab does not trust.
     let validity = exec_env::ca::Validity::days_from(std::time::SystemTime::now(), 1).unwrap();
     let rogue = exec_env::ca::CertificateAuthority::generate(
@@ -1021,6 +1031,11 @@ fn impostors_and_peers_of_the_wrong_role_cannot_register() {
     let key = std::fs::read_to_string(ca.join("peer-a1.lab.key")).unwrap();
     let r = dial_sys(&lab, &cert, &key, &lab_ca, "a1.lab", signaling::Role::Host).unwrap();
     println!("host at the system SLR: {r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "stalled handshakes held up registrations for {:?}",
+        started.elapsed()
+    );
     assert!(r.last().is_some_and(|e| e.contains("PeerDown")), "{r:?}");
     // And a trusted certificate claiming another node's name is refused too.
     let r = dial_sys(
@@ -1060,6 +1075,7 @@ fn impostors_and_peers_of_the_wrong_role_cannot_register() {
         2,
         "the real sites stay"
     );
+    drop(stalled);
     // The lab still works.
     assert!(curl(&lab, 20).iter().all(|a| a.ends_with(".lab")));
 }
