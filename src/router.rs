@@ -951,6 +951,20 @@ impl Control {
                         direction,
                         cmds,
                     } => {
+                        let downstream = self
+                            .sessions
+                            .values()
+                            .filter(|e| e.direction == Direction::Downstream)
+                            .count();
+                        if direction == Direction::Downstream
+                            && downstream >= self.cfg.slr.max_downstream
+                        {
+                            // Registered or not: sessions are bounded like the table.
+                            warn!(%remote, limit = self.cfg.slr.max_downstream, "too many lower-level sessions; closing");
+                            self.sessions_refused += 1;
+                            let _ = cmds.try_send(SessionCmd::Close);
+                            continue;
+                        }
                         self.sessions.insert(
                             id,
                             SessionEntry {
