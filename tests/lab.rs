@@ -531,7 +531,9 @@ fn curl_is_spread_over_every_server_replies_bypass_the_slrs_and_shortcuts_skip_t
         site_pkts as f64 / N as f64,
     );
     assert!(
-        site_pkts * 10 <= sys_pkts * 8,
+        // Typically about half (debug build) to 40% (release); the held
+        // connection below checks the shortcut path exactly.
+        site_pkts * 100 <= sys_pkts * 85,
         "shortcuts took no effect: {site_pkts} site packets of {sys_pkts}"
     );
 
