@@ -635,6 +635,73 @@ struct RouterFile {
     session: SessionFile,
     stats: Option<StatsFile>,
     modules: Option<ModulesFile>,
+    shaping: Option<ShapingFile>,
+}
+
+/// `[shaping]`: bandwidth shares of return traffic (by VIP source prefix) on an
+/// egress link, realised as an HTB hierarchy in the kernel (DESIGN.md §7).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShapingFile {
+    link: String,
+    rate_mbit: u64,
+    default_class: Option<u16>,
+    class: Vec<ShapingClassFile>,
+}
+
+/// `[[shaping.class]]`: one share.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShapingClassFile {
+    id: u16,
+    weight: u32,
+    #[serde(default)]
+    subnets: Vec<String>,
+}
+
+/// A validated `[shaping]` section.
+#[derive(Debug, Clone)]
+pub(crate) struct Shaping {
+    /// Egress link the tree is applied to.
+    pub(crate) link: String,
+    /// The share tree.
+    pub(crate) tree: router_core::linux::tc::ShareTreeConfig,
+}
+
+/// Most classes in `[shaping]`.
+const MAX_SHAPING_CLASSES: usize = 256;
+
+impl Shaping {
+    fn from_file(c: &Check<'_>, f: &ShapingFile) -> Result<Self, ConfigError> {
+        use router_core::linux::tc::{ShareClassConfig, ShareTreeConfig};
+        let link = c.tun_name("shaping.link", &f.link)?;
+        if f.rate_mbit == 0 || f.rate_mbit > 1_000_000 {
+            return Err(c.err("shaping.rate_mbit", "must be 1 to 1000000 (Mbit/s)"));
+        }
+        if f.class.is_empty() || f.class.len() > MAX_SHAPING_CLASSES {
+            return Err(c.err(
+                "shaping.class",
+                format!("give 1 to {MAX_SHAPING_CLASSES} [[shaping.class]] entries"),
+            ));
+        }
+        let mut tree = ShareTreeConfig::new(f.rate_mbit * 1_000_000);
+        for (i, class) in f.class.iter().enumerate() {
+            if class.weight == 0 {
+                return Err(c.err(format!("shaping.class[{i}].weight"), "must be at least 1"));
+            }
+            tree = tree.with_class(ShareClassConfig::new(class.id, class.weight));
+            for (j, text) in class.subnets.iter().enumerate() {
+                let subnet = c.subnet(&format!("shaping.class[{i}].subnets[{j}]"), text)?;
+                tree = tree.with_filter(subnet, class.id);
+            }
+        }
+        if let Some(d) = f.default_class {
+            tree = tree.with_default(d);
+        }
+        tree.validate()
+            .map_err(|e| c.err("shaping", e.to_string()))?;
+        Ok(Self { link, tree })
+    }
 }
 
 fn default_route_cost() -> f64 {
@@ -672,6 +739,8 @@ pub(crate) struct RouterConfig {
     pub(crate) stats: Option<Stats>,
     /// Signed policy modules.
     pub(crate) modules: Option<ModulesConfig>,
+    /// Kernel bandwidth shares on an egress link.
+    pub(crate) shaping: Option<Shaping>,
 }
 
 /// Read and validate a router configuration file.
@@ -833,6 +902,11 @@ fn router_from_file(path: &Path, f: RouterFile) -> Result<RouterConfig, ConfigEr
             .modules
             .as_ref()
             .map(|m| ModulesConfig::from_file(&c, m))
+            .transpose()?,
+        shaping: f
+            .shaping
+            .as_ref()
+            .map(|s| Shaping::from_file(&c, s))
             .transpose()?,
     })
 }
@@ -1106,6 +1180,29 @@ policy = "least_load"
 
     fn err_text(r: Result<impl std::fmt::Debug, ConfigError>) -> String {
         r.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn shaping_validates_and_names_bad_fields() {
+        let ok = format!(
+            "{ROUTER}\n[shaping]\nlink = \"eth1\"\nrate_mbit = 100\ndefault_class = 16\n\
+             [[shaping.class]]\nid = 16\nweight = 20\nsubnets = [\"192.200.0.0/24\"]\n\
+             [[shaping.class]]\nid = 32\nweight = 80\n"
+        );
+        let c = router(&ok).unwrap();
+        let sh = c.shaping.unwrap();
+        assert_eq!(sh.link, "eth1");
+        let shares = sh.tree.leaf_shares().unwrap();
+        assert!((shares[&16] - 0.2).abs() < 1e-9 && (shares[&32] - 0.8).abs() < 1e-9);
+        let zero_rate = ok.replace("rate_mbit = 100", "rate_mbit = 0");
+        assert!(err_text(router(&zero_rate)).contains("shaping.rate_mbit"));
+        let bad_subnet = ok.replace("192.200.0.0/24", "192.200.0.1/24");
+        assert!(err_text(router(&bad_subnet)).contains("shaping.class[0].subnets[0]"));
+        let zero_weight = ok.replace("weight = 80", "weight = 0");
+        assert!(err_text(router(&zero_weight)).contains("shaping.class[1].weight"));
+        let unknown_default = ok.replace("default_class = 16", "default_class = 99");
+        assert!(err_text(router(&unknown_default)).contains("shaping"));
+        assert!(router(ROUTER).unwrap().shaping.is_none());
     }
 
     #[test]

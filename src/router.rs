@@ -342,6 +342,76 @@ pub(crate) async fn drive_session<T: Send + 'static>(
     }
 }
 
+/// Applies `[shaping]` now (an error stops the start) and again on every SIGHUP,
+/// re-reading the config file: classes change in place, filters are swapped
+/// make-before-break, and a section removed from the file removes the tree. A
+/// reload that fails (bad file, netlink error) is logged and counted, and the tree
+/// in place keeps shaping.
+fn spawn_shaper(
+    path: &Path,
+    initial: Option<config::Shaping>,
+) -> Result<std::sync::mpsc::Sender<()>> {
+    use router_core::linux::tc::{Tc, apply_share_tree, remove_share_tree};
+    let mut tc = None;
+    let mut current: Option<String> = None;
+    if let Some(sh) = &initial {
+        let t = Tc::open().context("opening rtnetlink for [shaping]")?;
+        let report = apply_share_tree(&t, &sh.link, &sh.tree)
+            .with_context(|| format!("applying [shaping] to {}", sh.link))?;
+        info!(link = %sh.link, ?report, "bandwidth shares applied");
+        current = Some(sh.link.clone());
+        tc = Some(t);
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let path = path.to_owned();
+    std::thread::Builder::new()
+        .name("pronto-shaper".into())
+        .spawn(move || {
+            for () in rx {
+                let shaping = match config::load_router(&path) {
+                    Ok(c) => c.shaping,
+                    Err(e) => {
+                        warn!(error = %e, "SIGHUP: config not reloaded; shares unchanged");
+                        continue;
+                    }
+                };
+                let t = match tc.take().map_or_else(Tc::open, Ok) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        warn!(error = %e, "SIGHUP: cannot open rtnetlink; shares unchanged");
+                        continue;
+                    }
+                };
+                match (&shaping, &current) {
+                    (Some(sh), _) => match apply_share_tree(&t, &sh.link, &sh.tree) {
+                        Ok(report) => {
+                            info!(link = %sh.link, ?report, "SIGHUP: bandwidth shares updated");
+                            if let Some(old) = current.as_ref().filter(|l| **l != sh.link)
+                                && let Err(e) = remove_share_tree(&t, old)
+                            {
+                                warn!(link = %old, error = %e, "cannot remove the old tree");
+                            }
+                            current = Some(sh.link.clone());
+                        }
+                        Err(e) => warn!(link = %sh.link, error = %e,
+                            "SIGHUP: shares not updated; the tree in place stays"),
+                    },
+                    (None, Some(old)) => {
+                        match remove_share_tree(&t, old) {
+                            Ok(_) => info!(link = %old, "SIGHUP: [shaping] gone, tree removed"),
+                            Err(e) => warn!(link = %old, error = %e, "cannot remove the tree"),
+                        }
+                        current = None;
+                    }
+                    (None, None) => {}
+                }
+                tc = Some(t);
+            }
+        })
+        .context("spawning the shaper thread")?;
+    Ok(tx)
+}
+
 /// Resolves on SIGINT or SIGTERM with the signal's name.
 pub(crate) async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
@@ -605,6 +675,19 @@ fn run_router(path: &Path) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the signalling runtime")?;
+    let reshape = spawn_shaper(path, cfg.shaping.clone())?;
+    rt.spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            warn!("cannot install the SIGHUP handler; [shaping] is applied at start only");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            if reshape.send(()).is_err() {
+                return;
+            }
+        }
+    });
     let (ctl_tx, ctl_rx) = mpsc::channel::<Input>(CONTROL_QUEUE);
     let ids = Arc::new(AtomicU64::new(1));
     let tls_stats = start_signalling(&rt, &cfg, identity, anchors, local, &ids, &ctl_tx)?;

@@ -1081,3 +1081,95 @@ fn impostors_and_peers_of_the_wrong_role_cannot_register() {
     // The lab still works.
     assert!(curl(&lab, 20).iter().all(|a| a.ends_with(".lab")));
 }
+
+/// `tc class show dev DEV` in a lab namespace.
+fn tc_show(lab: &Lab, node: &str, what: &str, dev: &str) -> String {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns(node),
+            "tc",
+            what,
+            "show",
+            "dev",
+            dev,
+        ])
+        .output()
+        .expect("run tc");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn shaping_from_the_router_config_is_applied_and_updated_on_sighup() {
+    if !root_or_skip("shaping_from_the_router_config_is_applied_and_updated_on_sighup") {
+        return;
+    }
+    let lab = Lab::up(&[]);
+    let state: toml::Table =
+        toml::from_str(&std::fs::read_to_string(lab.dir.join("lab.toml")).expect("read lab.toml"))
+            .expect("parse lab.toml");
+    let sys = state["daemons"]
+        .as_array()
+        .expect("daemons")
+        .iter()
+        .find(|d| d["name"].as_str() == Some("sys"))
+        .expect("the system router");
+    let config = PathBuf::from(sys["config"].as_str().expect("config path"));
+    let pid = i32::try_from(sys["pid"].as_integer().expect("pid")).expect("pid fits");
+    let original = std::fs::read_to_string(&config).expect("read the router config");
+    let shaping = |a: u32, b: u32| {
+        format!(
+            "{original}\n[shaping]\nlink = \"client\"\nrate_mbit = 100\ndefault_class = 16\n\n\
+             [[shaping.class]]\nid = 16\nweight = {a}\nsubnets = [\"192.200.0.0/24\"]\n\n\
+             [[shaping.class]]\nid = 32\nweight = {b}\nsubnets = [\"192.200.1.0/24\"]\n"
+        )
+    };
+    let hup = || {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .expect("send SIGHUP");
+    };
+    // Applied from the config: rates are the link rate split by weight.
+    std::fs::write(&config, shaping(20, 80)).expect("write config");
+    hup();
+    wait_for("the 20/80 HTB classes", Duration::from_secs(15), || {
+        let classes = tc_show(&lab, "sys", "class", "client");
+        classes.contains("class htb 1:10 parent 1:1")
+            && classes.contains("rate 20Mbit")
+            && classes.contains("class htb 1:20 parent 1:1")
+            && classes.contains("rate 80Mbit")
+    });
+    assert!(tc_show(&lab, "sys", "filter", "client").contains("u32"));
+    // Updated in place from the edited config.
+    std::fs::write(&config, shaping(50, 50)).expect("write config");
+    hup();
+    wait_for("the 50/50 HTB classes", Duration::from_secs(15), || {
+        let classes = tc_show(&lab, "sys", "class", "client");
+        classes.matches("rate 50Mbit").count() == 2
+    });
+    // A broken config leaves the tree in place and the router running.
+    std::fs::write(
+        &config,
+        format!("{original}\n[shaping]\nlink = \"client\"\n"),
+    )
+    .expect("write config");
+    hup();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        tc_show(&lab, "sys", "class", "client")
+            .matches("rate 50Mbit")
+            .count(),
+        2
+    );
+    // Section removed: the tree goes.
+    std::fs::write(&config, &original).expect("write config");
+    hup();
+    wait_for("the HTB tree removed", Duration::from_secs(15), || {
+        !tc_show(&lab, "sys", "qdisc", "client").contains("htb")
+    });
+    // The router kept forwarding throughout.
+    assert!(curl(&lab, 20).iter().all(|a| a.ends_with(".lab")));
+}
