@@ -1103,26 +1103,19 @@ impl Live {
             }
         };
         let entries = module.entry_points;
-        let select = entries
-            .select
-            .then(|| instance.get_typed_func(&mut store, export::SELECT.name))
-            .transpose()
-            .map_err(typed_error(export::SELECT.name))?;
-        let cost = entries
-            .cost
-            .then(|| instance.get_typed_func(&mut store, export::COST.name))
-            .transpose()
-            .map_err(typed_error(export::COST.name))?;
-        let aggregate = entries
-            .aggregate
-            .then(|| instance.get_typed_func(&mut store, export::AGGREGATE.name))
-            .transpose()
-            .map_err(typed_error(export::AGGREGATE.name))?;
-        let rank = entries
-            .rank
-            .then(|| instance.get_typed_func(&mut store, export::RANK.name))
-            .transpose()
-            .map_err(typed_error(export::RANK.name))?;
+        // Each entry point the module declared, resolved once with its exact type.
+        macro_rules! entry {
+            ($wanted:expr, $func:expr) => {
+                $wanted
+                    .then(|| instance.get_typed_func(&mut store, $func.name))
+                    .transpose()
+                    .map_err(typed_error($func.name))?
+            };
+        }
+        let select = entry!(entries.select, export::SELECT);
+        let cost = entry!(entries.cost, export::COST);
+        let aggregate = entry!(entries.aggregate, export::AGGREGATE);
+        let rank = entry!(entries.rank, export::RANK);
         Ok(Self {
             store,
             memory,

@@ -84,6 +84,21 @@ impl NetlinkError {
     }
 }
 
+/// An rtnetlink connection driven by its own current-thread runtime, in the
+/// calling thread's network namespace (shared by [`Netlink`] and the tc shell).
+pub(crate) fn connect() -> io::Result<(tokio::runtime::Runtime, rtnetlink::Handle)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let handle = {
+        let _guard = rt.enter();
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        rt.spawn(conn);
+        handle
+    };
+    Ok((rt, handle))
+}
+
 /// A blocking rtnetlink handle bound to one network namespace.
 #[derive(Debug)]
 pub struct Netlink {
@@ -94,17 +109,7 @@ pub struct Netlink {
 impl Netlink {
     /// Connect to rtnetlink in the calling thread's network namespace.
     pub fn open() -> Result<Self, NetlinkError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .map_err(|source| NetlinkError::Connect { source })?;
-        let handle = {
-            let _guard = rt.enter();
-            let (conn, handle, _) =
-                rtnetlink::new_connection().map_err(|source| NetlinkError::Connect { source })?;
-            rt.spawn(conn);
-            handle
-        };
+        let (rt, handle) = connect().map_err(|source| NetlinkError::Connect { source })?;
         Ok(Self { rt, handle })
     }
 

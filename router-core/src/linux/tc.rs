@@ -1450,17 +1450,8 @@ impl Tc {
     /// Connect in the calling thread's network namespace and read the kernel's
     /// scheduler clock.
     pub fn open() -> Result<Self, TcError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .map_err(|source| TcError::Connect { source })?;
-        let handle = {
-            let _guard = rt.enter();
-            let (conn, handle, _) =
-                rtnetlink::new_connection().map_err(|source| TcError::Connect { source })?;
-            rt.spawn(conn);
-            handle
-        };
+        let (rt, handle) =
+            super::netlink::connect().map_err(|source| TcError::Connect { source })?;
         Ok(Self {
             rt,
             handle,
