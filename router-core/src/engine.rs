@@ -100,11 +100,13 @@ pub enum DropReason {
     FlowTableFull,
     /// Not enough buffer headroom (a shell bug: it must reserve `HEADROOM`).
     NoHeadroom,
+    /// An echo reply that claims to carry a flow advertisement but is malformed.
+    BadAdvert,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 16;
 
     /// Every reason, in counter order.
     pub const ALL: [Self; Self::COUNT] = [
@@ -123,6 +125,7 @@ impl DropReason {
         Self::NoLocalAddress,
         Self::FlowTableFull,
         Self::NoHeadroom,
+        Self::BadAdvert,
     ];
 
     /// Stable snake_case name for logs and metrics.
@@ -143,6 +146,7 @@ impl DropReason {
             Self::NoLocalAddress => "no_local_address",
             Self::FlowTableFull => "flow_table_full",
             Self::NoHeadroom => "no_headroom",
+            Self::BadAdvert => "bad_advert",
         }
     }
 }
@@ -168,6 +172,12 @@ pub enum Verdict {
         /// The flow whose state is missing.
         key: FlowKey,
     },
+    /// An ICMP echo reply to a served subnet carrying a server flow advertisement
+    /// ([`wire::flowad`]). The buffer holds the (inner) packet with its TTL already
+    /// decremented; the control plane verifies the advertisement and re-creates the
+    /// flow's state or relays the reply ([`Engine::encapsulate_to`]). The reply
+    /// itself is never pinned.
+    Advert,
     /// The buffer now holds an ICMP error for `to` (time exceeded, too big).
     Reply {
         /// Destination of the ICMP error.
@@ -192,6 +202,8 @@ pub struct EngineCounters {
     pub delivered: u64,
     /// Handed to recovery.
     pub recover: u64,
+    /// Echo replies carrying a flow advertisement, handed to the control plane.
+    pub adverts: u64,
     /// ICMP errors originated.
     pub icmp_sent: u64,
     /// Policy calls that failed (trap, timeout, invalid decision) and fell back to
@@ -367,6 +379,7 @@ impl<T: Tunnel> Engine<T> {
             Verdict::Forward { .. } | Verdict::Reply { .. } => {}
             Verdict::Deliver => self.counters.delivered += 1,
             Verdict::Recover { .. } => self.counters.recover += 1,
+            Verdict::Advert => self.counters.adverts += 1,
             Verdict::Drop(r) => self.counters.drops[r as usize] += 1,
         }
         v
@@ -406,6 +419,16 @@ impl<T: Tunnel> Engine<T> {
         };
         if !decrement_ttl(pkt.data_mut()) {
             return self.icmp_error(pkt, IcmpError::TimeExceeded, DropReason::TtlExpired, now);
+        }
+        if matches!(c.key.proto, ip_proto::ICMP | ip_proto::ICMPV6) && !c.fragment {
+            match wire::flowad::find_in_echo_reply(pkt.data()) {
+                None => {}
+                Some(Err(_)) => return Verdict::Drop(DropReason::BadAdvert),
+                Some(Ok(_)) if self.subnets.lookup(c.key.dst).is_none() => {
+                    return Verdict::Drop(DropReason::NotServed);
+                }
+                Some(Ok(_)) => return Verdict::Advert,
+            }
         }
         let len = pkt.len();
         if let Some(hit) = self.flows.touch(&c.key, c.tcp_flags, len, now) {
@@ -448,6 +471,26 @@ impl<T: Tunnel> Engine<T> {
         // Account the first packet on the new entry.
         let _ = self.flows.touch(&c.key, c.tcp_flags, len, now);
         self.encapsulate(pkt, next_hop, now, true)
+    }
+
+    /// Tunnel the buffer's packet to an explicit `next_hop`, bypassing the flow
+    /// table: for packets the control plane routes itself (a [`Verdict::Recover`]
+    /// packet sent on to the SLR, an advertisement relayed along the advertised
+    /// flow's pin). The packet must be one this engine returned with its TTL
+    /// already decremented. Counted as a pinned forward.
+    pub fn encapsulate_to(
+        &mut self,
+        pkt: &mut PacketBuf<'_>,
+        next_hop: IpAddr,
+        now: Instant,
+    ) -> Verdict {
+        let v = self.encapsulate(pkt, next_hop, now, false);
+        match v {
+            Verdict::Drop(r) => self.counters.drops[r as usize] += 1,
+            Verdict::Reply { .. } | Verdict::Forward { .. } => {}
+            Verdict::Deliver | Verdict::Recover { .. } | Verdict::Advert => {}
+        }
+        v
     }
 
     fn next_flow_label(&mut self) -> u32 {

@@ -809,3 +809,103 @@ proptest! {
         prop_assert_eq!(e.counters().packets, 1);
     }
 }
+
+/// An echo reply from `client` to `vip` carrying a flow advertisement (the MAC is
+/// arbitrary: the engine never verifies it, the control plane does).
+fn advert_reply(client: &str, vip: &str) -> Vec<u8> {
+    use router_core::wire::flowad::{AdvertFields, build_echo_request};
+    let fields = AdvertFields {
+        key: router_core::FlowKey {
+            proto: ip_proto::TCP,
+            src: ip(client),
+            src_port: 40_000,
+            dst: ip(vip),
+            dst_port: 80,
+        },
+        server: sock("198.51.100.9:80"),
+        key_id: 1,
+        timestamp_ms: 1,
+        nonce: 2,
+    };
+    let mut buf = [0u8; 256];
+    let n = build_echo_request(&mut buf, &fields, 7, 1, |_| [0xab; 32]).unwrap();
+    let mut r = buf[..n].to_vec();
+    // The client's kernel answers: swap addresses, request -> reply.
+    let (s, d) = (r[12..16].to_vec(), r[16..20].to_vec());
+    r[12..16].copy_from_slice(&d);
+    r[16..20].copy_from_slice(&s);
+    r[20] = icmpv4_type::ECHO_REPLY;
+    Ipv4Packet::new_unchecked(&mut r[..]).fill_checksum();
+    Icmpv4Packet::new_unchecked(&mut r[20..]).fill_checksum();
+    r
+}
+
+#[test]
+fn echo_reply_with_advertisement_goes_to_the_control_plane_unpinned() {
+    let (mut e, _, _) = engine();
+    let reply = advert_reply("203.0.113.9", "10.1.2.3");
+    let mut f = Frame::from_bytes(&reply);
+    let (v, out) = f.run(&mut e, T0);
+    assert_eq!(v, Verdict::Advert);
+    assert_eq!(out.len(), reply.len(), "the inner reply is handed back");
+    assert_eq!(out[8], reply[8] - 1, "TTL already decremented");
+    let c = e.counters();
+    assert_eq!((c.adverts, c.forwarded_new, c.forwarded_pinned), (1, 0, 0));
+    assert_eq!(e.flows().len(), 0, "the echo reply itself is never pinned");
+
+    // To an unserved address: not ours to act on.
+    let mut f = Frame::from_bytes(&advert_reply("203.0.113.9", "10.9.2.3"));
+    assert_eq!(f.run(&mut e, T0).0, Verdict::Drop(DropReason::NotServed));
+
+    // Claims to be an advertisement, but the version byte is wrong.
+    let mut bad = reply.clone();
+    bad[20 + 8 + 64 + 4] = 9;
+    Icmpv4Packet::new_unchecked(&mut bad[20..]).fill_checksum();
+    let mut f = Frame::from_bytes(&bad);
+    assert_eq!(f.run(&mut e, T0).0, Verdict::Drop(DropReason::BadAdvert));
+    assert_eq!(e.counters().dropped(DropReason::BadAdvert), 1);
+
+    // An ordinary ping reply is an ordinary ICMP flow.
+    let mut plain = reply.clone();
+    plain[20 + 8 + 64] = b'x';
+    Icmpv4Packet::new_unchecked(&mut plain[20..]).fill_checksum();
+    let mut f = Frame::from_bytes(&plain);
+    assert!(matches!(f.run(&mut e, T0).0, Verdict::Forward { .. }));
+    assert_eq!(e.counters().adverts, 1);
+}
+
+#[test]
+fn encapsulate_to_tunnels_a_recovered_packet_to_an_explicit_next_hop() {
+    let (mut e, _, _) = engine();
+    let ack = tcp("203.0.113.9:40000", "10.1.2.3:80", TcpFlags::ACK);
+    let mut f = Frame::new(&ack);
+    let mut p = PacketBuf::new(&mut f.buf, HEADROOM, f.len).unwrap();
+    assert!(matches!(e.process(&mut p, T0), Verdict::Recover { .. }));
+    let slr = ip("198.51.100.77");
+    let v = e.encapsulate_to(&mut p, slr, T0);
+    assert_eq!(
+        v,
+        Verdict::Forward {
+            next_hop: slr,
+            fragment: false
+        }
+    );
+    let outer = Ipv4Packet::new_checked(p.data()).unwrap();
+    assert_eq!(outer.protocol(), ip_proto::IPV4);
+    assert_eq!(IpAddr::V4(outer.dst_addr()), slr);
+    assert_eq!(IpAddr::V4(outer.src_addr()), IpAddr::V4(LOCAL4));
+    assert_eq!(p.len(), ack.len() + 20);
+    assert_eq!(e.flows().len(), 0, "nothing pinned by an explicit tunnel");
+    // No local address of the next hop's family: a counted drop.
+    let (mut e4, _, _) = engine_with(EngineConfig {
+        local_v4: Some(LOCAL4),
+        local_v6: None,
+        ..EngineConfig::default()
+    });
+    let mut f = Frame::new(&ack);
+    let mut p = PacketBuf::new(&mut f.buf, HEADROOM, f.len).unwrap();
+    let _ = e4.process(&mut p, T0);
+    let v = e4.encapsulate_to(&mut p, ip("2001:db8::9"), T0);
+    assert_eq!(v, Verdict::Drop(DropReason::NoLocalAddress));
+    assert_eq!(e4.counters().dropped(DropReason::NoLocalAddress), 1);
+}

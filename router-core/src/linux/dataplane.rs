@@ -128,6 +128,9 @@ pub enum PuntKind {
         /// The flow.
         key: FlowKey,
     },
+    /// An echo reply carrying a server flow advertisement: verify it, then install
+    /// the flow or relay the reply.
+    Advert,
 }
 
 /// A packet handed to the control plane.
@@ -689,6 +692,15 @@ impl Io {
                 Verdict::Recover { key } => {
                     let kind = PuntKind::Recover { key };
                     punt(&self.punt_tx, &self.stats, kind, pkt.data(), now);
+                }
+                Verdict::Advert => {
+                    punt(
+                        &self.punt_tx,
+                        &self.stats,
+                        PuntKind::Advert,
+                        pkt.data(),
+                        now,
+                    );
                 }
                 // Counted by the engine.
                 Verdict::Drop(_) => {}

@@ -16,6 +16,7 @@
 //! - Nothing here allocates, logs or keeps state; drop counters belong to the caller.
 
 pub mod checksum;
+pub mod flowad;
 pub mod icmpv4;
 pub mod icmpv6;
 pub mod ipv4;
