@@ -5,7 +5,9 @@
 //! state machine ([`Peer`]), a thin tokio + rustls shell ([`transport`]) that runs
 //! it over mutually authenticated TLS 1.3, and the sans-IO control logic the
 //! sessions feed: the next-hop table ([`table`]), an SLR's control side with
-//! shortcuts ([`slr`]) and a host server's agent ([`host`]).
+//! shortcuts ([`slr`]), a host server's agent ([`host`]) and failure recovery
+//! ([`recovery`]: WHOHAS, hot-spare mirroring and failover, authenticated server
+//! flow advertisements).
 //!
 //! It must never: read a clock, a socket or randomness inside [`Peer`] or the codec
 //! (the shell hands those in); allocate for a frame or list beyond its limit before
@@ -18,6 +20,8 @@ pub mod codec;
 pub mod host;
 pub mod message;
 pub mod peer;
+pub mod progress;
+pub mod recovery;
 pub mod slr;
 pub mod table;
 pub mod transport;
@@ -32,6 +36,16 @@ pub use message::{
 };
 pub use peer::{
     DownReason, LocalNode, Outgoing, Peer, PeerAuth, PeerConfig, PeerEvent, PeerStats, SendError,
+};
+pub use progress::{
+    MAX_ADVERTS_PER_SEC, ProgressConfig, ProgressError, ProgressMonitor, ProgressStats,
+};
+pub use recovery::{
+    AdvertAuth, AdvertAuthConfig, AdvertAuthStats, AdvertKey, AdvertOutcome, AdvertRefusal,
+    AdvertReject, FailoverMonitor, KeyFileError, MirrorConfig, MirrorReceiver,
+    MirrorReceiverStats, MirrorSender, MirrorSenderStats, RateLimit, RecoverOutcome,
+    RecoveryConfig, RecoveryScope, RecoveryStats, SignError, Takeover, handle_advert,
+    parse_advert_keys, read_advert_keys,
 };
 pub use slr::{
     SessionId, ShortcutError, SlrAction, SlrConfig, SlrControl, SlrError, SlrStats,

@@ -15,7 +15,19 @@
 //!   checks that it had pinned that flow to the sender (so a site cannot redirect
 //!   flows it was never given), re-pins it straight to the server, and relays it
 //!   further up; an SLR that programs its cluster's tunnel entry routers also hands
-//!   it out as [`SlrAction::ProgramEntry`], so later packets bypass every SLR.
+//!   it out as [`SlrAction::ProgramEntry`], so later packets bypass every SLR;
+//! - recovery (DESIGN.md §5, [`crate::recovery`]): [`SlrControl::recover`] asks
+//!   the upper level and the configured same-level neighbours WHOHAS for a flow
+//!   without state, answers their queries, and installs only checked answers;
+//!   [`SlrControl::handle_advert`] applies authenticated server flow
+//!   advertisements; registrations of this SLR's hot spare are reported as
+//!   [`SlrAction::SpareRegistered`] for the shell's [`crate::MirrorSender`].
+//!
+//! Sessions: the shell reports each session it accepted with
+//! [`SlrControl::add_downstream`] (its role is learnt at registration: a lower
+//! level, a listed same-level neighbour, or a listed spare), the session it
+//! dialled to the upper level with [`SlrControl::set_upstream`], and each
+//! session it dialled to a neighbour SLR with [`SlrControl::add_neighbour`].
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
@@ -27,8 +39,15 @@ use router_core::policy::{CostModel, Level, Policy};
 use router_core::time::Instant;
 use tracing::{debug, warn};
 
+use router_core::wire::flowad::AdvertFields;
+
 use crate::message::{Epoch, NodeName, Role, SubnetLoad, SubnetPrefix, TunnelObject};
 use crate::peer::{Outgoing, PeerEvent};
+use crate::recovery::advert::{AdvertOutcome, AdvertRefusal, handle_advert};
+use crate::recovery::whohas::{
+    MAX_LOCAL_ADDRS, MAX_NEIGHBOURS, MAX_SPARES, RecoverOutcome, Recovery, RecoveryConfig,
+    RecoveryScope, RecoveryStats,
+};
 use crate::table::{FollowTable, NextHopTable, TableConfig, TableError};
 
 /// The shell's name for one signalling session (unique per session, never reused
@@ -50,6 +69,8 @@ pub struct SlrConfig {
     pub entry_routers: bool,
     /// Most lower-level sessions at once.
     pub max_downstream: usize,
+    /// WHOHAS limits (who may be asked is in [`RecoveryScope`]).
+    pub recovery: RecoveryConfig,
 }
 
 impl SlrConfig {
@@ -61,6 +82,7 @@ impl SlrConfig {
             shortcuts: level == Level::Site,
             entry_routers: false,
             max_downstream: 1024,
+            recovery: RecoveryConfig::default(),
         }
     }
 }
@@ -94,6 +116,27 @@ pub enum SlrAction {
         /// The tunnel endpoint that went down.
         addr: IpAddr,
     },
+    /// A WHOHAS answer re-created the state of `key` here (pinned to
+    /// `next_hop`): the client's next packet follows it. For logs and figures.
+    FlowRecovered {
+        /// The flow.
+        key: FlowKey,
+        /// Where it is pinned now.
+        next_hop: IpAddr,
+    },
+    /// A listed spare registered (or re-registered) on `session`: call
+    /// [`crate::MirrorSender::spare_registered`] (a full resync follows).
+    SpareRegistered {
+        /// The session.
+        session: SessionId,
+        /// The spare's name.
+        name: NodeName,
+    },
+    /// The spare on `session` went away: call [`crate::MirrorSender::spare_down`].
+    SpareDown {
+        /// The session.
+        session: SessionId,
+    },
 }
 
 /// Why a configuration call was refused.
@@ -115,6 +158,16 @@ pub enum SlrError {
     /// A route cost must be finite and non-negative.
     #[error("route cost must be finite and non-negative")]
     BadRouteCost,
+    /// A recovery scope list is longer than its bound.
+    #[error("recovery scope lists {count} {what}; at most {limit}")]
+    ScopeTooLarge {
+        /// Which list.
+        what: &'static str,
+        /// Its length.
+        count: usize,
+        /// The bound.
+        limit: usize,
+    },
 }
 
 /// Why a tunnel object was not installed.
@@ -214,6 +267,13 @@ struct Downstream {
     registered: Option<(NodeName, Epoch)>,
 }
 
+/// A session with a same-level SLR (WHOHAS only).
+#[derive(Debug)]
+struct Neighbour {
+    /// Set once it registered with a listed name.
+    name: Option<NodeName>,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Upstream {
     session: SessionId,
@@ -233,6 +293,9 @@ pub struct SlrControl {
     advertisement: Vec<SubnetLoad>,
     actions: VecDeque<SlrAction>,
     stats: SlrStats,
+    neighbours: BTreeMap<SessionId, Neighbour>,
+    spares: BTreeMap<SessionId, NodeName>,
+    recovery: Recovery,
 }
 
 impl SlrControl {
@@ -250,6 +313,9 @@ impl SlrControl {
             advertisement: Vec::new(),
             actions: VecDeque::new(),
             stats: SlrStats::default(),
+            neighbours: BTreeMap::new(),
+            spares: BTreeMap::new(),
+            recovery: Recovery::new(cfg.recovery, now),
         }
     }
 
@@ -331,12 +397,26 @@ impl SlrControl {
                 PeerEvent::PeerDown { reason } => {
                     debug!(%reason, "upper level session down");
                     self.upstream = None;
+                    self.recovery.session_down(session);
+                }
+                PeerEvent::WhoHas(q) if up.registered => self.answer_whohas(now, session, &q, api),
+                PeerEvent::WhoHasAnswer(a) if up.registered => {
+                    self.whohas_answer(now, session, &a, api);
                 }
                 _ => self.stats.ignored_events += 1,
             }
             return;
         }
+        if self.neighbours.contains_key(&session) {
+            self.neighbour_event(now, session, event, api);
+            return;
+        }
+        if self.spares.contains_key(&session) {
+            self.spare_event(session, event);
+            return;
+        }
         let expected = self.expected_downstream_role();
+        let own = self.own_role();
         let Some(ds) = self.downstream.get_mut(&session) else {
             self.stats.ignored_events += 1;
             return;
@@ -344,10 +424,15 @@ impl SlrControl {
         match event {
             PeerEvent::Registered {
                 identity,
+                level,
                 role,
                 epoch,
-                ..
             } => {
+                if role == Role::Spare || role == own {
+                    self.downstream.remove(&session);
+                    self.same_level_registered(session, identity, level, role);
+                    return;
+                }
                 if role != expected {
                     self.stats.unexpected_roles += 1;
                     warn!(peer = %identity, ?role, ?expected, "peer of the wrong role refused");
@@ -407,9 +492,312 @@ impl SlrControl {
                         .push_back(SlrAction::NextHopDown { addr: ds.addr });
                 }
                 self.downstream.remove(&session);
+                self.recovery.session_down(session);
+            }
+            PeerEvent::WhoHas(q) => {
+                if ds.registered.is_none() {
+                    self.recovery.stats.whohas_refused_session += 1;
+                    return;
+                }
+                self.answer_whohas(now, session, &q, api);
+            }
+            PeerEvent::WhoHasAnswer(a) => self.whohas_answer(now, session, &a, api),
+            _ => self.stats.ignored_events += 1,
+        }
+    }
+
+    /// The role an SLR of our level registers with.
+    fn own_role(&self) -> Role {
+        match self.cfg.level {
+            Level::Network => Role::Network,
+            Level::System => Role::System,
+            Level::Site => Role::Site,
+        }
+    }
+
+    /// A session we accepted registered with our own role (a neighbour) or as a
+    /// spare: admitted only with our level and a listed name.
+    fn same_level_registered(
+        &mut self,
+        session: SessionId,
+        identity: NodeName,
+        level: Level,
+        role: Role,
+    ) {
+        if role == Role::Spare {
+            if level == self.cfg.level && self.recovery.scope.spares.contains(&identity) {
+                self.admit_spare(session, identity);
+            } else {
+                self.stats.unexpected_roles += 1;
+                self.recovery.stats.spares_refused += 1;
+                warn!(peer = %identity, ?level, "spare not listed for this SLR refused");
+                self.actions.push_back(SlrAction::Close { session });
+            }
+            return;
+        }
+        self.neighbours.insert(session, Neighbour { name: None });
+        self.neighbour_registered(session, identity, level, role);
+    }
+
+    fn neighbour_registered(
+        &mut self,
+        session: SessionId,
+        identity: NodeName,
+        level: Level,
+        role: Role,
+    ) {
+        let listed = self.recovery.scope.neighbours.contains(&identity);
+        if level != self.cfg.level || role != self.own_role() || !listed {
+            self.recovery.stats.neighbours_refused += 1;
+            warn!(peer = %identity, ?level, ?role, listed, "same-level peer refused as a neighbour");
+            self.neighbours.remove(&session);
+            self.actions.push_back(SlrAction::Close { session });
+            return;
+        }
+        self.recovery.stats.neighbours_registered += 1;
+        debug!(neighbour = %identity, "neighbour registered");
+        if let Some(n) = self.neighbours.get_mut(&session) {
+            n.name = Some(identity);
+        }
+    }
+
+    fn admit_spare(&mut self, session: SessionId, name: NodeName) {
+        self.recovery.stats.spares_registered += 1;
+        debug!(spare = %name, "hot spare registered");
+        self.spares.insert(session, name.clone());
+        self.actions
+            .push_back(SlrAction::SpareRegistered { session, name });
+    }
+
+    fn spare_event(&mut self, session: SessionId, event: PeerEvent) {
+        match event {
+            PeerEvent::Registered {
+                identity,
+                level,
+                role,
+                ..
+            } => {
+                // A re-registration (new epoch): resync only if still acceptable.
+                self.spares.remove(&session);
+                self.same_level_registered(session, identity, level, role);
+            }
+            PeerEvent::PeerDown { reason } => {
+                debug!(%reason, "hot spare session down");
+                self.spares.remove(&session);
+                self.actions.push_back(SlrAction::SpareDown { session });
             }
             _ => self.stats.ignored_events += 1,
         }
+    }
+
+    fn neighbour_event<A: RouterApi + ?Sized>(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        event: PeerEvent,
+        api: &mut A,
+    ) {
+        match event {
+            PeerEvent::Registered {
+                identity,
+                level,
+                role,
+                ..
+            } => self.neighbour_registered(session, identity, level, role),
+            PeerEvent::PeerDown { reason } => {
+                debug!(%reason, "neighbour session down");
+                self.neighbours.remove(&session);
+                self.recovery.session_down(session);
+            }
+            PeerEvent::WhoHas(q) => {
+                if self
+                    .neighbours
+                    .get(&session)
+                    .is_some_and(|n| n.name.is_some())
+                {
+                    self.answer_whohas(now, session, &q, api);
+                } else {
+                    self.recovery.stats.whohas_refused_session += 1;
+                }
+            }
+            PeerEvent::WhoHasAnswer(a) => self.whohas_answer(now, session, &a, api),
+            _ => self.stats.ignored_events += 1,
+        }
+    }
+
+    fn answer_whohas<A: RouterApi + ?Sized>(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        q: &crate::message::WhoHas,
+        api: &A,
+    ) {
+        if let Some(answer) = self.recovery.answer(session, q, now, api) {
+            self.actions.push_back(SlrAction::Send {
+                session,
+                message: Outgoing::WhoHasAnswer(answer),
+            });
+        }
+    }
+
+    fn whohas_answer<A: RouterApi + ?Sized>(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        a: &crate::message::WhoHasAnswer,
+        api: &mut A,
+    ) {
+        if let Some(r) = self
+            .recovery
+            .handle_answer(session, a, self.cfg.level, now, api)
+        {
+            self.actions.push_back(SlrAction::FlowRecovered {
+                key: r.key,
+                next_hop: r.next_hop,
+            });
+        }
+    }
+
+    /// Sets who recovery talks to (neighbours, spares), this router's own
+    /// addresses and the query-id secret. Sessions already registered keep
+    /// their standing until they re-register.
+    pub fn set_recovery_scope(&mut self, scope: RecoveryScope) -> Result<(), SlrError> {
+        for (what, count, limit) in [
+            ("neighbours", scope.neighbours.len(), MAX_NEIGHBOURS),
+            ("spares", scope.spares.len(), MAX_SPARES),
+            ("local addresses", scope.local_addrs.len(), MAX_LOCAL_ADDRS),
+        ] {
+            if count > limit {
+                return Err(SlrError::ScopeTooLarge { what, count, limit });
+            }
+        }
+        self.recovery.set_scope(scope);
+        Ok(())
+    }
+
+    /// Who recovery talks to.
+    pub fn recovery_scope(&self) -> &RecoveryScope {
+        &self.recovery.scope
+    }
+
+    /// Adds one of this router's own addresses (e.g. the primary's, after a
+    /// takeover). Ignored beyond [`MAX_LOCAL_ADDRS`] (returns false).
+    pub fn add_local_addr(&mut self, addr: IpAddr) -> bool {
+        let local = &mut self.recovery.scope.local_addrs;
+        if local.contains(&addr) {
+            return true;
+        }
+        if local.len() >= MAX_LOCAL_ADDRS {
+            return false;
+        }
+        local.push(addr);
+        true
+    }
+
+    /// A session this router dialled to a same-level SLR; it becomes a
+    /// neighbour when it registers with a listed name, our level and role.
+    pub fn add_neighbour(&mut self, session: SessionId) -> Result<(), SlrError> {
+        if self.neighbours.contains_key(&session)
+            || self.downstream.contains_key(&session)
+            || self.spares.contains_key(&session)
+            || self.upstream.is_some_and(|u| u.session == session)
+        {
+            return Err(SlrError::DuplicateSession { id: session });
+        }
+        if self.neighbours.len() >= self.cfg.max_downstream {
+            return Err(SlrError::TooManySessions {
+                limit: self.cfg.max_downstream,
+            });
+        }
+        self.neighbours.insert(session, Neighbour { name: None });
+        Ok(())
+    }
+
+    /// Registered neighbour sessions and their names.
+    pub fn neighbour_sessions(&self) -> impl Iterator<Item = (SessionId, &NodeName)> {
+        self.neighbours
+            .iter()
+            .filter_map(|(s, n)| n.name.as_ref().map(|n| (*s, n)))
+    }
+
+    /// Registered spare sessions and their names.
+    pub fn spare_sessions(&self) -> impl Iterator<Item = (SessionId, &NodeName)> {
+        self.spares.iter().map(|(s, n)| (*s, n))
+    }
+
+    /// A mid-connection packet of `key` found no state here (`Verdict::Recover`):
+    /// ask the upper level and every registered neighbour WHOHAS, within the
+    /// rate limit, one query per flow. The packet itself stays the shell's (an
+    /// SLR drops it: the client retransmits once the state is back).
+    pub fn recover<A: RouterApi + ?Sized>(
+        &mut self,
+        key: FlowKey,
+        now: Instant,
+        api: &A,
+    ) -> RecoverOutcome {
+        let mut scope: Vec<SessionId> = self
+            .upstream
+            .filter(|u| u.registered)
+            .map(|u| u.session)
+            .into_iter()
+            .collect();
+        scope.extend(self.neighbour_sessions().map(|(s, _)| s));
+        match self.recovery.start(key, now, api, &scope) {
+            Ok(q) => {
+                for session in &scope {
+                    self.actions.push_back(SlrAction::Send {
+                        session: *session,
+                        message: Outgoing::WhoHas(q),
+                    });
+                }
+                RecoverOutcome::Queried {
+                    query_id: q.query_id,
+                    asked: scope.len(),
+                }
+            }
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// Applies an authenticated server flow advertisement (see
+    /// [`handle_advert`]) with this SLR's served subnets and own addresses;
+    /// counted in [`SlrControl::recovery_stats`].
+    pub fn handle_advert<A: RouterApi + ?Sized>(
+        &mut self,
+        now: Instant,
+        fields: &AdvertFields,
+        api: &mut A,
+    ) -> AdvertOutcome {
+        let installed = &self.installed;
+        let out = handle_advert(
+            api,
+            fields,
+            |vip| installed.iter().any(|p| p.contains(vip)),
+            &self.recovery.scope.local_addrs,
+            self.cfg.level,
+            now,
+        );
+        let st = &mut self.recovery.stats;
+        match &out {
+            AdvertOutcome::Installed => st.adverts_installed += 1,
+            AdvertOutcome::Current => st.adverts_current += 1,
+            AdvertOutcome::Relay { .. } => st.adverts_relayed += 1,
+            AdvertOutcome::Rejected(AdvertRefusal::NotServed) => st.adverts_not_served += 1,
+            AdvertOutcome::Rejected(AdvertRefusal::Engine(_)) => st.adverts_engine_refused += 1,
+            AdvertOutcome::Rejected(_) => st.adverts_bad_server += 1,
+        }
+        debug!(key = %fields.key, server = %fields.server, outcome = ?out, "flow advertisement");
+        out
+    }
+
+    /// WHOHAS queries outstanding.
+    pub fn pending_queries(&self) -> usize {
+        self.recovery.pending()
+    }
+
+    /// Recovery counters.
+    pub fn recovery_stats(&self) -> &RecoveryStats {
+        &self.recovery.stats
     }
 
     /// The engine pinned a new flow to `server` (this router is at the site level):
@@ -446,12 +834,16 @@ impl SlrControl {
     /// When [`SlrControl::handle_timeout`] must next run.
     #[must_use]
     pub fn poll_timeout(&self) -> Instant {
-        self.table.poll_timeout()
+        let table = self.table.poll_timeout();
+        self.recovery
+            .next_deadline()
+            .map_or(table, |d| d.min(table))
     }
 
     /// Runs the table computation when due: pushes changes into the engine and
     /// queues the advertisement upward.
     pub fn handle_timeout<A: RouterApi + ?Sized>(&mut self, now: Instant, api: &mut A) {
+        self.recovery.expire(now);
         let Some(update) = self.table.handle_timeout(now, &*self.cost) else {
             return;
         };
