@@ -1,0 +1,810 @@
+//! Server flow advertisements of the host agent (DESIGN.md §5, issue 7).
+//!
+//! Every `scan_interval` (200 ms by default) the agent reads `/proc/net/tcp` and
+//! `/proc/net/tcp6` and reports each connection on a served VIP to signaling's
+//! [`ProgressMonitor`]. A connection makes *no progress* when it is ESTABLISHED
+//! (or FIN_WAIT1 / CLOSE_WAIT / LAST_ACK / CLOSING with data queued) and its
+//! retransmit counter (`retrnsmt`, the kernel's `icsk_retransmits`: RTOs in a row
+//! without an ACK that advances) is above zero: exactly what a download looks
+//! like once the client's ACKs stop reaching the server because a router on the
+//! path lost the flow. For each flow the monitor says is due, the agent sends an
+//! ICMP echo request from the VIP to the client whose payload carries the flow,
+//! this host's tunnel endpoint address and the VIP port, signed with the trust
+//! domain's key ([`AdvertAuth::echo_request`]). The client's echo reply retraces
+//! its path to whichever router now gets the flow, and that router re-pins it
+//! here.
+//!
+//! Packets leave through header-included raw sockets (IPv4 `IP_HDRINCL`, IPv6
+//! `IPPROTO_RAW`), because the source is the VIP, which the host owns through its
+//! `local` route but no socket is bound to.
+
+use std::io::BufRead;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use router_core::classify::FlowKey;
+use router_core::linux::Clock;
+use router_core::linux::raw::RawTx;
+use router_core::time::Instant;
+use router_core::wire::flowad::AdvertFields;
+use router_core::wire::ip_proto;
+use serde::Serialize;
+use signaling::{AdvertAuth, AdvertAuthConfig, ProgressMonitor, SubnetPrefix};
+use tracing::{debug, info, warn};
+
+use crate::config::HostRecovery;
+
+/// Most lines of each `/proc/net/tcp*` file read per scan.
+const MAX_SCAN_LINES: usize = 1 << 20;
+/// Room for the largest echo request (IPv6 header + ICMPv6 + prefix + advert).
+const PACKET_BUF: usize = 512;
+
+/// TCP states of `/proc/net/tcp` (include/net/tcp_states.h).
+mod tcp_state {
+    pub(super) const ESTABLISHED: u8 = 0x01;
+    pub(super) const FIN_WAIT1: u8 = 0x04;
+    pub(super) const CLOSE_WAIT: u8 = 0x08;
+    pub(super) const LAST_ACK: u8 = 0x09;
+    pub(super) const CLOSING: u8 = 0x0b;
+}
+
+/// The fields of one `/proc/net/tcp{,6}` line the agent uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct TcpSocketLine {
+    /// Local address and port (IPv4-mapped IPv6 shown as IPv4).
+    pub(super) local: SocketAddr,
+    /// Remote address and port (IPv4-mapped IPv6 shown as IPv4).
+    pub(super) remote: SocketAddr,
+    /// TCP state (`st`).
+    pub(super) state: u8,
+    /// Bytes sent and not yet acknowledged (`tx_queue`).
+    pub(super) tx_queue: u32,
+    /// RTOs in a row without an advancing ACK (`retrnsmt`).
+    pub(super) retransmits: u32,
+}
+
+impl TcpSocketLine {
+    /// Parse one line (`sl local rem st tx:rx tr:when retrnsmt uid ...`); `None`
+    /// for the header line and for anything malformed, never a panic.
+    pub(super) fn parse(line: &str, v6: bool) -> Option<Self> {
+        let mut f = line.split_whitespace();
+        let _sl = f.next()?;
+        let local = parse_endpoint(f.next()?, v6)?;
+        let remote = parse_endpoint(f.next()?, v6)?;
+        let state = u8::from_str_radix(f.next()?, 16).ok()?;
+        let (tx, _rx) = f.next()?.split_once(':')?;
+        let tx_queue = u32::from_str_radix(tx, 16).ok()?;
+        let _timer = f.next()?;
+        let retransmits = u32::from_str_radix(f.next()?, 16).ok()?;
+        Some(Self {
+            local,
+            remote,
+            state,
+            tx_queue,
+            retransmits,
+        })
+    }
+
+    /// Whether the connection has data outstanding that the peer has not
+    /// acknowledged through at least one retransmission timeout.
+    pub(super) fn no_progress(&self) -> bool {
+        let sending = match self.state {
+            tcp_state::ESTABLISHED => true,
+            tcp_state::FIN_WAIT1
+            | tcp_state::CLOSE_WAIT
+            | tcp_state::LAST_ACK
+            | tcp_state::CLOSING => self.tx_queue > 0,
+            _ => false,
+        };
+        sending && self.retransmits > 0
+    }
+
+    /// Whether the connection can still make progress (and so is worth a look).
+    pub(super) fn is_open(&self) -> bool {
+        matches!(
+            self.state,
+            tcp_state::ESTABLISHED
+                | tcp_state::FIN_WAIT1
+                | tcp_state::CLOSE_WAIT
+                | tcp_state::LAST_ACK
+                | tcp_state::CLOSING
+        )
+    }
+
+    /// The flow as routers see it: client to VIP.
+    pub(super) fn flow_key(&self) -> FlowKey {
+        FlowKey {
+            proto: ip_proto::TCP,
+            src: self.remote.ip(),
+            src_port: self.remote.port(),
+            dst: self.local.ip(),
+            dst_port: self.local.port(),
+        }
+    }
+}
+
+/// `ADDR:PORT` in the kernel's hex (each 32-bit word of the address in host byte
+/// order, the port big-endian as a number).
+fn parse_endpoint(s: &str, v6: bool) -> Option<SocketAddr> {
+    let (addr, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    Some(SocketAddr::new(parse_proc_addr(addr, v6)?, port))
+}
+
+/// An address of `/proc/net/tcp{,6}`; IPv4-mapped IPv6 (dual-stack sockets)
+/// comes back as IPv4.
+pub(super) fn parse_proc_addr(addr: &str, v6: bool) -> Option<IpAddr> {
+    // The kernel prints each 32-bit word of the address in host byte order.
+    let word = |s: &str| u32::from_str_radix(s, 16).ok().map(u32::to_ne_bytes);
+    if v6 {
+        if addr.len() != 32 {
+            return None;
+        }
+        let mut b = [0u8; 16];
+        for i in 0..4 {
+            b[i * 4..i * 4 + 4].copy_from_slice(&word(addr.get(i * 8..i * 8 + 8)?)?);
+        }
+        let a = Ipv6Addr::from(b);
+        Some(a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4))
+    } else {
+        (addr.len() == 8).then_some(())?;
+        Some(IpAddr::V4(Ipv4Addr::from(word(addr)?)))
+    }
+}
+
+/// Where advertisements go out: a seam so unit tests see the packets.
+pub(super) trait AdvertTx: Send {
+    /// Send one finished IP packet toward `dst`.
+    fn send(&self, packet: &[u8], dst: IpAddr) -> std::io::Result<()>;
+}
+
+/// Header-included raw sockets, one per family that has one.
+struct RawAdvertTx {
+    v4: Option<RawTx>,
+    v6: Option<RawTx>,
+}
+
+impl AdvertTx for RawAdvertTx {
+    fn send(&self, packet: &[u8], dst: IpAddr) -> std::io::Result<()> {
+        let tx = if dst.is_ipv4() { &self.v4 } else { &self.v6 };
+        let tx = tx.as_ref().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "no raw socket of this family",
+            )
+        })?;
+        tx.send_one(packet, dst).map_err(std::io::Error::other)
+    }
+}
+
+/// Counters of the advertiser (in the host's stats snapshot).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub(super) struct AdvertCounters {
+    /// Scans done.
+    pub(super) scans: u64,
+    /// `/proc/net/tcp*` lines that did not parse.
+    pub(super) malformed_lines: u64,
+    /// Scans that hit the line limit (the rest of the file was not read).
+    pub(super) truncated_scans: u64,
+    /// Connections on served VIPs seen in the last scan.
+    pub(super) connections: u64,
+    /// Of those, without progress.
+    pub(super) stalled_now: u64,
+    /// Stall episodes begun (the monitor's count).
+    pub(super) stalled_seen: u64,
+    /// Flow advertisements the kernel accepted.
+    pub(super) adverts_sent: u64,
+    /// Advertisements the kernel refused.
+    pub(super) send_errors: u64,
+    /// Advertisements that could not be built (no key, bad fields).
+    pub(super) build_errors: u64,
+    /// Due flows of a family with no server address configured.
+    pub(super) no_server_address: u64,
+    /// New stalled flows not tracked because the monitor was full.
+    pub(super) flows_dropped: u64,
+    /// Polls refused by the advert rate cap.
+    pub(super) rate_limited: u64,
+    /// Flows the monitor holds.
+    pub(super) tracked: u64,
+}
+
+/// Decides which flows to advertise and sends the advertisements.
+pub(super) struct Advertiser {
+    monitor: ProgressMonitor,
+    auth: AdvertAuth,
+    key_id: u32,
+    server_v4: Option<Ipv4Addr>,
+    server_v6: Option<Ipv6Addr>,
+    subnets: Vec<SubnetPrefix>,
+    tx: Box<dyn AdvertTx>,
+    /// Next nonce: a random start, then counting (unique per advertisement,
+    /// which is all the routers' replay cache needs; the MAC does the rest).
+    nonce: u64,
+    seq: u16,
+    counters: AdvertCounters,
+    buf: [u8; PACKET_BUF],
+}
+
+impl std::fmt::Debug for Advertiser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Advertiser")
+            .field("key_id", &self.key_id)
+            .field("server_v4", &self.server_v4)
+            .field("server_v6", &self.server_v6)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Advertiser {
+    /// An advertiser signing with `auth`'s key `key_id`, naming `servers` (at most
+    /// one per family) as the server, sending through `tx`.
+    pub(super) fn new(
+        cfg: &HostRecovery,
+        auth: AdvertAuth,
+        servers: &[IpAddr],
+        subnets: Vec<SubnetPrefix>,
+        tx: Box<dyn AdvertTx>,
+        nonce_seed: u64,
+    ) -> Result<Self> {
+        if auth.mac(cfg.key_id, &[]).is_none() {
+            bail!(
+                "recovery.key_id = {}: no such key in {}",
+                cfg.key_id,
+                cfg.advert_keys.display()
+            );
+        }
+        let monitor = ProgressMonitor::new(cfg.progress.clone()).context("[recovery]")?;
+        Ok(Self {
+            monitor,
+            auth,
+            key_id: cfg.key_id,
+            server_v4: servers.iter().find_map(|a| match a {
+                IpAddr::V4(v) => Some(*v),
+                IpAddr::V6(_) => None,
+            }),
+            server_v6: servers.iter().find_map(|a| match a {
+                IpAddr::V6(v) => Some(*v),
+                IpAddr::V4(_) => None,
+            }),
+            subnets,
+            tx,
+            nonce: nonce_seed,
+            seq: 0,
+            counters: AdvertCounters::default(),
+            buf: [0; PACKET_BUF],
+        })
+    }
+
+    /// Counters as of now.
+    pub(super) fn counters(&self) -> AdvertCounters {
+        let m = self.monitor.stats();
+        AdvertCounters {
+            stalled_seen: m.stalls,
+            flows_dropped: m.flows_dropped,
+            rate_limited: m.rate_limited,
+            tracked: u64::try_from(m.tracked).unwrap_or(u64::MAX),
+            ..self.counters
+        }
+    }
+
+    /// One scan over `files` (each: lines, and whether it is the IPv6 file), then
+    /// the advertisements due. `now` is monotonic, `unix_ms` the wall clock the
+    /// advertisements carry.
+    pub(super) fn scan<L, S>(
+        &mut self,
+        files: impl IntoIterator<Item = (bool, L)>,
+        now: Instant,
+        unix_ms: u64,
+    ) where
+        L: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let (mut conns, mut stalled) = (0u64, 0u64);
+        for (v6, lines) in files {
+            let mut read = 0usize;
+            for line in lines {
+                read += 1;
+                if read > MAX_SCAN_LINES {
+                    self.counters.truncated_scans += 1;
+                    break;
+                }
+                let line = line.as_ref();
+                // The first line of each file is its column header.
+                if read == 1 && line.trim_start().starts_with("sl") {
+                    continue;
+                }
+                let Some(t) = TcpSocketLine::parse(line, v6) else {
+                    self.counters.malformed_lines += 1;
+                    continue;
+                };
+                if !t.is_open() || !self.subnets.iter().any(|s| s.contains(t.local.ip())) {
+                    continue;
+                }
+                conns += 1;
+                let no_progress = t.no_progress();
+                stalled += u64::from(no_progress);
+                self.monitor.observe(t.flow_key(), no_progress, now);
+            }
+        }
+        self.monitor.end_scan(now);
+        self.counters.scans += 1;
+        self.counters.connections = conns;
+        self.counters.stalled_now = stalled;
+        while let Some(key) = self.monitor.poll_advert(now) {
+            self.advertise(key, unix_ms);
+        }
+    }
+
+    fn advertise(&mut self, key: FlowKey, unix_ms: u64) {
+        let server = match key.dst {
+            IpAddr::V4(_) => self.server_v4.map(IpAddr::V4),
+            IpAddr::V6(_) => self.server_v6.map(IpAddr::V6),
+        };
+        let Some(server) = server else {
+            self.counters.no_server_address += 1;
+            debug!(flow = %key, "no server address of this family; flow not advertised");
+            return;
+        };
+        let fields = AdvertFields {
+            key,
+            server: SocketAddr::new(server, key.dst_port),
+            key_id: self.key_id,
+            timestamp_ms: unix_ms,
+            nonce: self.nonce,
+        };
+        self.nonce = self.nonce.wrapping_add(1);
+        self.seq = self.seq.wrapping_add(1);
+        // The identifier only has to let the client's stack answer; take it from
+        // the nonce so successive adverts do not look like one ping session.
+        let ident = (fields.nonce & 0xffff) as u16;
+        let len = match self
+            .auth
+            .echo_request(&mut self.buf, &fields, ident, self.seq)
+        {
+            Ok(len) => len,
+            Err(e) => {
+                self.counters.build_errors += 1;
+                warn!(flow = %key, error = %e, "flow advertisement not built");
+                return;
+            }
+        };
+        match self.tx.send(&self.buf[..len], key.src) {
+            Ok(()) => {
+                self.counters.adverts_sent += 1;
+                info!(flow = %key, server = %fields.server, nonce = fields.nonce, "no progress: flow advertised");
+            }
+            Err(e) => {
+                self.counters.send_errors += 1;
+                warn!(flow = %key, error = %e, "flow advertisement not sent");
+            }
+        }
+    }
+}
+
+/// The advertiser's thread, stopped (and joined) on drop.
+#[derive(Debug)]
+pub(super) struct AdvertHandle {
+    stop: Arc<AtomicBool>,
+    counters: Arc<Mutex<AdvertCounters>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AdvertHandle {
+    /// A shared view of the counters (for the stats writer).
+    pub(super) fn counters_view(&self) -> Arc<Mutex<AdvertCounters>> {
+        Arc::clone(&self.counters)
+    }
+}
+
+impl Drop for AdvertHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Start advertising: read the key file, open the raw sockets, pick the server
+/// addresses (configured, or the address this host uses toward `site`), and scan
+/// on a thread of its own (the `/proc` reads block).
+pub(super) fn start(
+    cfg: &HostRecovery,
+    subnets: &[SubnetPrefix],
+    site: SocketAddr,
+) -> Result<AdvertHandle> {
+    let keys = signaling::read_advert_keys(&cfg.advert_keys)
+        .with_context(|| format!("recovery.advert_keys = {}", cfg.advert_keys.display()))?;
+    let auth = AdvertAuth::new(keys, AdvertAuthConfig::default());
+    let servers = if cfg.server_addresses.is_empty() {
+        vec![address_toward(site).context(
+            "recovery: cannot find this host's address toward the site router; set recovery.server_addresses",
+        )?]
+    } else {
+        cfg.server_addresses.clone()
+    };
+    let want_v4 = subnets.iter().any(|s| s.addr().is_ipv4());
+    let want_v6 = subnets.iter().any(|s| s.addr().is_ipv6());
+    let open = |v4: bool| match RawTx::open(v4, !v4) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            warn!(family = if v4 { "IPv4" } else { "IPv6" }, error = %e, "no raw socket: flows of this family are not advertised");
+            None
+        }
+    };
+    let tx = RawAdvertTx {
+        v4: if want_v4 { open(true) } else { None },
+        v6: if want_v6 { open(false) } else { None },
+    };
+    if tx.v4.is_none() && tx.v6.is_none() {
+        bail!("recovery: no raw socket could be opened (needs CAP_NET_RAW)");
+    }
+    let mut adv = Advertiser::new(
+        cfg,
+        auth,
+        &servers,
+        subnets.to_vec(),
+        Box::new(tx),
+        nonce_seed(),
+    )?;
+    info!(?servers, key_id = cfg.key_id, stall_after = ?cfg.progress.stall_after, "server flow advertisements on");
+    let stop = Arc::new(AtomicBool::new(false));
+    let counters = Arc::new(Mutex::new(AdvertCounters::default()));
+    let interval = cfg.scan_interval;
+    let thread = {
+        let (stop, counters) = (Arc::clone(&stop), Arc::clone(&counters));
+        std::thread::Builder::new()
+            .name("pronto-adverts".into())
+            .spawn(move || {
+                let clock = Clock::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let files = [("/proc/net/tcp", false), ("/proc/net/tcp6", true)]
+                        .into_iter()
+                        .filter_map(|(path, v6)| {
+                            let f = std::fs::File::open(path).ok()?;
+                            let lines = std::io::BufReader::new(f).lines().map_while(Result::ok);
+                            Some((v6, Box::new(lines) as Box<dyn Iterator<Item = String>>))
+                        })
+                        .collect::<Vec<_>>();
+                    adv.scan(files, clock.now(), unix_ms());
+                    if let Ok(mut c) = counters.lock() {
+                        *c = adv.counters();
+                    }
+                    std::thread::sleep(interval);
+                }
+            })
+            .context("spawning the advertiser thread")?
+    };
+    Ok(AdvertHandle {
+        stop,
+        counters,
+        thread: Some(thread),
+    })
+}
+
+/// The source address the kernel picks toward `site`: the address the site
+/// router sees this host's session come from, and so tunnels to.
+fn address_toward(site: SocketAddr) -> std::io::Result<IpAddr> {
+    let any: SocketAddr = if site.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let s = std::net::UdpSocket::bind(any)?;
+    // connect() on UDP only picks a route and a source; nothing is sent.
+    s.connect(site)?;
+    Ok(s.local_addr()?.ip())
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A random start for the nonces, so a restarted agent does not repeat the
+/// nonces it used before (the routers would drop those as replays).
+fn nonce_seed() -> u64 {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    match std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)) {
+        Ok(()) => u64::from_ne_bytes(b),
+        // Without urandom, wall-clock nanoseconds differ between restarts too.
+        Err(_) => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use router_core::wire::flowad::{ECHO_PREFIX_LEN, FlowAdvert};
+    use router_core::wire::{Icmpv4Packet, Ipv4Packet, icmpv4_type};
+    use signaling::AdvertKey;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    const VIP: Ipv4Addr = Ipv4Addr::new(192, 200, 0, 10);
+    const CLIENT: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 2);
+    const SERVER: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 2);
+    const SECRET: [u8; 32] = [7; 32];
+
+    /// The kernel's spelling of an IPv4 endpoint.
+    fn ep4(a: Ipv4Addr, port: u16) -> String {
+        format!("{:08X}:{port:04X}", u32::from_ne_bytes(a.octets()))
+    }
+
+    /// The kernel's spelling of an IPv6 endpoint.
+    fn ep6(a: Ipv6Addr, port: u16) -> String {
+        let o = a.octets();
+        let w: String = o
+            .chunks(4)
+            .map(|c| format!("{:08X}", u32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
+            .collect();
+        format!("{w}:{port:04X}")
+    }
+
+    /// A `/proc/net/tcp` line as tcp4_seq_show prints it.
+    fn line(local: &str, remote: &str, st: u8, tx: u32, retr: u32) -> String {
+        format!(
+            "   3: {local} {remote} {st:02X} {tx:08X}:00000000 01:00000014 {retr:08X}     0        0 43657 2 0000000000000000 40 4 30 10 -1"
+        )
+    }
+
+    fn stalled_download(client_port: u16) -> String {
+        line(
+            &ep4(VIP, 80),
+            &ep4(CLIENT, client_port),
+            tcp_state::ESTABLISHED,
+            0x4000,
+            3,
+        )
+    }
+
+    #[test]
+    fn proc_lines_parse_with_queue_and_retransmits() {
+        let t = TcpSocketLine::parse(&stalled_download(40_000), false).unwrap();
+        assert_eq!(t.local, SocketAddr::new(VIP.into(), 80));
+        assert_eq!(t.remote, SocketAddr::new(CLIENT.into(), 40_000));
+        assert_eq!((t.state, t.tx_queue, t.retransmits), (1, 0x4000, 3));
+        assert!(t.no_progress());
+        assert_eq!(
+            t.flow_key(),
+            FlowKey {
+                proto: 6,
+                src: CLIENT.into(),
+                src_port: 40_000,
+                dst: VIP.into(),
+                dst_port: 80,
+            }
+        );
+        // A dual-stack socket: IPv4-mapped addresses become IPv4.
+        let mapped = line(
+            &ep6(VIP.to_ipv6_mapped(), 80),
+            &ep6(CLIENT.to_ipv6_mapped(), 40_001),
+            1,
+            10,
+            1,
+        );
+        let t = TcpSocketLine::parse(&mapped, true).unwrap();
+        assert_eq!(t.flow_key().src, IpAddr::V4(CLIENT));
+        assert_eq!(t.flow_key().dst, IpAddr::V4(VIP));
+        let v6 = line(
+            &ep6("2001:db8::10".parse().unwrap(), 443),
+            &ep6("2001:db8:1::2".parse().unwrap(), 50_000),
+            1,
+            0,
+            0,
+        );
+        let t = TcpSocketLine::parse(&v6, true).unwrap();
+        assert_eq!(t.local, "[2001:db8::10]:443".parse().unwrap());
+        assert!(!t.no_progress());
+    }
+
+    #[test]
+    fn no_progress_needs_outstanding_data_and_a_retransmission_timeout() {
+        let (l, r) = (ep4(VIP, 80), ep4(CLIENT, 40_000));
+        let np = |st, tx, retr| {
+            TcpSocketLine::parse(&line(&l, &r, st, tx, retr), false)
+                .unwrap()
+                .no_progress()
+        };
+        assert!(np(tcp_state::ESTABLISHED, 100, 1));
+        assert!(!np(tcp_state::ESTABLISHED, 100, 0), "no RTO yet");
+        assert!(np(tcp_state::FIN_WAIT1, 100, 2), "closing with data queued");
+        assert!(!np(tcp_state::FIN_WAIT1, 0, 2), "only the FIN outstanding");
+        assert!(np(tcp_state::CLOSE_WAIT, 5, 1));
+        assert!(np(tcp_state::LAST_ACK, 5, 1));
+        assert!(!np(0x05, 5, 1), "FIN_WAIT2: nothing of ours outstanding");
+        assert!(!np(0x0a, 0, 1), "LISTEN");
+        assert!(!np(0x06, 0, 1), "TIME_WAIT");
+    }
+
+    #[test]
+    fn malformed_proc_lines_are_refused_without_panicking() {
+        let good = stalled_download(40_000);
+        // Every truncation and every single-byte change.
+        for end in 0..good.len() {
+            let _ = TcpSocketLine::parse(&good[..end], false);
+            let _ = TcpSocketLine::parse(&good[..end], true);
+        }
+        for i in 0..good.len() {
+            for b in [b'G', b':', b' ', b'0', 0xff] {
+                let mut bytes = good.clone().into_bytes();
+                bytes[i] = b;
+                let s = String::from_utf8_lossy(&bytes);
+                let _ = TcpSocketLine::parse(&s, false);
+                let _ = TcpSocketLine::parse(&s, true);
+            }
+        }
+        for bad in [
+            "",
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt",
+            "0: 0A00C8C0:0050",
+            "0: 0A00C8C0:0050 020010AC:9C40 01 00000000 00:00000000 00000000",
+            "0: 0A00C8C0:0050 020010AC:9C40 01 0:0 00:00000000 ZZ",
+            "0: 0A00C8C0:10050 020010AC:9C40 01 0:0 00:00000000 1",
+            "0: 0A00C8C0:0050 020010AC:9C40 100 0:0 00:00000000 1",
+            "0: 0A00C8C:0050 020010AC:9C40 01 0:0 00:00000000 1",
+            "0: 0A00C8C0é:0050 020010AC:9C40 01 0:0 00:00000000 1",
+        ] {
+            assert_eq!(TcpSocketLine::parse(bad, false), None, "{bad:?}");
+        }
+        // An IPv4 line in the IPv6 file and the reverse.
+        assert_eq!(TcpSocketLine::parse(&good, true), None);
+        let v6 = line(&ep6(Ipv6Addr::LOCALHOST, 1), &ep6(Ipv6Addr::LOCALHOST, 2), 1, 0, 0);
+        assert_eq!(TcpSocketLine::parse(&v6, false), None);
+    }
+
+    #[derive(Clone, Default)]
+    struct Capture {
+        sent: Arc<Mutex<Vec<(Vec<u8>, IpAddr)>>>,
+        fail: Arc<AtomicBool>,
+    }
+
+    impl AdvertTx for Capture {
+        fn send(&self, packet: &[u8], dst: IpAddr) -> std::io::Result<()> {
+            if self.fail.load(Ordering::Relaxed) {
+                return Err(std::io::Error::other("refused"));
+            }
+            if let Ok(mut s) = self.sent.lock() {
+                s.push((packet.to_vec(), dst));
+            }
+            Ok(())
+        }
+    }
+
+    fn recovery(key_id: u32) -> HostRecovery {
+        HostRecovery {
+            advert_keys: PathBuf::from("/etc/pronto/advert.keys"),
+            key_id,
+            progress: signaling::ProgressConfig::default(),
+            scan_interval: Duration::from_millis(200),
+            server_addresses: vec![],
+        }
+    }
+
+    fn auth() -> AdvertAuth {
+        AdvertAuth::new(
+            vec![AdvertKey::new(1, &SECRET).unwrap()],
+            AdvertAuthConfig::default(),
+        )
+    }
+
+    fn advertiser(servers: &[IpAddr], tx: &Capture) -> Advertiser {
+        Advertiser::new(
+            &recovery(1),
+            auth(),
+            servers,
+            vec![SubnetPrefix::new(IpAddr::V4(Ipv4Addr::new(192, 200, 0, 0)), 24).unwrap()],
+            Box::new(tx.clone()),
+            1000,
+        )
+        .unwrap()
+    }
+
+    fn scan(a: &mut Advertiser, lines: &[String], now_ms: u64, unix_ms: u64) {
+        let header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode".to_owned();
+        let v4: Vec<String> = std::iter::once(header).chain(lines.iter().cloned()).collect();
+        a.scan([(false, v4)], Instant::from_millis(now_ms), unix_ms);
+    }
+
+    #[test]
+    fn an_unknown_key_id_is_refused_at_start() {
+        let e = Advertiser::new(
+            &recovery(9),
+            auth(),
+            &[SERVER.into()],
+            vec![],
+            Box::new(Capture::default()),
+            0,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("key_id = 9"), "{e}");
+    }
+
+    #[test]
+    fn a_stalled_download_is_advertised_with_a_valid_mac_from_the_vip() {
+        let tx = Capture::default();
+        let mut a = advertiser(&[SERVER.into()], &tx);
+        let other = line(
+            &ep4(Ipv4Addr::new(10, 1, 2, 2), 22),
+            &ep4(CLIENT, 50_000),
+            1,
+            100,
+            5,
+        );
+        let healthy = line(&ep4(VIP, 80), &ep4(CLIENT, 40_001), 1, 100, 0);
+        let lines = [stalled_download(40_000), other, healthy, "junk".into()];
+        let unix = 1_764_000_000_000;
+        for t in [0, 200, 400, 600, 800] {
+            scan(&mut a, &lines, t, unix + t);
+        }
+        assert!(tx.sent.lock().unwrap().is_empty(), "not yet stalled for 1 s");
+        scan(&mut a, &lines, 1000, unix + 1000);
+        let sent = tx.sent.lock().unwrap().clone();
+        assert_eq!(sent.len(), 1);
+        let (pkt, dst) = &sent[0];
+        assert_eq!(*dst, IpAddr::V4(CLIENT));
+        let ip = Ipv4Packet::new_checked(&pkt[..]).unwrap();
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (VIP, CLIENT));
+        assert!(ip.verify_checksum());
+        let icmp = Icmpv4Packet::new_checked(&pkt[ip.header_len()..]).unwrap();
+        assert_eq!(icmp.msg_type(), icmpv4_type::ECHO_REQUEST);
+        assert!(icmp.verify_checksum());
+        let adv = FlowAdvert::new_checked(&pkt[ip.header_len() + 8 + ECHO_PREFIX_LEN..]).unwrap();
+        // A router of the trust domain accepts it: the flow, this host, the port.
+        let mut router = auth();
+        let f = router.verify(&adv, unix + 1010).unwrap();
+        assert_eq!(f.key, TcpSocketLine::parse(&lines[0], false).unwrap().flow_key());
+        assert_eq!(f.server, SocketAddr::new(SERVER.into(), 80));
+        assert_eq!((f.key_id, f.timestamp_ms, f.nonce), (1, unix + 1000, 1000));
+        // A router with another secret does not.
+        let mut stranger = AdvertAuth::new(
+            vec![AdvertKey::new(1, &[8; 32]).unwrap()],
+            AdvertAuthConfig::default(),
+        );
+        assert!(stranger.verify(&adv, unix + 1010).is_err());
+        let c = a.counters();
+        assert_eq!(c.adverts_sent, 1);
+        assert_eq!(c.connections, 2, "the VIP's two connections, not port 22 on the host");
+        assert_eq!(c.stalled_now, 1);
+        assert_eq!(c.stalled_seen, 1);
+        assert_eq!(c.malformed_lines, 6, "junk once per scan");
+        // Re-advertised after readvertise_after with a fresh nonce.
+        scan(&mut a, &lines, 1600, unix + 1600);
+        scan(&mut a, &lines, 2000, unix + 2000);
+        let sent = tx.sent.lock().unwrap().clone();
+        assert_eq!(sent.len(), 2);
+        let p = &sent[1].0;
+        let adv = FlowAdvert::new_checked(&p[20 + 8 + ECHO_PREFIX_LEN..]).unwrap();
+        assert_eq!(adv.nonce(), 1001);
+        assert!(router.verify(&adv, unix + 2000).is_ok());
+    }
+
+    #[test]
+    fn send_errors_and_missing_server_addresses_are_counted() {
+        let tx = Capture::default();
+        tx.fail.store(true, Ordering::Relaxed);
+        let mut a = advertiser(&[SERVER.into()], &tx);
+        let lines = [stalled_download(40_000)];
+        scan(&mut a, &lines, 0, 1);
+        scan(&mut a, &lines, 1000, 2);
+        let c = a.counters();
+        assert_eq!((c.adverts_sent, c.send_errors), (0, 1));
+
+        let tx = Capture::default();
+        let mut a = advertiser(&["2001:db8::2".parse().unwrap()], &tx);
+        scan(&mut a, &lines, 0, 1);
+        scan(&mut a, &lines, 1000, 2);
+        let c = a.counters();
+        assert_eq!((c.adverts_sent, c.no_server_address), (0, 1));
+        assert!(tx.sent.lock().unwrap().is_empty());
+    }
+}
