@@ -221,7 +221,7 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
     // The file is bounded (MAX_KEY_FILE_LEN), so decoding a long secret before its
     // length check allocates little.
     let b = s.as_bytes();
-    if b.is_empty() || b.len() % 2 != 0 {
+    if b.is_empty() || !b.len().is_multiple_of(2) {
         return None;
     }
     let nib = |c: u8| match c {
