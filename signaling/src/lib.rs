@@ -42,10 +42,9 @@ pub use progress::{
 };
 pub use recovery::{
     AdvertAuth, AdvertAuthConfig, AdvertAuthStats, AdvertKey, AdvertOutcome, AdvertRefusal,
-    AdvertReject, FailoverMonitor, KeyFileError, MirrorConfig, MirrorReceiver,
-    MirrorReceiverStats, MirrorSender, MirrorSenderStats, RateLimit, RecoverOutcome,
-    RecoveryConfig, RecoveryScope, RecoveryStats, SignError, Takeover, handle_advert,
-    parse_advert_keys, read_advert_keys,
+    AdvertReject, FailoverMonitor, KeyFileError, MirrorConfig, MirrorReceiver, MirrorReceiverStats,
+    MirrorSender, MirrorSenderStats, RateLimit, RecoverOutcome, RecoveryConfig, RecoveryScope,
+    RecoveryStats, SignError, Takeover, handle_advert, parse_advert_keys, read_advert_keys,
 };
 pub use slr::{
     SessionId, ShortcutError, SlrAction, SlrConfig, SlrControl, SlrError, SlrStats,
