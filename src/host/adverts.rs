@@ -514,10 +514,12 @@ fn nonce_seed() -> u64 {
     match std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)) {
         Ok(()) => u64::from_ne_bytes(b),
         // Without urandom, wall-clock nanoseconds differ between restarts too.
-        Err(_) => SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-            ^ u64::from(std::process::id()),
+        Err(_) => {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+                ^ u64::from(std::process::id())
+        }
     }
 }
 
@@ -658,7 +660,13 @@ mod tests {
         }
         // An IPv4 line in the IPv6 file and the reverse.
         assert_eq!(TcpSocketLine::parse(&good, true), None);
-        let v6 = line(&ep6(Ipv6Addr::LOCALHOST, 1), &ep6(Ipv6Addr::LOCALHOST, 2), 1, 0, 0);
+        let v6 = line(
+            &ep6(Ipv6Addr::LOCALHOST, 1),
+            &ep6(Ipv6Addr::LOCALHOST, 2),
+            1,
+            0,
+            0,
+        );
         assert_eq!(TcpSocketLine::parse(&v6, false), None);
     }
 
@@ -711,7 +719,9 @@ mod tests {
 
     fn scan(a: &mut Advertiser, lines: &[String], now_ms: u64, unix_ms: u64) {
         let header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode".to_owned();
-        let v4: Vec<String> = std::iter::once(header).chain(lines.iter().cloned()).collect();
+        let v4: Vec<String> = std::iter::once(header)
+            .chain(lines.iter().cloned())
+            .collect();
         a.scan([(false, v4)], Instant::from_millis(now_ms), unix_ms);
     }
 
@@ -746,7 +756,10 @@ mod tests {
         for t in [0, 200, 400, 600, 800] {
             scan(&mut a, &lines, t, unix + t);
         }
-        assert!(tx.sent.lock().unwrap().is_empty(), "not yet stalled for 1 s");
+        assert!(
+            tx.sent.lock().unwrap().is_empty(),
+            "not yet stalled for 1 s"
+        );
         scan(&mut a, &lines, 1000, unix + 1000);
         let sent = tx.sent.lock().unwrap().clone();
         assert_eq!(sent.len(), 1);
@@ -762,7 +775,10 @@ mod tests {
         // A router of the trust domain accepts it: the flow, this host, the port.
         let mut router = auth();
         let f = router.verify(&adv, unix + 1010).unwrap();
-        assert_eq!(f.key, TcpSocketLine::parse(&lines[0], false).unwrap().flow_key());
+        assert_eq!(
+            f.key,
+            TcpSocketLine::parse(&lines[0], false).unwrap().flow_key()
+        );
         assert_eq!(f.server, SocketAddr::new(SERVER.into(), 80));
         assert_eq!((f.key_id, f.timestamp_ms, f.nonce), (1, unix + 1000, 1000));
         // A router with another secret does not.
@@ -773,7 +789,10 @@ mod tests {
         assert!(stranger.verify(&adv, unix + 1010).is_err());
         let c = a.counters();
         assert_eq!(c.adverts_sent, 1);
-        assert_eq!(c.connections, 2, "the VIP's two connections, not port 22 on the host");
+        assert_eq!(
+            c.connections, 2,
+            "the VIP's two connections, not port 22 on the host"
+        );
         assert_eq!(c.stalled_now, 1);
         assert_eq!(c.stalled_seen, 1);
         assert_eq!(c.malformed_lines, 6, "junk once per scan");
