@@ -1304,7 +1304,10 @@ fn hot_spare_mirrors_and_takes_over() {
     assert_eq!(sender.stats().resyncs, 1);
     assert_eq!(receiver.stats().resyncs, 1);
     assert!(receiver.stats().removals > 0, "removals reach the spare");
-    assert!(max_lag <= mcfg.interval, "lag {max_lag:?}");
+    assert!(
+        max_lag <= mcfg.interval && max_lag >= mcfg.interval / 2,
+        "lag {max_lag:?}"
+    );
 
     // At the spare, every flow older than interval + delay at the kill follows
     // its original pin; flows ended at the primary are gone.
@@ -1480,6 +1483,17 @@ fn sender_is_bounded_and_quiet_without_a_spare() {
     assert_eq!(tx.stats().no_spare, 1);
     assert_eq!(tx.poll_timeout(), None);
     tx.spare_registered(SessionId(4), t0);
+    // The resync waits for a scan: wake at once.
+    assert_eq!(tx.poll_timeout(), Some(Instant::ZERO));
+    tx.scan(t0, Vec::new());
+    assert!(tx.poll_timeout().unwrap() <= t0, "markers to send now");
+    tx.handle_timeout(t0);
+    assert_eq!(
+        std::iter::from_fn(|| tx.poll_action()).count(),
+        2,
+        "open + close"
+    );
+    assert_eq!(tx.poll_timeout(), Some(t0 + cfg.scan_interval));
     for port in 0..5 {
         tx.flow_pinned(&entry(key(port), SERVER, t0), t0);
     }

@@ -285,10 +285,21 @@ impl MirrorSender {
         }
     }
 
-    /// When [`MirrorSender::handle_timeout`] must next run (`None`: nothing to send).
+    /// When the shell must next wake for this sender (`None`: no spare): then
+    /// [`MirrorSender::scan`] if [`MirrorSender::scan_due`], and
+    /// [`MirrorSender::handle_timeout`].
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        (self.session.is_some() && !self.queue.is_empty()).then_some(self.next_tick)
+        self.session?;
+        let scan = if self.resync_open {
+            // The resync waits for a scan: as soon as possible.
+            Instant::ZERO
+        } else {
+            self.last_scan
+                .map_or(Instant::ZERO, |t| t + self.cfg.scan_interval)
+        };
+        let send = (!self.queue.is_empty()).then_some(self.next_tick);
+        Some(send.map_or(scan, |t| t.min(scan)))
     }
 
     /// Sends queued changes as bounded deltas when the interval is up.
@@ -462,9 +473,13 @@ impl MirrorReceiver {
                 self.stats.removals += 1;
             }
         }
-        // The youngest change's wait at the primary: the freshest packet among
-        // the records (excludes the one-way signalling delay).
-        if let Some(ms) = delta.upserts.iter().map(|r| r.idle_ms.min(r.age_ms)).min() {
+        // A change (pin, state change, refresh) is caused by a packet, so a
+        // record's min(age, idle) is about how long its change waited at the
+        // primary; the delta's lag is the longest such wait. Resync records
+        // carry old quiet flows, so they do not count.
+        if !self.in_resync
+            && let Some(ms) = delta.upserts.iter().map(|r| r.idle_ms.min(r.age_ms)).max()
+        {
             self.lag = Some(Duration::from_millis(ms));
         }
     }
@@ -498,7 +513,10 @@ impl MirrorReceiver {
         self.in_resync
     }
 
-    /// How long the freshest change of the newest delta waited at the primary.
+    /// How long the oldest change of the newest delta (outside a resync) had
+    /// waited at the primary when sent: at most the mirror interval unless the
+    /// sender is backlogged. Excludes the one-way signalling delay, which the
+    /// shell adds from its own measurement if it has one.
     pub fn lag(&self) -> Option<Duration> {
         self.lag
     }

@@ -2,7 +2,14 @@
 //! has no state for asks its upper level and its configured same-level
 //! neighbours who has the flow pinned, and re-creates the state from a checked
 //! answer. The bookkeeping lives here; [`crate::SlrControl`] owns one
-//! [`Recovery`] and routes session events to it.
+//! `Recovery` and routes session events to it.
+//!
+//! Scope is one hop: queries go to the upper level and the listed neighbours
+//! with `ttl: 0`, and an SLR answers from its own table without forwarding
+//! (a received `ttl` is ignored). An answer is installed only if its query is
+//! outstanding, came from a session that was asked (once each), names the
+//! query's flow, points at a unicast address that is not ours, and the flow is
+//! not pinned here by then; every refusal has its counter in [`RecoveryStats`].
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
