@@ -241,7 +241,9 @@ pub struct AdvertAuthConfig {
     /// Largest accepted difference between the advertisement's timestamp and our
     /// wall clock, either way.
     pub max_skew: Duration,
-    /// Most (key id, nonce) pairs remembered against replay.
+    /// Most (key id, nonce) pairs remembered against replay (0 turns replay
+    /// protection off; when full, the entry expiring soonest is dropped and
+    /// counted).
     pub replay_capacity: usize,
 }
 

@@ -22,7 +22,7 @@
 //! interval plus the one-way signalling delay (plus the sender's queue wait when
 //! a burst exceeds `max_batches_per_tick` batches).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use router_core::api::RouterApi;
@@ -118,13 +118,16 @@ enum Item {
 /// [`MirrorSender::handle_timeout`] at [`MirrorSender::poll_timeout`] and send
 /// every [`MirrorSender::poll_action`] on its session. If a send fails
 /// (backpressure), call [`MirrorSender::resync`].
+///
+/// Ordered maps throughout, so a simulation run is deterministic (the order of
+/// records in deltas does not depend on hash seeds).
 #[derive(Debug)]
 pub struct MirrorSender {
     cfg: MirrorConfig,
     session: Option<SessionId>,
-    sent: HashMap<FlowKey, Sent>,
+    sent: BTreeMap<FlowKey, Sent>,
     queue: VecDeque<Item>,
-    changes: HashMap<FlowKey, (Change, Instant)>,
+    changes: BTreeMap<FlowKey, (Change, Instant)>,
     resync_open: bool,
     generation: u64,
     last_scan: Option<Instant>,
@@ -139,9 +142,9 @@ impl MirrorSender {
         Self {
             cfg,
             session: None,
-            sent: HashMap::new(),
+            sent: BTreeMap::new(),
             queue: VecDeque::new(),
-            changes: HashMap::new(),
+            changes: BTreeMap::new(),
             resync_open: false,
             generation: 0,
             last_scan: None,
@@ -416,7 +419,7 @@ pub struct MirrorReceiverStats {
 pub struct MirrorReceiver {
     max_flows: usize,
     /// Mirrored flows and the resync generation that last carried each.
-    mirrored: HashMap<FlowKey, u64>,
+    mirrored: BTreeMap<FlowKey, u64>,
     generation: u64,
     in_resync: bool,
     lag: Option<Duration>,
@@ -429,7 +432,7 @@ impl MirrorReceiver {
     pub fn new(max_flows: usize) -> Self {
         Self {
             max_flows,
-            mirrored: HashMap::new(),
+            mirrored: BTreeMap::new(),
             generation: 0,
             in_resync: false,
             lag: None,
