@@ -1,0 +1,892 @@
+//! `pronto query ...` and `pronto module load|swap|rollback|remove --router URL`:
+//! the client of a router's management API (src/mgmt.rs, qre's schema).
+//!
+//! Output is a human table by default and the API's JSON with `--json`. Errors
+//! say what failed and what to do: a refused TLS handshake, a certificate that
+//! does not match, an API error's message and hint.
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use qre::metrics::MetricValue;
+use qre::response::{
+    CountersResponse, FlowsResponse, GroupCounts, ModuleOpReport, ModulesResponse, PeersResponse,
+    QueuesResponse, RouterSummary, TableResponse,
+};
+use qre::{AddrMatch, ApiError, FlowQuery};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+/// Largest answer read (a full flow page and counters are well below).
+const MAX_ANSWER: usize = 16 * 1024 * 1024;
+
+/// How to reach and authenticate to a router.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct Conn {
+    /// The router's management URL: https://NAME:PORT, or https://ADDR:PORT
+    /// with --server-name.
+    #[arg(long, value_name = "URL")]
+    router: String,
+    /// Our certificate, PEM (from `pronto ca issue-peer`).
+    #[arg(long, value_name = "PEM")]
+    cert: Option<PathBuf>,
+    /// Our private key, PEM.
+    #[arg(long, value_name = "PEM")]
+    key: Option<PathBuf>,
+    /// CA certificate the router's certificate must chain to (the trust
+    /// domain's ca.pem).
+    #[arg(long, value_name = "PEM")]
+    ca: PathBuf,
+    /// Name the router's certificate carries [default: the URL's host].
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 30)]
+    timeout_secs: u64,
+}
+
+/// `pronto query ...`.
+#[derive(Debug, Args)]
+pub(crate) struct QueryArgs {
+    #[command(subcommand)]
+    what: QueryCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum QueryCommand {
+    /// Who the router is and its main figures.
+    Summary(Plain),
+    /// Pinned flows: counts by VIP, client and next hop, and a page of flows.
+    Flows {
+        #[command(flatten)]
+        common: Plain,
+        /// Only flows to this VIP or VIP prefix.
+        #[arg(long)]
+        vip: Option<AddrMatch>,
+        /// Only flows from this client address or prefix.
+        #[arg(long)]
+        client: Option<AddrMatch>,
+        /// Only flows pinned to this next hop.
+        #[arg(long)]
+        next_hop: Option<AddrMatch>,
+        /// Flows listed (the counts cover all), at most 1000.
+        #[arg(long, default_value_t = qre::query::DEFAULT_PAGE)]
+        limit: usize,
+    },
+    /// The next-hop table: per virtual subnet, the next hops with loads and costs.
+    Table {
+        #[command(flatten)]
+        common: Plain,
+        /// Only this subnet (or the one containing this address).
+        #[arg(long)]
+        subnet: Option<AddrMatch>,
+    },
+    /// Signalling peers and hosts, with their last state update.
+    Peers(Plain),
+    /// Modules per environment: version, signer, digest, calls, faults, CPU, state.
+    Modules(Plain),
+    /// Queues and scheduler shares.
+    Queues(Plain),
+    /// Every counter and histogram.
+    Counters(Plain),
+    /// The Prometheus exposition text (as /metrics serves it).
+    Metrics {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+/// Connection options and `--json`.
+#[derive(Debug, Args)]
+struct Plain {
+    #[command(flatten)]
+    conn: Conn,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `pronto module load|swap|rollback|remove --router URL ...`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pronto module",
+    about = "Module operations on a running router"
+)]
+struct RemoteModuleCli {
+    #[command(subcommand)]
+    op: RemoteOp,
+}
+
+#[derive(Debug, Subcommand)]
+enum RemoteOp {
+    /// Install a signed module whose name is not installed yet.
+    Load {
+        #[command(flatten)]
+        common: Plain,
+        /// The signed module file.
+        file: PathBuf,
+    },
+    /// Replace an installed module by a new signed version, atomically, while
+    /// packets flow; the old version stays as the rollback target.
+    Swap {
+        #[command(flatten)]
+        common: Plain,
+        /// The signed module file.
+        file: PathBuf,
+    },
+    /// Make a module's previous version active again.
+    Rollback {
+        #[command(flatten)]
+        common: Plain,
+        /// Module name.
+        name: String,
+    },
+    /// Remove a module (flows it would place fall back to the built-in policy).
+    Remove {
+        #[command(flatten)]
+        common: Plain,
+        /// Module name.
+        name: String,
+    },
+}
+
+/// Module subcommands that talk to a router (the rest are local file tools in
+/// src/cli_module.rs).
+pub(crate) const REMOTE_MODULE_OPS: [&str; 4] = ["load", "swap", "rollback", "remove"];
+
+/// Whether `args` (the whole argv) is `pronto module load|swap|rollback|remove`.
+pub(crate) fn is_remote_module_op(args: &[OsString]) -> bool {
+    args.get(1).is_some_and(|a| a == "module")
+        && args
+            .get(2)
+            .and_then(|a| a.to_str())
+            .is_some_and(|a| REMOTE_MODULE_OPS.contains(&a))
+}
+
+/// Run `pronto module load|swap|rollback|remove ...` from the whole argv.
+pub(crate) fn run_remote_module(args: &[OsString]) -> Result<()> {
+    let mut argv = vec![OsString::from("pronto module")];
+    argv.extend(args.iter().skip(2).cloned());
+    let cli = RemoteModuleCli::parse_from(argv);
+    let (common, method, path, body, what) = match &cli.op {
+        RemoteOp::Load { common, file } => (
+            common,
+            "POST",
+            "/v1/modules/load".to_owned(),
+            read_module(file)?,
+            file.display().to_string(),
+        ),
+        RemoteOp::Swap { common, file } => (
+            common,
+            "POST",
+            "/v1/modules/swap".to_owned(),
+            read_module(file)?,
+            file.display().to_string(),
+        ),
+        RemoteOp::Rollback { common, name } => (
+            common,
+            "POST",
+            format!("/v1/modules/{name}/rollback"),
+            Vec::new(),
+            name.clone(),
+        ),
+        RemoteOp::Remove { common, name } => (
+            common,
+            "DELETE",
+            format!("/v1/modules/{name}"),
+            Vec::new(),
+            name.clone(),
+        ),
+    };
+    let text = request(&common.conn, method, &path, body)
+        .with_context(|| format!("module operation on {what} at {}", common.conn.router))?;
+    if common.json {
+        println!("{text}");
+        return Ok(());
+    }
+    let r: ModuleOpReport = decode(&text)?;
+    let active = r.active.as_deref().unwrap_or("-");
+    match r.op.as_str() {
+        "load" => println!(
+            "loaded {} {active} into environment {}",
+            r.name, r.environment
+        ),
+        "swap" => println!(
+            "swapped {} {} -> {active} in environment {} (previous kept for rollback)",
+            r.name,
+            r.replaced.as_deref().unwrap_or("-"),
+            r.environment
+        ),
+        "rollback" => println!(
+            "rolled {} back: {} -> {active} in environment {}",
+            r.name,
+            r.replaced.as_deref().unwrap_or("-"),
+            r.environment
+        ),
+        _ => println!(
+            "removed {} {} from environment {}",
+            r.name,
+            r.replaced.as_deref().unwrap_or("-"),
+            r.environment
+        ),
+    }
+    if let (Some(d), Some(s)) = (&r.digest, &r.signer) {
+        println!("  signer {s}\n  digest {d}");
+    }
+    Ok(())
+}
+
+fn read_module(p: &Path) -> Result<Vec<u8>> {
+    let f = std::fs::File::open(p).with_context(|| format!("cannot read {}", p.display()))?;
+    let mut bytes = Vec::new();
+    f.take(qre::api::MAX_BODY as u64 + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", p.display()))?;
+    if bytes.len() > qre::api::MAX_BODY {
+        bail!(
+            "{} is larger than the API's {} byte limit for module files",
+            p.display(),
+            qre::api::MAX_BODY
+        );
+    }
+    Ok(bytes)
+}
+
+/// Run `pronto query ...`.
+pub(crate) fn run_query(args: &QueryArgs) -> Result<()> {
+    match &args.what {
+        QueryCommand::Summary(p) => show::<RouterSummary>(p, "/v1/summary", print_summary),
+        QueryCommand::Flows {
+            common,
+            vip,
+            client,
+            next_hop,
+            limit,
+        } => {
+            let q = FlowQuery {
+                vip: *vip,
+                client: *client,
+                next_hop: *next_hop,
+                limit: *limit,
+            };
+            show::<FlowsResponse>(
+                common,
+                &format!("/v1/flows?{}", q.to_query_string()),
+                print_flows,
+            )
+        }
+        QueryCommand::Table { common, subnet } => {
+            let path = match subnet {
+                Some(s) => format!("/v1/table?subnet={s}"),
+                None => "/v1/table".to_owned(),
+            };
+            show::<TableResponse>(common, &path, print_table)
+        }
+        QueryCommand::Peers(p) => show::<PeersResponse>(p, "/v1/peers", print_peers),
+        QueryCommand::Modules(p) => show::<ModulesResponse>(p, "/v1/modules", print_modules),
+        QueryCommand::Queues(p) => show::<QueuesResponse>(p, "/v1/queues", print_queues),
+        QueryCommand::Counters(p) => show::<CountersResponse>(p, "/v1/counters", print_counters),
+        QueryCommand::Metrics { conn } => {
+            print!("{}", request(conn, "GET", "/metrics", Vec::new())?);
+            Ok(())
+        }
+    }
+}
+
+fn show<T: serde::de::DeserializeOwned>(p: &Plain, path: &str, print: fn(&T)) -> Result<()> {
+    let text = request(&p.conn, "GET", path, Vec::new())?;
+    if p.json {
+        println!("{text}");
+    } else {
+        print(&decode(&text)?);
+    }
+    Ok(())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
+    serde_json::from_str(text).context(
+        "the router's answer does not match this client's schema (is the router the same pronto version?)",
+    )
+}
+
+// ----- tables ------------------------------------------------------------------------
+
+/// Left-aligned columns, two spaces apart.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(w) = width.get_mut(i) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = width.get(i).copied().unwrap_or(0)))
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| (*h).to_owned()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+fn num(v: f64) -> String {
+    format!("{v:.3}")
+}
+
+fn print_summary(s: &RouterSummary) {
+    println!("router      {} ({} level), pid {}", s.name, s.level, s.pid);
+    println!(
+        "uptime      {:.1} s, memory {} KiB",
+        s.uptime_ms as f64 / 1000.0,
+        s.rss_kib
+    );
+    println!(
+        "flows       {} pinned of {} slots",
+        s.flows, s.flow_capacity
+    );
+    println!("subnets     {}", s.subnets);
+    println!(
+        "peers       {} below, upper level {}",
+        s.downstream_peers,
+        if s.upstream_registered {
+            "registered"
+        } else {
+            "not registered"
+        }
+    );
+    println!("modules     {}", s.modules);
+    println!("packets     {}", s.packets);
+}
+
+fn print_groups(title: &str, g: &GroupCounts) {
+    let mut parts: Vec<String> = g
+        .groups
+        .iter()
+        .take(8)
+        .map(|x| format!("{} {}", x.key, x.flows))
+        .collect();
+    if g.groups.len() > 8 {
+        let rest: u64 = g.groups.iter().skip(8).map(|x| x.flows).sum();
+        parts.push(format!("{} more keys {rest}", g.groups.len() - 8));
+    }
+    if g.other > 0 {
+        parts.push(format!("others {}", g.other));
+    }
+    println!(
+        "{title:<12}{}",
+        if parts.is_empty() {
+            "-".into()
+        } else {
+            parts.join(", ")
+        }
+    );
+}
+
+fn print_flows(r: &FlowsResponse) {
+    println!(
+        "{} of {} pinned flows match (table capacity {}){}",
+        r.matched,
+        r.scanned,
+        r.capacity,
+        if r.truncated {
+            format!("; first {} listed", r.flows.len())
+        } else {
+            String::new()
+        }
+    );
+    print_groups("by next hop", &r.by_next_hop);
+    print_groups("by VIP", &r.by_vip);
+    print_groups("by client", &r.by_client);
+    if r.flows.is_empty() {
+        return;
+    }
+    println!();
+    let rows: Vec<Vec<String>> = r
+        .flows
+        .iter()
+        .map(|f| {
+            vec![
+                match f.proto {
+                    6 => "tcp".into(),
+                    17 => "udp".into(),
+                    p => p.to_string(),
+                },
+                SocketAddr::new(f.client, f.client_port).to_string(),
+                SocketAddr::new(f.vip, f.vip_port).to_string(),
+                f.next_hop.to_string(),
+                f.state.clone(),
+                f.packets.to_string(),
+                f.bytes.to_string(),
+                format!("{:.1}", f.age_ms as f64 / 1000.0),
+                format!("{:.1}", f.idle_ms as f64 / 1000.0),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "PROTO", "CLIENT", "VIP", "NEXT HOP", "STATE", "PACKETS", "BYTES", "AGE s", "IDLE s",
+        ],
+        &rows,
+    );
+}
+
+fn print_table(t: &TableResponse) {
+    println!("cost model {}", t.cost_model);
+    if t.subnets.is_empty() {
+        println!("no virtual subnets (no lower level has advertised one yet, none is static)");
+    }
+    for s in &t.subnets {
+        println!(
+            "\n{} ({}, policy {}, advertised load {})",
+            s.subnet,
+            s.source,
+            s.policy,
+            opt(s.aggregate.map(num))
+        );
+        let rows: Vec<Vec<String>> = s
+            .next_hops
+            .iter()
+            .map(|h| {
+                vec![
+                    if h.best { "*".into() } else { String::new() },
+                    h.address.to_string(),
+                    opt(h.peer.as_deref()),
+                    num(h.load),
+                    num(h.route_cost),
+                    h.cost.map_or_else(|| "unreachable".into(), num),
+                    if h.up { "up".into() } else { "down".into() },
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "",
+                "NEXT HOP",
+                "PEER",
+                "LOAD",
+                "ROUTE COST",
+                "COST F",
+                "STATE",
+            ],
+            &rows,
+        );
+    }
+    if t.omitted > 0 {
+        println!(
+            "({} more subnets not shown; query one with --subnet)",
+            t.omitted
+        );
+    }
+}
+
+fn print_peers(p: &PeersResponse) {
+    println!("lower-level peers are {}s", p.downstream_role);
+    let rows: Vec<Vec<String>> = p
+        .peers
+        .iter()
+        .map(|r| {
+            vec![
+                opt(r.name.as_deref()),
+                r.direction.clone(),
+                r.remote.clone(),
+                if r.registered {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+                opt(r.up.map(|u| if u { "up" } else { "down" })),
+                opt(r.tunnel),
+                opt(r.route_cost.map(num)),
+                opt(r
+                    .last_update_ms_ago
+                    .map(|ms| format!("{:.1} s ago", ms as f64 / 1000.0))),
+                r.updates.to_string(),
+                opt(r.last_seq),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "DIRECTION",
+            "REMOTE",
+            "REGISTERED",
+            "TABLE",
+            "TUNNEL",
+            "ROUTE COST",
+            "LAST UPDATE",
+            "UPDATES",
+            "SEQ",
+        ],
+        &rows,
+    );
+}
+
+fn print_modules(m: &ModulesResponse) {
+    if m.environments.is_empty() {
+        println!("no execution environment (the configuration has no [modules] section)");
+    }
+    for e in &m.environments {
+        println!(
+            "environment {} ({}, on failure {}): {} installs, {} refused, {} removals",
+            e.name, e.scope, e.failure_policy, e.installs, e.refused, e.removals
+        );
+        let rows: Vec<Vec<String>> = e
+            .modules
+            .iter()
+            .map(|r| {
+                vec![
+                    r.name.clone(),
+                    r.active.version.clone(),
+                    r.active.state.clone(),
+                    r.active.signer.clone(),
+                    r.active.digest.chars().take(16).collect(),
+                    r.calls.to_string(),
+                    r.faults.to_string(),
+                    r.fallbacks.to_string(),
+                    r.throttled.to_string(),
+                    r.cpu_used.to_string(),
+                    opt(r.previous.as_ref().map(|p| p.version.clone())),
+                    if r.bound.is_empty() {
+                        "-".into()
+                    } else {
+                        r.bound.join("; ")
+                    },
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "NAME",
+                "VERSION",
+                "STATE",
+                "SIGNER",
+                "DIGEST",
+                "CALLS",
+                "FAULTS",
+                "FALLBACKS",
+                "THROTTLED",
+                "CPU",
+                "PREVIOUS",
+                "BOUND",
+            ],
+            &rows,
+        );
+    }
+}
+
+fn print_queues(q: &QueuesResponse) {
+    for t in &q.share_trees {
+        println!("{} ({}), {} bit/s", t.link, t.realisation, t.rate_bps);
+        let rows: Vec<Vec<String>> = t
+            .classes
+            .iter()
+            .map(|c| {
+                vec![
+                    c.handle.clone(),
+                    c.weight.to_string(),
+                    format!("{:.1}%", c.share * 100.0),
+                    c.rate_bps.to_string(),
+                    if c.default {
+                        "default".into()
+                    } else {
+                        String::new()
+                    },
+                    c.subnets.join(", "),
+                ]
+            })
+            .collect();
+        table(
+            &["CLASS", "WEIGHT", "SHARE", "RATE bit/s", "", "SUBNETS"],
+            &rows,
+        );
+    }
+    println!("{}", q.note);
+}
+
+fn print_counters(c: &CountersResponse) {
+    for f in &c.families {
+        for s in &f.samples {
+            let labels = if s.labels.is_empty() {
+                String::new()
+            } else {
+                let l: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("{{{}}}", l.join(","))
+            };
+            let value = match &s.value {
+                MetricValue::Counter(v) => v.to_string(),
+                MetricValue::Gauge(v) => format!("{v}"),
+                MetricValue::Histogram(h) => {
+                    let us = |v: Option<f64>| match v {
+                        Some(x) if x.is_finite() => format!("{:.1} us", x * 1e6),
+                        Some(_) => "overflow".into(),
+                        None => "-".into(),
+                    };
+                    format!(
+                        "count {}, mean {}, p50 <= {}, p99 <= {}",
+                        h.count,
+                        us(h.mean()),
+                        us(h.quantile_bound(0.5)),
+                        us(h.quantile_bound(0.99))
+                    )
+                }
+            };
+            println!("{}{labels} {value}", f.name);
+        }
+    }
+}
+
+// ----- the HTTPS client ----------------------------------------------------------------
+
+/// The URL's host, port and default server name.
+fn parse_url(url: &str) -> Result<(String, u16)> {
+    let rest = url.strip_prefix("https://").ok_or_else(|| {
+        anyhow!("--router {url:?}: write https://HOST:PORT (the management API is TLS only)")
+    })?;
+    let hostport = rest.trim_end_matches('/');
+    if hostport.contains('/') {
+        bail!("--router {url:?}: give only https://HOST:PORT, no path");
+    }
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+            h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            p.parse::<u16>()
+                .map_err(|_| anyhow!("--router {url:?}: {p:?} is not a port"))?,
+        ),
+        _ => bail!("--router {url:?}: give the port (the [management] listen port)"),
+    };
+    Ok((host, port))
+}
+
+fn client_tls(conn: &Conn) -> Result<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let bytes = std::fs::read(&conn.ca)
+        .with_context(|| format!("--ca: cannot read {}", conn.ca.display()))?;
+    for c in CertificateDer::pem_slice_iter(&bytes) {
+        let c = c.with_context(|| format!("--ca: bad PEM in {}", conn.ca.display()))?;
+        roots.add(c).with_context(|| {
+            format!("--ca: {} is not a usable CA certificate", conn.ca.display())
+        })?;
+    }
+    if roots.is_empty() {
+        bail!("--ca: no certificate in {}", conn.ca.display());
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3")?
+        .with_root_certificates(roots);
+    match (&conn.cert, &conn.key) {
+        (Some(cert), Some(key)) => {
+            let b = std::fs::read(cert)
+                .with_context(|| format!("--cert: cannot read {}", cert.display()))?;
+            let chain = CertificateDer::pem_slice_iter(&b)
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("--cert: bad PEM in {}", cert.display()))?;
+            if chain.is_empty() {
+                bail!("--cert: no certificate in {}", cert.display());
+            }
+            let b = std::fs::read(key)
+                .with_context(|| format!("--key: cannot read {}", key.display()))?;
+            let k = PrivateKeyDer::from_pem_slice(&b)
+                .with_context(|| format!("--key: no private key in {}", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, k)
+                .context("--cert and --key do not belong together")
+        }
+        (None, None) => Ok(builder.with_no_client_auth()),
+        _ => bail!("give both --cert and --key (from `pronto ca issue-peer`), or neither"),
+    }
+}
+
+/// Explains a failure of the connection, naming what to do.
+fn explain(e: &(dyn std::error::Error + 'static), conn: &Conn, name: &str) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<rustls::Error>() {
+            use rustls::AlertDescription as A;
+            use rustls::CertificateError as C;
+            return Some(match t {
+                rustls::Error::AlertReceived(A::CertificateRequired) => {
+                    "TLS handshake refused: the router requires a client certificate; pass --cert/--key from `pronto ca issue-peer`".to_owned()
+                }
+                rustls::Error::AlertReceived(
+                    A::BadCertificate | A::UnknownCA | A::CertificateUnknown | A::DecryptError,
+                ) => format!(
+                    "TLS handshake refused: the router does not trust our certificate ({t}); use a certificate from the router's trust domain (`pronto ca issue-peer --dir <its CA dir>`)"
+                ),
+                rustls::Error::AlertReceived(A::CertificateExpired) => {
+                    "TLS handshake refused: our certificate has expired; issue a new one with `pronto ca issue-peer`".to_owned()
+                }
+                rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => format!(
+                    "the router's certificate does not name {name:?}; pass --server-name with the router's name (its `name` in the configuration)"
+                ),
+                rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => format!(
+                    "the router's certificate does not chain to --ca {}; pass the CA of the router's trust domain",
+                    conn.ca.display()
+                ),
+                rustls::Error::InvalidCertificate(c) => {
+                    format!("the router's certificate is not acceptable: {c:?}")
+                }
+                other => format!("TLS failed: {other}"),
+            });
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(inner) = io.get_ref()
+                && let Some(s) = explain(inner, conn, name)
+            {
+                return Some(s);
+            }
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return Some(format!(
+                    "cannot connect to {}: connection refused; is the router running with a [management] section listening there?",
+                    conn.router
+                ));
+            }
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// One request; the answer's body on 2xx, else an error naming the router's
+/// message and hint.
+fn request(conn: &Conn, method: &str, path: &str, body: Vec<u8>) -> Result<String> {
+    let (host, port) = parse_url(&conn.router)?;
+    let name = conn.server_name.clone().unwrap_or_else(|| host.clone());
+    let server_name = ServerName::try_from(name.clone()).map_err(|_| {
+        anyhow!("{name:?} is not a server name; pass --server-name with the router's name")
+    })?;
+    let tls = Arc::new(client_tls(conn)?);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the client runtime")?;
+    let timeout = Duration::from_secs(conn.timeout_secs.max(1));
+    let fut = exchange(&host, port, server_name, tls, method, path, body);
+    let (status, text) = match rt.block_on(async { tokio::time::timeout(timeout, fut).await }) {
+        Err(_) => bail!(
+            "no answer from {} within {} s; is the management address right and reachable?",
+            conn.router,
+            timeout.as_secs()
+        ),
+        Ok(Err(e)) => {
+            let root: &(dyn std::error::Error + 'static) = e.as_ref();
+            match explain(root, conn, &name) {
+                Some(msg) => bail!("{msg}"),
+                None => return Err(anyhow!(e).context(format!("talking to {}", conn.router))),
+            }
+        }
+        Ok(Ok(x)) => x,
+    };
+    if (200..300).contains(&status) {
+        return Ok(text);
+    }
+    match serde_json::from_str::<ApiError>(&text) {
+        Ok(e) => bail!(
+            "router refused ({status} {}): {}\n  hint: {}",
+            e.error,
+            e.message,
+            e.hint
+        ),
+        Err(_) => bail!(
+            "router answered {status}: {}",
+            text.chars().take(500).collect::<String>()
+        ),
+    }
+}
+
+async fn exchange(
+    host: &str,
+    port: u16,
+    name: ServerName<'static>,
+    tls: Arc<rustls::ClientConfig>,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(u16, String), Box<dyn std::error::Error + Send + Sync>> {
+    let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await?;
+    let (mut send, connection) =
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream)).await?;
+    let driver = tokio::spawn(connection);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, host)
+        .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
+        .body(Full::new(Bytes::from(body)))?;
+    let resp = send.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let bytes = Limited::new(resp.into_body(), MAX_ANSWER)
+        .collect()
+        .await?
+        .to_bytes();
+    driver.abort();
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_need_https_a_host_and_a_port() {
+        assert_eq!(
+            parse_url("https://sys.lab:7900").unwrap(),
+            ("sys.lab".into(), 7900)
+        );
+        assert_eq!(
+            parse_url("https://10.0.0.1:7900/").unwrap(),
+            ("10.0.0.1".into(), 7900)
+        );
+        assert_eq!(
+            parse_url("https://[::1]:7900").unwrap(),
+            ("::1".into(), 7900)
+        );
+        assert!(
+            parse_url("http://sys.lab:7900")
+                .unwrap_err()
+                .to_string()
+                .contains("TLS only")
+        );
+        assert!(
+            parse_url("https://sys.lab")
+                .unwrap_err()
+                .to_string()
+                .contains("port")
+        );
+        assert!(parse_url("https://sys.lab:7900/v1").is_err());
+    }
+
+    #[test]
+    fn remote_module_ops_are_recognised_and_local_ones_are_not() {
+        let argv = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        assert!(is_remote_module_op(&argv(&[
+            "pronto", "module", "swap", "--router", "x"
+        ])));
+        assert!(!is_remote_module_op(&argv(&["pronto", "module", "sign"])));
+        assert!(!is_remote_module_op(&argv(&["pronto", "query", "swap"])));
+    }
+}
