@@ -580,6 +580,10 @@ impl SlrControl {
                 // A re-registration (new epoch): resync only if still acceptable.
                 self.spares.remove(&session);
                 self.same_level_registered(session, identity, level, role);
+                if !self.spares.contains_key(&session) {
+                    // Refused (or now a neighbour): stop mirroring to it.
+                    self.actions.push_back(SlrAction::SpareDown { session });
+                }
             }
             PeerEvent::PeerDown { reason } => {
                 debug!(%reason, "hot spare session down");

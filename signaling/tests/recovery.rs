@@ -886,6 +886,15 @@ fn unlisted_same_level_peers_and_spares_are_refused() {
             name: name(SPARE)
         }]
     );
+    // Re-registration (a restarted spare): reported again, for a full resync.
+    c.handle_event(
+        t,
+        SessionId(23),
+        registered(SPARE, Level::System, Role::Spare),
+        &mut e,
+    );
+    assert_eq!(c.recovery_stats().spares_registered, 2);
+    assert_eq!(actions(&mut c).len(), 1);
     c.handle_event(
         t,
         SessionId(23),
@@ -899,6 +908,33 @@ fn unlisted_same_level_peers_and_spares_are_refused() {
         vec![SlrAction::SpareDown {
             session: SessionId(23)
         }]
+    );
+    assert_eq!(c.spare_sessions().count(), 0);
+    // A spare whose re-registration no longer qualifies is closed and dropped.
+    c.add_downstream(SessionId(24), ip(A_ADDR), 0.0).unwrap();
+    c.handle_event(
+        t,
+        SessionId(24),
+        registered(SPARE, Level::System, Role::Spare),
+        &mut e,
+    );
+    actions(&mut c);
+    c.handle_event(
+        t,
+        SessionId(24),
+        registered(SPARE, Level::Site, Role::Spare),
+        &mut e,
+    );
+    assert_eq!(
+        actions(&mut c),
+        vec![
+            SlrAction::Close {
+                session: SessionId(24)
+            },
+            SlrAction::SpareDown {
+                session: SessionId(24)
+            }
+        ]
     );
 }
 
