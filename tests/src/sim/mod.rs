@@ -25,10 +25,12 @@
 //! nothing iterates a hash map to decide anything.
 
 mod policies;
+mod recovery;
 mod rng;
 mod topology;
 
 pub use policies::FlowHash;
+pub use recovery::{ADVERT_KEY_ID, AdvertSim, RecoveryCounters, SIM_EPOCH_UNIX_MS, advert_key};
 pub use rng::SplitMix64;
 pub use topology::{
     CaId, Delays, Hierarchy, HierarchySpec, HostSpec, SiteSpec, SystemSpec, TopologyError,
@@ -52,9 +54,9 @@ use router_core::time::Instant;
 use router_core::tunnel::{IpIpTunnel, Tunnel};
 use router_core::wire::{Ipv4Packet, TcpFlags, TcpPacket, ip_proto};
 use signaling::{
-    DownReason, Epoch, HostAgent, HostStats, LocalNode, NextHopTable, NodeName, Outgoing, Peer,
-    PeerAuth, PeerConfig, PeerEvent, PeerStats, Role, SessionId, SlrAction, SlrControl, SlrStats,
-    SubnetPrefix, TunnelObject, install_shortcut,
+    DownReason, Epoch, HostAgent, HostStats, LocalNode, MirrorConfig, NextHopTable, NodeName,
+    Outgoing, Peer, PeerAuth, PeerConfig, PeerEvent, PeerStats, RecoveryConfig, Role, SessionId,
+    SlrAction, SlrConfig, SlrControl, SlrStats, SubnetPrefix, TunnelObject, install_shortcut,
 };
 
 /// Payload bytes of a simulated data segment.
@@ -99,6 +101,13 @@ pub struct SimConfig {
     pub system_policy: Option<Arc<dyn Policy>>,
     /// Policy of site SLRs.
     pub site_policy: Option<Arc<dyn Policy>>,
+    /// Server flow advertisements (hosts watch progress; routers verify); off
+    /// when `None`.
+    pub adverts: Option<AdvertSim>,
+    /// Hot-spare mirroring of every primary with a spare.
+    pub mirror: MirrorConfig,
+    /// WHOHAS rate limits and bounds of every SLR.
+    pub recovery: RecoveryConfig,
 }
 
 impl Default for SimConfig {
@@ -126,6 +135,9 @@ impl Default for SimConfig {
             network_policy: None,
             system_policy: None,
             site_policy: None,
+            adverts: None,
+            mirror: MirrorConfig::default(),
+            recovery: RecoveryConfig::default(),
         }
     }
 }
@@ -192,10 +204,20 @@ pub struct ConnRecord {
     pub slr_handlings: u32,
     /// SLR engine passes per level (network, system, site).
     pub level_handlings: [u32; 3],
+    /// When an SLR of each level (network, system, site) first handled one of its
+    /// packets (the SYN pins the flow there: the flow's birth at that level).
+    pub first_handled: [Option<Instant>; 3],
     /// Packets that reached a host other than `server`.
     pub misrouted: u32,
     /// Its packets the tunnel entry router forwarded.
     pub entry_packets: u32,
+    /// Data segments the server received in order (its byte accounting: a
+    /// connection completed with correct data has `delivered == segments`).
+    pub delivered: u32,
+    /// Longest time between two steps of progress (handshake, an acknowledgement
+    /// advancing, the close) while the connection was open: its outage.
+    pub max_gap: Duration,
+    last_progress: Instant,
     acked: u32,
     sent: u32,
     tries: u32,
@@ -232,6 +254,14 @@ pub struct SimStats {
     pub entry_shortcuts_refused: u64,
     /// Embryonic flows unpinned because their next hop went down.
     pub embryonic_unpinned: u64,
+    /// Router and entry router restarts.
+    pub restarts: u64,
+    /// Echo requests clients answered.
+    pub echo_replies: u64,
+    /// Packets the entry routers handed to their SLR after losing a flow's state.
+    pub entry_recovered: u64,
+    /// Flow states an SLR re-created at one of its entry routers.
+    pub entry_recreated: u64,
 }
 
 /// Counters of a simulated host server.
@@ -314,6 +344,19 @@ struct SimPacket {
     slr_hops: u8,
 }
 
+impl ConnRecord {
+    fn progress(&mut self, now: Instant) {
+        self.max_gap = self.max_gap.max(now.saturating_since(self.last_progress));
+        self.last_progress = now;
+    }
+
+    /// Whether it completed with every segment delivered in order to the one
+    /// server that accepted it.
+    pub fn intact(&self) -> bool {
+        self.state == ConnState::Done && self.delivered == self.segments && self.misrouted == 0
+    }
+}
+
 impl SimPacket {
     fn data(&self) -> &[u8] {
         &self.buf[self.start..self.start + self.len]
@@ -353,6 +396,10 @@ enum Event {
     Open {
         conn: ConnId,
     },
+    Restart {
+        node: NodeId,
+    },
+    Recovery(recovery::RecoveryEvent),
 }
 
 #[derive(Debug)]
@@ -386,9 +433,17 @@ impl Ord for Scheduled {
 #[derive(Debug)]
 struct RouterNode {
     level: Level,
+    /// What it says it is in its Hello (a spare says `Role::Spare` until it takes
+    /// over).
+    role: Role,
     engine: Engine,
     control: SlrControl,
+    /// Kept to rebuild the control side on a restart.
+    slr_cfg: SlrConfig,
+    /// Tunnel endpoint of its engine (a spare's is its primary's).
+    local: Ipv4Addr,
     recover: u64,
+    rec: recovery::RouterRecovery,
 }
 
 #[derive(Debug)]
@@ -397,12 +452,15 @@ struct EntryNode {
     slr: NodeId,
     slr_addr: IpAddr,
     served: BTreeSet<SubnetPrefix>,
+    rec: recovery::EntryRecovery,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct HostConn {
     open: bool,
     received: u32,
+    /// When its last packet arrived (progress monitoring).
+    last_rx: Instant,
 }
 
 #[derive(Debug)]
@@ -412,12 +470,16 @@ struct HostNode {
     site_addr: IpAddr,
     conns: HashMap<FlowKey, HostConn>,
     stats: HostServerStats,
+    rec: recovery::HostRecovery,
 }
 
 #[derive(Debug, Default)]
 struct ClientNode {
     next_port: u16,
     by_port: HashMap<u16, ConnId>,
+    /// First hop of its packets to addresses no node has (VIPs): the first entry
+    /// router unless routing moved it.
+    via: Option<NodeId>,
 }
 
 #[derive(Debug)]
@@ -466,6 +528,9 @@ struct Session {
     lower: NodeId,
     upper_peer: Peer,
     lower_peer: Peer,
+    /// The (upper, lower) end's process restarted: its half of the session is
+    /// gone and nothing more reaches it.
+    reset: [bool; 2],
 }
 
 /// The simulator.
@@ -482,6 +547,11 @@ pub struct Sim {
     conns: Vec<ConnRecord>,
     entries: Vec<NodeId>,
     stats: SimStats,
+    rec: recovery::SimRecovery,
+}
+
+fn node_name(s: &str) -> Result<NodeName, TopologyError> {
+    NodeName::new(s).map_err(|_| TopologyError::BadName { name: s.to_owned() })
 }
 
 fn level_index(l: Level) -> usize {
@@ -618,6 +688,8 @@ impl Sim {
             Event::ProgramEntry { entry, obj } => self.program_entry(entry, obj),
             Event::ConnTimer { conn, generation } => self.on_conn_timer(conn, generation),
             Event::Open { conn } => self.client_open(conn),
+            Event::Restart { node } => self.on_restart(node),
+            Event::Recovery(ev) => self.on_recovery_event(ev),
         }
     }
 
@@ -658,7 +730,7 @@ impl Sim {
             Kind::Router(r) => LocalNode {
                 name: n.claimed.clone(),
                 level: r.level,
-                role: role_of(r.level),
+                role: r.role,
             },
             _ => HostAgent::local_node(n.claimed.clone()),
         }
@@ -720,6 +792,7 @@ impl Sim {
             lower,
             upper_peer,
             lower_peer,
+            reset: [false; 2],
         });
         self.node_mut(upper).sessions.push(s);
         self.node_mut(lower).sessions.push(s);
@@ -836,6 +909,9 @@ impl Sim {
 
     fn lower_event(&mut self, s: usize, ev: PeerEvent) {
         let node = self.sessions[s].lower;
+        let Some(ev) = self.link_event(s, node, ev) else {
+            return;
+        };
         let now = self.now;
         let registered = matches!(ev, PeerEvent::Registered { .. });
         let down = matches!(ev, PeerEvent::PeerDown { .. });
@@ -877,7 +953,7 @@ impl Sim {
         } else {
             self.sessions[s].lower
         };
-        if !self.node(node).alive {
+        if !self.node(node).alive || self.sessions[s].reset[usize::from(!to_upper)] {
             return;
         }
         let now = self.now;
@@ -888,6 +964,7 @@ impl Sim {
             &mut sess.lower_peer
         };
         peer.handle_input(now, bytes);
+        self.heard_on(s, node);
         self.pump(s);
     }
 
@@ -897,7 +974,7 @@ impl Sim {
         } else {
             self.sessions[s].lower
         };
-        if !self.node(node).alive {
+        if !self.node(node).alive || self.sessions[s].reset[usize::from(!to_upper)] {
             return;
         }
         let sess = &mut self.sessions[s];
@@ -933,6 +1010,7 @@ impl Sim {
             let Some(action) = action else { break };
             match action {
                 SlrAction::Send { session, message } => {
+                    self.tap_send(node, session.0 as usize, &message);
                     self.send_on(session.0 as usize, node, message);
                 }
                 SlrAction::Close { session } => {
@@ -959,7 +1037,7 @@ impl Sim {
                         self.schedule(at, Event::ProgramEntry { entry, obj });
                     }
                 }
-                _ => {}
+                other => self.recovery_action(node, other),
             }
         }
     }
@@ -1041,6 +1119,7 @@ impl Sim {
 
     fn reschedule(&mut self, id: NodeId) {
         let now = self.now;
+        let recovery = self.recovery_timeout(id);
         let n = self.node(id);
         if !n.alive {
             return;
@@ -1065,6 +1144,7 @@ impl Sim {
             Kind::Host(h) => earliest(h.agent.poll_timeout()),
             _ => {}
         }
+        earliest(recovery);
         let Some(t) = t else { return };
         // Never in the past: a timer that stays due must not spin the loop.
         let t = t.max(now + Duration::from_micros(1));
@@ -1102,6 +1182,7 @@ impl Sim {
             _ => {}
         }
         self.drain_actions(id);
+        self.recovery_wake(id);
         if sync {
             self.sync_entries(id);
         }
@@ -1119,9 +1200,14 @@ impl Sim {
         let to = match self.by_addr.get(&dst) {
             Some(&n) => n,
             None if matches!(self.node(from).kind, Kind::Client(_)) => {
-                // VIPs are announced by the tunnel entry routers (anycast).
-                match self.entries.first() {
-                    Some(&e) => e,
+                // VIPs are announced by the tunnel entry routers (anycast), unless
+                // routing moved this client's path elsewhere.
+                let via = match &self.node(from).kind {
+                    Kind::Client(c) => c.via,
+                    _ => None,
+                };
+                match via.or_else(|| self.entries.first().copied()) {
+                    Some(e) => e,
                     None => {
                         self.stats.unroutable += 1;
                         return;
@@ -1156,6 +1242,7 @@ impl Sim {
 
     fn router_packet(&mut self, id: NodeId, mut pkt: SimPacket) {
         let now = self.now;
+        let from_entry = self.sent_by_entry_of(id, &pkt);
         let Kind::Router(r) = &mut self.nodes[id.0 as usize].kind else {
             return;
         };
@@ -1168,12 +1255,15 @@ impl Sim {
         pkt.len = pb.len();
         let level = r.level;
         let mut pinned = None;
+        let mut new_flow = None;
         if let Verdict::Forward { next_hop, .. } = v
-            && level == Level::Site
             && r.engine.counters().forwarded_new > before
             && let Some(key) = inner_key(pkt.data())
         {
-            pinned = Some((key, next_hop));
+            new_flow = Some(key);
+            if level == Level::Site {
+                pinned = Some((key, next_hop));
+            }
         }
         if let Verdict::Recover { .. } = v {
             r.recover += 1;
@@ -1188,15 +1278,26 @@ impl Sim {
             }
             rec.slr_handlings += 1;
             rec.level_handlings[level_index(level)] += 1;
+            rec.first_handled[level_index(level)].get_or_insert(now);
         }
         pkt.slr_hops = pkt.slr_hops.saturating_add(1);
         self.drain_actions(id);
+        if let Some(key) = new_flow {
+            self.mirror_new_flow(id, key);
+        }
         match v {
-            Verdict::Forward { next_hop, .. } => self.send_packet(id, next_hop, pkt),
+            Verdict::Forward { next_hop, .. } => {
+                if let Some(entry) = from_entry {
+                    self.recreate_at_entry(id, entry, &pkt, next_hop);
+                }
+                self.send_packet(id, next_hop, pkt);
+            }
             Verdict::Reply { to } => {
                 pkt.conn = None;
                 self.send_packet(id, to, pkt);
             }
+            Verdict::Recover { key } => self.router_recover(id, key, pkt),
+            Verdict::Advert => self.router_advert(id, pkt),
             _ => {}
         }
     }
@@ -1221,6 +1322,8 @@ impl Sim {
                 pkt.conn = None;
                 self.send_packet(id, to, pkt);
             }
+            Verdict::Recover { .. } => self.entry_recover(id, pkt),
+            Verdict::Advert => self.router_advert(id, pkt),
             _ => {}
         }
     }
@@ -1263,6 +1366,8 @@ impl Sim {
         };
         let is_syn = seg.flags.syn() && !seg.flags.ack();
         let mut reply: Option<(TcpFlags, u32)> = None;
+        let mut received = None;
+        let now = self.now;
         match h.conns.get_mut(&key) {
             None if is_syn => {
                 h.conns.insert(
@@ -1270,6 +1375,7 @@ impl Sim {
                     HostConn {
                         open: true,
                         received: 0,
+                        last_rx: now,
                     },
                 );
                 h.stats.accepted += 1;
@@ -1283,6 +1389,8 @@ impl Sim {
                 reply = Some((RST, 0));
             }
             Some(c) => {
+                c.last_rx = now;
+                received = Some(c.received);
                 if is_syn {
                     reply = Some((SYN_ACK, 0));
                 } else if seg.flags.fin() {
@@ -1295,6 +1403,7 @@ impl Sim {
                 } else if seg.payload > 0 {
                     if seg.seq == c.received + 1 {
                         c.received += 1;
+                        received = Some(c.received);
                     }
                     reply = Some((ACK, c.received));
                 }
@@ -1305,7 +1414,8 @@ impl Sim {
             match rec.server {
                 None if is_syn => rec.server = Some(id),
                 Some(s) if s != id => rec.misrouted += 1,
-                _ => {}
+                Some(_) => rec.delivered = received.unwrap_or(rec.delivered),
+                None => {}
             }
         }
         if let Some((flags, seq)) = reply
@@ -1363,8 +1473,12 @@ impl Sim {
             slr_packets: 0,
             slr_handlings: 0,
             level_handlings: [0; 3],
+            first_handled: [None; 3],
             misrouted: 0,
             entry_packets: 0,
+            delivered: 0,
+            max_gap: Duration::ZERO,
+            last_progress: at,
             acked: 0,
             sent: 0,
             tries: 0,
@@ -1415,6 +1529,7 @@ impl Sim {
         let rec = &mut self.conns[conn.0 as usize];
         rec.state = ConnState::SynSent;
         rec.opened_at = self.now;
+        rec.last_progress = self.now;
         self.client_send(conn, SYN, 0, 0);
         let rto = self.rto(conn);
         self.arm(conn, TimerKind::Rto, rto);
@@ -1475,9 +1590,13 @@ impl Sim {
     }
 
     fn client_packet(&mut self, pkt: SimPacket) {
+        if self.client_echo(&pkt) {
+            return;
+        }
         let Some(seg) = parse_segment(pkt.data()) else {
             return;
         };
+        let now = self.now;
         let Some(&client) = self.by_addr.get(&IpAddr::V4(*seg.dst.ip())) else {
             return;
         };
@@ -1502,6 +1621,7 @@ impl Sim {
         }
         match rec.state {
             ConnState::SynSent if seg.flags.syn() && seg.flags.ack() => {
+                rec.progress(now);
                 rec.state = ConnState::Open;
                 rec.tries = 0;
                 let (n, think) = (rec.segments, rec.think);
@@ -1525,6 +1645,7 @@ impl Sim {
                 }
                 rec.acked = seg.seq.min(rec.sent);
                 rec.tries = 0;
+                rec.progress(now);
                 let (acked, sent, n, think) = (rec.acked, rec.sent, rec.segments, rec.think);
                 if acked >= n {
                     self.conns[conn.0 as usize].state = ConnState::FinSent;
@@ -1539,6 +1660,7 @@ impl Sim {
                 }
             }
             ConnState::FinSent if seg.flags.fin() => {
+                rec.progress(now);
                 rec.state = ConnState::Done;
                 rec.finished_at = Some(self.now);
                 rec.generation += 1;

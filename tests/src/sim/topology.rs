@@ -18,11 +18,12 @@ use signaling::{
     HostAgent, HostConfig, HostError, NodeName, SlrConfig, SlrControl, SubnetPrefix, TableConfig,
 };
 
-use super::Sim;
+use super::recovery::{HostRecovery, RouterRecovery, SimRecovery};
 use super::{
     ClientNode, EntryNode, Event, HostNode, HostServerStats, Kind, Node, NodeId, RouterNode,
-    SimCert, SimConfig, SimStats, SplitMix64, UpLink,
+    SimCert, SimConfig, SimStats, SplitMix64, UpLink, role_of,
 };
+use super::{Sim, node_name};
 
 /// A certificate authority of the modelled PKI. Every node trusts `CaId(0)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -200,10 +201,6 @@ pub enum TopologyError {
     },
 }
 
-fn node_name(s: &str) -> Result<NodeName, TopologyError> {
-    NodeName::new(s).map_err(|_| TopologyError::BadName { name: s.to_owned() })
-}
-
 fn octet(i: usize, limit: usize, what: &'static str) -> Result<u8, TopologyError> {
     if i >= limit {
         return Err(TopologyError::TooMany { what });
@@ -211,16 +208,16 @@ fn octet(i: usize, limit: usize, what: &'static str) -> Result<u8, TopologyError
     u8::try_from(i + 1).map_err(|_| TopologyError::TooMany { what })
 }
 
-struct NewNode {
-    name: NodeName,
-    claimed: NodeName,
-    addr: Ipv4Addr,
-    parent: Option<NodeId>,
-    uplink: Duration,
-    issuer: CaId,
-    trust: Vec<CaId>,
-    up: Option<(NodeId, f64)>,
-    kind: Kind,
+pub(super) struct NewNode {
+    pub(super) name: NodeName,
+    pub(super) claimed: NodeName,
+    pub(super) addr: Ipv4Addr,
+    pub(super) parent: Option<NodeId>,
+    pub(super) uplink: Duration,
+    pub(super) issuer: CaId,
+    pub(super) trust: Vec<CaId>,
+    pub(super) up: Option<(NodeId, f64)>,
+    pub(super) kind: Kind,
 }
 
 impl Sim {
@@ -239,6 +236,7 @@ impl Sim {
             conns: Vec::new(),
             entries: Vec::new(),
             stats: SimStats::default(),
+            rec: SimRecovery::default(),
         };
         let d = spec.delays;
         let net_addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -268,6 +266,7 @@ impl Sim {
                 slr: network,
                 slr_addr: IpAddr::V4(net_addr),
                 served: BTreeSet::new(),
+                rec: Default::default(),
             })),
         });
         sim.entries.push(entry);
@@ -333,6 +332,7 @@ impl Sim {
                             site_addr: IpAddr::V4(site_addr),
                             conns: HashMap::new(),
                             stats: HostServerStats::default(),
+                            rec: HostRecovery::default(),
                         })),
                     });
                     hosts.push(id);
@@ -363,6 +363,7 @@ impl Sim {
             });
             h.clients.push(id);
         }
+        sim.init_recovery();
         for i in 0..sim.nodes.len() {
             let id = NodeId(i as u32);
             if sim.nodes[i].up.is_some() {
@@ -373,7 +374,7 @@ impl Sim {
         Ok((sim, h))
     }
 
-    fn engine(&self, level: Level, addr: Ipv4Addr, capacity: usize) -> Engine {
+    pub(super) fn engine(&self, level: Level, addr: Ipv4Addr, capacity: usize) -> Engine {
         Engine::new(EngineConfig {
             level,
             local_v4: Some(addr),
@@ -402,24 +403,8 @@ impl Sim {
         issuer: CaId,
         claimed: Option<&str>,
     ) -> Result<NodeId, TopologyError> {
-        let mut engine = self.engine(level, addr, self.cfg.flow_capacity);
-        let mut slr = SlrConfig::new(level);
-        slr.table = TableConfig {
-            interval: self.cfg.table_interval,
-            hold_time: self.cfg.hold_time,
-            ..TableConfig::default()
-        };
-        slr.shortcuts = self.cfg.shortcuts && level == Level::Site;
-        slr.entry_routers = level == Level::Network;
-        let mut control = SlrControl::new(slr, self.cfg.cost.clone(), Instant::ZERO);
-        let policy = match level {
-            Level::Network => self.cfg.network_policy.clone(),
-            Level::System => self.cfg.system_policy.clone(),
-            Level::Site => self.cfg.site_policy.clone(),
-        };
-        if let Some(p) = policy {
-            control.set_policy(p, &mut engine);
-        }
+        let slr = self.slr_config(level);
+        let (engine, control) = self.router_state(level, addr, &slr);
         let name = node_name(name)?;
         let claimed = match claimed {
             Some(c) => node_name(c)?,
@@ -436,14 +421,52 @@ impl Sim {
             up,
             kind: Kind::Router(Box::new(RouterNode {
                 level,
+                role: role_of(level),
                 engine,
                 control,
+                slr_cfg: slr,
+                local: addr,
                 recover: 0,
+                rec: RouterRecovery::default(),
             })),
         }))
     }
 
-    fn add_node(&mut self, n: NewNode) -> NodeId {
+    /// The control configuration of an SLR at `level`.
+    pub(super) fn slr_config(&self, level: Level) -> SlrConfig {
+        let mut slr = SlrConfig::new(level);
+        slr.table = TableConfig {
+            interval: self.cfg.table_interval,
+            hold_time: self.cfg.hold_time,
+            ..TableConfig::default()
+        };
+        slr.shortcuts = self.cfg.shortcuts && level == Level::Site;
+        slr.entry_routers = level == Level::Network;
+        slr.recovery = self.cfg.recovery;
+        slr
+    }
+
+    /// A fresh engine and control side (at build time, and after a restart).
+    pub(super) fn router_state(
+        &self,
+        level: Level,
+        addr: Ipv4Addr,
+        slr: &SlrConfig,
+    ) -> (Engine, SlrControl) {
+        let mut engine = self.engine(level, addr, self.cfg.flow_capacity);
+        let mut control = SlrControl::new(*slr, self.cfg.cost.clone(), self.now);
+        let policy = match level {
+            Level::Network => self.cfg.network_policy.clone(),
+            Level::System => self.cfg.system_policy.clone(),
+            Level::Site => self.cfg.site_policy.clone(),
+        };
+        if let Some(p) = policy {
+            control.set_policy(p, &mut engine);
+        }
+        (engine, control)
+    }
+
+    pub(super) fn add_node(&mut self, n: NewNode) -> NodeId {
         let id = NodeId(self.nodes.len() as u32);
         self.by_addr.insert(IpAddr::V4(n.addr), id);
         let backoff = self.cfg.reconnect_backoff;
