@@ -1559,3 +1559,83 @@ fn failover_monitor_fires_once_and_only_when_armed() {
     assert_eq!(m.handle_timeout(Instant::from_secs(60)), None);
     assert_eq!(m.poll_timeout(), None);
 }
+
+#[derive(Debug, Clone)]
+enum MirrorOp {
+    Pin(u16, usize),
+    Unpin(u16),
+    /// A removal the shell does not report (e.g. an idle timeout): only a scan
+    /// finds it.
+    Expire(u16),
+    Scan,
+    Tick,
+    Reregister,
+}
+
+fn mirror_op() -> impl Strategy<Value = MirrorOp> {
+    prop_oneof![
+        4 => (0u16..40, 0usize..3).prop_map(|(p, h)| MirrorOp::Pin(p, h)),
+        2 => (0u16..40).prop_map(MirrorOp::Unpin),
+        1 => (0u16..40).prop_map(MirrorOp::Expire),
+        2 => Just(MirrorOp::Scan),
+        3 => Just(MirrorOp::Tick),
+        1 => Just(MirrorOp::Reregister),
+    ]
+}
+
+proptest! {
+    /// Whatever the primary does (pins, re-pins, removals reported or not,
+    /// re-registrations of the spare mid-stream), once a scan is sent the
+    /// spare holds exactly the primary's flows with the same next hops.
+    #[test]
+    fn mirror_converges(ops in proptest::collection::vec(mirror_op(), 1..120)) {
+        let cfg = MirrorConfig {
+            max_batches_per_tick: 1,
+            ..MirrorConfig::default()
+        };
+        let (mut tx, mut rx, mut p, mut s) = spare_pair(cfg);
+        let hops = [SERVER, SITE_ADDR, A_ADDR];
+        let mut now = Instant::from_secs(1);
+        tx.spare_registered(SessionId(1), now);
+        rx.primary_registered(now);
+        for op in ops {
+            now = now + Duration::from_millis(7);
+            match op {
+                MirrorOp::Pin(port, h) => {
+                    let e = entry(key(port), hops[h], now);
+                    p.install_flow(&e, now).unwrap();
+                    tx.flow_pinned(&e, now);
+                }
+                MirrorOp::Unpin(port) => {
+                    p.remove_flow(&key(port), now);
+                    tx.flow_removed(&key(port), now);
+                }
+                MirrorOp::Expire(port) => {
+                    p.remove_flow(&key(port), now);
+                }
+                MirrorOp::Scan => tx.scan(now, p.flows().export(now).collect::<Vec<_>>()),
+                MirrorOp::Tick => {
+                    now = now + cfg.interval;
+                    flush(&mut tx, &mut rx, &mut s, now);
+                }
+                MirrorOp::Reregister => {
+                    rx.primary_registered(now);
+                    tx.spare_registered(SessionId(1), now);
+                }
+            }
+        }
+        tx.scan(now, p.flows().export(now).collect::<Vec<_>>());
+        for _ in 0..100 {
+            now = now + cfg.interval;
+            if flush(&mut tx, &mut rx, &mut s, now).is_empty() {
+                break;
+            }
+        }
+        prop_assert!(!rx.in_resync());
+        let primary: BTreeMap<FlowKey, IpAddr> =
+            p.flows().export(now).map(|e| (e.key, e.next_hop)).collect();
+        let spare: BTreeMap<FlowKey, IpAddr> =
+            s.flows().export(now).map(|e| (e.key, e.next_hop)).collect();
+        prop_assert_eq!(primary, spare);
+    }
+}

@@ -183,6 +183,8 @@ impl MirrorSender {
         self.sent.clear();
         self.queue.clear();
         self.changes.clear();
+        // Deltas not yet taken by the shell are superseded by the resync.
+        self.out.clear();
         self.queue.push_back(Item::Marker);
         self.resync_open = true;
         // Send the opening marker promptly.
