@@ -1,15 +1,18 @@
 //! Namespace test of the host agent's server flow advertisements (DESIGN.md §5,
-//! issue 7): a real `pronto host run` serves a VIP, a real TCP download from it
+//! issue 7): a real `pronto host run` serves VIPs, a real TCP download from one
 //! stops getting ACKs, and the agent must send an authenticated echo request from
-//! the VIP to the client naming the flow and this host.
+//! the VIP to the client naming the flow and this host. IPv4 and IPv6.
 //!
-//! Two namespaces joined by a veth: `srv` (the host agent, VIP 192.200.0.0/24
-//! local through its tunnel endpoint, address 10.98.0.1) and `cli` (the client,
-//! 10.98.0.2, route to the VIPs via the server). The lost flow state of a router
-//! is modelled on the client side: a blackhole route for the VIP swallows the
-//! client's ACKs (and its echo replies), exactly what the server sees when a
-//! router on the path no longer forwards the flow. No site router runs: the agent
-//! keeps retrying its registration, which does not affect advertisements.
+//! Two namespaces joined by a veth: `srv` (the host agent; VIPs 192.200.0.0/24
+//! and 2001:db8:c8::/64 local through its tunnel endpoint; addresses 10.98.0.1
+//! and fd98::1) and `cli` (the client, 10.98.0.2 and fd98::2, routes to the VIPs
+//! via the server). The lost flow state of a router is modelled on the client
+//! side: a blackhole route for the VIP swallows the client's ACKs (and its echo
+//! replies), exactly what the server sees when a router on the path no longer
+//! forwards the flow. No site router runs: the agent keeps retrying its
+//! registration, which does not affect advertisements. The IPv4 server address
+//! is the agent's default (its address toward the site router), the IPv6 one is
+//! configured.
 //!
 //! Root-package test (`cargo test -p pronto --test host_adverts`). Needs root and
 //! `ip`: prints SKIP otherwise, and fails when CI=true.
@@ -20,7 +23,7 @@
 )]
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -28,14 +31,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use router_core::classify::FlowKey;
 use router_core::linux::in_netns;
 use router_core::wire::flowad::{ECHO_PREFIX_LEN, FlowAdvert};
-use router_core::wire::{Icmpv4Packet, Ipv4Packet, icmpv4_type, ip_proto};
+use router_core::wire::{
+    Icmpv4Packet, Icmpv6Packet, Ipv4Packet, Ipv6Packet, icmpv4_type, icmpv6_type, ip_proto,
+};
 use signaling::{AdvertAuth, AdvertAuthConfig, AdvertKey};
 use socket2::{Domain, Protocol, Socket, Type};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 200, 0, 10);
-const PORT: u16 = 8080;
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 1);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 2);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc8, 0, 0, 0, 0, 0x10);
+const SERVER6: Ipv6Addr = Ipv6Addr::new(0xfd98, 0, 0, 0, 0, 0, 0, 1);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd98, 0, 0, 0, 0, 0, 0, 2);
 const SECRET: [u8; 32] = [0x5a; 32];
 /// Bytes of the download.
 const TOTAL: usize = 3 << 20;
@@ -112,20 +119,16 @@ impl Setup {
         ip(&["link", "add", &vs, "type", "veth", "peer", "name", &vc]);
         ip(&["link", "set", &vs, "netns", &srv]);
         ip(&["link", "set", &vc, "netns", &cli]);
-        for (ns, dev, addr) in [(&srv, &vs, SERVER), (&cli, &vc, CLIENT)] {
+        for (ns, dev, addr, addr6) in [(&srv, &vs, SERVER, SERVER6), (&cli, &vc, CLIENT, CLIENT6)] {
             ip(&["-n", ns, "link", "set", "lo", "up"]);
             ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev]);
+            let a6 = format!("{addr6}/64");
+            ip(&["-n", ns, "addr", "add", &a6, "dev", dev, "nodad"]);
             ip(&["-n", ns, "link", "set", dev, "up"]);
         }
-        ip(&[
-            "-n",
-            &cli,
-            "route",
-            "add",
-            "192.200.0.0/24",
-            "via",
-            &SERVER.to_string(),
-        ]);
+        let (via, via6) = (SERVER.to_string(), SERVER6.to_string());
+        ip(&["-n", &cli, "route", "add", "192.200.0.0/24", "via", &via]);
+        ip(&["-n", &cli, "route", "add", "2001:db8:c8::/64", "via", &via6]);
         s
     }
 
@@ -152,13 +155,14 @@ impl Setup {
         std::fs::write(
             &config,
             format!(
-                "name = \"h1.lab\"\nsubnets = [\"192.200.0.0/24\"]\n\n\
+                "name = \"h1.lab\"\nsubnets = [\"192.200.0.0/24\", \"2001:db8:c8::/64\"]\n\n\
                  [site]\naddress = \"{CLIENT}:7800\"\nname = \"site.lab\"\nreconnect_ms = 1000\n\n\
                  [tls]\ntrust_anchors = [{:?}]\ncert = {:?}\nkey = {:?}\n\n\
                  [tunnel]\ntun_name = \"ha-tun0\"\n\n\
                  [stats]\nfile = {stats:?}\ninterval_ms = 100\n\n\
                  [recovery]\nadvert_keys = {keys:?}\nkey_id = 1\nstall_after_ms = 500\n\
-                 readvertise_after_ms = 1000\nscan_interval_ms = 100\n",
+                 readvertise_after_ms = 1000\nscan_interval_ms = 100\n\
+                 server_addresses = [\"{SERVER6}\"]\n",
                 ca.join("ca.pem"),
                 ca.join("peer-h1.lab.pem"),
                 ca.join("peer-h1.lab.key"),
@@ -245,23 +249,90 @@ fn unix_ms() -> u64 {
     .unwrap()
 }
 
-/// Every echo request from the VIP the capture socket holds, as received.
-fn echo_requests_from_vip(cap: &Socket) -> Vec<Vec<u8>> {
+/// One address family's case.
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    vip: IpAddr,
+    client: IpAddr,
+    server: IpAddr,
+    port: u16,
+}
+
+impl Case {
+    fn blackhole(&self) -> String {
+        match self.vip {
+            IpAddr::V4(a) => format!("{a}/32"),
+            IpAddr::V6(a) => format!("{a}/128"),
+        }
+    }
+}
+
+/// What one case measured.
+#[derive(Debug)]
+struct Figures {
+    first_advert: Duration,
+    captured: usize,
+    completed_after_restore: Duration,
+}
+
+/// A capture socket in the client namespace: every IP packet of `case`'s family
+/// on any interface there (AF_PACKET, cooked: IP header first).
+fn capture(cli: &str, case: Case) -> Socket {
+    let ethertype: u16 = if case.vip.is_ipv4() { 0x0800 } else { 0x86dd };
+    in_netns(cli, || {
+        let s = Socket::new(
+            Domain::PACKET,
+            Type::DGRAM,
+            Some(Protocol::from(i32::from(ethertype.to_be()))),
+        )
+        .unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        s
+    })
+    .unwrap()
+}
+
+/// The echo requests from the VIP the capture socket holds, with the offset of
+/// their echo data.
+fn echo_requests_from_vip(cap: &Socket, case: Case) -> Vec<(Vec<u8>, usize)> {
     let mut out = Vec::new();
     let mut buf = [0u8; 2048];
     while let Ok(n) = (&*cap).read(&mut buf) {
         let pkt = &buf[..n];
-        let Ok(ip4) = Ipv4Packet::new_checked(pkt) else {
-            continue;
+        let data = match case.vip {
+            IpAddr::V4(vip) => {
+                let Ok(ip4) = Ipv4Packet::new_checked(pkt) else {
+                    continue;
+                };
+                let l4 = &pkt[ip4.header_len()..];
+                let ok = ip4.src_addr() == vip
+                    && ip4.protocol() == ip_proto::ICMP
+                    && ip4.verify_checksum()
+                    && Icmpv4Packet::new_checked(l4).is_ok_and(|i| {
+                        i.msg_type() == icmpv4_type::ECHO_REQUEST && i.verify_checksum()
+                    });
+                ok.then_some(ip4.header_len() + 8)
+            }
+            IpAddr::V6(vip) => {
+                let Ok(ip6) = Ipv6Packet::new_checked(pkt) else {
+                    continue;
+                };
+                let IpAddr::V6(client) = case.client else {
+                    continue;
+                };
+                let ok = ip6.src_addr() == vip
+                    && ip6.dst_addr() == client
+                    && ip6.next_header() == ip_proto::ICMPV6
+                    && Icmpv6Packet::new_checked(&pkt[40..]).is_ok_and(|i| {
+                        i.msg_type() == icmpv6_type::ECHO_REQUEST
+                            && i.verify_checksum(&vip, &client)
+                    });
+                ok.then_some(40 + 8)
+            }
         };
-        if ip4.src_addr() != VIP || ip4.protocol() != ip_proto::ICMP {
-            continue;
-        }
-        let Ok(icmp) = Icmpv4Packet::new_checked(&pkt[ip4.header_len()..]) else {
-            continue;
-        };
-        if icmp.msg_type() == icmpv4_type::ECHO_REQUEST {
-            out.push(pkt.to_vec());
+        if let Some(at) = data {
+            out.push((pkt.to_vec(), at));
         }
     }
     out
@@ -283,41 +354,30 @@ fn serve(listener: &TcpListener) {
     }
 }
 
-#[test]
-fn a_download_without_acks_gets_an_authenticated_flow_advertisement() {
-    if !root_or_skip("a_download_without_acks_gets_an_authenticated_flow_advertisement") {
-        return;
-    }
-    let mut setup = Setup::new();
-    let stats = setup.start_agent();
-    let (srv, cli) = (setup.srv(), setup.cli());
-    // The tunnel endpoint makes the VIPs local; then the server can bind one.
-    let listener = wait_for("the VIP to become local", Duration::from_secs(10), || {
-        in_netns(&srv, || {
-            TcpListener::bind(SocketAddrV4::new(VIP, PORT)).ok()
-        })
-        .unwrap()
-    });
-    wait_for("the agent's first scan", Duration::from_secs(10), || {
-        (stats_int(&stats, "scans") > 0).then_some(())
-    });
-    let server = std::thread::spawn(move || serve(&listener));
-    // A second, idle connection on the VIP: open, nothing outstanding, so never
-    // stalled and never advertised.
-    let idle_listener = in_netns(&srv, || TcpListener::bind(SocketAddrV4::new(VIP, PORT + 1)))
-        .unwrap()
-        .unwrap();
+/// Listen on `port` of every address: the VIPs are local through a `local`
+/// route, which IPv6 does not let a socket bind to by address.
+fn listen(srv: &str, v6: bool, port: u16) -> TcpListener {
+    let any: SocketAddr = if v6 {
+        (Ipv6Addr::UNSPECIFIED, port).into()
+    } else {
+        (Ipv4Addr::UNSPECIFIED, port).into()
+    };
+    in_netns(srv, || TcpListener::bind(any)).unwrap().unwrap()
+}
 
-    let cap = in_netns(&cli, || {
-        let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        s
-    })
-    .unwrap();
+/// A download from `case.vip` whose ACKs stop after 256 KiB: the agent must
+/// advertise exactly that flow, with a MAC the routers accept, and the download
+/// completes intact once the path is back. An idle connection beside it is
+/// never advertised.
+fn stalled_download(setup: &Setup, stats: &Path, case: Case) -> Figures {
+    let (srv, cli) = (setup.srv(), setup.cli());
+    let listener = listen(&srv, case.vip.is_ipv6(), case.port);
+    let server = std::thread::spawn(move || serve(&listener));
+    let idle_listener = listen(&srv, case.vip.is_ipv6(), case.port + 1);
+    let cap = capture(&cli, case);
     let (mut stream, idle) = in_netns(&cli, || {
-        let d = SocketAddr::from((VIP, PORT));
-        let idle = SocketAddr::from((VIP, PORT + 1));
+        let d = SocketAddr::new(case.vip, case.port);
+        let idle = SocketAddr::new(case.vip, case.port + 1);
         (
             TcpStream::connect_timeout(&d, Duration::from_secs(5)).unwrap(),
             TcpStream::connect_timeout(&idle, Duration::from_secs(5)).unwrap(),
@@ -333,7 +393,7 @@ fn a_download_without_acks_gets_an_authenticated_flow_advertisement() {
     stream.read_exact(&mut got).unwrap();
 
     // The path loses the flow: the client's ACKs no longer reach the server.
-    let blackhole = format!("{VIP}/32");
+    let blackhole = case.blackhole();
     ip(&["-n", &cli, "route", "add", "blackhole", &blackhole]);
     let lost_at = Instant::now();
     let reader = std::thread::spawn(move || {
@@ -344,37 +404,37 @@ fn a_download_without_acks_gets_an_authenticated_flow_advertisement() {
 
     let expect_key = FlowKey {
         proto: ip_proto::TCP,
-        src: IpAddr::V4(CLIENT),
+        src: case.client,
         src_port: client_port,
-        dst: IpAddr::V4(VIP),
-        dst_port: PORT,
+        dst: case.vip,
+        dst_port: case.port,
     };
+    let mut adverts = Vec::new();
+    let first_advert = wait_for("a flow advertisement", Duration::from_secs(15), || {
+        adverts.extend(echo_requests_from_vip(&cap, case));
+        (!adverts.is_empty()).then(|| lost_at.elapsed())
+    });
+    // The agent sees both connections on the VIP, and only one stalled.
+    wait_for("both connections in a scan", Duration::from_secs(2), || {
+        (stats_int(stats, "connections") >= 2 && stats_int(stats, "stalled_now") == 1).then_some(())
+    });
+    // Give a re-advertisement the chance to show up, then restore the path.
+    std::thread::sleep(Duration::from_millis(1200));
+    adverts.extend(echo_requests_from_vip(&cap, case));
+    ip(&["-n", &cli, "route", "del", "blackhole", &blackhole]);
+    let restored_at = Instant::now();
+
     let mut routers = AdvertAuth::new(
         vec![AdvertKey::new(1, &SECRET).unwrap()],
         AdvertAuthConfig::default(),
     );
-    let mut adverts = Vec::new();
-    let first = wait_for("a flow advertisement", Duration::from_secs(15), || {
-        adverts.extend(echo_requests_from_vip(&cap));
-        (!adverts.is_empty()).then(|| lost_at.elapsed())
-    });
-    // Give a re-advertisement the chance to show up, then restore the path.
-    std::thread::sleep(Duration::from_millis(1200));
-    adverts.extend(echo_requests_from_vip(&cap));
-    ip(&["-n", &cli, "route", "del", "blackhole", &blackhole]);
-    let restored_at = Instant::now();
-
-    for pkt in &adverts {
-        let ip4 = Ipv4Packet::new_checked(&pkt[..]).unwrap();
-        assert_eq!((ip4.src_addr(), ip4.dst_addr()), (VIP, CLIENT));
-        assert!(ip4.verify_checksum());
-        let at = ip4.header_len() + 8 + ECHO_PREFIX_LEN;
-        let adv = FlowAdvert::new_checked(&pkt[at..]).unwrap();
+    for (pkt, at) in &adverts {
+        let adv = FlowAdvert::new_checked(&pkt[at + ECHO_PREFIX_LEN..]).unwrap();
         // Exactly the stalled flow, naming this host's tunnel address and the
         // VIP port, with a MAC the trust domain's routers accept.
         let f = routers.verify(&adv, unix_ms()).unwrap();
         assert_eq!(f.key, expect_key);
-        assert_eq!(f.server, SocketAddr::from((SERVER, PORT)));
+        assert_eq!(f.server, SocketAddr::new(case.server, case.port));
         assert_eq!(f.key_id, 1);
     }
     // A router with another key refuses it.
@@ -382,19 +442,13 @@ fn a_download_without_acks_gets_an_authenticated_flow_advertisement() {
         vec![AdvertKey::new(1, &[0xa5; 32]).unwrap()],
         AdvertAuthConfig::default(),
     );
-    let at = 20 + 8 + ECHO_PREFIX_LEN;
-    assert!(
-        stranger
-            .verify(
-                &FlowAdvert::new_checked(&adverts[0][at..]).unwrap(),
-                unix_ms()
-            )
-            .is_err()
-    );
+    let (pkt, at) = &adverts[0];
+    let adv = FlowAdvert::new_checked(&pkt[at + ECHO_PREFIX_LEN..]).unwrap();
+    assert!(stranger.verify(&adv, unix_ms()).is_err());
 
     // The connection survives: every byte arrives, in order.
     let rest = reader.join().unwrap();
-    let recovered = restored_at.elapsed();
+    let completed_after_restore = restored_at.elapsed();
     server.join().unwrap();
     got.extend_from_slice(&rest);
     assert_eq!(got.len(), TOTAL);
@@ -402,35 +456,71 @@ fn a_download_without_acks_gets_an_authenticated_flow_advertisement() {
         got.iter().enumerate().all(|(i, b)| *b == pattern(i)),
         "data corrupted"
     );
+    drop((idle_server, idle));
+    Figures {
+        first_advert,
+        captured: adverts.len(),
+        completed_after_restore,
+    }
+}
 
+#[test]
+fn a_download_without_acks_gets_an_authenticated_flow_advertisement() {
+    if !root_or_skip("a_download_without_acks_gets_an_authenticated_flow_advertisement") {
+        return;
+    }
+    let mut setup = Setup::new();
+    let stats = setup.start_agent();
+    // The tunnel endpoint makes the VIPs local, then the agent scans.
+    wait_for("the agent's first scan", Duration::from_secs(10), || {
+        (stats_int(&stats, "scans") > 0).then_some(())
+    });
+    let cases = [
+        Case {
+            vip: VIP.into(),
+            client: CLIENT.into(),
+            server: SERVER.into(),
+            port: 8080,
+        },
+        Case {
+            vip: VIP6.into(),
+            client: CLIENT6.into(),
+            server: SERVER6.into(),
+            port: 8090,
+        },
+    ];
+    let mut captured = 0;
+    for case in cases {
+        let f = stalled_download(&setup, &stats, case);
+        captured += f.captured;
+        println!(
+            "host adverts ({}): first advertisement {:.0} ms after the ACKs stopped \
+             (stall_after 500 ms, scan 100 ms); {} captured and verified while the path was \
+             broken; the idle connection never advertised; download of {TOTAL} bytes \
+             completed intact {:.0} ms after the path was restored",
+            if case.vip.is_ipv4() { "IPv4" } else { "IPv6" },
+            f.first_advert.as_secs_f64() * 1e3,
+            f.captured,
+            f.completed_after_restore.as_secs_f64() * 1e3,
+        );
+    }
     let sent = wait_for("the counters", Duration::from_secs(5), || {
         let n = stats_int(&stats, "adverts_sent");
-        (n >= adverts.len() as i64).then_some(n)
+        (n >= captured as i64).then_some(n)
     });
     let stalled_seen = stats_int(&stats, "stalled_seen");
-    assert!(stalled_seen >= 1);
+    assert!(stalled_seen >= 2, "{stalled_seen}");
     assert_eq!(stats_int(&stats, "send_errors"), 0);
-    assert!(
-        stats_int(&stats, "connections") >= 1,
-        "the idle connection is seen"
-    );
-    drop(idle_server);
-    drop(idle);
     assert_eq!(stats_int(&stats, "build_errors"), 0);
+    assert_eq!(stats_int(&stats, "no_server_address"), 0);
     assert!(
         setup.log().contains("no progress: flow advertised"),
         "{}",
         setup.log()
     );
     println!(
-        "host adverts: first advertisement {:.0} ms after the ACKs stopped (stall_after 500 ms, \
-         scan 100 ms); {} captured and verified while the path was broken ({:.1} s), agent \
-         counted {sent} sent, {stalled_seen} stall episode(s), idle connection never advertised; \
-         download of {} bytes completed intact {:.0} ms after the path was restored",
-        first.as_secs_f64() * 1e3,
-        adverts.len(),
-        first.as_secs_f64() + 1.2,
-        TOTAL,
-        recovered.as_secs_f64() * 1e3,
+        "host adverts: agent counted {sent} sent, {stalled_seen} stall episodes, \
+         {} scans",
+        stats_int(&stats, "scans")
     );
 }

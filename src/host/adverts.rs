@@ -420,13 +420,22 @@ pub(super) fn start(
     let keys = signaling::read_advert_keys(&cfg.advert_keys)
         .with_context(|| format!("recovery.advert_keys = {}", cfg.advert_keys.display()))?;
     let auth = AdvertAuth::new(keys, AdvertAuthConfig::default());
-    let servers = if cfg.server_addresses.is_empty() {
-        vec![address_toward(site).context(
-            "recovery: cannot find this host's address toward the site router; set recovery.server_addresses",
-        )?]
-    } else {
-        cfg.server_addresses.clone()
-    };
+    // Configured addresses first; the family of the site session defaults to the
+    // address the site router sees this host come from (and so tunnels to).
+    let mut servers = cfg.server_addresses.clone();
+    if !servers.iter().any(|a| a.is_ipv4() == site.is_ipv4()) {
+        match address_toward(site) {
+            Ok(a) => servers.push(a),
+            Err(e) if servers.is_empty() => {
+                return Err(e).context(
+                    "recovery: cannot find this host's address toward the site router; set recovery.server_addresses",
+                );
+            }
+            Err(e) => {
+                warn!(%site, error = %e, "no address toward the site router; flows of its family are not advertised")
+            }
+        }
+    }
     let want_v4 = subnets.iter().any(|s| s.addr().is_ipv4());
     let want_v6 = subnets.iter().any(|s| s.addr().is_ipv6());
     let open = |v4: bool| match RawTx::open(v4, !v4) {
@@ -527,7 +536,9 @@ fn nonce_seed() -> u64 {
 mod tests {
     use super::*;
     use router_core::wire::flowad::{ECHO_PREFIX_LEN, FlowAdvert};
-    use router_core::wire::{Icmpv4Packet, Ipv4Packet, icmpv4_type};
+    use router_core::wire::{
+        Icmpv4Packet, Icmpv6Packet, Ipv4Packet, Ipv6Packet, icmpv4_type, icmpv6_type,
+    };
     use signaling::AdvertKey;
     use std::path::PathBuf;
     use std::time::Duration;
@@ -805,6 +816,51 @@ mod tests {
         let adv = FlowAdvert::new_checked(&p[20 + 8 + ECHO_PREFIX_LEN..]).unwrap();
         assert_eq!(adv.nonce(), 1001);
         assert!(router.verify(&adv, unix + 2000).is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_flow_is_advertised_in_an_icmpv6_echo_request() {
+        let (vip, client): (Ipv6Addr, Ipv6Addr) = (
+            "2001:db8:c8::10".parse().unwrap(),
+            "2001:db8:1::2".parse().unwrap(),
+        );
+        let server: IpAddr = "2001:db8:99::2".parse().unwrap();
+        let tx = Capture::default();
+        let mut a = Advertiser::new(
+            &recovery(1),
+            auth(),
+            &[SERVER.into(), server],
+            vec![SubnetPrefix::new(IpAddr::V6(vip), 128).unwrap()],
+            Box::new(tx.clone()),
+            5,
+        )
+        .unwrap();
+        let stalled = line(&ep6(vip, 443), &ep6(client, 50_000), 1, 1000, 2);
+        for t in [0, 1000] {
+            a.scan(
+                [(true, [stalled.as_str()])],
+                Instant::from_millis(t),
+                77 + t,
+            );
+        }
+        let sent = tx.sent.lock().unwrap().clone();
+        assert_eq!(sent.len(), 1);
+        let (pkt, dst) = &sent[0];
+        assert_eq!(*dst, IpAddr::V6(client));
+        let ip = Ipv6Packet::new_checked(&pkt[..]).unwrap();
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (vip, client));
+        let icmp = Icmpv6Packet::new_checked(&pkt[40..]).unwrap();
+        assert_eq!(icmp.msg_type(), icmpv6_type::ECHO_REQUEST);
+        assert!(icmp.verify_checksum(&vip, &client));
+        let adv = FlowAdvert::new_checked(&pkt[40 + 8 + ECHO_PREFIX_LEN..]).unwrap();
+        let f = auth().verify(&adv, 1077).unwrap();
+        assert_eq!(f.key.src, IpAddr::V6(client));
+        assert_eq!(f.key.dst_port, 443);
+        assert_eq!(
+            f.server,
+            SocketAddr::new(server, 443),
+            "the IPv6 server address"
+        );
     }
 
     #[test]
