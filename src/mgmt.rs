@@ -1456,3 +1456,142 @@ fn respond(
     }
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use router_core::policy::{Level, SubnetId, SumCost};
+    use signaling::{Epoch, NodeName, SlrConfig};
+
+    #[derive(Debug)]
+    struct First;
+
+    impl Policy for First {
+        fn name(&self) -> &str {
+            "first"
+        }
+        fn select(&self, _: &FlowRequest, _: &[Candidate]) -> Result<Decision, PolicyError> {
+            Ok(Decision::Select(0))
+        }
+    }
+
+    fn request() -> FlowRequest {
+        FlowRequest {
+            key: router_core::FlowKey {
+                proto: 6,
+                src: "172.16.0.2".parse().unwrap(),
+                src_port: 1,
+                dst: "192.200.0.10".parse().unwrap(),
+                dst_port: 80,
+            },
+            subnet: SubnetId(0),
+            level: Level::System,
+        }
+    }
+
+    #[test]
+    fn timed_wrappers_answer_like_the_module_and_record_each_call() {
+        let hooks = Arc::new(Hooks::default());
+        let p = hooks.timed_policy(Arc::new(First));
+        assert_eq!(p.name(), "first");
+        let c = [Candidate {
+            addr: "10.0.0.1".parse().unwrap(),
+            load: 0.5,
+            route_cost: 1.0,
+            up: true,
+        }];
+        assert_eq!(p.select(&request(), &c).unwrap(), Decision::Select(0));
+        assert_eq!(p.select(&request(), &c).unwrap(), Decision::Select(0));
+        assert_eq!(hooks.module_select.snapshot().count, 2);
+        let f = hooks.timed_cost(Arc::new(SumCost));
+        assert_eq!(f.cost(0.5, 1.0).unwrap(), 1.5);
+        assert_eq!(f.aggregate(&c).unwrap(), 0.5);
+        assert_eq!(hooks.module_cost.snapshot().count, 1);
+        assert_eq!(hooks.module_aggregate.snapshot().count, 1);
+        hooks.new_flow_decision(1_500);
+        assert_eq!(hooks.new_flow_decision.snapshot().count, 1);
+    }
+
+    #[test]
+    fn notice_delay_uses_the_calibrated_offset_and_never_goes_negative() {
+        let h = Hooks::default();
+        // Data path clock 5 ms ahead of the control clock.
+        h.clock_offset_ns.store(5_000_000, Ordering::Relaxed);
+        h.notice_taken(
+            Instant::from_nanos(15_000_000),
+            Instant::from_nanos(10_200_000),
+        );
+        let s = h.new_flow_queue.snapshot();
+        assert_eq!(s.count, 1);
+        assert!((s.sum - 200e-6).abs() < 1e-9, "{}", s.sum);
+        // A notice "from the future" (calibration error) counts as no delay.
+        h.notice_taken(Instant::from_nanos(99_000_000), Instant::from_nanos(1));
+        assert_eq!(h.new_flow_queue.snapshot().counts[0], 1);
+    }
+
+    #[test]
+    fn control_view_names_peers_from_the_table_with_their_last_update() {
+        let mut slr = SlrControl::new(
+            SlrConfig::new(Level::System),
+            Arc::new(SumCost),
+            Instant::ZERO,
+        );
+        let a = NodeName::new("site-a.lab").unwrap();
+        slr.table_mut()
+            .register(&a, "10.1.0.2".parse().unwrap(), 0.5, Epoch(7))
+            .unwrap();
+        let sessions = vec![
+            SessionInfo {
+                direction: "downstream".into(),
+                remote: "10.1.0.2:4000".parse().unwrap(),
+                name: Some("site-a.lab".into()),
+                registered: true,
+                last_update: Some(Instant::from_millis(1_000)),
+                updates: 3,
+            },
+            SessionInfo {
+                direction: "upstream".into(),
+                remote: "10.9.0.1:7800".parse().unwrap(),
+                name: Some("net.lab".into()),
+                registered: false,
+                last_update: None,
+                updates: 0,
+            },
+        ];
+        let v = control_view(
+            &slr,
+            sessions,
+            serde_json::json!({"registrations": 1}),
+            Instant::from_millis(1_250),
+        );
+        assert_eq!(v.downstream_role, "site");
+        assert_eq!(v.peers[0].direction, "upstream", "upstream first");
+        assert_eq!(v.peers[0].tunnel, None);
+        let a = &v.peers[1];
+        assert_eq!(a.tunnel, Some("10.1.0.2".parse().unwrap()));
+        assert_eq!(a.up, Some(true));
+        assert_eq!(a.route_cost, Some(0.5));
+        assert_eq!(a.last_update_ms_ago, Some(250));
+        assert_eq!(a.updates, 3);
+        assert_eq!(
+            v.names
+                .get(&"10.1.0.2".parse().unwrap())
+                .map(String::as_str),
+            Some("site-a.lab")
+        );
+        assert!(v.table.is_empty() && v.omitted == 0);
+        assert_eq!(v.slr["table"]["registrations"], 1);
+    }
+
+    #[test]
+    fn manager_errors_map_to_statuses_with_hints_that_say_what_to_do() {
+        let e = manager_error(&ManagerError::Verify(VerifyError::Unsigned));
+        assert_eq!(e.kind, ErrorKind::Refused);
+        assert!(e.hint.contains("pronto module sign"));
+        let e = manager_error(&ManagerError::NoPreviousVersion { name: "x".into() });
+        assert_eq!(e.kind.status(), 409);
+        let e = manager_error(&ManagerError::UnknownModule { name: "x".into() });
+        assert_eq!(e.kind.status(), 404);
+        assert!(e.hint.contains("pronto query modules"));
+    }
+}
