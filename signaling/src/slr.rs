@@ -764,19 +764,32 @@ impl SlrControl {
     }
 
     /// Applies an authenticated server flow advertisement (see
-    /// [`handle_advert`]) with this SLR's served subnets and own addresses;
-    /// counted in [`SlrControl::recovery_stats`].
+    /// [`handle_advert`]) with the subnets this SLR's table serves and its own
+    /// addresses; counted in [`SlrControl::recovery_stats`].
     pub fn handle_advert<A: RouterApi + ?Sized>(
         &mut self,
         now: Instant,
         fields: &AdvertFields,
         api: &mut A,
     ) -> AdvertOutcome {
-        let installed = &self.installed;
+        let served = self.installed.iter().any(|p| p.contains(fields.key.dst));
+        self.handle_advert_in(now, fields, served, api)
+    }
+
+    /// As [`SlrControl::handle_advert`], with the shell saying whether the VIP
+    /// is served (e.g. `engine.subnet_for(vip).is_some()`, which also covers
+    /// statically configured subnets the table does not know).
+    pub fn handle_advert_in<A: RouterApi + ?Sized>(
+        &mut self,
+        now: Instant,
+        fields: &AdvertFields,
+        served: bool,
+        api: &mut A,
+    ) -> AdvertOutcome {
         let out = handle_advert(
             api,
             fields,
-            |vip| installed.iter().any(|p| p.contains(vip)),
+            |_| served,
             &self.recovery.scope.local_addrs,
             self.cfg.level,
             now,

@@ -600,6 +600,14 @@ fn echo_reply_advert_recreates_the_flow() {
         AdvertOutcome::Rejected(AdvertRefusal::NotServed)
     );
     assert_eq!(c.recovery_stats().adverts_not_served, 1);
+    // A statically served VIP the table does not know: the shell says it is served.
+    let mut fixed = fields(40101, 1, NOW_MS, 78);
+    fixed.key.dst = "192.201.0.1".parse().unwrap();
+    assert_eq!(
+        c.handle_advert_in(now, &fixed, true, &mut e),
+        AdvertOutcome::Installed
+    );
+    assert_eq!(c.recovery_stats().adverts_installed, 2);
 }
 
 // ---------------------------------------------------------------- WHOHAS refusals
