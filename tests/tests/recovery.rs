@@ -11,15 +11,22 @@
 //! 0.25 s; a lost packet costs at least one 1 s retransmission timeout).
 #![expect(clippy::unwrap_used, reason = "test code")]
 
-use std::net::{IpAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use pronto_tests::sim::{
-    AdvertSim, CaId, ConnId, ConnState, Hierarchy, HierarchySpec, HostSpec, NodeId, Sim, SimConfig,
-    SiteSpec, SystemSpec,
+    ADVERT_KEY_ID, AdvertSim, CaId, ConnId, ConnState, Hierarchy, HierarchySpec, HostSpec, NodeId,
+    Sim, SimConfig, SiteSpec, SystemSpec, advert_key,
 };
+use router_core::classify::FlowKey;
+use router_core::policy::Level;
 use router_core::time::Instant;
-use signaling::SubnetPrefix;
+use router_core::wire::flowad::AdvertFields;
+use router_core::wire::{Icmpv4Packet, Ipv4Packet, icmpv4_type};
+use signaling::{
+    AdvertAuth, AdvertAuthConfig, AdvertKey, FlowPhase, FlowRecord, Message, SubnetPrefix,
+    WhoHasAnswer,
+};
 
 fn vips() -> SubnetPrefix {
     SubnetPrefix::new("192.200.0.0".parse().unwrap(), 16).unwrap()
@@ -397,4 +404,208 @@ fn server_advertisement_a_restarted_site_slr_gets_its_flows_back_from_the_hosts(
     );
     assert!(c.adverts_installed >= covered.len() as u64);
     assert_eq!(c.adverts_forged + c.adverts_stale + c.adverts_replayed, 0);
+}
+
+/// An echo reply (client → VIP) carrying `fields`, MAC'd by `auth`.
+fn echo_reply(auth: &AdvertAuth, fields: &AdvertFields) -> Vec<u8> {
+    let mut buf = vec![0u8; 512];
+    let n = auth.echo_request(&mut buf, fields, 7, 1).unwrap();
+    buf.truncate(n);
+    let mut ip = Ipv4Packet::new_unchecked(&mut buf[..]);
+    let hl = ip.header_len();
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    ip.set_src_addr(dst);
+    ip.set_dst_addr(src);
+    ip.fill_checksum();
+    let mut icmp = Icmpv4Packet::new_unchecked(&mut buf[hl..]);
+    icmp.set_msg_type(icmpv4_type::ECHO_REPLY);
+    icmp.fill_checksum();
+    buf
+}
+
+fn record(key: FlowKey, next_hop: IpAddr) -> FlowRecord {
+    FlowRecord {
+        key,
+        next_hop,
+        label: 1,
+        level: Level::System,
+        state: FlowPhase::Established,
+        age_ms: 1_000,
+        idle_ms: 0,
+        packets: 10,
+        bytes: 1_000,
+    }
+}
+
+fn answer(query_id: u64, key: FlowKey, next_hop: IpAddr) -> Message {
+    Message::WhoHasAnswer(WhoHasAnswer {
+        query_id,
+        entry: Some(record(key, next_hop)),
+    })
+}
+
+#[test]
+fn forged_advertisements_and_whohas_answers_move_no_flow() {
+    let cfg = SimConfig {
+        adverts: Some(AdvertSim::default()),
+        ..SimConfig::default()
+    };
+    let (mut sim, h) = Sim::build(cfg, &spec(2)).unwrap();
+    let (a, b) = (h.systems[0], h.systems[1]);
+    sim.add_neighbours(a, b);
+    let conns = open(&mut sim, &h, 40, 3_000, 50, 40);
+    sim.run_until(ms(6_000));
+    let covered = open_now(&sim, &conns);
+    assert!(covered.len() >= 30, "{} open", covered.len());
+    let before = sim.pinned_flows();
+    // The attacker wants the flows on a server of AS 1.
+    let evil = IpAddr::V4(sim.addr(h.hosts[1][0][0]));
+    let attacker = h.clients[7];
+    let routers = [h.entry, h.network, a, b, h.sites[0][0], h.sites[1][0]];
+    let right = AdvertAuth::new(vec![advert_key()], AdvertAuthConfig::default());
+    let wrong_secret = AdvertAuth::new(
+        vec![AdvertKey::new(ADVERT_KEY_ID, b"an attacker's guess at the key!!").unwrap()],
+        AdvertAuthConfig::default(),
+    );
+    let other_id = AdvertAuth::new(
+        vec![AdvertKey::new(99, b"a key the trust domain never had").unwrap()],
+        AdvertAuthConfig::default(),
+    );
+    let mut nonce = 1u64 << 60;
+    let mut injected = [0u64; 5];
+    for &c in &covered {
+        let key = sim.conn(c).key;
+        let server = IpAddr::V4(sim.addr(sim.conn(c).server.unwrap()));
+        let now_ms = sim.unix_ms();
+        let mut f = |server: IpAddr, key_id: u32, timestamp_ms: u64| {
+            nonce += 1;
+            AdvertFields {
+                key,
+                server: SocketAddr::new(server, 80),
+                key_id,
+                timestamp_ms,
+                nonce,
+            }
+        };
+        let bad_mac = echo_reply(&wrong_secret, &f(evil, ADVERT_KEY_ID, now_ms));
+        let bad_key = echo_reply(&other_id, &f(evil, 99, now_ms));
+        let stale = echo_reply(&right, &f(evil, ADVERT_KEY_ID, now_ms - 120_000));
+        let future = echo_reply(&right, &f(evil, ADVERT_KEY_ID, now_ms + 120_000));
+        // A genuine advertisement, captured and replayed to the same router.
+        let genuine = echo_reply(&right, &f(server, ADVERT_KEY_ID, now_ms));
+        for &r in &routers {
+            for p in [&bad_mac, &bad_key, &stale, &future] {
+                sim.inject_packet(attacker, r, p);
+            }
+        }
+        sim.inject_packet(attacker, h.sites[0][0], &genuine);
+        sim.run_for(Duration::from_millis(1));
+        sim.inject_packet(attacker, h.sites[0][0], &genuine);
+        injected[0] += 2 * routers.len() as u64;
+        injected[1] += routers.len() as u64;
+        injected[2] += routers.len() as u64;
+        injected[3] += 1;
+        // Unsolicited WHOHAS answers for pinned flows, pointing elsewhere, from
+        // each neighbour to the other.
+        assert!(sim.inject_signal(a, b, answer(0xDEAD_BEEF, key, evil)));
+        assert!(sim.inject_signal(b, a, answer(0xFEED_F00D, key, evil)));
+        injected[4] += 2;
+    }
+    // One client's path moves to AS 1: its flows are queried for there. Answer
+    // the first query before the genuine answers can arrive: from a session
+    // not asked (a site below), from the asked neighbour for another flow, and
+    // from the asked upper level pinning the flow to the asker itself. (Each
+    // asked session gets one answer: the genuine ones that follow are refused
+    // too, and the client's retransmission asks again.)
+    let moved = h.clients[0];
+    sim.set_client_path(moved, Some(b));
+    let seen = sim.whohas_queries().count();
+    let query = loop {
+        sim.run_for(Duration::from_micros(100));
+        if let Some((_, q)) = sim.whohas_queries().skip(seen).find(|(n, _)| *n == b) {
+            break q;
+        }
+        assert!(sim.now() < ms(10_000), "no query");
+    };
+    let other_key = sim
+        .conn(
+            *covered
+                .iter()
+                .find(|&&c| sim.conn(c).key != query.key)
+                .unwrap(),
+        )
+        .key;
+    assert!(sim.inject_signal(h.sites[1][0], b, answer(query.query_id, query.key, evil)));
+    let mut wrong = record(other_key, evil);
+    wrong.key = other_key;
+    assert!(sim.inject_signal(
+        a,
+        b,
+        Message::WhoHasAnswer(WhoHasAnswer {
+            query_id: query.query_id,
+            entry: Some(wrong),
+        })
+    ));
+    let b_addr = IpAddr::V4(sim.addr(b));
+    assert!(sim.inject_signal(h.network, b, answer(query.query_id, query.key, b_addr)));
+    sim.run_until(ms(6_500));
+
+    let after = sim.pinned_flows();
+    let mut checked = 0;
+    for (k, hop) in &before {
+        if let Some(now) = after.get(k) {
+            assert_eq!(now, hop, "{k:?} moved");
+            checked += 1;
+        }
+    }
+    let keys: Vec<FlowKey> = covered.iter().map(|&c| sim.conn(c).key).collect();
+    for ((node, key), hop) in &after {
+        assert!(
+            !(keys.contains(key) && *hop == evil),
+            "{} pinned {key} to the attacker's server",
+            sim.name(*node)
+        );
+    }
+    let c = *sim.recovery_counters();
+    let sb = sim.router_recovery_stats(b).unwrap();
+    let sa = sim.router_recovery_stats(a).unwrap();
+    println!(
+        "forged advertisements: {} bad MAC or unknown key id injected, {} refused; {} stale or \
+         future, {} refused; {} replays, {} refused",
+        injected[0],
+        c.adverts_forged,
+        injected[1] + injected[2],
+        c.adverts_stale,
+        injected[3],
+        c.adverts_replayed
+    );
+    println!(
+        "forged WHOHAS answers: {} unsolicited, {} refused as not pending; to a live query: \
+         from a session not asked refused {}, for another flow refused {}, pinning the flow to \
+         the asker refused {}",
+        injected[4],
+        sa.answer_not_pending + sb.answer_not_pending,
+        sb.answer_not_asked,
+        sb.answer_key_mismatch,
+        sb.answer_points_at_us
+    );
+    println!(
+        "{checked} pinned flows checked before and after: none moved; the moved client's flows \
+         recovered through genuine answers by then: {}",
+        sb.answers_installed
+    );
+    assert_eq!(c.adverts_forged, injected[0]);
+    assert_eq!(c.adverts_stale, injected[1] + injected[2]);
+    assert_eq!(c.adverts_replayed, injected[3]);
+    assert!(sa.answer_not_pending + sb.answer_not_pending >= injected[4]);
+    assert!(sb.answer_not_asked >= 1);
+    assert_eq!(sb.answer_key_mismatch, 1);
+    assert_eq!(sb.answer_points_at_us, 1);
+    assert!(checked >= covered.len() * 4, "{checked}");
+    sim.run_until(ms(40_000));
+    figures(
+        &sim,
+        "under forged advertisements and WHOHAS answers",
+        &covered,
+    );
 }
