@@ -169,6 +169,19 @@ impl Setup {
             ),
         )
         .unwrap();
+        // `pronto host check` reads the key file and finds the signing key, and
+        // names the field when the key is missing.
+        pronto(&["host", "check", "--config", config.to_str().unwrap()]);
+        let wrong = self.dir.join("wrong-key.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(&wrong, text.replace("key_id = 1", "key_id = 2")).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_pronto"))
+            .args(["host", "check", "--config"])
+            .arg(&wrong)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("recovery.key_id = 2"));
         let log = std::fs::File::create(self.dir.join("agent.log")).unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", &self.srv()])

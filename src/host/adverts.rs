@@ -409,6 +409,21 @@ impl Drop for AdvertHandle {
     }
 }
 
+/// Read the key file and check that it holds the signing key (`pronto host
+/// check`).
+pub(super) fn check_keys(cfg: &HostRecovery) -> Result<()> {
+    let keys = signaling::read_advert_keys(&cfg.advert_keys)
+        .with_context(|| format!("recovery.advert_keys = {}", cfg.advert_keys.display()))?;
+    if !keys.iter().any(|k| k.id == cfg.key_id) {
+        bail!(
+            "recovery.key_id = {}: no such key in {}",
+            cfg.key_id,
+            cfg.advert_keys.display()
+        );
+    }
+    Ok(())
+}
+
 /// Start advertising: read the key file, open the raw sockets, pick the server
 /// addresses (configured, or the address this host uses toward `site`), and scan
 /// on a thread of its own (the `/proc` reads block).
@@ -681,9 +696,12 @@ mod tests {
         assert_eq!(TcpSocketLine::parse(&v6, false), None);
     }
 
+    /// A packet sent and where to.
+    type Sent = (Vec<u8>, IpAddr);
+
     #[derive(Clone, Default)]
     struct Capture {
-        sent: Arc<Mutex<Vec<(Vec<u8>, IpAddr)>>>,
+        sent: Arc<Mutex<Vec<Sent>>>,
         fail: Arc<AtomicBool>,
     }
 
