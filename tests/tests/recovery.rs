@@ -198,13 +198,16 @@ fn state_recreation_a_flow_arriving_at_another_entry_router_of_the_cluster_goes_
 
 /// Site-level spare, shortcuts off so that the site SLR is on every packet's
 /// path (with shortcuts established flows bypass it entirely).
-fn spare_run(fail_ms: u64) -> (Sim, Hierarchy, NodeId, Vec<ConnId>, Vec<ConnId>) {
+fn spare_run(fail_ms: u64, level: Level) -> (Sim, Hierarchy, NodeId, Vec<ConnId>, Vec<ConnId>) {
     let cfg = SimConfig {
         shortcuts: false,
         ..SimConfig::default()
     };
     let (mut sim, h) = Sim::build(cfg, &spec(1)).unwrap();
-    let primary = h.sites[0][0];
+    let primary = match level {
+        Level::Site => h.sites[0][0],
+        _ => h.systems[0],
+    };
     let spare = sim.add_spare(primary, Duration::from_secs(3)).unwrap();
     // Long-lived connections well established before the failure.
     let long = open(&mut sim, &h, 40, 3_000, 50, 40);
@@ -224,7 +227,7 @@ fn hot_spare_takes_over_and_flows_older_than_the_mirror_lag_survive() {
     let mut oldest_lost = Duration::ZERO;
     let bound = Duration::from_millis(100) + Duration::from_micros(200);
     for (run, fail) in (8_010u64..=8_100).step_by(10).enumerate() {
-        let (mut sim, _, spare, long, sweep) = spare_run(fail);
+        let (mut sim, _, spare, long, sweep) = spare_run(fail, Level::Site);
         let open_long = open_now(&sim, &long);
         assert_eq!(open_long.len(), long.len());
         let (mirrored, lag) = sim.mirror_state(spare).unwrap();
@@ -304,6 +307,42 @@ fn hot_spare_takes_over_and_flows_older_than_the_mirror_lag_survive() {
         youngest_survivor.as_secs_f64() * 1e3
     );
     assert!(oldest_lost < bound);
+}
+
+#[test]
+fn hot_spare_of_a_system_slr_takes_over_too() {
+    let fail = 8_050;
+    let (mut sim, h, spare, long, sweep) = spare_run(fail, Level::System);
+    let open_long = open_now(&sim, &long);
+    assert_eq!(open_long.len(), long.len());
+    let (mirrored, _) = sim.mirror_state(spare).unwrap();
+    let established = open_now(&sim, &sweep);
+    sim.run_until(ms(70_000));
+    let took = sim.takeover_at(spare).expect("the spare took over");
+    println!(
+        "system-level hot spare: {mirrored} flows mirrored; took over {:.2} s after the primary \
+         died",
+        (took.as_nanos() - ms(fail).as_nanos()) as f64 / 1e9
+    );
+    figures(&sim, "system SLR failover to its hot spare", &open_long);
+    let bound = Duration::from_millis(100) + Duration::from_micros(200);
+    let age = |c: ConnId| {
+        let born = sim.conn(c).first_handled[1].unwrap();
+        Duration::from_nanos(ms(fail).as_nanos() - born.as_nanos())
+    };
+    let old: Vec<ConnId> = established
+        .iter()
+        .copied()
+        .filter(|&c| age(c) >= bound)
+        .collect();
+    figures(
+        &sim,
+        "system SLR failover, sweep flows older than the mirror interval",
+        &old,
+    );
+    // The sites registered again, with the spare in the primary's place.
+    assert!(sim.is_registered(h.sites[0][0]));
+    assert!(sim.is_registered(spare));
 }
 
 #[test]
@@ -404,6 +443,26 @@ fn server_advertisement_a_restarted_site_slr_gets_its_flows_back_from_the_hosts(
     );
     assert!(c.adverts_installed >= covered.len() as u64);
     assert_eq!(c.adverts_forged + c.adverts_stale + c.adverts_replayed, 0);
+
+    // Control: the same restart without advertisements. The site's WHOHAS to
+    // its parent only finds the flows pinned back to the site itself, so they
+    // break.
+    let cfg = SimConfig {
+        adverts: None,
+        ..advert_config()
+    };
+    let (mut sim, h) = Sim::build(cfg, &spec(1)).unwrap();
+    let conns = open(&mut sim, &h, 40, 3_000, 50, 40);
+    sim.run_until(ms(6_000));
+    let control = open_now(&sim, &conns);
+    sim.restart_node(h.sites[0][0], Duration::from_millis(200));
+    sim.run_until(ms(60_000));
+    let survived = control.iter().filter(|&&c| sim.conn(c).intact()).count();
+    println!(
+        "control, the same restart without advertisements: {survived}/{} survived",
+        control.len()
+    );
+    assert_eq!(survived, 0);
 }
 
 /// An echo reply (client → VIP) carrying `fields`, MAC'd by `auth`.
@@ -608,4 +667,49 @@ fn forged_advertisements_and_whohas_answers_move_no_flow() {
         "under forged advertisements and WHOHAS answers",
         &covered,
     );
+}
+
+#[test]
+fn recovery_runs_are_deterministic_and_survive_packet_loss() {
+    let run = || {
+        let cfg = SimConfig {
+            seed: 11,
+            loss: 0.01,
+            ..advert_config()
+        };
+        let (mut sim, h) = Sim::build(cfg, &spec(2)).unwrap();
+        sim.add_neighbours(h.systems[0], h.systems[1]);
+        let spare = sim.add_spare(h.systems[0], Duration::from_secs(3)).unwrap();
+        let conns = open(&mut sim, &h, 40, 3_000, 50, 40);
+        sim.run_until(ms(6_000));
+        let covered = open_now(&sim, &conns);
+        // Everything at once: the site SLR restarts, half the clients move to
+        // the neighbouring system SLR, and the system SLR dies (its spare takes
+        // over).
+        sim.restart_node(h.sites[0][0], Duration::from_millis(200));
+        for &c in h.clients.iter().step_by(2) {
+            sim.set_client_path(c, Some(h.systems[1]));
+        }
+        sim.run_until(ms(7_000));
+        sim.fail_node(h.systems[0]);
+        sim.run_until(ms(90_000));
+        assert!(sim.takeover_at(spare).is_some());
+        (sim, covered)
+    };
+    let (one, covered) = run();
+    let (two, _) = run();
+    assert_eq!(one.digest(), two.digest(), "same seed, different run");
+    assert_eq!(one.recovery_counters(), two.recovery_counters());
+    assert!(one.stats().packets_lost > 0);
+    let c = one.recovery_counters();
+    println!(
+        "combined failures at 1% loss: {} packets lost; {} WHOHAS queries, {} flows recovered \
+         by answers, {} by advertisements, {} takeover",
+        one.stats().packets_lost,
+        c.queries,
+        c.flows_recovered,
+        c.adverts_installed,
+        c.takeovers
+    );
+    figures(&one, "combined failures at 1% loss", &covered);
 }
