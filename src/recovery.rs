@@ -43,9 +43,9 @@ use router_core::wire::flowad::{AdvertFields, find_in_echo_reply};
 use router_core::{FlowKey, Instant};
 use serde::{Deserialize, Serialize};
 use signaling::recovery::{
-    AdvertAuth, AdvertAuthConfig, AdvertOutcome, AdvertReject, FailoverMonitor, MirrorConfig,
-    MirrorReceiver, MirrorSender, RateLimit, RecoverOutcome, RecoveryConfig, RecoveryScope,
-    Takeover, read_advert_keys,
+    AdvertAuth, AdvertAuthConfig, AdvertKey, AdvertOutcome, AdvertReject, FailoverMonitor,
+    MirrorConfig, MirrorReceiver, MirrorSender, RateLimit, RecoverOutcome, RecoveryConfig,
+    RecoveryScope, Takeover, read_advert_keys,
 };
 use signaling::{
     Connector, DownReason, LocalNode, MirrorDelta, NodeName, PeerEvent, Role, SessionId, SlrAction,
@@ -583,6 +583,7 @@ struct ShellCounters {
     adverts_not_found: u64,
     inject_refused: u64,
     takeover_errors: u64,
+    key_reloads: u64,
 }
 
 /// Recovery on the control thread: owns [`Core`] between dataplane calls.
@@ -598,6 +599,8 @@ pub(crate) struct Recovery {
     takeover_go: Option<oneshot::Sender<()>>,
     takeover: Option<TakeoverReport>,
     takeover_done: Arc<AtomicU64>,
+    /// Keys re-read on SIGHUP, waiting for the next tick (key rollover).
+    new_keys: Arc<std::sync::Mutex<Option<Vec<AdvertKey>>>>,
     counters: ShellCounters,
 }
 
@@ -628,8 +631,11 @@ impl Recovery {
             .filter(|r| !r.spares.is_empty())
             .map(|r| MirrorSender::new(r.mirror, now));
         let (receiver, monitor) = match &cfg.spare {
+            // Bounded like the flow table it fills.
             Some(s) => (
-                Some(MirrorReceiver::new(MirrorConfig::default().max_flows)),
+                Some(MirrorReceiver::new(
+                    cfg.dataplane.engine.flows.capacity_v4 + cfg.dataplane.engine.flows.capacity_v6,
+                )),
                 Some(FailoverMonitor::new(s.dead_after)),
             ),
             None => (None, None),
@@ -656,6 +662,7 @@ impl Recovery {
             takeover_go: None,
             takeover: None,
             takeover_done: Arc::new(AtomicU64::new(0)),
+            new_keys: Arc::new(std::sync::Mutex::new(None)),
             counters: ShellCounters::default(),
         })
     }
@@ -835,6 +842,13 @@ impl Recovery {
     /// session's own keepalives end it after `dead_ms` of silence); true when a
     /// timer needs the engine.
     pub(crate) fn tick(&mut self, now: Instant) -> bool {
+        let fresh = self.new_keys.lock().ok().and_then(|mut k| k.take());
+        if let (Some(keys), Some(auth)) = (fresh, self.auth.as_mut()) {
+            // The replay cache stays: a rollover must not reopen the window.
+            info!(keys = keys.len(), "advertisement keys reloaded");
+            auth.set_keys(keys);
+            self.counters.key_reloads += 1;
+        }
         let Some(core) = self.core.as_mut() else {
             return false;
         };
@@ -953,6 +967,7 @@ impl Recovery {
             takeover_silent_ms: self.takeover.map_or(0, |t| t.silent_ms),
             takeover_addresses_ms: done & !(1 << 63),
             takeover_errors: s.takeover_errors + u64::from(done >> 63 == 1),
+            key_reloads: s.key_reloads,
         }
     }
 }
@@ -1065,6 +1080,7 @@ pub(crate) struct RecoverySnapshot {
     takeover_silent_ms: u64,
     takeover_addresses_ms: u64,
     takeover_errors: u64,
+    key_reloads: u64,
 }
 
 /// One flow of the stats snapshot.
@@ -1116,6 +1132,33 @@ pub(crate) fn start_sessions(
         })
         .context("recovery: TLS configuration")
     };
+    if let Some(path) = cfg
+        .recovery
+        .as_ref()
+        .and_then(|r| r.advert_keys.clone())
+        .filter(|_| rec.auth.is_some())
+    {
+        let slot = Arc::clone(&rec.new_keys);
+        rt.spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                warn!("cannot install a SIGHUP handler; advertisement keys load at start only");
+                return;
+            };
+            while hup.recv().await.is_some() {
+                // A bad file keeps the keys in use.
+                match read_advert_keys(&path) {
+                    Ok(keys) => {
+                        if let Ok(mut s) = slot.lock() {
+                            *s = Some(keys);
+                        }
+                    }
+                    Err(e) => warn!(file = %path.display(), error = %e,
+                        "SIGHUP: advertisement keys not reloaded; the old ones stay"),
+                }
+            }
+        });
+    }
     let own_role = match cfg.level {
         Level::Network => Role::Network,
         Level::System => Role::System,
@@ -1247,6 +1290,124 @@ mod tests {
             "recovery.neighbours[1].name"
         );
         assert_eq!(field("spares = [\"\"]\n"), "recovery.spares[0]");
+    }
+
+    /// An IPv4 ICMP echo reply from the client to the VIP carrying `advert`.
+    fn echo_reply(advert: &[u8]) -> Vec<u8> {
+        use router_core::wire::{Ipv4Packet, Ipv4Repr};
+        let mut icmp = vec![0u8; 8 + 64];
+        icmp[4..8].copy_from_slice(&[0x12, 0x34, 0, 1]);
+        icmp.extend_from_slice(advert);
+        let mut sum = 0u32;
+        for c in icmp.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        icmp[2..4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        let mut out = vec![0u8; Ipv4Repr::HEADER_LEN + icmp.len()];
+        Ipv4Repr {
+            src: "172.16.0.2".parse().unwrap(),
+            dst: "192.200.0.10".parse().unwrap(),
+            protocol: 1,
+            payload_len: icmp.len(),
+            ttl: 63,
+            dscp: 0,
+            ecn: 0,
+            dont_frag: false,
+            ident: 1,
+        }
+        .emit(&mut Ipv4Packet::new_unchecked(&mut out[..]));
+        out[Ipv4Repr::HEADER_LEN..].copy_from_slice(&icmp);
+        out
+    }
+
+    #[test]
+    fn punted_adverts_are_verified_and_counted_before_they_reach_the_engine() {
+        let dir = std::env::temp_dir().join(format!("pronto-recovery-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let keys = dir.join("advert.keys");
+        std::fs::write(&keys, format!("1:{}\n", "ab".repeat(32))).unwrap();
+        let text = format!(
+            "level = \"site\"\nname = \"s.lab\"\n[tunnel]\nlocal_v4 = \"10.1.0.2\"\n\
+             [tls]\ntrust_anchors = [\"ca.pem\"]\ncert = \"c.pem\"\nkey = \"k.key\"\n\
+             [recovery]\nadvert_keys = {:?}\n",
+            keys.display().to_string()
+        );
+        let cfg = crate::config::parse_router_text(&dir.join("r.toml"), &text).unwrap();
+        let mut rec = Recovery::new(&cfg, Instant::ZERO).unwrap();
+        let slr = SlrControl::new(
+            cfg.slr,
+            Arc::new(router_core::policy::SumCost),
+            Instant::ZERO,
+        );
+        let real = AdvertAuth::new(
+            read_advert_keys(&keys).unwrap(),
+            AdvertAuthConfig::default(),
+        );
+        let wrong = AdvertAuth::new(
+            vec![AdvertKey::new(1, &[0xcd; 32]).unwrap()],
+            AdvertAuthConfig::default(),
+        );
+        let key = FlowKey {
+            proto: 6,
+            src: "172.16.0.2".parse().unwrap(),
+            src_port: 40000,
+            dst: "192.200.0.10".parse().unwrap(),
+            dst_port: 80,
+        };
+        let fields = |nonce| AdvertFields {
+            key,
+            server: "10.1.1.2:80".parse().unwrap(),
+            key_id: 1,
+            timestamp_ms: unix_ms(),
+            nonce,
+        };
+        let punt = |kind, data: Vec<u8>| PuntedPacket {
+            kind,
+            data,
+            at: Instant::ZERO,
+        };
+        let mut buf = [0u8; 256];
+        let n = real.sign(&fields(1), &mut buf).unwrap();
+        let good = echo_reply(&buf[..n]);
+        match rec.punt(punt(PuntKind::Advert, good.clone())) {
+            Some(RecoveryStep::Advert { fields: f, packet }) => {
+                assert_eq!(f.key, key);
+                assert_eq!(packet, good, "the echo reply is kept for a relay");
+            }
+            other => panic!("a valid advert was not passed on: {other:?}"),
+        }
+        assert!(rec.punt(punt(PuntKind::Advert, good)).is_none(), "replay");
+        let n = wrong.sign(&fields(2), &mut buf).unwrap();
+        assert!(
+            rec.punt(punt(PuntKind::Advert, echo_reply(&buf[..n])))
+                .is_none()
+        );
+        let mut cut = echo_reply(&buf[..n]);
+        cut.truncate(cut.len() - 40);
+        assert!(rec.punt(punt(PuntKind::Advert, cut)).is_none(), "malformed");
+        assert!(rec.punt(punt(PuntKind::Deliver, vec![0x45; 20])).is_none());
+        assert!(matches!(
+            rec.punt(punt(PuntKind::Recover { key }, vec![0x45; 20])),
+            Some(RecoveryStep::Recover { key: k, .. }) if k == key
+        ));
+        let snap = rec.snapshot(&slr);
+        assert_eq!(
+            (
+                snap.adverts_verified,
+                snap.adverts_replay,
+                snap.adverts_bad_mac
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(snap.adverts_malformed + snap.adverts_not_found, 1);
+        assert_eq!(
+            (snap.punts_advert, snap.punts_deliver, snap.punts_recover),
+            (4, 1, 1)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
