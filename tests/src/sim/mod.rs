@@ -342,6 +342,8 @@ struct SimPacket {
     len: usize,
     conn: Option<ConnId>,
     slr_hops: u8,
+    /// An entry router handed it to its SLR for want of the flow's state.
+    handed_over: bool,
 }
 
 impl ConnRecord {
@@ -623,6 +625,7 @@ fn tcp_packet(
         len,
         conn,
         slr_hops: 0,
+        handed_over: false,
     })
 }
 
@@ -1242,7 +1245,11 @@ impl Sim {
 
     fn router_packet(&mut self, id: NodeId, mut pkt: SimPacket) {
         let now = self.now;
-        let from_entry = self.sent_by_entry_of(id, &pkt);
+        let from_entry = if pkt.handed_over {
+            self.sent_by_entry_of(id, &pkt)
+        } else {
+            None
+        };
         let Kind::Router(r) = &mut self.nodes[id.0 as usize].kind else {
             return;
         };

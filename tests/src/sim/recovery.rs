@@ -455,10 +455,11 @@ impl Sim {
         }
     }
 
-    /// `slr` forwarded a packet its entry router `entry` handed it along a pin to
-    /// `next_hop`: when the pin is a shortcut, the entry should have had it too
-    /// (it lost it, or the flow arrived at another router of the cluster), so the
-    /// SLR programs it there again.
+    /// `slr` forwarded a packet its entry router `entry` handed it for want of
+    /// the flow's state (it lost it, or the flow arrived at another router of the
+    /// cluster) along a pin to `next_hop`: the SLR programs the entry again, with
+    /// the shortcut when the pin is one (a next hop that is not one of the
+    /// subnet's candidates), else pinned to the SLR itself.
     pub(super) fn recreate_at_entry(
         &mut self,
         slr: NodeId,
@@ -477,20 +478,15 @@ impl Sim {
             .subnet_for(key.dst)
             .and_then(|(_, sid)| r.engine.candidates(sid))
             .is_some_and(|c| c.iter().any(|c| c.addr == next_hop));
-        if candidate {
-            return;
-        }
         let slr_addr = IpAddr::V4(self.node(slr).addr);
+        let server = if candidate { slr_addr } else { next_hop };
         let at = self.now + self.cfg.cluster_delay;
         self.schedule(
             at,
             Event::Recovery(RecoveryEvent::RecreateEntry {
                 entry,
                 slr: slr_addr,
-                obj: TunnelObject {
-                    key,
-                    server: next_hop,
-                },
+                obj: TunnelObject { key, server },
             }),
         );
     }
@@ -509,6 +505,7 @@ impl Sim {
         let v = e.engine.encapsulate_to(&mut pb, to, now);
         pkt.start = pb.start();
         pkt.len = pb.len();
+        pkt.handed_over = true;
         self.rec.counters.entry_recovered += 1;
         self.stats.entry_recovered += 1;
         if let Verdict::Forward { next_hop, .. } = v {
@@ -790,18 +787,34 @@ impl Sim {
     /// An SLR met a mid-connection packet of a flow it does not know: ask who
     /// has it. The packet is dropped; the client's retransmission finds the
     /// state once an answer installed it.
-    pub(super) fn router_recover(&mut self, id: NodeId, key: FlowKey, _pkt: SimPacket) {
+    pub(super) fn router_recover(&mut self, id: NodeId, key: FlowKey, mut pkt: SimPacket) {
         let now = self.now;
         let Kind::Router(r) = &mut self.nodes[id.0 as usize].kind else {
             return;
         };
         let r = &mut **r;
         let out = r.control.recover(key, now, &r.engine);
-        self.rec.counters.slr_recover += 1;
-        if let RecoverOutcome::Queried { .. } = out {
-            self.rec.counters.queries += 1;
+        let mut forward = None;
+        match out {
+            RecoverOutcome::Queried { .. } => self.rec.counters.queries += 1,
+            // The state arrived meanwhile: the packet can go on after all.
+            RecoverOutcome::Pinned { next_hop } => {
+                if let Ok(mut pb) = PacketBuf::new(&mut pkt.buf, pkt.start, pkt.len)
+                    && let Verdict::Forward { next_hop, .. } =
+                        r.engine.encapsulate_to(&mut pb, next_hop, now)
+                {
+                    pkt.start = pb.start();
+                    pkt.len = pb.len();
+                    forward = Some(next_hop);
+                }
+            }
+            _ => {}
         }
+        self.rec.counters.slr_recover += 1;
         self.drain_actions(id);
+        if let Some(to) = forward {
+            self.send_packet(id, to, pkt);
+        }
     }
 
     /// Carries out a recovery action of a router's control side (and the WHOHAS
@@ -1114,6 +1127,7 @@ impl Sim {
                 len,
                 conn: None,
                 slr_hops: 0,
+                handed_over: false,
             };
             self.send_packet(id, client, pkt);
         }
@@ -1165,6 +1179,7 @@ impl Sim {
             len: total,
             conn: None,
             slr_hops: 0,
+            handed_over: false,
         };
         self.send_packet(client, IpAddr::V4(src), reply);
         true
@@ -1270,6 +1285,7 @@ impl Sim {
             len: bytes.len(),
             conn: None,
             slr_hops: 0,
+            handed_over: false,
         };
         let at = self.now + self.delay(from, to);
         self.schedule(at, Event::Packet { to, pkt });
