@@ -36,6 +36,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+mod recovery;
+
 /// Default state directory.
 const DEFAULT_DIR: &str = "/run/pronto-lab";
 /// Default namespace prefix.
@@ -108,6 +110,37 @@ enum LabCommand {
         /// Give up waiting for the lab after this many seconds.
         #[arg(long, default_value_t = 60)]
         timeout_secs: u64,
+        /// Add the failure-recovery topology (DESIGN.md §5): a hot spare of
+        /// site-a on a shared segment, a second system SLR (sys2) the client can
+        /// be rerouted to, WHOHAS neighbours, and advertisement keys for hosts and
+        /// routers.
+        #[arg(long)]
+        recovery: bool,
+        /// With --recovery: sys2 also sends each packet of a flow it does not
+        /// know to sys, as a tunnel-entry router of sys's cluster would.
+        #[arg(long, requires = "recovery")]
+        entry_router: bool,
+    },
+    /// Kill one daemon with SIGKILL (recovery tests).
+    Kill {
+        /// State directory.
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+        /// The daemon (`sys`, `site-a`, `a1`, `spare-a`, ...).
+        node: String,
+        /// Also take every link of its namespace down first, as when the
+        /// machine dies (its kernel then stops answering ARP and TCP).
+        #[arg(long)]
+        link_down: bool,
+    },
+    /// Kill one daemon with SIGKILL and start it again with the same
+    /// configuration (its state is lost, its addresses stay).
+    Restart {
+        /// State directory.
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+        /// The daemon.
+        node: String,
     },
     /// Stop the daemons and delete the namespaces (idempotent).
     Down {
@@ -138,6 +171,8 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
             flow_capacity,
             policy_module,
             timeout_secs,
+            recovery,
+            entry_router,
         } => {
             need_root()?;
             let opts = UpOptions {
@@ -148,8 +183,22 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
                 flow_capacity: *flow_capacity,
                 policy_module: policy_module.clone(),
                 timeout: Duration::from_secs(*timeout_secs),
+                recovery: *recovery,
+                entry_router: *entry_router,
             };
             up(dir, &opts)
+        }
+        LabCommand::Kill {
+            dir,
+            node,
+            link_down,
+        } => {
+            need_root()?;
+            recovery::kill(dir, node, *link_down)
+        }
+        LabCommand::Restart { dir, node } => {
+            need_root()?;
+            recovery::restart(dir, node)
         }
         LabCommand::Down { dir, prefix } => {
             need_root()?;
@@ -221,6 +270,10 @@ struct UpOptions {
     flow_capacity: usize,
     policy_module: Option<String>,
     timeout: Duration,
+    /// The failure-recovery topology and configuration.
+    recovery: bool,
+    /// sys2 forwards packets of unknown flows to sys.
+    entry_router: bool,
 }
 
 fn parse_loads(items: &[String]) -> Result<Vec<(String, f64)>> {
@@ -350,6 +403,15 @@ impl Names {
     }
 }
 
+/// The namespaces of a lab, the recovery ones included when asked for.
+fn lab_namespaces(p: &str, with_recovery: bool) -> Vec<String> {
+    let mut v = all_namespaces(p);
+    if with_recovery {
+        v.extend(recovery::namespaces(p));
+    }
+    v
+}
+
 fn all_namespaces(p: &str) -> Vec<String> {
     let n = Names::new(p);
     let mut v = vec![n.client, n.wan, n.sys, Names::site(p, 1), Names::site(p, 2)];
@@ -369,7 +431,7 @@ fn up(dir: &Path, o: &UpOptions) -> Result<()> {
             dir.display()
         );
     }
-    for ns in all_namespaces(p) {
+    for ns in lab_namespaces(p, o.recovery) {
         if Path::new(NETNS_DIR).join(&ns).exists() {
             bail!(
                 "namespace {ns} exists; run `pronto lab down --prefix {p}` (or choose another --prefix)"
@@ -385,7 +447,7 @@ fn up(dir: &Path, o: &UpOptions) -> Result<()> {
     }
     let mut state = LabState {
         prefix: p.clone(),
-        namespaces: all_namespaces(p),
+        namespaces: lab_namespaces(p, o.recovery),
         daemons: Vec::new(),
     };
     // Written first, so `down` can clean up whatever part of `up` succeeded.
@@ -404,7 +466,10 @@ fn build(dir: &Path, o: &UpOptions, state: &mut LabState) -> Result<()> {
     if let Some(m) = &o.policy_module {
         sign_shipped_module(dir, m)?;
     }
-    network(p)?;
+    if o.recovery {
+        recovery::prepare(dir)?;
+    }
+    network(p, o.recovery)?;
     for h in hosts() {
         let load = o
             .loads
@@ -435,9 +500,26 @@ fn build(dir: &Path, o: &UpOptions, state: &mut LabState) -> Result<()> {
         )?;
     }
     for h in hosts() {
-        start(&h.short, &Names::host(p, &h), "host", host_config(dir, &h))?;
+        start(&h.short, &Names::host(p, &h), "host", host_config(dir, o, &h))?;
+    }
+    if o.recovery {
+        start(
+            "spare-a",
+            &recovery::spare_namespace(p),
+            "router",
+            recovery::spare_config(dir, o),
+        )?;
+        start(
+            "sys2",
+            &recovery::sys2_namespace(p),
+            "router",
+            recovery::sys2_config(dir, o),
+        )?;
     }
     wait_ready(dir, state, o.timeout)?;
+    if o.recovery {
+        recovery::wait_ready(state, o.timeout)?;
+    }
     println!(
         "lab up in {:.1} s: {} namespaces, {} daemons, policy {}, shortcuts {}",
         started.elapsed().as_secs_f64(),
@@ -512,9 +594,9 @@ fn sign_shipped_module(dir: &Path, name: &str) -> Result<()> {
     std::fs::write(&out, signed).with_context(|| format!("writing {}", out.display()))
 }
 
-fn network(p: &str) -> Result<()> {
+fn network(p: &str, with_recovery: bool) -> Result<()> {
     let n = Names::new(p);
-    for ns in all_namespaces(p) {
+    for ns in lab_namespaces(p, with_recovery) {
         ip(&["netns", "add", &ns])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
     }
@@ -540,6 +622,11 @@ fn network(p: &str) -> Result<()> {
     for site in 1..=2u8 {
         let s = Names::site(p, site);
         let letter = site_letter(site);
+        if with_recovery && site == 1 {
+            // Site a, its spare and its hosts share one segment.
+            recovery::wire_site_a(p)?;
+            continue;
+        }
         veth(
             &n.sys,
             &format!("site-{letter}"),
@@ -564,8 +651,12 @@ fn network(p: &str) -> Result<()> {
     for h in hosts() {
         let s = Names::site(p, h.site);
         let hn = Names::host(p, &h);
-        veth(&s, &h.short, &hn, "up", Some(TUNNEL_MTU))?;
-        addr(&s, &h.short, &format!("{}/24", h.site_side()))?;
+        if with_recovery && h.site == 1 {
+            recovery::wire_host(p, &h)?;
+        } else {
+            veth(&s, &h.short, &hn, "up", Some(TUNNEL_MTU))?;
+            addr(&s, &h.short, &format!("{}/24", h.site_side()))?;
+        }
         addr(&hn, "up", &format!("{}/24", h.addr()))?;
         route(&hn, "default", &h.site_side().to_string())?;
         veth(&hn, "wan", &n.wan, &h.short, None)?;
@@ -576,6 +667,9 @@ fn network(p: &str) -> Result<()> {
         // Direct server return: replies to clients leave over the bridge.
         route(&hn, "172.16.0.0/24", "172.16.1.1")?;
         ns_set_sysctl(&hn, "net/ipv4/conf/all/rp_filter", "0")?;
+    }
+    if with_recovery {
+        recovery::wire_sys2(p)?;
     }
     Ok(())
 }
@@ -602,7 +696,17 @@ fn router_config(dir: &Path, o: &UpOptions, site: Option<u8>) -> String {
             String::new(),
             ["site-a.lab", "site-b.lab"]
                 .iter()
-                .map(|n| format!("[[downstream]]\nname = \"{n}\"\nroute_cost = 0.0\n"))
+                .zip(1..)
+                .map(|(n, i)| {
+                    // With a spare on site a, the session's source address says
+                    // nothing about the tunnel endpoint: name it.
+                    let tunnel = if o.recovery {
+                        format!("tunnel = \"10.{i}.0.2\"\n")
+                    } else {
+                        String::new()
+                    };
+                    format!("[[downstream]]\nname = \"{n}\"\nroute_cost = 0.0\n{tunnel}")
+                })
                 .collect::<String>(),
         ),
         Some(s) => (
@@ -634,10 +738,15 @@ fn router_config(dir: &Path, o: &UpOptions, site: Option<u8>) -> String {
          [table]\ninterval_ms = 100\nhold_ms = 1500\n\n\
          [flows]\ncapacity_v4 = {flow_capacity}\ncapacity_v6 = 64\nsyn_timeout_ms = 3000\nestablished_timeout_ms = 60000\n\n\
          [policy]\nname = \"{policy}\"\nshortcuts = {shortcuts}\n\n{SESSION}\n\
-         [stats]\nfile = {stats:?}\ninterval_ms = 100\n\n{modules}{upstream}\n{downstream}",
+         [stats]\nfile = {stats:?}\ninterval_ms = 100\n\n{modules}{recovery}{upstream}\n{downstream}",
         tls = tls_section(dir, &name),
         policy = o.policy.config_name(),
         shortcuts = o.shortcuts && site.is_some(),
+        recovery = if o.recovery {
+            recovery::router_section(dir, site)
+        } else {
+            String::new()
+        },
         flow_capacity = o.flow_capacity,
         modules = match &o.policy_module {
             Some(m) => format!(
@@ -650,9 +759,9 @@ fn router_config(dir: &Path, o: &UpOptions, site: Option<u8>) -> String {
     )
 }
 
-fn host_config(dir: &Path, h: &HostNode) -> String {
+fn host_config(dir: &Path, o: &UpOptions, h: &HostNode) -> String {
     let name = h.name();
-    format!(
+    let mut text = format!(
         "# Generated by `pronto lab up`.\nname = \"{name}\"\nsubnets = [\"{VIP_SUBNET}\"]\n\n\
          [site]\naddress = \"{site}:{SIGNAL_PORT}\"\nname = \"site-{letter}.lab\"\nreconnect_ms = 100\n\n{tls}\n\
          [load]\nupdate_interval_ms = 100\ncapacity = 100\ncpu_weight = 0.0\nbackground_file = {load:?}\n\n\
@@ -663,7 +772,11 @@ fn host_config(dir: &Path, h: &HostNode) -> String {
         tls = tls_section(dir, &name),
         load = dir.join("load").join(&h.short),
         stats = dir.join("stats").join(format!("{}.toml", h.short)),
-    )
+    );
+    if o.recovery {
+        text.push_str(&recovery::host_section(dir));
+    }
+    text
 }
 
 fn spawn_daemon(
@@ -840,7 +953,7 @@ fn down(dir: &Path, prefix: &str) -> Result<()> {
     }
     let mut deleted = 0;
     let mut names: Vec<String> = state.map(|s| s.namespaces).unwrap_or_default();
-    names.extend(all_namespaces(&prefix));
+    names.extend(lab_namespaces(&prefix, true));
     names.sort();
     names.dedup();
     for ns in names {
@@ -958,6 +1071,8 @@ mod tests {
             flow_capacity: 16384,
             policy_module: Some("consistent_hash".into()),
             timeout: Duration::from_secs(1),
+            recovery: false,
+            entry_router: false,
         };
         let p = dir.join("conf/x.toml");
         let parse = |text: &str| text.parse::<toml::Table>().unwrap();
@@ -972,7 +1087,7 @@ mod tests {
         assert_eq!(site.upstream.unwrap().address.to_string(), "10.2.0.1:7800");
         assert_eq!(site.downstream.len(), 2);
         for h in hosts() {
-            let text = host_config(dir, &h);
+            let text = host_config(dir, &o, &h);
             assert!(parse(&text).contains_key("http_demo"));
             let c = crate::config::parse_host_text(&p, &text).unwrap();
             assert_eq!(c.name.to_string(), h.name());

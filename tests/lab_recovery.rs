@@ -701,6 +701,48 @@ fn client_path_moved_to_another_system_slr_whohas_finds_every_flow() {
     assert!(lab.rec("sys", "whohas_answered") >= 1);
 }
 
+// ----- c') an entry router hands unknown flows to its SLR --------------------------------
+
+#[test]
+fn an_entry_router_sends_packets_of_unknown_flows_to_its_slr_which_still_routes_them() {
+    if !root_or_skip(
+        "an_entry_router_sends_packets_of_unknown_flows_to_its_slr_which_still_routes_them",
+    ) {
+        return;
+    }
+    let lab = Lab::up(&["--policy", "flow-hash", "--entry-router"]);
+    let _servers = Servers::start(&lab);
+    let failed = Arc::new(Mutex::new(None));
+    let runs = start_downloads(&lab, 6, &failed);
+    settle();
+    let t = Instant::now();
+    *failed.lock().unwrap() = Some(t);
+    let pinned_before = int(&lab.stats("sys"), &["engine", "forwarded_pinned"]);
+    lab.ip(&[
+        "-n",
+        &lab.ns("client"),
+        "route",
+        "replace",
+        "192.200.0.0/24",
+        "via",
+        "172.16.2.1",
+    ]);
+    let out = finish("client path moved to an entry router (sys2)", runs, t);
+    let forwarded = lab.rec("sys2", "recover_forwarded");
+    eprintln!(
+        "  sys2 (entry router): recover punts {}, sent on to sys {forwarded}, WHOHAS answers \
+         installed {}; sys forwarded {} more packets on its pins",
+        lab.rec("sys2", "punts_recover"),
+        lab.rec("sys2", "answers_installed"),
+        int(&lab.stats("sys"), &["engine", "forwarded_pinned"]) - pinned_before,
+    );
+    assert_all_survived("entry router", &out, &lab, &["sys2", "sys"]);
+    assert!(
+        forwarded >= 1,
+        "sys2 sent no packet of an unknown flow to sys"
+    );
+}
+
 // ----- d) forgeries move no flow ---------------------------------------------------------
 
 /// An ICMP echo reply from the client to the VIP carrying `advert` after 64

@@ -17,6 +17,9 @@
 //! - `sys2` is a second system SLR serving the VIP subnet statically (next hops:
 //!   the two sites' tunnel endpoints); it and sys are WHOHAS neighbours. Moving the
 //!   client's VIP route to 172.16.2.1 moves its established connections to sys2.
+//!   With `--entry-router`, sys2 also plays a tunnel-entry router of sys's
+//!   cluster: it sends each packet of a flow it does not know on to sys
+//!   (`forward_unknown_to`), which still holds the flow's state.
 //! - Routers and hosts share one advertisement key (`ca/advert.keys`, key id 1):
 //!   hosts advertise stalled connections, routers verify the echo replies.
 
@@ -197,7 +200,7 @@ pub(super) fn sys2_config(dir: &Path, o: &UpOptions) -> String {
          [flows]\ncapacity_v4 = {cap}\ncapacity_v6 = 64\nsyn_timeout_ms = 3000\nestablished_timeout_ms = 60000\n\n\
          [policy]\nname = \"{policy}\"\nshortcuts = false\n\n{SESSION}\n\
          [stats]\nfile = {stats:?}\ninterval_ms = 100\n\n\
-         [recovery]\nadvert_keys = {keys:?}\n\n\
+         [recovery]\nadvert_keys = {keys:?}\n{entry}\n\
          [[recovery.neighbours]]\nname = \"sys.lab\"\naddress = \"10.9.0.1:{SIGNAL_PORT}\"\n\n\
          [[static_subnets]]\nsubnet = \"{VIP_SUBNET}\"\n\
          next_hops = [{{ address = \"10.1.0.2\" }}, {{ address = \"10.2.0.2\" }}]\n",
@@ -205,6 +208,11 @@ pub(super) fn sys2_config(dir: &Path, o: &UpOptions) -> String {
         cap = o.flow_capacity,
         policy = o.policy.config_name(),
         keys = keys_path(dir).display().to_string(),
+        entry = if o.entry_router {
+            "forward_unknown_to = \"10.0.0.1\"\n"
+        } else {
+            ""
+        },
     )
 }
 
@@ -366,6 +374,7 @@ mod tests {
             policy_module: None,
             timeout: Duration::from_secs(1),
             recovery: true,
+            entry_router: true,
         };
         let p = dir.join("conf/x.toml");
         let parse = |text: &str| crate::config::parse_router_text(&p, text).unwrap();
@@ -397,10 +406,12 @@ mod tests {
         assert!(spare.stats.unwrap().file.ends_with("stats/spare-a.toml"));
         let sys2 = parse(&sys2_config(dir, &o));
         assert_eq!(sys2.static_subnets[0].1.len(), 2);
+        let r = sys2.recovery.unwrap();
         assert_eq!(
-            sys2.recovery.unwrap().neighbours[0].address,
+            r.neighbours[0].address,
             Some("10.9.0.1:7800".parse().unwrap())
         );
+        assert_eq!(r.forward_unknown_to, Some("10.0.0.1".parse().unwrap()));
         for h in hosts() {
             let c = crate::config::parse_host_text(&p, &super::super::host_config(dir, &o, &h))
                 .unwrap();
