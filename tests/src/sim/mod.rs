@@ -21,6 +21,10 @@
 //! router* (a fast router, not an SLR) that initially sends every new flow to the
 //! network SLR; shortcuts program it to tunnel straight to the chosen host server.
 //!
+//! Failures and the recovery mechanisms of DESIGN.md §5 (restarts, more entry
+//! routers, moved client paths, neighbours, hot spares, server flow
+//! advertisements) live in the private `recovery` submodule (`recovery.rs`).
+//!
 //! Same seed, same run: events at the same instant run in scheduling order, and
 //! nothing iterates a hash map to decide anything.
 
@@ -256,12 +260,6 @@ pub struct SimStats {
     pub embryonic_unpinned: u64,
     /// Router and entry router restarts.
     pub restarts: u64,
-    /// Echo requests clients answered.
-    pub echo_replies: u64,
-    /// Packets the entry routers handed to their SLR after losing a flow's state.
-    pub entry_recovered: u64,
-    /// Flow states an SLR re-created at one of its entry routers.
-    pub entry_recreated: u64,
 }
 
 /// Counters of a simulated host server.

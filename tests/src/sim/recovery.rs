@@ -507,7 +507,6 @@ impl Sim {
         pkt.len = pb.len();
         pkt.handed_over = true;
         self.rec.counters.entry_recovered += 1;
-        self.stats.entry_recovered += 1;
         if let Verdict::Forward { next_hop, .. } = v {
             self.send_packet(id, next_hop, pkt);
         }
@@ -545,7 +544,6 @@ impl Sim {
         if done {
             self.rec.counters.entry_recreated += 1;
             self.rec.counters.last_restored = Some(now);
-            self.stats.entry_recreated += 1;
         }
     }
 
@@ -1172,7 +1170,6 @@ impl Sim {
             icmp.fill_checksum();
         }
         self.rec.counters.echo_replies += 1;
-        self.stats.echo_replies += 1;
         let reply = SimPacket {
             buf,
             start: HEADROOM,
