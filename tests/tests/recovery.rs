@@ -395,12 +395,13 @@ fn whohas_a_client_path_moved_to_a_neighbouring_system_slr_goes_on_to_the_origin
     restored(&sim, "WHOHAS", 6_000);
     let st = sim.router_recovery_stats(b).unwrap();
     println!(
-        "WHOHAS at the new system SLR: {} queries ({} messages), {} flows installed from \
-         answers, {} later answers for flows already recovered, {} negative; rate limited {}",
+        "WHOHAS at the new system SLR: {} queries ({} messages, to its upper level and its \
+         neighbour), {} flows installed from the first answer, {} second answers refused (query \
+         done), {} negative; rate limited {}",
         st.queries,
         st.whohas_sent,
         st.answers_installed,
-        st.answer_already_pinned,
+        st.answer_not_pending + st.answer_not_asked + st.answer_already_pinned,
         st.answers_negative,
         st.recover_rate_limited
     );
