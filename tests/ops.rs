@@ -540,6 +540,39 @@ fn operators_load_swap_roll_back_and_query_a_running_router_while_packets_flow()
         e.contains("requires a client certificate") && e.contains("--cert/--key"),
         "{e}"
     );
+    // A certificate from another trust domain, and a router name that does
+    // not match the certificate: refused, and said so.
+    let o = pronto()
+        .args(["ca", "issue-peer", "--dir"])
+        .arg(&other_ca)
+        .args(["--name", "intruder.lab"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let intruder = [
+        "--cert",
+        other_ca.join("peer-intruder.lab.pem").to_str().unwrap(),
+        "--key",
+        other_ca.join("peer-intruder.lab.key").to_str().unwrap(),
+    ]
+    .map(str::to_owned);
+    let intruder: Vec<&str> = intruder.iter().map(String::as_str).collect();
+    let out = lab.run(&["query", "summary"], &intruder, false);
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    eprintln!("foreign client: {e}");
+    assert!(e.contains("does not trust our certificate"), "{e}");
+    let ca_pem = lab.ca().join("ca.pem");
+    let out = lab.cli(&[
+        "query",
+        "summary",
+        "--router",
+        MGMT,
+        "--ca",
+        ca_pem.to_str().unwrap(),
+    ]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("--server-name"), "{e}");
     let out = lab.run(
         &["query", "summary"],
         &["--cert", "/nonexistent.pem", "--key", "/x"],
@@ -599,6 +632,7 @@ fn operators_load_swap_roll_back_and_query_a_running_router_while_packets_flow()
         ) >= 1.0
     );
     assert!(value("pronto_mgmt_unauthenticated_total", None) >= 1.0);
+    assert!(value("pronto_mgmt_untrusted_total", None) >= 1.0);
     assert!(
         value("pronto_env_refused_total", None) >= 2.0,
         "unsigned and foreign"
