@@ -120,6 +120,10 @@ enum LabCommand {
         /// know to sys, as a tunnel-entry router of sys's cluster would.
         #[arg(long, requires = "recovery")]
         entry_router: bool,
+        /// With --recovery: hosts send no flow advertisements (to see what the
+        /// other mechanisms recover alone).
+        #[arg(long, requires = "recovery")]
+        no_adverts: bool,
     },
     /// Kill one daemon with SIGKILL (recovery tests).
     Kill {
@@ -173,6 +177,7 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
             timeout_secs,
             recovery,
             entry_router,
+            no_adverts,
         } => {
             need_root()?;
             let opts = UpOptions {
@@ -185,6 +190,7 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
                 timeout: Duration::from_secs(*timeout_secs),
                 recovery: *recovery,
                 entry_router: *entry_router,
+                adverts: !no_adverts,
             };
             up(dir, &opts)
         }
@@ -274,6 +280,8 @@ struct UpOptions {
     recovery: bool,
     /// sys2 forwards packets of unknown flows to sys.
     entry_router: bool,
+    /// With `recovery`: hosts advertise stalled connections.
+    adverts: bool,
 }
 
 fn parse_loads(items: &[String]) -> Result<Vec<(String, f64)>> {
@@ -773,7 +781,7 @@ fn host_config(dir: &Path, o: &UpOptions, h: &HostNode) -> String {
         load = dir.join("load").join(&h.short),
         stats = dir.join("stats").join(format!("{}.toml", h.short)),
     );
-    if o.recovery {
+    if o.recovery && o.adverts {
         text.push_str(&recovery::host_section(dir));
     }
     text
@@ -1073,6 +1081,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             recovery: false,
             entry_router: false,
+            adverts: true,
         };
         let p = dir.join("conf/x.toml");
         let parse = |text: &str| text.parse::<toml::Table>().unwrap();

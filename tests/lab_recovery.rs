@@ -387,13 +387,24 @@ struct Running {
 /// Start `n` downloads and return once every connection is established and has
 /// its server's name.
 fn start_downloads(lab: &Lab, n: usize, failed_at: &Arc<Mutex<Option<Instant>>>) -> Vec<Running> {
+    start_downloads_with(lab, n, 0x5eed_0000, READ_TIMEOUT, failed_at)
+}
+
+/// [`start_downloads`] with seeds from `seed_base` and a read timeout.
+fn start_downloads_with(
+    lab: &Lab,
+    n: usize,
+    seed_base: u64,
+    timeout: Duration,
+    failed_at: &Arc<Mutex<Option<Instant>>>,
+) -> Vec<Running> {
     let (tx, rx) = mpsc::channel();
     let mut handles = Vec::new();
     for i in 0..n {
         let ns = lab.ns("client");
         let tx = tx.clone();
         let failed_at = Arc::clone(failed_at);
-        let seed = 0x5eed_0000 + i as u64;
+        let seed = seed_base + i as u64;
         handles.push(std::thread::spawn(move || {
             let s = in_netns(&ns, || {
                 TcpStream::connect_timeout(&SocketAddr::from((VIP, PORT)), Duration::from_secs(5))
@@ -402,7 +413,7 @@ fn start_downloads(lab: &Lab, n: usize, failed_at: &Arc<Mutex<Option<Instant>>>)
             let mut s = match s {
                 Ok(s) => s,
                 Err(e) => {
-                    let _ = tx.send((0, String::new()));
+                    let _ = tx.send((i, 0, String::new()));
                     return Download {
                         port: 0,
                         host: String::new(),
@@ -414,10 +425,10 @@ fn start_downloads(lab: &Lab, n: usize, failed_at: &Arc<Mutex<Option<Instant>>>)
                 }
             };
             let port = s.local_addr().unwrap().port();
-            s.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+            s.set_read_timeout(Some(timeout)).unwrap();
             let fail = |host: &str, bytes: u64, e: String, tx: Option<&mpsc::Sender<_>>| {
                 if let Some(tx) = tx {
-                    let _ = tx.send((port, host.to_owned()));
+                    let _ = tx.send((i, port, host.to_owned()));
                 }
                 Download {
                     port,
@@ -436,7 +447,7 @@ fn start_downloads(lab: &Lab, n: usize, failed_at: &Arc<Mutex<Option<Instant>>>)
                 return fail("", 0, format!("header: {e}"), Some(&tx));
             }
             let host = String::from_utf8_lossy(&head).trim().to_owned();
-            let _ = tx.send((port, host.clone()));
+            let _ = tx.send((i, port, host.clone()));
             let mut h = Fnv::new();
             let mut buf = vec![0u8; 64 << 10];
             let mut bytes = 0u64;
@@ -480,19 +491,20 @@ fn start_downloads(lab: &Lab, n: usize, failed_at: &Arc<Mutex<Option<Instant>>>)
         }));
     }
     drop(tx);
-    let mut started = Vec::new();
+    let mut started = BTreeMap::new();
     for _ in 0..n {
-        let (port, host) = rx
+        let (i, port, host) = rx
             .recv_timeout(Duration::from_secs(20))
             .expect("a download did not start");
-        started.push((port, host));
+        started.insert(i, (port, host));
     }
-    // Pair each thread with what it reported (by order of arrival is not enough:
-    // match on the outcome's port later).
     handles
         .into_iter()
-        .zip(started)
-        .map(|(done, (port, host))| Running { port, host, done })
+        .enumerate()
+        .map(|(i, done)| {
+            let (port, host) = started.remove(&i).unwrap_or_default();
+            Running { port, host, done }
+        })
         .collect()
 }
 
@@ -627,6 +639,18 @@ fn primary_site_slr_killed_its_spare_takes_over_every_download() {
     settle();
     let lag = lab.rec("spare-a", "mirror_lag_ms");
     let mirrored = lab.rec("spare-a", "mirrored_flows");
+    // Two flows opened just before the kill, too young for the mirror: the
+    // hosts' advertisements must re-create them at the spare.
+    let mut runs = runs;
+    let young_from = Instant::now();
+    runs.extend(start_downloads_with(
+        &lab,
+        2,
+        0x0404_0000,
+        READ_TIMEOUT,
+        &failed,
+    ));
+    let young_ms = young_from.elapsed().as_millis();
     let t = Instant::now();
     *failed.lock().unwrap() = Some(t);
     // The primary's machine dies: links down (its kernel stops answering ARP
@@ -651,12 +675,97 @@ fn primary_site_slr_killed_its_spare_takes_over_every_download() {
         lab.rec("spare-a", "adverts_installed"),
         int(&lab.stats("spare-a"), &["engine", "forwarded_pinned"]),
     );
+    eprintln!("  the last 2 flows were opened at most {young_ms} ms before the kill");
     assert!(
         mirrored >= through_a as i64,
         "the spare mirrored {mirrored} flows"
     );
     assert_all_survived("spare takeover", &out, &lab, &["spare-a", "sys", "a1"]);
     assert_eq!(lab.rec("spare-a", "takeover_errors"), 0);
+}
+
+// ----- b') how old a flow must be to survive a failover ------------------------------------
+
+#[test]
+fn without_advertisements_every_flow_older_than_the_mirror_delay_survives_a_failover() {
+    if !root_or_skip(
+        "without_advertisements_every_flow_older_than_the_mirror_delay_survives_a_failover",
+    ) {
+        return;
+    }
+    // Hosts do not advertise here: a flow the spare did not mirror breaks, so
+    // what survives is what the mirror carried.
+    let lab = Lab::up(&["--load", "b1=5", "--load", "b2=5", "--no-adverts"]);
+    let _servers = Servers::start(&lab);
+    let failed = Arc::new(Mutex::new(None));
+    // Flows opened at these ages (ms) before the primary dies.
+    let ages_ms: [u64; 10] = [3000, 1500, 1000, 700, 500, 350, 250, 150, 80, 20];
+    // A broken flow shows as a read timeout: the spare drops its packets.
+    let timeout = Duration::from_secs(12);
+    let first = Instant::now();
+    let mut runs = Vec::new();
+    let mut opened = Vec::new();
+    for (i, age) in ages_ms.iter().enumerate() {
+        let at = first + Duration::from_millis(ages_ms[0] - age);
+        if let Some(wait) = at.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        opened.push(Instant::now());
+        runs.extend(start_downloads_with(
+            &lab,
+            1,
+            0x0a9e_0000 + i as u64,
+            timeout,
+            &failed,
+        ));
+    }
+    let kill_at = first + Duration::from_millis(ages_ms[0]);
+    if let Some(wait) = kill_at.checked_duration_since(Instant::now()) {
+        std::thread::sleep(wait);
+    }
+    let t = Instant::now();
+    *failed.lock().unwrap() = Some(t);
+    let mirror_lag = lab.rec("spare-a", "mirror_lag_ms");
+    lab.lab(&["kill", "--link-down", "site-a"]);
+    let ports: Vec<u16> = runs.iter().map(|r| r.port).collect();
+    let out = finish("failover without advertisements", runs, t);
+    let mut youngest_survivor = None;
+    let mut oldest_casualty = None;
+    eprintln!("  age of each flow at the kill:");
+    for (port, open) in ports.iter().zip(&opened) {
+        let age = t.duration_since(*open).as_millis();
+        let ok = out.iter().any(|d| d.port == *port && d.correct);
+        eprintln!("    {age:>5} ms  {}", if ok { "survived" } else { "broke" });
+        if ok {
+            youngest_survivor = Some(youngest_survivor.map_or(age, |y: u128| y.min(age)));
+        } else {
+            oldest_casualty = Some(oldest_casualty.map_or(age, |o: u128| o.max(age)));
+        }
+    }
+    eprintln!(
+        "  youngest flow that survived: {youngest_survivor:?} ms; oldest that broke: \
+         {oldest_casualty:?} ms; mirror interval 100 ms, spare's last reported lag \
+         {mirror_lag} ms; the spare took over {} ms after the primary's last sign of life",
+        lab.rec("spare-a", "takeover_silent_ms")
+    );
+    assert_eq!(
+        lab.rec("spare-a", "adverts_installed"),
+        0,
+        "no advertisement here"
+    );
+    // Mirror interval plus signalling delay is well under a second: every flow
+    // older than that survives; younger ones may not.
+    for (port, open) in ports.iter().zip(&opened) {
+        let age = t.duration_since(*open);
+        if age >= Duration::from_millis(1000) {
+            let survived = out.iter().any(|d| d.port == *port && d.correct);
+            assert!(
+                survived,
+                "a flow {} ms old at the kill broke",
+                age.as_millis()
+            );
+        }
+    }
 }
 
 // ----- c) the client's path moves to another system SLR ----------------------------------

@@ -375,6 +375,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             recovery: true,
             entry_router: true,
+            adverts: true,
         };
         let p = dir.join("conf/x.toml");
         let parse = |text: &str| crate::config::parse_router_text(&p, text).unwrap();
