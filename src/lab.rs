@@ -508,7 +508,12 @@ fn build(dir: &Path, o: &UpOptions, state: &mut LabState) -> Result<()> {
         )?;
     }
     for h in hosts() {
-        start(&h.short, &Names::host(p, &h), "host", host_config(dir, o, &h))?;
+        start(
+            &h.short,
+            &Names::host(p, &h),
+            "host",
+            host_config(dir, o, &h),
+        )?;
     }
     if o.recovery {
         start(
