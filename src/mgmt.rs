@@ -621,6 +621,40 @@ fn manager_error(e: &ManagerError) -> StateError {
     }
 }
 
+/// One configured share tree as the queues answer shows it: each class's share
+/// of the link when every class is busy, and the rate that guarantees.
+fn share_tree_row(sh: &config::Shaping) -> ShareTreeRow {
+    let t = &sh.tree;
+    let shares = t.leaf_shares().unwrap_or_default();
+    let classes = t
+        .classes
+        .iter()
+        .map(|c| {
+            let share = shares.get(&c.id).copied().unwrap_or(0.0);
+            ShareClassRow {
+                id: c.id,
+                handle: format!("1:{:x}", c.id),
+                weight: c.weight,
+                share,
+                rate_bps: (t.link_rate_bps as f64 * share) as u64,
+                subnets: t
+                    .filters
+                    .iter()
+                    .filter(|f| f.class == c.id)
+                    .map(|f| f.subnet.to_string())
+                    .collect(),
+                default: t.default_class == c.id,
+            }
+        })
+        .collect();
+    ShareTreeRow {
+        link: sh.link.clone(),
+        realisation: "kernel-htb".into(),
+        rate_bps: t.link_rate_bps,
+        classes,
+    }
+}
+
 impl RouterState for MgmtState {
     fn summary(&self) -> Result<RouterSummary, StateError> {
         let (counters, flows, capacity) = self.engine_figures()?;
@@ -798,38 +832,7 @@ impl RouterState for MgmtState {
     }
 
     fn queues(&self) -> Result<QueuesResponse, StateError> {
-        let mut trees = Vec::new();
-        if let Some(sh) = &self.shaping {
-            let t = &sh.tree;
-            let shares = t.leaf_shares().unwrap_or_default();
-            let classes = t
-                .classes
-                .iter()
-                .map(|c| {
-                    let share = shares.get(&c.id).copied().unwrap_or(0.0);
-                    ShareClassRow {
-                        id: c.id,
-                        handle: format!("1:{:x}", c.id),
-                        weight: c.weight,
-                        share,
-                        rate_bps: (t.link_rate_bps as f64 * share) as u64,
-                        subnets: t
-                            .filters
-                            .iter()
-                            .filter(|f| f.class == c.id)
-                            .map(|f| f.subnet.to_string())
-                            .collect(),
-                        default: t.default_class == c.id,
-                    }
-                })
-                .collect();
-            trees.push(ShareTreeRow {
-                link: sh.link.clone(),
-                realisation: "kernel-htb".into(),
-                rate_bps: t.link_rate_bps,
-                classes,
-            });
-        }
+        let trees: Vec<ShareTreeRow> = self.shaping.iter().map(share_tree_row).collect();
         let note = if trees.is_empty() {
             "no [shaping] section: no share tree is configured. The Linux data path has no \
              userspace packet queue (packets go from the TUN or raw sockets through the engine \
@@ -1581,6 +1584,29 @@ mod tests {
         );
         assert!(v.table.is_empty() && v.omitted == 0);
         assert_eq!(v.slr["table"]["registrations"], 1);
+    }
+
+    #[test]
+    fn share_trees_show_each_class_share_rate_and_subnets() {
+        use router_core::linux::tc::{ShareClassConfig, ShareTreeConfig};
+        let tree = ShareTreeConfig::new(100_000_000)
+            .with_class(ShareClassConfig::new(16, 20))
+            .with_class(ShareClassConfig::new(32, 80))
+            .with_filter("192.200.0.0/24".parse().unwrap(), 16)
+            .with_default(16);
+        let row = share_tree_row(&config::Shaping {
+            link: "eth1".into(),
+            tree,
+        });
+        assert_eq!(row.link, "eth1");
+        assert_eq!(row.rate_bps, 100_000_000);
+        let c16 = &row.classes[0];
+        assert_eq!((c16.handle.as_str(), c16.weight), ("1:10", 20));
+        assert!((c16.share - 0.2).abs() < 1e-9);
+        assert_eq!(c16.rate_bps, 20_000_000);
+        assert_eq!(c16.subnets, vec!["192.200.0.0/24".to_owned()]);
+        assert!(c16.default && !row.classes[1].default);
+        assert!((row.classes[1].share - 0.8).abs() < 1e-9);
     }
 
     #[test]
