@@ -115,6 +115,7 @@ pub(crate) struct RecoveryFile {
     max_pending: usize,
     query_timeout_ms: u64,
     mirror_interval_ms: u64,
+    mirror_scan_ms: u64,
     max_skew_ms: u64,
 }
 
@@ -135,6 +136,7 @@ impl Default for RecoveryFile {
             max_pending: r.max_pending,
             query_timeout_ms: ms(r.query_timeout),
             mirror_interval_ms: ms(MirrorConfig::default().interval),
+            mirror_scan_ms: ms(MirrorConfig::default().scan_interval),
             max_skew_ms: ms(AdvertAuthConfig::default().max_skew),
         }
     }
@@ -272,6 +274,15 @@ pub(crate) fn recovery_settings(
             f.mirror_interval_ms,
             10,
             60_000,
+        )?),
+        // New flows reach the spare at once (new-flow notices) but as
+        // half-open; the scan carries their later state (established), without
+        // which the spare's SYN timeout may expire them before a failover.
+        scan_interval: Duration::from_millis(in_range(
+            "recovery.mirror_scan_ms",
+            f.mirror_scan_ms,
+            50,
+            600_000,
         )?),
         ..MirrorConfig::default()
     };

@@ -156,7 +156,7 @@ pub(super) fn router_section(dir: &Path, site: Option<u8>) -> String {
     match site {
         None => s.push_str("\n[[recovery.neighbours]]\nname = \"sys2.lab\"\n"),
         // The spare presents site-a's certificate (see the module docs).
-        Some(1) => s.push_str("spares = [\"site-a.lab\"]\n"),
+        Some(1) => s.push_str("spares = [\"site-a.lab\"]\nmirror_scan_ms = 250\n"),
         Some(_) => {}
     }
     s.push('\n');
