@@ -977,7 +977,7 @@ impl Recovery {
             taken_over: self.takeover.is_some(),
             takeover_silent_ms: self.takeover.map_or(0, |t| t.silent_ms),
             takeover_addresses_ms: done & !(1 << 63),
-            takeover_errors: s.takeover_errors + u64::from(done >> 63 == 1),
+            takeover_errors: s.takeover_errors + u64::from(done >> 63 == 1) + cc.local_addr_refused,
             key_reloads: s.key_reloads,
         }
     }
