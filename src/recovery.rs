@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use router_core::api::RouterApi;
 use router_core::engine::Engine;
 use router_core::flow::{FlowEntry, FlowState};
 use router_core::linux::{DataplaneHandle, NewFlow, PuntKind, PuntedPacket};
@@ -431,6 +432,7 @@ struct CoreCounters {
     adverts_rejected: u64,
     neighbours_refused: u64,
     local_addr_refused: u64,
+    refresh_refused: u64,
 }
 
 /// The recovery state that needs the engine; moves into each dataplane call
@@ -563,6 +565,16 @@ impl Core {
                 if !slr.add_local_addr(*a) {
                     self.counters.local_addr_refused += 1;
                     warn!(addr = %a, "taken-over address not added to the control side (full)");
+                }
+            }
+            // The silence before the takeover is not the flows' idleness: a
+            // flow mirrored half-open (its established state not scanned yet)
+            // would otherwise hit its SYN timeout before its next packet.
+            let flows: Vec<FlowEntry> = e.flows().export(now).collect();
+            for mut f in flows {
+                f.last_seen = now;
+                if e.install_flow(&f, now).is_err() {
+                    self.counters.refresh_refused += 1;
                 }
             }
             // The mirrored table is now ours; no more deltas are applied.
