@@ -483,6 +483,43 @@ mod tests {
     }
 
     #[test]
+    fn rendered_text_parses_with_an_independent_prometheus_parser() {
+        let h = Histogram::new();
+        for ns in [90, 700, 700, 40_000, 2_000_000_000] {
+            h.record_ns(ns);
+        }
+        let mut b = MetricsBuilder::new();
+        b.counter("a_total", "A counter", &[("reason", "x\"y")], 5)
+            .gauge("b", "A gauge", &[], -1.5)
+            .gauge("c", "Not a number", &[], f64::NAN)
+            .histogram(
+                "d_seconds",
+                "A histogram",
+                &[("call", "select")],
+                h.snapshot(),
+            );
+        let text = render_prometheus(&b.finish());
+        let s = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+        let find = |n: &str| s.samples.iter().find(|x| x.metric == n).unwrap();
+        assert!(matches!(find("a_total").value, prometheus_parse::Value::Counter(v) if v == 5.0));
+        // prometheus-parse keeps label values as escaped in the text.
+        assert_eq!(find("a_total").labels.get("reason"), Some("x\\\"y"));
+        assert!(matches!(find("b").value, prometheus_parse::Value::Gauge(v) if v == -1.5));
+        match &find("d_seconds").value {
+            prometheus_parse::Value::Histogram(buckets) => {
+                assert_eq!(buckets.len(), FINITE_BUCKETS + 1);
+                assert_eq!(buckets.last().unwrap().count, 5.0);
+                let le_1us = buckets
+                    .iter()
+                    .find(|b| (b.less_than - 1.024e-6).abs() < 1e-12);
+                assert_eq!(le_1us.unwrap().count, 3.0);
+            }
+            other => panic!("not a histogram: {other:?}"),
+        }
+        assert_eq!(s.docs.get("b").map(String::as_str), Some("A gauge"));
+    }
+
+    #[test]
     fn flatten_turns_a_snapshot_struct_into_counters_gauges_and_indexed_families() {
         let v = serde_json::json!({
             "registrations": 3,
