@@ -333,8 +333,9 @@ pub(crate) struct SpareSettings {
     pub(crate) interface: String,
     /// The primary's addresses with their prefix lengths.
     pub(crate) take_over: Vec<(IpAddr, u8)>,
-    /// Silence after which the primary is declared dead (after the last sign of
-    /// life of its session).
+    /// Silence after which the primary is declared dead: its session's dead
+    /// interval (stretched by the session to three of the primary's
+    /// keepalives), then as long again for a reconnect before the takeover.
     pub(crate) dead_after: Duration,
     /// First reconnect delay toward the primary.
     pub(crate) reconnect: Duration,
@@ -1143,6 +1144,13 @@ pub(crate) fn start_sessions(
 ) -> Result<()> {
     let connector = |role: Role| -> Result<Connector> {
         let (identity, anchors) = cfg.tls.load()?;
+        let mut peer = cfg.peer;
+        if let (Role::Spare, Some(s)) = (role, &cfg.spare) {
+            // Watch the primary as tightly as its keepalives allow (the
+            // session stretches this to three of them): its end is the first
+            // sign of the primary's death.
+            peer.dead_interval = peer.dead_interval.min(s.dead_after);
+        }
         Connector::new(TransportConfig {
             identity,
             trust_anchors: anchors,
@@ -1151,7 +1159,7 @@ pub(crate) fn start_sessions(
                 level: cfg.level,
                 role,
             },
-            peer: cfg.peer,
+            peer,
         })
         .context("recovery: TLS configuration")
     };
