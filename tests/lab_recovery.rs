@@ -79,7 +79,14 @@ struct Lab {
 }
 
 impl Lab {
+    /// A recovery lab with shortcuts off (see the module docs).
     fn up(args: &[&str]) -> Self {
+        let mut all = vec!["--no-shortcuts"];
+        all.extend_from_slice(args);
+        Self::up_with(&all)
+    }
+
+    fn up_with(args: &[&str]) -> Self {
         let serial = LABS.lock().unwrap_or_else(|e| e.into_inner());
         let prefix = format!(
             "r{}{}",
@@ -96,7 +103,6 @@ impl Lab {
             .args(["lab", "up", "--dir"])
             .arg(&dir)
             .args(["--prefix", &prefix, "--timeout-secs", "60", "--recovery"])
-            .args(["--no-shortcuts"])
             .args(args)
             .env("RUST_LOG", "info")
             .output()
@@ -811,6 +817,55 @@ fn client_path_moved_to_another_system_slr_whohas_finds_every_flow() {
         "sys2 installed no flow from a WHOHAS answer"
     );
     assert!(lab.rec("sys", "whohas_answered") >= 1);
+}
+
+// With shortcuts on, the system SLR has each flow pinned straight to its
+// server, and that is what sys2 learns.
+#[test]
+fn with_shortcuts_whohas_gives_the_new_system_slr_the_server_itself() {
+    if !root_or_skip("with_shortcuts_whohas_gives_the_new_system_slr_the_server_itself") {
+        return;
+    }
+    let lab = Lab::up_with(&["--policy", "flow-hash"]);
+    let _servers = Servers::start(&lab);
+    let failed = Arc::new(Mutex::new(None));
+    let runs = start_downloads(&lab, 6, &failed);
+    settle();
+    let servers: BTreeMap<String, String> = lab
+        .flows("sys")
+        .into_iter()
+        .filter(|(k, _)| k.contains(&format!("{VIP}:{PORT}")))
+        .collect();
+    let t = Instant::now();
+    *failed.lock().unwrap() = Some(t);
+    lab.ip(&[
+        "-n",
+        &lab.ns("client"),
+        "route",
+        "replace",
+        "192.200.0.0/24",
+        "via",
+        "172.16.2.1",
+    ]);
+    let out = finish("client path moved to sys2 (shortcuts on)", runs, t);
+    let at_sys2 = lab.flows("sys2");
+    let same = servers
+        .iter()
+        .filter(|(k, hop)| at_sys2.get(*k) == Some(*hop))
+        .count();
+    eprintln!(
+        "  sys2: answers installed {}; {same} of {} flows pinned at sys2 to the very server \
+         sys had (hosts 10.x.y.2, not site routers)",
+        lab.rec("sys2", "answers_installed"),
+        servers.len(),
+    );
+    assert_all_survived("path move with shortcuts", &out, &lab, &["sys2", "sys"]);
+    assert!(
+        servers
+            .values()
+            .all(|h| h.ends_with(".2") && !h.ends_with(".0.2"))
+    );
+    assert_eq!(same, servers.len(), "sys2 {at_sys2:?} vs sys {servers:?}");
 }
 
 // ----- c') an entry router hands unknown flows to its SLR --------------------------------
