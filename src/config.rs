@@ -609,6 +609,81 @@ impl ModulesConfig {
     }
 }
 
+// ----- [management] (the operators' HTTPS API, src/mgmt.rs) ---------------------
+
+/// `[management]`: the management API over mutual TLS.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManagementFile {
+    listen: SocketAddr,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    trust_anchors: Option<Vec<PathBuf>>,
+    #[serde(default = "default_mgmt_connections")]
+    max_connections: usize,
+    #[serde(default = "default_mgmt_timeout_ms")]
+    request_timeout_ms: u64,
+}
+
+fn default_mgmt_connections() -> usize {
+    64
+}
+
+fn default_mgmt_timeout_ms() -> u64 {
+    30_000
+}
+
+/// A validated `[management]` section; TLS files default to `[tls]`'s.
+#[derive(Debug, Clone)]
+pub(crate) struct Management {
+    /// Where the API listens.
+    pub(crate) listen: SocketAddr,
+    /// Server certificate chain, PEM.
+    pub(crate) cert: PathBuf,
+    /// Server key, PEM.
+    pub(crate) key: PathBuf,
+    /// CA certificates a client's certificate must chain to.
+    pub(crate) trust_anchors: Vec<PathBuf>,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub(crate) max_connections: usize,
+    /// Longest a connection may take for its handshake or one request.
+    pub(crate) request_timeout: Duration,
+}
+
+impl Management {
+    fn from_file(c: &Check<'_>, m: &ManagementFile, tls: &TlsFiles) -> Result<Self, ConfigError> {
+        let trust_anchors = match &m.trust_anchors {
+            Some(a) if a.is_empty() => {
+                return Err(c.err(
+                    "management.trust_anchors",
+                    "name at least one CA certificate, or omit the key to use tls.trust_anchors",
+                ));
+            }
+            Some(a) => a.iter().map(|p| c.resolve(p)).collect(),
+            None => tls.trust_anchors.clone(),
+        };
+        Ok(Self {
+            listen: m.listen,
+            cert: m
+                .cert
+                .as_ref()
+                .map_or_else(|| tls.cert.clone(), |p| c.resolve(p)),
+            key: m
+                .key
+                .as_ref()
+                .map_or_else(|| tls.key.clone(), |p| c.resolve(p)),
+            trust_anchors,
+            max_connections: c.range("management.max_connections", m.max_connections, 1, 1024)?,
+            request_timeout: Duration::from_millis(c.range(
+                "management.request_timeout_ms",
+                m.request_timeout_ms,
+                100,
+                600_000,
+            )?),
+        })
+    }
+}
+
 /// `pronto router run` configuration file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -636,6 +711,9 @@ struct RouterFile {
     stats: Option<StatsFile>,
     modules: Option<ModulesFile>,
     shaping: Option<ShapingFile>,
+    management: Option<ManagementFile>,
+    recovery: Option<crate::recovery::RecoveryFile>,
+    spare: Option<crate::recovery::SpareFile>,
 }
 
 /// `[shaping]`: bandwidth shares of return traffic (by VIP source prefix) on an
@@ -741,6 +819,12 @@ pub(crate) struct RouterConfig {
     pub(crate) modules: Option<ModulesConfig>,
     /// Kernel bandwidth shares on an egress link.
     pub(crate) shaping: Option<Shaping>,
+    /// The management API (`None`: not served).
+    pub(crate) management: Option<Management>,
+    /// Failure recovery: advertisement keys, WHOHAS neighbours, spares.
+    pub(crate) recovery: Option<crate::recovery::RecoverySettings>,
+    /// This router is a hot spare.
+    pub(crate) spare: Option<crate::recovery::SpareSettings>,
 }
 
 /// Read and validate a router configuration file.
@@ -856,6 +940,23 @@ fn router_from_file(path: &Path, f: RouterFile) -> Result<RouterConfig, ConfigEr
     };
     let mut slr = SlrConfig::new(level);
     slr.table = table;
+    let recovery = f
+        .recovery
+        .as_ref()
+        .map(|r| crate::recovery::recovery_settings(r, &|p| c.resolve(p)))
+        .transpose()
+        .map_err(|e| c.err(e.field, e.reason))?;
+    let spare = f
+        .spare
+        .as_ref()
+        .map(|s| crate::recovery::spare_settings(s, upstream.is_some()))
+        .transpose()
+        .map_err(|e| c.err(e.field, e.reason))?;
+    if let Some(r) = &recovery {
+        slr.recovery = r.limits;
+    }
+    // Mirroring to a spare wants each newly pinned flow at once.
+    let mirrors = recovery.as_ref().is_some_and(|r| !r.spares.is_empty());
     if let Some(s) = f.policy.shortcuts {
         slr.shortcuts = s;
     }
@@ -877,14 +978,20 @@ fn router_from_file(path: &Path, f: RouterFile) -> Result<RouterConfig, ConfigEr
             PathName::Kernel => TunnelPath::Kernel,
         },
         // Shortcuts need each newly pinned flow reported by the data path.
-        new_flow_queue: if slr.shortcuts { 4096 } else { 0 },
+        new_flow_queue: if slr.shortcuts || mirrors { 4096 } else { 0 },
         ..DataplaneConfig::default()
     };
+    let tls = TlsFiles::from_file(&c, &f.tls)?;
+    let management = f
+        .management
+        .as_ref()
+        .map(|m| Management::from_file(&c, m, &tls))
+        .transpose()?;
     Ok(RouterConfig {
         level,
         name,
         dataplane,
-        tls: TlsFiles::from_file(&c, &f.tls)?,
+        tls,
         listen: f.listen,
         upstream,
         default_route_cost,
@@ -908,6 +1015,9 @@ fn router_from_file(path: &Path, f: RouterFile) -> Result<RouterConfig, ConfigEr
             .as_ref()
             .map(|s| Shaping::from_file(&c, s))
             .transpose()?,
+        management,
+        recovery,
+        spare,
     })
 }
 
@@ -972,6 +1082,126 @@ fn default_http_conns() -> usize {
     256
 }
 
+/// `[recovery]` of a host: server flow advertisements (DESIGN.md §5).
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct HostRecoveryFile {
+    enabled: bool,
+    advert_keys: Option<PathBuf>,
+    key_id: Option<u32>,
+    stall_after_ms: u64,
+    readvertise_after_ms: u64,
+    scan_interval_ms: u64,
+    max_adverts_per_sec: u32,
+    max_flows: usize,
+    server_addresses: Vec<IpAddr>,
+}
+
+impl Default for HostRecoveryFile {
+    fn default() -> Self {
+        let p = signaling::ProgressConfig::default();
+        Self {
+            enabled: true,
+            advert_keys: None,
+            key_id: None,
+            stall_after_ms: u64::try_from(p.stall_after.as_millis()).unwrap_or(1000),
+            readvertise_after_ms: u64::try_from(p.readvertise_after.as_millis()).unwrap_or(1000),
+            scan_interval_ms: 200,
+            max_adverts_per_sec: p.max_adverts_per_sec,
+            max_flows: p.max_flows,
+            server_addresses: Vec::new(),
+        }
+    }
+}
+
+/// A host's server flow advertisements: when a connection on a served VIP makes
+/// no progress, an authenticated echo request goes from the VIP to the client.
+#[derive(Debug, Clone)]
+pub(crate) struct HostRecovery {
+    /// The trust domain's advertisement key file.
+    pub(crate) advert_keys: PathBuf,
+    /// Which key of that file signs.
+    pub(crate) key_id: u32,
+    /// When a stalled connection is advertised, and the monitor's bounds.
+    pub(crate) progress: signaling::ProgressConfig,
+    /// How often the connections are scanned.
+    pub(crate) scan_interval: Duration,
+    /// The server address each advertisement names (the host's tunnel endpoint),
+    /// at most one per family; for the family of the site router's address, the
+    /// default is the address the host uses toward it.
+    pub(crate) server_addresses: Vec<IpAddr>,
+}
+
+impl HostRecovery {
+    fn from_file(c: &Check<'_>, r: &HostRecoveryFile) -> Result<Option<Self>, ConfigError> {
+        if !r.enabled {
+            return Ok(None);
+        }
+        let advert_keys = r.advert_keys.as_ref().ok_or_else(|| {
+            c.err(
+                "recovery.advert_keys",
+                "give the advertisement key file (or set recovery.enabled = false)",
+            )
+        })?;
+        let key_id = r.key_id.ok_or_else(|| {
+            c.err(
+                "recovery.key_id",
+                "give the id of the key in recovery.advert_keys that signs",
+            )
+        })?;
+        let v4 = r.server_addresses.iter().filter(|a| a.is_ipv4()).count();
+        if v4 > 1 || r.server_addresses.len() - v4 > 1 {
+            return Err(c.err(
+                "recovery.server_addresses",
+                "give at most one address per family",
+            ));
+        }
+        if let Some(a) = r
+            .server_addresses
+            .iter()
+            .find(|a| a.is_unspecified() || a.is_multicast() || a.is_loopback())
+        {
+            return Err(c.err(
+                "recovery.server_addresses",
+                format!("{a} is not a unicast address routers can tunnel to"),
+            ));
+        }
+        let progress = signaling::ProgressConfig {
+            stall_after: Duration::from_millis(c.range(
+                "recovery.stall_after_ms",
+                r.stall_after_ms,
+                1,
+                3_600_000,
+            )?),
+            readvertise_after: Duration::from_millis(c.range(
+                "recovery.readvertise_after_ms",
+                r.readvertise_after_ms,
+                1,
+                3_600_000,
+            )?),
+            max_flows: c.range("recovery.max_flows", r.max_flows, 1, 1 << 22)?,
+            max_adverts_per_sec: c.range(
+                "recovery.max_adverts_per_sec",
+                r.max_adverts_per_sec,
+                1,
+                signaling::MAX_ADVERTS_PER_SEC,
+            )?,
+        };
+        Ok(Some(Self {
+            advert_keys: c.resolve(advert_keys),
+            key_id,
+            progress,
+            scan_interval: Duration::from_millis(c.range(
+                "recovery.scan_interval_ms",
+                r.scan_interval_ms,
+                10,
+                60_000,
+            )?),
+            server_addresses: r.server_addresses.clone(),
+        }))
+    }
+}
+
 /// `pronto host run` configuration file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -988,6 +1218,7 @@ struct HostFile {
     session: SessionFile,
     stats: Option<StatsFile>,
     http_demo: Option<HttpDemoFile>,
+    recovery: Option<HostRecoveryFile>,
 }
 
 /// How the host computes its load: `background + background_file +
@@ -1039,6 +1270,8 @@ pub(crate) struct HostDaemonConfig {
     pub(crate) stats: Option<Stats>,
     /// Demo HTTP server.
     pub(crate) http_demo: Option<HttpDemo>,
+    /// Server flow advertisements (`None`: no `[recovery]`, or disabled).
+    pub(crate) recovery: Option<HostRecovery>,
 }
 
 /// Read and validate a host configuration file.
@@ -1112,6 +1345,10 @@ fn host_from_file(path: &Path, f: HostFile) -> Result<HostDaemonConfig, ConfigEr
             .map(|s| Stats::from_file(&c, s))
             .transpose()?,
         http_demo,
+        recovery: match &f.recovery {
+            Some(r) => HostRecovery::from_file(&c, r)?,
+            None => None,
+        },
         name,
     })
 }
@@ -1350,5 +1587,61 @@ listen = "0.0.0.0:80"
         assert!(e.contains("site.name"), "{e}");
         let e = err_text(host(&HOST.replace("[load]", "[load]\ncpu = 1")));
         assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn host_recovery_validates_and_errors_name_the_field() {
+        assert!(host(HOST).unwrap().recovery.is_none());
+        let ok = format!(
+            "{HOST}\n[recovery]\nadvert_keys = \"advert.keys\"\nkey_id = 7\nstall_after_ms = 500\n\
+             server_addresses = [\"10.1.2.2\", \"2001:db8::2\"]\n"
+        );
+        let r = host(&ok).unwrap().recovery.unwrap();
+        assert_eq!(r.advert_keys, PathBuf::from("/etc/pronto/advert.keys"));
+        assert_eq!(r.key_id, 7);
+        assert_eq!(r.progress.stall_after, Duration::from_millis(500));
+        assert_eq!(r.progress.readvertise_after, Duration::from_secs(1));
+        assert_eq!(r.scan_interval, Duration::from_millis(200));
+        assert_eq!(r.server_addresses.len(), 2);
+        let off = format!("{HOST}\n[recovery]\nenabled = false\n");
+        assert!(host(&off).unwrap().recovery.is_none());
+        let e = err_text(host(&format!("{HOST}\n[recovery]\nkey_id = 1\n")));
+        assert!(e.contains("recovery.advert_keys"), "{e}");
+        let e = err_text(host(&ok.replace("key_id = 7\n", "")));
+        assert!(e.contains("recovery.key_id"), "{e}");
+        let e = err_text(host(
+            &ok.replace("stall_after_ms = 500", "stall_after_ms = 0"),
+        ));
+        assert!(e.contains("recovery.stall_after_ms"), "{e}");
+        let e = err_text(host(&ok.replace("2001:db8::2", "10.1.2.3")));
+        assert!(e.contains("recovery.server_addresses"), "{e}");
+        let e = err_text(host(&ok.replace("10.1.2.2", "0.0.0.0")));
+        assert!(e.contains("recovery.server_addresses"), "{e}");
+        let e = err_text(host(&format!("{ok}max_adverts_per_sec = 0\n")));
+        assert!(e.contains("recovery.max_adverts_per_sec"), "{e}");
+    }
+
+    #[test]
+    fn management_defaults_to_the_tls_files_and_refuses_bad_values() {
+        assert!(router(ROUTER).unwrap().management.is_none());
+        let ok = format!("{ROUTER}\n[management]\nlisten = \"127.0.0.1:7900\"\n");
+        let m = router(&ok).unwrap().management.unwrap();
+        assert_eq!(m.listen, "127.0.0.1:7900".parse().unwrap());
+        assert_eq!(m.key, PathBuf::from("/abs/peer.key"));
+        assert_eq!(m.trust_anchors, vec![PathBuf::from("/etc/pronto/ca.pem")]);
+        assert_eq!(m.max_connections, 64);
+        let own = format!("{ok}cert = \"mgmt.pem\"\ntrust_anchors = [\"ops-ca.pem\"]\n");
+        let m = router(&own).unwrap().management.unwrap();
+        assert_eq!(m.cert, PathBuf::from("/etc/pronto/mgmt.pem"));
+        assert_eq!(
+            m.trust_anchors,
+            vec![PathBuf::from("/etc/pronto/ops-ca.pem")]
+        );
+        let e = err_text(router(&format!("{ok}trust_anchors = []\n")));
+        assert!(e.contains("management.trust_anchors"), "{e}");
+        let e = err_text(router(&format!("{ok}max_connections = 0\n")));
+        assert!(e.contains("management.max_connections"), "{e}");
+        let e = err_text(router(&format!("{ok}port = 1\n")));
+        assert!(e.contains("port"), "{e}");
     }
 }

@@ -12,9 +12,14 @@
 //! (`/proc/net/tcp`, `/proc/net/tcp6` of the host's namespace) and `cpu` is the
 //! busy fraction of `/proc/stat` since the last update. Optionally it runs a tiny
 //! HTTP server answering every request with the host's name (`[http_demo]`).
+//!
+//! With `[recovery]` it also watches its connections for lack of progress and
+//! sends authenticated server flow advertisements ([`adverts`], DESIGN.md §5).
+
+mod adverts;
 
 use std::io::BufRead;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -74,6 +79,9 @@ pub(crate) fn run(args: &HostArgs) -> Result<()> {
         HostCommand::Check { config } => {
             let c = config::load_host(config)?;
             c.tls.load()?;
+            if let Some(r) = &c.recovery {
+                adverts::check_keys(r)?;
+            }
             println!("{}: host {} is valid", config.display(), c.name);
             Ok(())
         }
@@ -143,6 +151,7 @@ struct HostSnapshot {
     http_refused: u64,
     agent: AgentView,
     tunnel: TunnelSnapshot,
+    adverts: Option<adverts::AdvertCounters>,
 }
 
 async fn agent_main(
@@ -172,6 +181,11 @@ async fn agent_main(
         info!(listen = %demo.listen, body = %demo.body, "demo HTTP server listening");
         tokio::spawn(http_demo(listener, demo.clone(), Arc::clone(&http)));
     }
+    // Stopped and joined when agent_main returns (the handle drops).
+    let advertiser = match &cfg.recovery {
+        Some(r) => Some(adverts::start(r, &cfg.subnets, cfg.site.address)?),
+        None => None,
+    };
     let view = Arc::new(Mutex::new(AgentView::default()));
     if let Some(stats) = cfg.stats.clone() {
         let (view, http, tunnel, name) = (
@@ -180,12 +194,21 @@ async fn agent_main(
             tunnel.clone(),
             cfg.name.to_string(),
         );
+        let advert_view = advertiser
+            .as_ref()
+            .map(adverts::AdvertHandle::counters_view);
         tokio::spawn(async move {
             let mut t = tokio::time::interval(stats.interval);
             loop {
                 t.tick().await;
                 let agent = view.lock().map(|v| v.clone()).unwrap_or_default();
-                write_snapshot(&stats.file, &host_snapshot(&name, agent, &http, &tunnel));
+                let adverts = advert_view
+                    .as_ref()
+                    .map(|a| a.lock().map(|c| *c).unwrap_or_default());
+                write_snapshot(
+                    &stats.file,
+                    &host_snapshot(&name, agent, &http, &tunnel, adverts),
+                );
             }
         });
     }
@@ -295,6 +318,7 @@ fn host_snapshot(
     agent: AgentView,
     http: &HttpCounters,
     tunnel: &HostTunnelHandle,
+    adverts: Option<adverts::AdvertCounters>,
 ) -> HostSnapshot {
     let t = tunnel.stats();
     HostSnapshot {
@@ -316,6 +340,7 @@ fn host_snapshot(
             inject_failed: t.inject_failed,
             rx_errors: t.rx_errors,
         },
+        adverts,
     }
 }
 
@@ -418,30 +443,9 @@ fn established_on(subnets: &[SubnetPrefix]) -> u32 {
 
 /// The local address of a `/proc/net/tcp{,6}` line in state ESTABLISHED (01).
 fn established_local(line: &str, v6: bool) -> Option<IpAddr> {
-    let mut f = line.split_whitespace();
-    let local = f.nth(1)?;
-    let state = f.nth(1)?;
-    if state != "01" {
-        return None;
-    }
-    let (addr, _port) = local.split_once(':')?;
-    // The kernel prints each 32-bit word of the address in host byte order.
-    let word = |s: &str| u32::from_str_radix(s, 16).ok().map(u32::to_ne_bytes);
-    if v6 {
-        if addr.len() != 32 {
-            return None;
-        }
-        let mut b = [0u8; 16];
-        for i in 0..4 {
-            b[i * 4..i * 4 + 4].copy_from_slice(&word(addr.get(i * 8..i * 8 + 8)?)?);
-        }
-        let a = Ipv6Addr::from(b);
-        // IPv4 connections on a dual-stack socket show up as mapped addresses.
-        Some(a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4))
-    } else {
-        (addr.len() == 8).then_some(())?;
-        Some(IpAddr::V4(Ipv4Addr::from(word(addr)?)))
-    }
+    adverts::TcpSocketLine::parse(line, v6)
+        .filter(|t| t.state == 0x01)
+        .map(|t| t.local.ip())
 }
 
 /// Aggregate CPU times of `/proc/stat`, in ticks.
@@ -542,6 +546,7 @@ async fn http_demo(listener: TcpListener, demo: HttpDemo, counters: Arc<HttpCoun
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn proc_net_tcp_lines_parse() {

@@ -5,11 +5,14 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod cli_module;
+mod cli_query;
 mod config;
 mod demo;
 mod demo_hierarchy;
 mod host;
 mod lab;
+mod mgmt;
+mod recovery;
 mod router;
 
 /// Pronto: a programmable router for service level routing.
@@ -26,8 +29,12 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Certificate authority for module signers and signalling peers.
     Ca(cli_module::CaArgs),
-    /// Signed module files: sign, inspect, verify.
+    /// Signed module files: sign, inspect, verify; on a running router
+    /// (`--router URL`): load, swap, rollback, remove.
     Module(cli_module::ModuleArgs),
+    /// Ask a running router (`--router URL`): summary, flows, table, peers,
+    /// modules, queues, counters, metrics.
+    Query(cli_query::QueryArgs),
     /// The SLR daemon: `pronto router run --config FILE`.
     Router(router::RouterArgs),
     /// The host server agent: `pronto host run --config FILE`.
@@ -44,11 +51,18 @@ fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // `pronto module load|swap|rollback|remove` talk to a router; the other
+    // module subcommands are local file tools with their own parser.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if cli_query::is_remote_module_op(&argv) {
+        return cli_query::run_remote_module(&argv);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Ca(args) => cli_module::run_ca(&args),
         Command::Module(args) => cli_module::run_module(&args),
+        Command::Query(args) => cli_query::run_query(&args),
         Command::Router(args) => router::run(&args),
         Command::Host(args) => host::run(&args),
         Command::Lab(args) => lab::run(&args),

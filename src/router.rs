@@ -55,7 +55,7 @@ const CONTROL_QUEUE: usize = 4096;
 /// Inputs handled per dataplane call.
 const BATCH: usize = 256;
 /// Messages queued toward one session before further ones are dropped (counted).
-const SESSION_QUEUE: usize = 1024;
+pub(crate) const SESSION_QUEUE: usize = 1024;
 /// Timer resolution of the control loop.
 const TICK: Duration = Duration::from_millis(20);
 /// Longest reconnect backoff.
@@ -276,10 +276,15 @@ fn read_module_file(p: &Path) -> std::io::Result<Vec<u8>> {
 
 // ----- inputs of the control loop -------------------------------------------------
 
+/// Which kind of peer a session reaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Direction {
+pub(crate) enum Direction {
     Upstream,
     Downstream,
+    /// A WHOHAS neighbour we dialled (crate::recovery).
+    Neighbour,
+    /// A spare's session to its primary (crate::recovery).
+    Primary,
 }
 
 /// What a session task is told to do.
@@ -293,7 +298,7 @@ pub(crate) enum SessionCmd {
 
 /// Everything the control loop reacts to.
 #[derive(Debug)]
-enum Input {
+pub(crate) enum Input {
     Opened {
         id: SessionId,
         remote: SocketAddr,
@@ -305,8 +310,12 @@ enum Input {
         event: PeerEvent,
     },
     NewFlow(NewFlow),
+    /// A packet the dataplane handed up (crate::recovery).
+    Punt(router_core::linux::PuntedPacket),
     Tick,
     Shutdown(&'static str),
+    /// The management API asks for the control side's state (src/mgmt.rs).
+    Mgmt(crate::mgmt::ControlRequest),
 }
 
 /// Moves one session's events to the control loop and its commands to the peer,
@@ -525,6 +534,8 @@ struct ShellSnapshot {
     punt_dropped: u64,
     new_flows: u64,
     new_flow_dropped: u64,
+    injected: u64,
+    inject_failed: u64,
 }
 
 impl From<ShellStats> for ShellSnapshot {
@@ -541,6 +552,8 @@ impl From<ShellStats> for ShellSnapshot {
             punt_dropped: s.punt_dropped,
             new_flows: s.new_flows,
             new_flow_dropped: s.new_flow_dropped,
+            injected: s.injected,
+            inject_failed: s.inject_failed,
         }
     }
 }
@@ -582,6 +595,10 @@ struct RouterSnapshot {
     shell: ShellSnapshot,
     control: ControlSnapshot,
     subnets: Vec<SubnetSnapshot>,
+    /// Failure recovery counters (crate::recovery).
+    recovery: crate::recovery::RecoverySnapshot,
+    /// Up to 256 flows (key, next hop): tests check that a flow did not move.
+    flows: Vec<crate::recovery::FlowSnapshot>,
     modules: Vec<ModuleSnapshot>,
 }
 
@@ -630,25 +647,36 @@ fn run_router(path: &Path) -> Result<()> {
         },
     };
     let modules = cfg.modules.as_ref().map(load_modules).transpose()?;
+    // Latency histograms of the management API (module calls are timed).
+    let hooks = Arc::new(crate::mgmt::Hooks::default());
     let builtin = policy_for(cfg.policy);
     let (policy, cost): (Arc<dyn Policy>, Arc<dyn CostModel>) = match &modules {
         Some(m) => (
             match &m.policy {
                 Some(p) => Arc::new(SubnetPolicy {
                     subnet: m.subnet,
-                    module: p.clone(),
+                    module: hooks.timed_policy(p.clone()),
                     other: builtin,
                 }),
                 None => builtin,
             },
-            m.cost.clone().unwrap_or_else(|| Arc::new(SumCost)),
+            m.cost.clone().map_or_else(
+                || Arc::new(SumCost) as Arc<dyn CostModel>,
+                |c| hooks.timed_cost(c),
+            ),
         ),
         None => (builtin, Arc::new(SumCost)),
     };
     // The dataplane and netlink handles run their own small runtimes: create them
     // before the signalling runtime exists.
     let mut dp = Dataplane::new(cfg.dataplane.clone()).context("starting the dataplane")?;
-    let _punts = spawn_punt_drain(dp.take_punts());
+    if cfg.management.is_some() {
+        // New-flow decision latency; one clock read per packet, so only when
+        // someone can read it.
+        let observer: Arc<dyn router_core::linux::dataplane::DecisionObserver> = hooks.clone();
+        dp.observe_decisions(observer);
+    }
+    let punts = dp.take_punts();
     let new_flows = dp.take_new_flows();
     let tun_index = dp.tun_index();
     let handle = dp.handle();
@@ -664,6 +692,7 @@ fn run_router(path: &Path) -> Result<()> {
     );
     let clock = Clock::new();
     let dp_thread = dp.spawn().context("spawning the dataplane thread")?;
+    hooks.calibrate(&handle, &clock);
     let routes = RouteKeeper::spawn(Netlink::open().context("opening rtnetlink")?, tun_index)
         .context("spawning the route keeper")?;
 
@@ -691,6 +720,9 @@ fn run_router(path: &Path) -> Result<()> {
     let (ctl_tx, ctl_rx) = mpsc::channel::<Input>(CONTROL_QUEUE);
     let ids = Arc::new(AtomicU64::new(1));
     let tls_stats = start_signalling(&rt, &cfg, identity, anchors, local, &ids, &ctl_tx)?;
+    let mut recovery = crate::recovery::Recovery::new(&cfg, clock.now())?;
+    crate::recovery::start_sessions(&rt, &cfg, &mut recovery, &ids, &ctl_tx)?;
+    spawn_punt_bridge(punts, ctl_tx.clone())?;
     if let Some(rx) = new_flows {
         let tx = ctl_tx.clone();
         std::thread::Builder::new()
@@ -707,8 +739,31 @@ fn run_router(path: &Path) -> Result<()> {
             .context("spawning the new-flow bridge")?;
     }
 
+    let mgmt_server = match &cfg.management {
+        Some(m) => {
+            let tx = ctl_tx.clone();
+            let state = crate::mgmt::MgmtState::new(crate::mgmt::MgmtParts {
+                name: cfg.name.to_string(),
+                level: level_name(cfg.level),
+                dataplane: handle.clone(),
+                control: Box::new(move |r| tx.try_send(Input::Mgmt(r)).is_ok()),
+                env: modules.as_ref().map(|m| Arc::clone(&m.env)),
+                modules: cfg.modules.clone(),
+                cost: Arc::clone(&cost),
+                shaping: cfg.shaping.clone(),
+                static_subnets: cfg.static_subnets.iter().map(|(s, _)| *s).collect(),
+                hooks: Arc::clone(&hooks),
+            });
+            Some(crate::mgmt::spawn(m, Arc::new(state))?)
+        }
+        None => None,
+    };
+    let mut slr = SlrControl::new(cfg.slr, cost, Instant::ZERO);
+    slr.set_recovery_scope(crate::recovery::Recovery::scope(&cfg)?)
+        .context("[recovery]")?;
     let mut control = Control {
-        slr: Some(SlrControl::new(cfg.slr, cost, Instant::ZERO)),
+        slr: Some(slr),
+        recovery,
         policy,
         handle: handle.clone(),
         routes,
@@ -734,11 +789,13 @@ fn run_router(path: &Path) -> Result<()> {
         shortcut_lag: [0; LAG_BUCKETS],
         sessions_refused: 0,
         tls: tls_stats,
+        hooks,
         cfg,
     };
     let result = control
         .start()
         .and_then(|()| rt.block_on(control.run(ctl_rx)));
+    drop(mgmt_server);
     control.teardown();
     drop(ctl_tx);
     rt.shutdown_timeout(Duration::from_secs(2));
@@ -751,21 +808,28 @@ fn run_router(path: &Path) -> Result<()> {
     result
 }
 
-/// Punted packets (addressed to the router itself, or mid-flow packets of unknown
-/// flows) are counted by the shell; recovery is not implemented here, so they are
-/// read and discarded to keep the channel from filling.
-fn spawn_punt_drain(
+/// Punted packets (addressed to the router itself, mid-flow packets of unknown
+/// flows, flow advertisements) go to the control loop (crate::recovery). When
+/// that lags, the dataplane's bounded punt channel fills behind this bridge and
+/// drops (counted) rather than memory growing.
+fn spawn_punt_bridge(
     punts: Option<std::sync::mpsc::Receiver<router_core::linux::PuntedPacket>>,
-) -> Option<std::thread::JoinHandle<()>> {
-    let rx = punts?;
+    tx: mpsc::Sender<Input>,
+) -> Result<()> {
+    let Some(rx) = punts else {
+        return Ok(());
+    };
     std::thread::Builder::new()
         .name("pronto-punts".into())
         .spawn(move || {
             for p in rx {
-                debug!(kind = ?p.kind, len = p.data.len(), "punted packet discarded");
+                if tx.blocking_send(Input::Punt(p)).is_err() {
+                    return;
+                }
             }
         })
-        .ok()
+        .context("spawning the punt bridge")?;
+    Ok(())
 }
 
 /// TLS counters of the listener and the connector.
@@ -813,7 +877,8 @@ fn start_signalling(
             ));
         }
     }
-    if let Some(up) = &cfg.upstream {
+    // A spare registers upstream only when it takes over (crate::recovery).
+    if let Some(up) = cfg.upstream.as_ref().filter(|_| cfg.spare.is_none()) {
         let connector =
             Connector::new(transport(identity)).context("[upstream]: TLS configuration")?;
         counters.connector = Some(connector.stats().clone());
@@ -928,6 +993,9 @@ struct SessionEntry {
     cmds: mpsc::Sender<SessionCmd>,
     /// Downstream: handed to the control side (at registration).
     added: bool,
+    /// When its last state update arrived, and how many did (management API).
+    last_update: Option<Instant>,
+    updates: u64,
 }
 
 /// One step of a batch, in arrival order, run inside one dataplane call.
@@ -942,12 +1010,14 @@ enum Step {
     Event(SessionId, PeerEvent),
     FlowPinned(NewFlow),
     Timeout,
+    Recovery(crate::recovery::RecoveryStep),
 }
 
 /// What a batch run in the dataplane hands back.
 #[derive(Debug)]
 struct BatchOut {
     slr: SlrControl,
+    rec: crate::recovery::Core,
     actions: Vec<SlrAction>,
     refused: Vec<SessionId>,
     served: Option<Vec<SubnetPrefix>>,
@@ -958,6 +1028,7 @@ struct BatchOut {
 struct Control {
     cfg: RouterConfig,
     slr: Option<SlrControl>,
+    recovery: crate::recovery::Recovery,
     /// The policy of every served subnet.
     policy: Arc<dyn Policy>,
     handle: DataplaneHandle,
@@ -973,6 +1044,8 @@ struct Control {
     sessions_refused: u64,
     shortcut_lag: [u64; LAG_BUCKETS],
     tls: TlsCounters,
+    /// Latency histograms of the management API.
+    hooks: Arc<crate::mgmt::Hooks>,
 }
 
 impl Control {
@@ -1055,6 +1128,8 @@ impl Control {
                                 remote,
                                 cmds,
                                 added: false,
+                                last_update: None,
+                                updates: 0,
                             },
                         );
                         if direction == Direction::Upstream {
@@ -1064,11 +1139,31 @@ impl Control {
                         }
                     }
                     Input::Event { id, event } => self.event(id, event, &mut steps),
+                    Input::Punt(p) => {
+                        if let Some(s) = self.recovery.punt(p) {
+                            steps.push(Step::Recovery(s));
+                        }
+                    }
+                    Input::NewFlow(nf) if self.recovery.mirrors() => {
+                        self.recovery.flow_pinned(&nf);
+                        if steps.is_empty() {
+                            self.flow_pinned(nf);
+                        } else {
+                            steps.push(Step::FlowPinned(nf));
+                        }
+                    }
                     // The shortcut races the flow's next packet: originate it now,
                     // without a dataplane round trip, unless earlier steps of this
                     // batch (a new upstream session) must come first.
-                    Input::NewFlow(nf) if steps.is_empty() => self.flow_pinned(nf),
-                    Input::NewFlow(nf) => steps.push(Step::FlowPinned(nf)),
+                    Input::NewFlow(nf) if steps.is_empty() => {
+                        self.hooks.notice_taken(nf.at, self.clock.now());
+                        self.flow_pinned(nf);
+                    }
+                    Input::NewFlow(nf) => {
+                        self.hooks.notice_taken(nf.at, self.clock.now());
+                        steps.push(Step::FlowPinned(nf));
+                    }
+                    Input::Mgmt(req) => self.answer_mgmt(req),
                 }
                 if count < BATCH {
                     next = rx.try_recv().ok();
@@ -1080,6 +1175,9 @@ impl Control {
                 .is_some_and(|s| self.clock.now() >= s.poll_timeout());
             if due {
                 steps.push(Step::Timeout);
+            }
+            if self.recovery.tick(self.clock.now()) {
+                steps.push(Step::Recovery(crate::recovery::RecoveryStep::Timeout));
             }
             if !steps.is_empty() {
                 self.run_batch(std::mem::take(&mut steps))?;
@@ -1110,6 +1208,32 @@ impl Control {
         let Some(entry) = self.sessions.get_mut(&id) else {
             return;
         };
+        match (entry.direction, &event) {
+            (Direction::Primary, _) => {
+                if matches!(event, PeerEvent::PeerDown { .. }) {
+                    self.sessions.remove(&id);
+                }
+                let now = self.clock.now();
+                if let Some(s) = self.recovery.primary_event(id, event, now) {
+                    steps.push(Step::Recovery(s));
+                }
+                return;
+            }
+            (Direction::Neighbour, PeerEvent::Registered { identity, .. }) => {
+                info!(neighbour = %identity, "WHOHAS neighbour registered");
+                steps.push(Step::Recovery(crate::recovery::RecoveryStep::AddNeighbour(
+                    id,
+                )));
+            }
+            _ => {}
+        }
+        let Some(entry) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if matches!(event, PeerEvent::StateUpdate(_)) {
+            entry.last_update = Some(self.clock.now());
+            entry.updates += 1;
+        }
         match &event {
             PeerEvent::Registered { identity, role, .. }
                 if entry.direction == Direction::Downstream && !entry.added =>
@@ -1142,6 +1266,7 @@ impl Control {
 
     fn run_batch(&mut self, steps: Vec<Step>) -> Result<()> {
         let mut slr = self.take_slr()?;
+        let mut rec = self.recovery.take_core()?;
         let out = self.handle.call(move |e, now| {
             let mut refused = Vec::new();
             let mut lag = [0u64; LAG_BUCKETS];
@@ -1173,20 +1298,23 @@ impl Control {
                     }
                     Step::FlowPinned(nf) => slr.flow_pinned(nf.key, nf.next_hop),
                     Step::Timeout => slr.handle_timeout(now, e),
+                    Step::Recovery(s) => rec.step(s, &mut slr, e, now),
                 }
             }
             let mut actions = Vec::new();
             let mut unpinned = 0;
+            rec.poll(&mut slr, e, now, &mut actions);
             while let Some(a) = slr.poll_action() {
                 match a {
                     SlrAction::NextHopDown { addr } => unpinned += unpin_embryonic(e, addr, now),
-                    other => actions.push(other),
+                    other => actions.extend(rec.on_action(other, now)),
                 }
             }
             let served = (slr.stats().table_updates != before)
                 .then(|| slr.served_subnets().copied().collect());
             BatchOut {
                 slr,
+                rec,
                 actions,
                 refused,
                 served,
@@ -1195,6 +1323,7 @@ impl Control {
             }
         })?;
         self.slr = Some(out.slr);
+        self.recovery.put_core(out.rec, &self.handle);
         self.embryonic_unpinned += out.unpinned;
         for (a, b) in self.shortcut_lag.iter_mut().zip(out.lag) {
             *a += b;
@@ -1273,6 +1402,19 @@ impl Control {
             .filter_map(|p| VirtualSubnet::try_from(*p).ok())
             .chain(self.cfg.static_subnets.iter().map(|(s, _)| *s))
             .collect();
+        let control = self.control_snapshot(slr);
+        // A writer still busy with the last snapshot skips this one.
+        let recovery = self.recovery.snapshot(slr);
+        let _ = writer.jobs.try_send(StatsJob {
+            control,
+            subnets,
+            recovery,
+        });
+    }
+
+    /// The control side's counters (the stats file's `[control]`, and the
+    /// management API's `pronto_control_*` metrics).
+    fn control_snapshot(&self, slr: &SlrControl) -> ControlSnapshot {
         let st: &SlrStats = slr.stats();
         let tls = |f: fn(&signaling::transport::TransportStats) -> &AtomicU64| {
             [&self.tls.listener, &self.tls.connector]
@@ -1281,7 +1423,7 @@ impl Control {
                 .map(|s| f(s).load(Ordering::Relaxed))
                 .sum::<u64>()
         };
-        let control = ControlSnapshot {
+        ControlSnapshot {
             registrations: st.registrations,
             unexpected_roles: st.unexpected_roles,
             table_updates: st.table_updates,
@@ -1306,9 +1448,43 @@ impl Control {
             sessions_refused: self.sessions_refused,
             tls_untrusted: tls(|s| &s.untrusted_certificates),
             tls_failures: tls(|s| &s.handshake_failures),
+        }
+    }
+
+    /// Answer the management API's question (src/mgmt.rs) with the control
+    /// side's state; it is built here, between two batches, and sent back.
+    fn answer_mgmt(&mut self, req: crate::mgmt::ControlRequest) {
+        let Some(slr) = self.slr.as_ref() else {
+            return;
         };
-        // A writer still busy with the last snapshot skips this one.
-        let _ = writer.jobs.try_send(StatsJob { control, subnets });
+        let upstream = self.cfg.upstream.as_ref().map(|u| u.name.to_string());
+        let sessions = self
+            .sessions
+            .iter()
+            .map(|(id, e)| {
+                let up = e.direction == Direction::Upstream;
+                crate::mgmt::SessionInfo {
+                    direction: format!("{:?}", e.direction).to_lowercase(),
+                    remote: e.remote,
+                    name: if up {
+                        upstream.clone()
+                    } else {
+                        slr.downstream_peer(*id).map(ToString::to_string)
+                    },
+                    registered: if up {
+                        slr.upstream_registered()
+                    } else {
+                        e.added
+                    },
+                    last_update: e.last_update,
+                    updates: e.updates,
+                }
+            })
+            .collect();
+        let counters = serde_json::to_value(self.control_snapshot(slr)).unwrap_or_default();
+        let view = crate::mgmt::control_view(slr, sessions, counters, self.clock.now());
+        // The asker may have given up (timeout); nothing to do then.
+        let _ = req.reply.try_send(view);
     }
 
     /// Stop the dataplane and remove the routes this daemon installed.
@@ -1390,6 +1566,7 @@ impl RouteKeeper {
 struct StatsJob {
     control: ControlSnapshot,
     subnets: Vec<VirtualSubnet>,
+    recovery: crate::recovery::RecoverySnapshot,
 }
 
 /// Writes the counters snapshot from its own thread.
@@ -1415,7 +1592,7 @@ impl StatsWriter {
             .spawn(move || {
                 for job in rx {
                     let subnets = job.subnets;
-                    let read = handle.call(move |e, _| {
+                    let read = handle.call(move |e, now| {
                         let subnets = subnets
                             .into_iter()
                             .map(|s| SubnetSnapshot {
@@ -1435,9 +1612,10 @@ impl StatsWriter {
                                     .collect(),
                             })
                             .collect::<Vec<_>>();
-                        (e.counters(), e.flows().len(), subnets)
+                        let sample = crate::recovery::flow_sample(e, now);
+                        (e.counters(), e.flows().len(), subnets, sample)
                     });
-                    let Ok((counters, flows, subnets)) = read else {
+                    let Ok((counters, flows, subnets, flow_sample)) = read else {
                         return;
                     };
                     let snap = RouterSnapshot {
@@ -1449,7 +1627,9 @@ impl StatsWriter {
                         engine: EngineSnapshot::new(&counters, flows),
                         shell: handle.stats().into(),
                         control: job.control,
+                        recovery: job.recovery,
                         subnets,
+                        flows: flow_sample,
                         modules: modules
                             .as_ref()
                             .map(|env| module_snapshots(env))

@@ -19,7 +19,7 @@ use super::{Clock, SyscallError, sysctl};
 use crate::api::{ApiError, RouterApi};
 use crate::classify::{FlowKey, VirtualSubnet};
 use crate::engine::{Engine, EngineConfig, EngineCounters, Verdict};
-use crate::packet::PacketBuf;
+use crate::packet::{HEADROOM, PacketBuf};
 use crate::policy::SubnetId;
 use crate::time::Instant;
 use crate::tunnel::fragment_ipv4;
@@ -155,6 +155,14 @@ pub struct NewFlow {
     pub at: Instant,
 }
 
+/// Receives the engine time of each packet that pinned a new flow: classify,
+/// flow-table miss, policy decision, pin, encapsulate ([`Dataplane::observe_decisions`]).
+/// Called on the dataplane thread: implementations must be quick and lock-free.
+pub trait DecisionObserver: Send + Sync + std::fmt::Debug {
+    /// One new flow's decision took `ns` nanoseconds.
+    fn new_flow_decision(&self, ns: u64);
+}
+
 /// Shell counters, shared with handles; one per fault.
 #[derive(Debug, Default)]
 struct ShellCounters {
@@ -169,6 +177,8 @@ struct ShellCounters {
     punt_dropped: AtomicU64,
     new_flows: AtomicU64,
     new_flow_dropped: AtomicU64,
+    injected: AtomicU64,
+    inject_failed: AtomicU64,
     batches: AtomicU64,
     polls: AtomicU64,
     commands: AtomicU64,
@@ -200,6 +210,11 @@ pub struct ShellStats {
     pub new_flows: u64,
     /// [`NewFlow`] notices dropped (channel full or closed, key unreadable).
     pub new_flow_dropped: u64,
+    /// Packets the control plane had tunnelled and sent
+    /// ([`DataplaneHandle::encapsulate_and_send`]).
+    pub injected: u64,
+    /// Such packets not sent: too long, refused by the engine or the kernel.
+    pub inject_failed: u64,
     /// Non-empty receive batches.
     pub batches: u64,
     /// Times the loop slept in `poll`.
@@ -223,6 +238,8 @@ impl ShellCounters {
             punt_dropped: g(&self.punt_dropped),
             new_flows: g(&self.new_flows),
             new_flow_dropped: g(&self.new_flow_dropped),
+            injected: g(&self.injected),
+            inject_failed: g(&self.inject_failed),
             batches: g(&self.batches),
             polls: g(&self.polls),
             commands: g(&self.commands),
@@ -240,6 +257,11 @@ type EngineFn = Box<dyn FnOnce(&mut Engine, Instant) + Send>;
 
 enum Command {
     Apply(EngineFn),
+    /// Tunnel an inner packet to an explicit next hop and send it.
+    Inject {
+        packet: Vec<u8>,
+        next_hop: IpAddr,
+    },
     Stop,
 }
 
@@ -257,6 +279,7 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::Apply(_) => "Apply",
+            Self::Inject { .. } => "Inject",
             Self::Stop => "Stop",
         })
     }
@@ -281,6 +304,19 @@ impl DataplaneHandle {
             let _ = tx.send(f(e, now));
         })))?;
         rx.recv().map_err(|_| DataplaneError::Stopped)
+    }
+
+    /// Tunnel `packet` (an inner packet the engine punted, TTL already
+    /// decremented) to `next_hop` with [`Engine::encapsulate_to`] and send it, on
+    /// the dataplane thread between two batches. Fire and forget: the outcome is
+    /// counted (`injected` / `inject_failed`), never waited for, so the control
+    /// loop does not block on it.
+    pub fn encapsulate_and_send(
+        &self,
+        packet: Vec<u8>,
+        next_hop: IpAddr,
+    ) -> Result<(), DataplaneError> {
+        self.send(Command::Inject { packet, next_hop })
     }
 
     /// Serve a virtual subnet: route it into the TUN and add it to the engine.
@@ -350,6 +386,8 @@ struct Io {
     batch: usize,
     punt_tx: SyncSender<PuntedPacket>,
     new_flow_tx: Option<SyncSender<NewFlow>>,
+    /// Told the engine time of each packet that pinned a new flow.
+    decisions: Option<Arc<dyn DecisionObserver>>,
     wake: Arc<EventFd>,
     stats: Arc<ShellCounters>,
 }
@@ -472,6 +510,7 @@ impl Dataplane {
                 batch: cfg.batch,
                 punt_tx,
                 new_flow_tx,
+                decisions: None,
                 wake,
                 stats,
             },
@@ -510,6 +549,13 @@ impl Dataplane {
         self.handle.tun_index
     }
 
+    /// Report the engine time of every packet that pins a new flow to `observer`
+    /// (the management API's new-flow decision latency histogram). Costs one
+    /// clock read per packet while installed; none otherwise.
+    pub fn observe_decisions(&mut self, observer: Arc<dyn DecisionObserver>) {
+        self.io.decisions = Some(observer);
+    }
+
     /// Direct access to the engine before the loop starts (configuration, tests).
     pub fn engine_mut(&mut self) -> &mut Engine {
         &mut self.engine
@@ -532,6 +578,10 @@ impl Dataplane {
                 match cmd {
                     Command::Apply(f) => {
                         f(&mut self.engine, now);
+                        bump(&self.io.stats.commands, 1);
+                    }
+                    Command::Inject { packet, next_hop } => {
+                        self.io.inject(&mut self.engine, &packet, next_hop, now);
                         bump(&self.io.stats.commands, 1);
                     }
                     Command::Stop => {
@@ -617,6 +667,53 @@ impl Io {
         n
     }
 
+    /// Tunnel one control-plane packet to `next_hop` and send it now.
+    fn inject(&mut self, engine: &mut Engine, packet: &[u8], next_hop: IpAddr, now: Instant) {
+        if packet.is_empty() || packet.len() > self.scratch.len() {
+            bump(&self.stats.inject_failed, 1);
+            return;
+        }
+        // Control-plane rate (recovery), not the per-packet path: one allocation
+        // per injected packet is fine.
+        let mut buf = vec![0u8; HEADROOM + packet.len()];
+        buf[HEADROOM..].copy_from_slice(packet);
+        let Ok(mut pkt) = PacketBuf::new(&mut buf, HEADROOM, packet.len()) else {
+            bump(&self.stats.inject_failed, 1);
+            return;
+        };
+        let sent = match engine.encapsulate_to(&mut pkt, next_hop, now) {
+            Verdict::Forward {
+                next_hop,
+                fragment: false,
+            }
+            | Verdict::Reply { to: next_hop } => self.tx.send_one(pkt.data(), next_hop).is_ok(),
+            Verdict::Forward {
+                next_hop,
+                fragment: true,
+            } => {
+                let (tx, stats) = (&self.tx, &self.stats);
+                fragment_ipv4(pkt.data(), self.mtu, &mut self.scratch, |frag| {
+                    if tx.send_one(frag, next_hop).is_ok() {
+                        bump(&stats.tx_fragments, 1);
+                    }
+                })
+                .is_ok()
+            }
+            // Counted by the engine.
+            Verdict::Drop(_) | Verdict::Deliver | Verdict::Recover { .. } | Verdict::Advert => {
+                false
+            }
+        };
+        bump(
+            if sent {
+                &self.stats.injected
+            } else {
+                &self.stats.inject_failed
+            },
+            1,
+        );
+    }
+
     /// Run slots `0..n` through the engine and act on the verdicts.
     fn process(&mut self, n: usize, engine: &mut Engine, now: Instant) {
         if n == 0 {
@@ -635,11 +732,17 @@ impl Io {
                 continue;
             };
             // Compared after the verdict: a counter read, no per-packet work else.
-            let new_before = self
-                .new_flow_tx
-                .as_ref()
-                .map(|_| engine.counters().forwarded_new);
+            let new_before = (self.new_flow_tx.is_some() || self.decisions.is_some())
+                .then(|| engine.counters().forwarded_new);
+            // Decision timing (see DecisionObserver): one vDSO clock read per
+            // packet, only while an observer is installed.
+            let started = self.decisions.as_ref().map(|_| std::time::Instant::now());
             let verdict = engine.process(&mut pkt, now);
+            if let (Some(t0), Some(o), Some(before)) = (started, &self.decisions, new_before)
+                && engine.counters().forwarded_new != before
+            {
+                o.new_flow_decision(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX));
+            }
             if let (Some(before), Verdict::Forward { next_hop, .. }) = (new_before, verdict)
                 && engine.counters().forwarded_new != before
             {
@@ -778,5 +881,112 @@ fn punt(
         Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
             bump(&stats.punt_dropped, 1);
         }
+    }
+}
+
+/// Announce that this machine now owns `addr` on link `dev`: one gratuitous ARP
+/// request (RFC 5227 §3 "ARP Announcement": sender and target address both
+/// `addr`) broadcast from the link's MAC address, so neighbours replace a cached
+/// entry of the previous owner at once (a hot spare taking over its primary's
+/// addresses, DESIGN.md §5). Needs `CAP_NET_RAW`.
+pub fn announce_ipv4(dev: &str, addr: std::net::Ipv4Addr) -> Result<(), SyscallError> {
+    use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, sendto, socket};
+    use std::os::fd::AsRawFd;
+    let read = |what: &str| {
+        std::fs::read_to_string(format!("/sys/class/net/{dev}/{what}"))
+            .map_err(|e| SyscallError::new("read /sys/class/net/DEV", e))
+    };
+    let index: i32 = read("ifindex")?
+        .trim()
+        .parse()
+        .map_err(|_| SyscallError::new("parse ifindex", std::io::ErrorKind::InvalidData.into()))?;
+    let mac = parse_mac(read("address")?.trim()).ok_or_else(|| {
+        SyscallError::new("parse MAC address", std::io::ErrorKind::InvalidData.into())
+    })?;
+    let fd = socket(
+        AddressFamily::Packet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| SyscallError::errno("socket(AF_PACKET, SOCK_DGRAM)", e))?;
+    let frame = garp_payload(mac, addr);
+    let to = broadcast_link_addr(index)
+        .ok_or_else(|| SyscallError::new("sockaddr_ll", std::io::ErrorKind::InvalidInput.into()))?;
+    sendto(fd.as_raw_fd(), &frame, &to, MsgFlags::empty())
+        .map(|_| ())
+        .map_err(|e| SyscallError::errno("sendto(AF_PACKET, ARP)", e))
+}
+
+/// `aa:bb:cc:dd:ee:ff` as bytes.
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// The ARP packet (RFC 826) of an announcement of `addr` by `mac`; the kernel
+/// adds the Ethernet header (SOCK_DGRAM).
+fn garp_payload(mac: [u8; 6], addr: std::net::Ipv4Addr) -> [u8; 28] {
+    let mut p = [0u8; 28];
+    p[0..2].copy_from_slice(&1u16.to_be_bytes()); // hardware: Ethernet
+    p[2..4].copy_from_slice(&0x0800u16.to_be_bytes()); // protocol: IPv4
+    p[4] = 6;
+    p[5] = 4;
+    p[6..8].copy_from_slice(&1u16.to_be_bytes()); // request
+    p[8..14].copy_from_slice(&mac);
+    p[14..18].copy_from_slice(&addr.octets());
+    // Target hardware address stays zero; target protocol address = sender's.
+    p[24..28].copy_from_slice(&addr.octets());
+    p
+}
+
+/// Link-layer broadcast on interface `index`, ARP ethertype.
+#[allow(
+    unsafe_code,
+    reason = "nix has no safe constructor for a sockaddr_ll (LinkAddr)"
+)]
+fn broadcast_link_addr(index: i32) -> Option<nix::sys::socket::SockaddrStorage> {
+    use nix::libc;
+    use nix::sys::socket::SockaddrLike;
+    let sll = libc::sockaddr_ll {
+        sll_family: libc::AF_PACKET as libc::c_ushort,
+        sll_protocol: (libc::ETH_P_ARP as u16).to_be(),
+        sll_ifindex: index,
+        sll_hatype: 0,
+        sll_pkttype: 0,
+        sll_halen: 6,
+        sll_addr: [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0],
+    };
+    let len = libc::socklen_t::try_from(size_of::<libc::sockaddr_ll>()).ok()?;
+    // SAFETY: `sll` is a fully initialised sockaddr_ll that lives across the
+    // call, and `len` is exactly its size; from_raw copies it out.
+    unsafe {
+        nix::sys::socket::SockaddrStorage::from_raw(
+            (&raw const sll).cast::<libc::sockaddr>(),
+            Some(len),
+        )
+    }
+}
+
+#[cfg(test)]
+mod announce_tests {
+    use super::*;
+
+    #[test]
+    fn an_announcement_names_the_address_twice_and_the_mac_once() {
+        let mac = parse_mac("02:00:5e:10:00:01").unwrap();
+        assert_eq!(mac, [2, 0, 0x5e, 0x10, 0, 1]);
+        assert!(parse_mac("02:00:5e:10:00").is_none());
+        assert!(parse_mac("02:00:5e:10:00:01:02").is_none());
+        let p = garp_payload(mac, std::net::Ipv4Addr::new(10, 1, 0, 2));
+        let want: [u8; 28] = [
+            0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0x5e, 0x10, 0, 1, 10, 1, 0, 2, 0, 0, 0, 0, 0, 0, 10, 1,
+            0, 2,
+        ];
+        assert_eq!(p, want);
     }
 }
