@@ -37,6 +37,9 @@ use router_core::wire::{
 use signaling::{AdvertAuth, AdvertAuthConfig, AdvertKey};
 use socket2::{Domain, Protocol, Socket, Type};
 
+mod support;
+use support::root_or_skip;
+
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 200, 0, 10);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 1);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 2);
@@ -50,19 +53,6 @@ const TOTAL: usize = 3 << 20;
 /// is still running when the ACKs stop.
 const CHUNK: usize = 16 << 10;
 const PACE: Duration = Duration::from_millis(10);
-
-fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    let msg = format!("SKIP {test}: needs root (network namespaces, TUN, raw sockets)");
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{msg}; CI=true runs as root, so a skip is a failure"
-    );
-    eprintln!("{msg}");
-    false
-}
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");

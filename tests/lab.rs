@@ -19,8 +19,8 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use router_core::linux::in_netns;
@@ -28,84 +28,21 @@ use router_core::synth::PacketSpec;
 use router_core::wire::{Ipv4Packet, Ipv4Repr, TcpFlags, ip_proto};
 use socket2::{Domain, Protocol, Socket, Type};
 
+mod support;
+use support::{Lab, int, pronto, root_or_skip, wait_for};
+
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 200, 0, 10);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 2);
 const SYS_ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const HOSTS: [&str; 4] = ["a1", "a2", "b1", "b2"];
 const SITES: [&str; 2] = ["site-a", "site-b"];
 
-/// One lab at a time: two cores, seven daemons each.
-static LABS: Mutex<()> = Mutex::new(());
-static SEQ: AtomicUsize = AtomicUsize::new(0);
-
-fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    let msg = format!("SKIP {test}: needs root (network namespaces, TUN, raw sockets)");
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{msg}; CI=true runs as root, so a skip is a failure"
-    );
-    eprintln!("{msg}");
-    false
-}
-
-fn pronto() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pronto"))
-}
-
-/// A running lab, torn down on drop (also when the test fails).
-struct Lab {
-    dir: PathBuf,
-    prefix: String,
-    _serial: std::sync::MutexGuard<'static, ()>,
+/// This suite's lab: the default topology.
+fn lab_up(args: &[&str]) -> Lab {
+    Lab::up("t", args, "warn")
 }
 
 impl Lab {
-    fn up(args: &[&str]) -> Self {
-        let serial = LABS.lock().unwrap_or_else(|e| e.into_inner());
-        let prefix = format!(
-            "t{}{}",
-            std::process::id() % 10_000,
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        let dir = std::env::temp_dir().join(format!("pronto-lab-{prefix}"));
-        let lab = Self {
-            dir: dir.clone(),
-            prefix: prefix.clone(),
-            _serial: serial,
-        };
-        let out = pronto()
-            .args(["lab", "up", "--dir"])
-            .arg(&dir)
-            .args(["--prefix", &prefix, "--timeout-secs", "60"])
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("run pronto lab up");
-        assert!(
-            out.status.success(),
-            "pronto lab up failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
-        lab
-    }
-
-    fn ns(&self, node: &str) -> String {
-        format!("{}-{node}", self.prefix)
-    }
-
-    /// A daemon's counters snapshot.
-    fn stats(&self, node: &str) -> toml::Table {
-        let p = self.dir.join("stats").join(format!("{node}.toml"));
-        let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        text.parse()
-            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-    }
-
     /// Snapshots of every daemon once their packet counters have not moved for
     /// 300 ms (the last ACKs and FINs may still be in flight after curl returns).
     fn settled(&self) -> BTreeMap<String, toml::Table> {
@@ -162,39 +99,6 @@ impl Lab {
     }
 }
 
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let out = pronto()
-            .args(["lab", "down", "--dir"])
-            .arg(&self.dir)
-            .args(["--prefix", &self.prefix])
-            .output();
-        match out {
-            Ok(o) if o.status.success() => {
-                let _ = std::fs::remove_dir_all(&self.dir);
-            }
-            Ok(o) => eprintln!(
-                "pronto lab down failed: {}",
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => eprintln!("pronto lab down: {e}"),
-        }
-    }
-}
-
-/// An integer at `path` in a snapshot (0 when absent).
-fn int(t: &toml::Table, path: &[&str]) -> i64 {
-    let mut v: Option<&toml::Value> = None;
-    for (i, k) in path.iter().enumerate() {
-        v = if i == 0 {
-            t.get(*k)
-        } else {
-            v.and_then(|x| x.get(*k))
-        };
-    }
-    v.and_then(toml::Value::as_integer).unwrap_or(0)
-}
-
 fn delta(
     after: &BTreeMap<String, toml::Table>,
     before: &BTreeMap<String, toml::Table>,
@@ -225,14 +129,6 @@ fn candidate_loads(t: &toml::Table) -> BTreeMap<String, f64> {
             ))
         })
         .collect()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// `n` requests from one real curl in the client namespace (URL globbing: one
@@ -416,7 +312,7 @@ fn curl_is_spread_over_every_server_replies_bypass_the_slrs_and_shortcuts_skip_t
     if !root_or_skip(name) {
         return;
     }
-    let lab = Lab::up(&["--policy", "flow-hash"]);
+    let lab = lab_up(&["--policy", "flow-hash"]);
     const N: usize = 400;
     let before = lab.settled();
     let sys_to_client = lab.link_stat("sys", "client", "tx_packets");
@@ -613,7 +509,7 @@ fn least_cost_sends_every_connection_to_the_least_loaded_server_and_follows_its_
     if !root_or_skip(name) {
         return;
     }
-    let lab = Lab::up(&[
+    let lab = lab_up(&[
         "--policy",
         "least-cost",
         "--load",
@@ -665,7 +561,7 @@ fn bad_input_and_a_syn_flood_are_counted_while_curl_keeps_working_and_memory_sta
     // A flow table smaller than the flood (the router reads only part of a flood
     // in a debug build; the kernel drops the rest at the TUN queue).
     const CAPACITY: i64 = 4096;
-    let lab = Lab::up(&["--flow-capacity", "4096"]);
+    let lab = lab_up(&["--flow-capacity", "4096"]);
     let pid = int(&lab.stats("sys"), &["pid"]);
     // Warm up the allocator and the flow table's hot pages.
     assert!(curl(&lab, 50).iter().all(|a| a.ends_with(".lab")));
@@ -901,7 +797,7 @@ fn a_signed_policy_module_from_the_configuration_places_every_connection() {
     }
     // The lab signs the shipped Maglev module with its CA; each router verifies
     // and loads it from its [modules] section.
-    let lab = Lab::up(&["--policy-module", "consistent_hash"]);
+    let lab = lab_up(&["--policy-module", "consistent_hash"]);
     const N: usize = 200;
     let before = lab.settled();
     let answers = curl(&lab, N);
@@ -992,7 +888,7 @@ fn impostors_and_peers_of_the_wrong_role_cannot_register() {
     if !root_or_skip(name) {
         return;
     }
-    let lab = Lab::up(&[]);
+    let lab = lab_up(&[]);
     let before = lab.settled();
     let lab_ca = std::fs::read(lab.dir.join("ca").join("ca.pem")).unwrap();
 
@@ -1105,7 +1001,7 @@ fn shaping_from_the_router_config_is_applied_and_updated_on_sighup() {
     if !root_or_skip("shaping_from_the_router_config_is_applied_and_updated_on_sighup") {
         return;
     }
-    let lab = Lab::up(&[]);
+    let lab = lab_up(&[]);
     let state: toml::Table =
         toml::from_str(&std::fs::read_to_string(lab.dir.join("lab.toml")).expect("read lab.toml"))
             .expect("parse lab.toml");

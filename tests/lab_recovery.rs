@@ -28,7 +28,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -37,6 +37,9 @@ use router_core::linux::in_netns;
 use router_core::wire::flowad::{AdvertFields, emit_advert};
 use signaling::recovery::{AdvertAuth, AdvertAuthConfig, read_advert_keys};
 use socket2::{Domain, Protocol, Socket, Type};
+
+mod support;
+use support::{Lab, int, pronto, root_or_skip, wait_for};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 200, 0, 10);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 2);
@@ -50,75 +53,18 @@ const RATE: u64 = 256 << 10;
 /// Longest silence a download tolerates before it counts as broken.
 const READ_TIMEOUT: Duration = Duration::from_secs(40);
 
-/// One lab at a time: two cores, nine daemons each.
-static LABS: Mutex<()> = Mutex::new(());
-static SEQ: AtomicUsize = AtomicUsize::new(0);
-
-fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    let msg = format!("SKIP {test}: needs root (network namespaces, TUN, raw sockets)");
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{msg}; CI=true runs as root, so a skip is a failure"
-    );
-    eprintln!("{msg}");
-    false
-}
-
-fn pronto() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pronto"))
-}
-
-/// A running recovery lab, torn down on drop (also when the test fails).
-struct Lab {
-    dir: PathBuf,
-    prefix: String,
-    _serial: std::sync::MutexGuard<'static, ()>,
-}
-
 impl Lab {
     /// A recovery lab with shortcuts off (see the module docs).
-    fn up(args: &[&str]) -> Self {
+    fn rec_up(args: &[&str]) -> Self {
         let mut all = vec!["--no-shortcuts"];
         all.extend_from_slice(args);
         Self::up_with(&all)
     }
 
     fn up_with(args: &[&str]) -> Self {
-        let serial = LABS.lock().unwrap_or_else(|e| e.into_inner());
-        let prefix = format!(
-            "r{}{}",
-            std::process::id() % 10_000,
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        let dir = std::env::temp_dir().join(format!("pronto-lab-{prefix}"));
-        let lab = Self {
-            dir: dir.clone(),
-            prefix: prefix.clone(),
-            _serial: serial,
-        };
-        let out = pronto()
-            .args(["lab", "up", "--dir"])
-            .arg(&dir)
-            .args(["--prefix", &prefix, "--timeout-secs", "60", "--recovery"])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .output()
-            .expect("run pronto lab up");
-        assert!(
-            out.status.success(),
-            "pronto lab up failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
-        lab
-    }
-
-    fn ns(&self, node: &str) -> String {
-        format!("{}-{node}", self.prefix)
+        let mut all = vec!["--recovery"];
+        all.extend_from_slice(args);
+        Self::up("r", &all, "info")
     }
 
     /// Run `pronto lab CMD ... --dir DIR`.
@@ -145,14 +91,6 @@ impl Lab {
             "ip {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-    }
-
-    /// A daemon's counters snapshot (rewritten every 100 ms).
-    fn stats(&self, node: &str) -> toml::Table {
-        let p = self.dir.join("stats").join(format!("{node}.toml"));
-        let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        text.parse()
-            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
     }
 
     /// `[recovery].field` of a router's snapshot.
@@ -185,47 +123,6 @@ impl Lab {
     fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.join("logs").join(format!("{name}.log")))
             .unwrap_or_default()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let out = pronto()
-            .args(["lab", "down", "--dir"])
-            .arg(&self.dir)
-            .args(["--prefix", &self.prefix])
-            .output();
-        match out {
-            Ok(o) if o.status.success() => {
-                let _ = std::fs::remove_dir_all(&self.dir);
-            }
-            Ok(o) => eprintln!(
-                "pronto lab down failed: {}",
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => eprintln!("pronto lab down: {e}"),
-        }
-    }
-}
-
-/// An integer at `path` in a snapshot (0 when absent).
-fn int(t: &toml::Table, path: &[&str]) -> i64 {
-    let mut v: Option<&toml::Value> = None;
-    for (i, k) in path.iter().enumerate() {
-        v = if i == 0 {
-            t.get(*k)
-        } else {
-            v.and_then(|x| x.get(*k))
-        };
-    }
-    v.and_then(toml::Value::as_integer).unwrap_or(0)
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -577,7 +474,7 @@ fn site_router_restart_loses_no_download_hosts_advertise_their_flows() {
         return;
     }
     // Site b's hosts loaded: the system SLR sends every connection to site a.
-    let lab = Lab::up(&["--load", "b1=5", "--load", "b2=5"]);
+    let lab = Lab::rec_up(&["--load", "b1=5", "--load", "b2=5"]);
     let _servers = Servers::start(&lab);
     let failed = Arc::new(Mutex::new(None));
     let runs = start_downloads(&lab, 6, &failed);
@@ -630,7 +527,7 @@ fn primary_site_slr_killed_its_spare_takes_over_every_download() {
     if !root_or_skip("primary_site_slr_killed_its_spare_takes_over_every_download") {
         return;
     }
-    let lab = Lab::up(&["--load", "b1=5", "--load", "b2=5"]);
+    let lab = Lab::rec_up(&["--load", "b1=5", "--load", "b2=5"]);
     let _servers = Servers::start(&lab);
     let failed = Arc::new(Mutex::new(None));
     let runs = start_downloads(&lab, 6, &failed);
@@ -701,7 +598,7 @@ fn without_advertisements_every_flow_older_than_the_mirror_delay_survives_a_fail
     }
     // Hosts do not advertise here: a flow the spare did not mirror breaks, so
     // what survives is what the mirror carried.
-    let lab = Lab::up(&["--load", "b1=5", "--load", "b2=5", "--no-adverts"]);
+    let lab = Lab::rec_up(&["--load", "b1=5", "--load", "b2=5", "--no-adverts"]);
     let _servers = Servers::start(&lab);
     let failed = Arc::new(Mutex::new(None));
     // Flows opened at these ages (ms) before the primary dies.
@@ -784,7 +681,7 @@ fn client_path_moved_to_another_system_slr_whohas_finds_every_flow() {
     if !root_or_skip("client_path_moved_to_another_system_slr_whohas_finds_every_flow") {
         return;
     }
-    let lab = Lab::up(&["--policy", "flow-hash"]);
+    let lab = Lab::rec_up(&["--policy", "flow-hash"]);
     let _servers = Servers::start(&lab);
     let failed = Arc::new(Mutex::new(None));
     let runs = start_downloads(&lab, 6, &failed);
@@ -877,7 +774,7 @@ fn an_entry_router_sends_packets_of_unknown_flows_to_its_slr_which_still_routes_
     ) {
         return;
     }
-    let lab = Lab::up(&["--policy", "flow-hash", "--entry-router"]);
+    let lab = Lab::rec_up(&["--policy", "flow-hash", "--entry-router"]);
     let _servers = Servers::start(&lab);
     let failed = Arc::new(Mutex::new(None));
     let runs = start_downloads(&lab, 6, &failed);
@@ -942,7 +839,7 @@ fn forged_advertisements_and_whohas_answers_move_no_flow_and_are_counted() {
     if !root_or_skip("forged_advertisements_and_whohas_answers_move_no_flow_and_are_counted") {
         return;
     }
-    let lab = Lab::up(&["--policy", "flow-hash"]);
+    let lab = Lab::rec_up(&["--policy", "flow-hash"]);
     let _servers = Servers::start(&lab);
     let failed = Arc::new(Mutex::new(None));
     let runs = start_downloads(&lab, 4, &failed);

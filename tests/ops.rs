@@ -23,25 +23,11 @@ use std::time::{Duration, Instant};
 
 use router_core::linux::in_netns;
 
+mod support;
+use support::{pronto, root_or_skip};
+
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 200, 0, 10);
 const MGMT: &str = "https://127.0.0.1:7900";
-
-fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    let msg = format!("SKIP {test}: needs root (network namespaces, TUN, raw sockets)");
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{msg}; CI=true runs as root, so a skip is a failure"
-    );
-    eprintln!("{msg}");
-    false
-}
-
-fn pronto() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pronto"))
-}
 
 /// A lab whose system router was restarted with a `[management]` section; torn
 /// down on drop.
