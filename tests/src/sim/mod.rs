@@ -747,20 +747,11 @@ impl Sim {
         self.schedule(at, Event::Connect { lower });
     }
 
-    fn connect(&mut self, lower: NodeId) {
-        let n = self.node(lower);
-        let Some(up) = n.up else { return };
-        if !n.alive || up.session.is_some() {
-            return;
-        }
-        let upper = up.target;
-        if !self.node(upper).alive {
-            self.stats.connect_failures += 1;
-            self.retry_connect(lower);
-            return;
-        }
-        // Modelled TLS 1.3 with mutual authentication: both chains must reach a
-        // trust anchor of the other side.
+    /// Modelled TLS 1.3 with mutual authentication: both chains must reach a
+    /// trust anchor of the other side. On success the session (a `Peer` pair) is
+    /// registered with both nodes and its index returned; `None` is a counted
+    /// refusal, and retrying is the caller's.
+    pub(crate) fn open_session(&mut self, lower: NodeId, upper: NodeId) -> Option<usize> {
         let (lc, uc) = (self.node(lower).cert.clone(), self.node(upper).cert.clone());
         if !self.node(upper).trust.contains(&lc.issuer)
             || !self.node(lower).trust.contains(&uc.issuer)
@@ -768,8 +759,7 @@ impl Sim {
             self.stats.untrusted_refused += 1;
             tracing::debug!(lower = %self.node(lower).name, upper = %self.node(upper).name,
                 "session refused: untrusted certificate");
-            self.retry_connect(lower);
-            return;
+            return None;
         }
         self.stats.sessions += 1;
         let s = self.sessions.len();
@@ -797,6 +787,25 @@ impl Sim {
         });
         self.node_mut(upper).sessions.push(s);
         self.node_mut(lower).sessions.push(s);
+        Some(s)
+    }
+
+    fn connect(&mut self, lower: NodeId) {
+        let n = self.node(lower);
+        let Some(up) = n.up else { return };
+        if !n.alive || up.session.is_some() {
+            return;
+        }
+        let upper = up.target;
+        if !self.node(upper).alive {
+            self.stats.connect_failures += 1;
+            self.retry_connect(lower);
+            return;
+        }
+        let Some(s) = self.open_session(lower, upper) else {
+            self.retry_connect(lower);
+            return;
+        };
         if let Some(u) = self.node_mut(lower).up.as_mut() {
             u.session = Some(s);
         }

@@ -39,15 +39,15 @@ use router_core::wire::flowad::{self, AdvertFields};
 use router_core::wire::{Icmpv4Packet, Ipv4Packet, icmpv4_type, ip_proto};
 use signaling::{
     AdvertAuth, AdvertAuthConfig, AdvertKey, AdvertOutcome, AdvertReject, Envelope,
-    FailoverMonitor, Message, MirrorReceiver, MirrorSender, Peer, PeerAuth, PeerEvent,
-    ProgressConfig, ProgressMonitor, RecoverOutcome, RecoveryScope, RecoveryStats, Role, SessionId,
-    SlrAction, TunnelObject, handle_advert, install_shortcut,
+    FailoverMonitor, Message, MirrorReceiver, MirrorSender, PeerEvent, ProgressConfig,
+    ProgressMonitor, RecoverOutcome, RecoveryScope, RecoveryStats, Role, SessionId, SlrAction,
+    TunnelObject, handle_advert, install_shortcut,
 };
 
 use super::topology::NewNode;
 use super::{
-    CaId, Epoch, Event, Kind, NodeId, Session, Sim, SimPacket, SplitMix64, TopologyError, UpLink,
-    inner_key, node_name, role_of,
+    CaId, Event, Kind, NodeId, Sim, SimPacket, SplitMix64, TopologyError, UpLink, inner_key,
+    node_name, role_of,
 };
 
 /// Wall clock at simulated time zero, Unix milliseconds (advertisement
@@ -646,40 +646,10 @@ impl Sim {
             self.retry_link(lower, index);
             return;
         }
-        let (lc, uc) = (self.node(lower).cert.clone(), self.node(upper).cert.clone());
-        if !self.node(upper).trust.contains(&lc.issuer)
-            || !self.node(lower).trust.contains(&uc.issuer)
-        {
-            self.stats.untrusted_refused += 1;
+        let Some(s) = self.open_session(lower, upper) else {
             self.retry_link(lower, index);
             return;
-        }
-        self.stats.sessions += 1;
-        let s = self.sessions.len();
-        let (eu, el) = (Epoch(self.rng.next_u64()), Epoch(self.rng.next_u64()));
-        let upper_peer = Peer::accept(
-            self.cfg.peer,
-            self.local_node(upper),
-            PeerAuth::Name(lc.subject),
-            eu,
-            self.now,
-        );
-        let lower_peer = Peer::connect(
-            self.cfg.peer,
-            self.local_node(lower),
-            PeerAuth::Name(uc.subject),
-            el,
-            self.now,
-        );
-        self.sessions.push(Session {
-            upper,
-            lower,
-            upper_peer,
-            lower_peer,
-            reset: [false; 2],
-        });
-        self.node_mut(upper).sessions.push(s);
-        self.node_mut(lower).sessions.push(s);
+        };
         if let Some(l) = self.link_mut(lower, index) {
             l.session = Some(s);
         }
