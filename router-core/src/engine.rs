@@ -317,6 +317,14 @@ impl<T: Tunnel> Engine<T> {
         &self.cfg
     }
 
+    /// Flows pinned and forwarded so far: a shell compares it across one
+    /// `process` call to learn whether that packet created a flow, without
+    /// copying every counter per packet as [`RouterApi::counters`] does.
+    #[inline]
+    pub fn new_flows(&self) -> u64 {
+        self.counters.forwarded_new
+    }
+
     /// The flow table (read-only).
     pub fn flows(&self) -> &FlowTable {
         &self.flows

@@ -733,18 +733,18 @@ impl Io {
             };
             // Compared after the verdict: a counter read, no per-packet work else.
             let new_before = (self.new_flow_tx.is_some() || self.decisions.is_some())
-                .then(|| engine.counters().forwarded_new);
+                .then(|| engine.new_flows());
             // Decision timing (see DecisionObserver): one vDSO clock read per
             // packet, only while an observer is installed.
             let started = self.decisions.as_ref().map(|_| std::time::Instant::now());
             let verdict = engine.process(&mut pkt, now);
             if let (Some(t0), Some(o), Some(before)) = (started, &self.decisions, new_before)
-                && engine.counters().forwarded_new != before
+                && engine.new_flows() != before
             {
                 o.new_flow_decision(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX));
             }
             if let (Some(before), Verdict::Forward { next_hop, .. }) = (new_before, verdict)
-                && engine.counters().forwarded_new != before
+                && engine.new_flows() != before
             {
                 new_flow(
                     self.new_flow_tx.as_ref(),

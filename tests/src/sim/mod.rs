@@ -1260,7 +1260,7 @@ impl Sim {
         let Kind::Router(r) = &mut self.nodes[id.0 as usize].kind else {
             return;
         };
-        let before = r.engine.counters().forwarded_new;
+        let before = r.engine.new_flows();
         let Ok(mut pb) = PacketBuf::new(&mut pkt.buf, pkt.start, pkt.len) else {
             return;
         };
@@ -1271,7 +1271,7 @@ impl Sim {
         let mut pinned = None;
         let mut new_flow = None;
         if let Verdict::Forward { next_hop, .. } = v
-            && r.engine.counters().forwarded_new > before
+            && r.engine.new_flows() > before
             && let Some(key) = inner_key(pkt.data())
         {
             new_flow = Some(key);
