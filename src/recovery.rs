@@ -35,7 +35,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use router_core::api::RouterApi;
 use router_core::engine::Engine;
 use router_core::flow::{FlowEntry, FlowState};
 use router_core::linux::{DataplaneHandle, NewFlow, PuntKind, PuntedPacket};
@@ -568,18 +567,10 @@ impl Core {
                     warn!(addr = %a, "taken-over address not added to the control side (full)");
                 }
             }
-            // The silence before the takeover is not the flows' idleness: a
-            // flow mirrored half-open (its established state not scanned yet)
-            // would otherwise hit its SYN timeout before its next packet.
-            let flows: Vec<FlowEntry> = e.flows().export(now).collect();
-            for mut f in flows {
-                f.last_seen = now;
-                if e.install_flow(&f, now).is_err() {
-                    self.counters.refresh_refused += 1;
-                }
-            }
             // The mirrored table is now ours; no more deltas are applied.
-            self.receiver = None;
+            if let Some(rx) = self.receiver.take() {
+                self.counters.refresh_refused += rx.take_over(now, e);
+            }
             self.monitor = None;
             self.takeover = Some(t);
         }

@@ -1647,3 +1647,31 @@ proptest! {
         prop_assert_eq!(primary, spare);
     }
 }
+
+#[test]
+fn takeover_counts_every_mirrored_flow_as_seen_then() {
+    let t0 = Instant::from_secs(100);
+    let mut spare = engine(Ipv4Addr::new(10, 0, 0, 9));
+    let mut rx = MirrorReceiver::new(64);
+    rx.primary_registered(t0);
+    // A flow mirrored half-open: its SYN timeout (10 s) runs from its last packet.
+    let mut half_open = entry(key(1), Ipv4Addr::new(10, 0, 1, 1), t0);
+    half_open.state = FlowState::SynSeen;
+    let d = MirrorDelta {
+        seq: 1,
+        upserts: vec![FlowRecord::from_entry(&half_open, t0)],
+        removals: vec![],
+    };
+    rx.apply(t0, &d, &mut spare);
+    assert!(spare.lookup_flow(&key(1), t0).is_some());
+    // The primary goes silent; the spare takes over 9 s later.
+    let takeover = Instant::from_secs(109);
+    assert_eq!(rx.take_over(takeover, &mut spare), 0);
+    // 12 s after the flow's last packet but 3 s after the takeover: still pinned.
+    let later = Instant::from_secs(112);
+    let e = spare
+        .lookup_flow(&key(1), later)
+        .expect("refreshed at the takeover");
+    assert_eq!(e.last_seen, takeover);
+    assert_eq!(e.next_hop, ip(Ipv4Addr::new(10, 0, 1, 1)));
+}

@@ -443,6 +443,25 @@ impl MirrorReceiver {
         }
     }
 
+    /// The spare takes over: every mirrored flow counts as seen `now`, because
+    /// the primary's silence before the takeover is not the flows' idleness (a
+    /// flow mirrored half-open, its established state not scanned yet, would
+    /// otherwise hit its SYN timeout before its next packet). Consumes the
+    /// receiver: no delta applies after a takeover. Returns the flows the engine
+    /// refused to refresh.
+    pub fn take_over<A: RouterApi + ?Sized>(self, now: Instant, api: &mut A) -> u64 {
+        let mut refused = 0;
+        for key in self.mirrored.keys() {
+            if let Some(mut e) = api.lookup_flow(key, now) {
+                e.last_seen = now;
+                if api.install_flow(&e, now).is_err() {
+                    refused += 1;
+                }
+            }
+        }
+        refused
+    }
+
     /// A new session with the primary registered: its sender starts with a resync.
     pub fn primary_registered(&mut self, _now: Instant) {
         self.in_resync = false;

@@ -941,6 +941,8 @@ impl Sim {
             r.role = role_of(r.level);
             if let Some(sp) = r.rec.spare.as_mut() {
                 sp.taken_over = Some(now);
+                let rx = std::mem::replace(&mut sp.receiver, MirrorReceiver::new(0));
+                rx.take_over(now, &mut r.engine);
             }
         }
         // The primary's lower-level peers dial its address, which now reaches us.
