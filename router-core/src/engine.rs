@@ -272,6 +272,8 @@ pub struct Engine<T: Tunnel = IpIpTunnel> {
     free_subnet_ids: Vec<u32>,
     tunnel: T,
     default_policy: Arc<dyn Policy>,
+    /// The flow the last [`Engine::process`] call pinned, until taken.
+    new_flow: Option<FlowKey>,
     next_label: u32,
     counters: EngineCounters,
     icmp: TokenBucket,
@@ -305,6 +307,7 @@ impl<T: Tunnel> Engine<T> {
             free_subnet_ids: Vec::new(),
             tunnel,
             default_policy: Arc::new(LeastCost),
+            new_flow: None,
             next_label: 0,
             counters: EngineCounters::default(),
             icmp,
@@ -323,6 +326,14 @@ impl<T: Tunnel> Engine<T> {
     #[inline]
     pub fn new_flows(&self) -> u64 {
         self.counters.forwarded_new
+    }
+
+    /// The flow the packet just processed pinned, if it pinned one: the node
+    /// turns it into a shortcut and a mirror entry without re-parsing the packet
+    /// or comparing counters. Cleared by the call and by the next `process`.
+    #[inline]
+    pub fn take_new_flow(&mut self) -> Option<FlowKey> {
+        self.new_flow.take()
     }
 
     /// The flow table (read-only).
@@ -382,6 +393,7 @@ impl<T: Tunnel> Engine<T> {
     #[inline]
     pub fn process(&mut self, pkt: &mut PacketBuf<'_>, now: Instant) -> Verdict {
         self.counters.packets += 1;
+        self.new_flow = None;
         let v = self.walk(pkt, now);
         match v {
             Verdict::Forward { .. } | Verdict::Reply { .. } => {}
@@ -478,7 +490,11 @@ impl<T: Tunnel> Engine<T> {
         }
         // Account the first packet on the new entry.
         let _ = self.flows.touch(&c.key, c.tcp_flags, len, now);
-        self.encapsulate(pkt, next_hop, now, true)
+        let v = self.encapsulate(pkt, next_hop, now, true);
+        if matches!(v, Verdict::Forward { .. }) {
+            self.new_flow = Some(c.key);
+        }
+        v
     }
 
     /// Tunnel the buffer's packet to an explicit `next_hop`, bypassing the flow

@@ -4,8 +4,9 @@
 //! candidates of the flow's virtual subnet. Policies come from execution
 //! environments (wasm modules) or the built-in [`LeastCost`] default.
 
-use crate::classify::FlowKey;
+use crate::classify::{FlowKey, VirtualSubnet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// What a policy sees about the flow it must place (DESIGN.md §4: choices may use
 /// the request itself).
@@ -175,5 +176,241 @@ impl std::fmt::Debug for dyn CostModel {
         f.debug_struct("CostModel")
             .field("name", &self.name())
             .finish()
+    }
+}
+
+/// Spreads new flows over the usable candidates by rendezvous (highest random
+/// weight) hashing of the five-tuple, salted with the router's level so levels
+/// choose independently (a site would otherwise pick the index its system router
+/// picked). A candidate going down moves only its own flows' future choices.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FlowHash;
+
+impl FlowHash {
+    fn fnv1a(bytes: impl IntoIterator<Item = u8>, mut h: u64) -> u64 {
+        for b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01B3);
+        }
+        h
+    }
+
+    fn addr_bytes(a: IpAddr) -> [u8; 16] {
+        match a {
+            IpAddr::V4(v) => v.to_ipv6_mapped().octets(),
+            IpAddr::V6(v) => v.octets(),
+        }
+    }
+
+    /// SplitMix64's finaliser: spreads FNV's weak low bits.
+    fn mix(mut z: u64) -> u64 {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+impl Policy for FlowHash {
+    fn name(&self) -> &str {
+        "flow-hash"
+    }
+
+    fn select(&self, req: &FlowRequest, candidates: &[Candidate]) -> Result<Decision, PolicyError> {
+        let k = &req.key;
+        let base = Self::fnv1a(
+            Self::addr_bytes(k.src)
+                .into_iter()
+                .chain(Self::addr_bytes(k.dst))
+                .chain(k.src_port.to_be_bytes())
+                .chain(k.dst_port.to_be_bytes())
+                .chain([k.proto, req.level as u8]),
+            0xCBF2_9CE4_8422_2325,
+        );
+        let best = candidates
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.up)
+            .map(|(i, c)| (Self::mix(Self::fnv1a(Self::addr_bytes(c.addr), base)), i))
+            .max();
+        Ok(best.map_or(Decision::Reject, |(_, i)| Decision::Select(i)))
+    }
+}
+
+/// The policy of every served subnet: the most specific binding whose prefix
+/// holds the flow's destination, else the default. Bindings are few (one per
+/// module-governed subnet), so a scan per new flow costs less than a lookup
+/// structure would. A bound module's fault returns its error: the engine then
+/// falls back to the built-in policy and counts it.
+#[derive(Debug, Clone)]
+pub struct SubnetPolicies {
+    default: Arc<dyn Policy>,
+    /// Most specific first.
+    bindings: Vec<(VirtualSubnet, Arc<dyn Policy>)>,
+}
+
+impl SubnetPolicies {
+    /// Every subnet under `default`.
+    pub fn new(default: Arc<dyn Policy>) -> Self {
+        Self {
+            default,
+            bindings: Vec::new(),
+        }
+    }
+
+    /// Bind `subnet` to `policy` (replacing its binding), or unbind it (`None`).
+    pub fn bind(&mut self, subnet: VirtualSubnet, policy: Option<Arc<dyn Policy>>) {
+        self.bindings.retain(|(s, _)| *s != subnet);
+        if let Some(p) = policy {
+            self.bindings.push((subnet, p));
+            self.bindings
+                .sort_by_key(|(s, _)| std::cmp::Reverse(s.prefix_len()));
+        }
+    }
+
+    /// Replace the default.
+    pub fn set_default(&mut self, policy: Arc<dyn Policy>) {
+        self.default = policy;
+    }
+
+    /// The bindings, most specific first.
+    pub fn bindings(&self) -> impl Iterator<Item = (&VirtualSubnet, &Arc<dyn Policy>)> {
+        self.bindings.iter().map(|(s, p)| (s, p))
+    }
+
+    /// The policy that places flows to `dst`.
+    pub fn policy_for(&self, dst: IpAddr) -> &Arc<dyn Policy> {
+        self.bindings
+            .iter()
+            .find(|(s, _)| s.contains(dst))
+            .map_or(&self.default, |(_, p)| p)
+    }
+}
+
+impl Policy for SubnetPolicies {
+    fn name(&self) -> &str {
+        match self.bindings.first() {
+            Some((_, p)) => p.name(),
+            None => self.default.name(),
+        }
+    }
+
+    fn select(&self, req: &FlowRequest, candidates: &[Candidate]) -> Result<Decision, PolicyError> {
+        self.policy_for(req.key.dst).select(req, candidates)
+    }
+}
+
+#[cfg(test)]
+mod builtin_tests {
+    use super::*;
+
+    fn req(port: u16, level: Level) -> FlowRequest {
+        FlowRequest {
+            key: FlowKey {
+                proto: 6,
+                src: IpAddr::from([198, 51, 100, 7]),
+                src_port: port,
+                dst: IpAddr::from([192, 200, 0, 10]),
+                dst_port: 80,
+            },
+            subnet: SubnetId(0),
+            level,
+        }
+    }
+
+    fn cands(up: &[bool]) -> Vec<Candidate> {
+        up.iter()
+            .enumerate()
+            .map(|(i, &up)| Candidate {
+                addr: IpAddr::from([10, 0, 0, u8::try_from(i + 1).unwrap_or(0)]),
+                load: 0.0,
+                route_cost: 0.0,
+                up,
+            })
+            .collect()
+    }
+
+    fn pick(p: &dyn Policy, r: &FlowRequest, c: &[Candidate]) -> usize {
+        match p.select(r, c) {
+            Ok(Decision::Select(i)) => i,
+            other => panic!("no choice: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn flow_hash_spreads_evenly_and_skips_down_candidates() {
+        let c = cands(&[true, true, false, true]);
+        let mut hits = [0u32; 4];
+        for port in 0..1200 {
+            hits[pick(&FlowHash, &req(port, Level::Site), &c)] += 1;
+        }
+        assert_eq!(hits[2], 0, "a candidate that is not up is never chosen");
+        for h in [hits[0], hits[1], hits[3]] {
+            assert!((300..=500).contains(&h), "uneven spread {hits:?}");
+        }
+        assert_eq!(
+            FlowHash.select(&req(1, Level::Site), &cands(&[false])),
+            Ok(Decision::Reject)
+        );
+    }
+
+    #[test]
+    fn flow_hash_is_stable_and_independent_across_levels() {
+        let c = cands(&[true, true]);
+        let mut same = 0;
+        for port in 0..1000 {
+            let site = pick(&FlowHash, &req(port, Level::Site), &c);
+            assert_eq!(site, pick(&FlowHash, &req(port, Level::Site), &c), "stable");
+            if site == pick(&FlowHash, &req(port, Level::System), &c) {
+                same += 1;
+            }
+        }
+        // Independent choices agree about half the time, not always.
+        assert!(
+            (400..=600).contains(&same),
+            "levels agree on {same} of 1000"
+        );
+    }
+
+    #[test]
+    fn flow_hash_moves_only_the_flows_of_a_candidate_that_went_down() {
+        let all = cands(&[true, true, true]);
+        let two = cands(&[true, false, true]);
+        for port in 0..500 {
+            let r = req(port, Level::Site);
+            let before = pick(&FlowHash, &r, &all);
+            if before != 1 {
+                assert_eq!(before, pick(&FlowHash, &r, &two), "port {port} moved");
+            }
+        }
+    }
+
+    #[derive(Debug)]
+    struct Fixed(usize);
+    impl Policy for Fixed {
+        fn name(&self) -> &str {
+            "fixed"
+        }
+        fn select(&self, _: &FlowRequest, _: &[Candidate]) -> Result<Decision, PolicyError> {
+            Ok(Decision::Select(self.0))
+        }
+    }
+
+    #[test]
+    fn subnet_policies_pick_the_most_specific_binding() {
+        let mut p = SubnetPolicies::new(Arc::new(Fixed(0)));
+        let c = cands(&[true, true, true]);
+        let wide: VirtualSubnet = "192.200.0.0/16".parse().unwrap_or_else(|_| unreachable!());
+        let narrow: VirtualSubnet = "192.200.0.0/24".parse().unwrap_or_else(|_| unreachable!());
+        p.bind(wide, Some(Arc::new(Fixed(1))));
+        p.bind(narrow, Some(Arc::new(Fixed(2))));
+        assert_eq!(pick(&p, &req(1, Level::Site), &c), 2);
+        let mut other = req(1, Level::Site);
+        other.key.dst = IpAddr::from([192, 200, 9, 1]);
+        assert_eq!(pick(&p, &other, &c), 1);
+        other.key.dst = IpAddr::from([10, 9, 9, 9]);
+        assert_eq!(pick(&p, &other, &c), 0);
+        p.bind(narrow, None);
+        assert_eq!(pick(&p, &req(1, Level::Site), &c), 1);
     }
 }

@@ -7,7 +7,8 @@
 //! sessions feed: the next-hop table ([`table`]), an SLR's control side with
 //! shortcuts ([`slr`]), a host server's agent ([`host`]) and failure recovery
 //! ([`recovery`]: WHOHAS, hot-spare mirroring and failover, authenticated server
-//! flow advertisements).
+//! flow advertisements), and the router [`node`]: one sans-IO type owning the
+//! engine, the control side, recovery and policy bindings, driven by every shell.
 //!
 //! It must never: read a clock, a socket or randomness inside [`Peer`] or the codec
 //! (the shell hands those in); allocate for a frame or list beyond its limit before
@@ -19,6 +20,7 @@
 pub mod codec;
 pub mod host;
 pub mod message;
+pub mod node;
 pub mod peer;
 pub mod progress;
 pub mod recovery;

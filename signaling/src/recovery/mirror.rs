@@ -262,6 +262,19 @@ impl MirrorSender {
                     .is_none_or(|t| now.saturating_since(t) >= self.cfg.scan_interval))
     }
 
+    /// When the next scan is due (`None`: no spare registered). A shell that
+    /// sleeps until a deadline adds this one to its timers.
+    pub fn next_scan(&self) -> Option<Instant> {
+        self.session?;
+        if self.resync_open {
+            return Some(self.last_scan.unwrap_or(Instant::ZERO));
+        }
+        Some(
+            self.last_scan
+                .map_or(Instant::ZERO, |t| t + self.cfg.scan_interval),
+        )
+    }
+
     /// Compares the whole flow table with what the spare has: queues new and
     /// changed flows and removals of flows gone. Closes an open resync.
     pub fn scan(&mut self, now: Instant, flows: impl IntoIterator<Item = FlowEntry>) {

@@ -49,18 +49,18 @@ use std::time::Duration;
 
 use router_core::api::RouterApi;
 use router_core::classify::{FlowKey, VirtualSubnet};
-use router_core::engine::{DropReason, Engine, EngineCounters, Verdict};
-use router_core::flow::FlowState;
+use router_core::engine::{DropReason, EngineCounters, Verdict};
 use router_core::packet::{HEADROOM, PacketBuf};
 use router_core::policy::{Candidate, CostModel, Level, Policy, SumCost};
 use router_core::synth::{PacketSpec, Transport};
 use router_core::time::Instant;
 use router_core::tunnel::{IpIpTunnel, Tunnel};
 use router_core::wire::{Ipv4Packet, TcpFlags, TcpPacket, ip_proto};
+use signaling::node::{Node as RouterNodeCore, NodeEvent, SessionKind};
 use signaling::{
     DownReason, Epoch, HostAgent, HostStats, LocalNode, MirrorConfig, NextHopTable, NodeName,
     Outgoing, Peer, PeerAuth, PeerConfig, PeerEvent, PeerStats, RecoveryConfig, Role, SessionId,
-    SlrAction, SlrConfig, SlrControl, SlrStats, SubnetPrefix, TunnelObject, install_shortcut,
+    SlrConfig, SlrStats, SubnetPrefix, TunnelObject, install_shortcut,
 };
 
 /// Payload bytes of a simulated data segment.
@@ -436,23 +436,25 @@ struct RouterNode {
     /// What it says it is in its Hello (a spare says `Role::Spare` until it takes
     /// over).
     role: Role,
-    engine: Engine,
-    control: SlrControl,
-    /// Kept to rebuild the control side on a restart.
+    /// The router itself: the node type the daemon runs.
+    node: RouterNodeCore,
+    /// Kept to rebuild the node on a restart.
     slr_cfg: SlrConfig,
     /// Tunnel endpoint of its engine (a spare's is its primary's).
     local: Ipv4Addr,
     recover: u64,
+    /// Half-open flows the node unpinned, as far as the figures have counted.
+    seen_unpinned: u64,
     rec: recovery::RouterRecovery,
 }
 
 #[derive(Debug)]
 struct EntryNode {
-    engine: Engine,
+    /// A tunnel entry router: the same node type, programmed by its SLR.
+    node: RouterNodeCore,
     slr: NodeId,
     slr_addr: IpAddr,
     served: BTreeSet<SubnetPrefix>,
-    rec: recovery::EntryRecovery,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -809,21 +811,20 @@ impl Sim {
         if let Some(u) = self.node_mut(lower).up.as_mut() {
             u.session = Some(s);
         }
-        let lower_addr = IpAddr::V4(self.node(lower).addr);
-        let mut refused = false;
-        if let Kind::Router(r) = &mut self.node_mut(upper).kind
-            && r.control
-                .add_downstream(SessionId(s as u64), lower_addr, up.route_cost)
-                .is_err()
-        {
-            refused = true;
+        let remote = IpAddr::V4(self.node(lower).addr);
+        let down = SessionKind::Downstream {
+            remote,
+            route_cost: Some(up.route_cost),
+        };
+        if let Kind::Router(r) = &mut self.node_mut(upper).kind {
+            r.node.session_opened(SessionId(s as u64), down);
         }
         if let Kind::Router(r) = &mut self.node_mut(lower).kind {
-            r.control.set_upstream(Some(SessionId(s as u64)));
+            r.node
+                .session_opened(SessionId(s as u64), SessionKind::Upstream);
         }
-        if refused {
-            self.sessions[s].upper_peer.close();
-        }
+        self.drain_actions(upper);
+        self.drain_actions(lower);
         self.pump(s);
     }
 
@@ -908,8 +909,7 @@ impl Sim {
         }
         let now = self.now;
         if let Kind::Router(r) = &mut self.node_mut(node).kind {
-            r.control
-                .handle_event(now, SessionId(s as u64), ev, &mut r.engine);
+            r.node.handle_event(now, SessionId(s as u64), ev);
         }
         if down {
             self.session_down(s, node, false);
@@ -926,10 +926,7 @@ impl Sim {
         let registered = matches!(ev, PeerEvent::Registered { .. });
         let down = matches!(ev, PeerEvent::PeerDown { .. });
         match &mut self.node_mut(node).kind {
-            Kind::Router(r) => {
-                r.control
-                    .handle_event(now, SessionId(s as u64), ev, &mut r.engine);
-            }
+            Kind::Router(r) => r.node.handle_event(now, SessionId(s as u64), ev),
             Kind::Host(h) => {
                 if registered {
                     h.agent.on_registered(now);
@@ -1012,18 +1009,19 @@ impl Sim {
     }
 
     fn drain_actions(&mut self, node: NodeId) {
+        let mut sync = false;
         loop {
-            let action = match &mut self.node_mut(node).kind {
-                Kind::Router(r) => r.control.poll_action(),
+            let event = match &mut self.node_mut(node).kind {
+                Kind::Router(r) => r.node.poll_event(),
                 _ => None,
             };
-            let Some(action) = action else { break };
-            match action {
-                SlrAction::Send { session, message } => {
+            let Some(event) = event else { break };
+            match event {
+                NodeEvent::Send { session, message } => {
                     self.tap_send(node, session.0 as usize, &message);
                     self.send_on(session.0 as usize, node, message);
                 }
-                SlrAction::Close { session } => {
+                NodeEvent::Close { session } => {
                     let s = session.0 as usize;
                     if self.sessions[s].upper == node {
                         self.sessions[s].upper_peer.close();
@@ -1032,8 +1030,7 @@ impl Sim {
                     }
                     self.pump(s);
                 }
-                SlrAction::NextHopDown { addr } => self.unpin_embryonic(node, addr),
-                SlrAction::ProgramEntry(obj) => {
+                NodeEvent::ProgramEntry(obj) => {
                     let at = self.now + self.cfg.cluster_delay;
                     let entries: Vec<NodeId> = self
                         .entries
@@ -1047,29 +1044,23 @@ impl Sim {
                         self.schedule(at, Event::ProgramEntry { entry, obj });
                     }
                 }
-                other => self.recovery_action(node, other),
+                NodeEvent::Serve(_) | NodeEvent::Withdraw(_) => sync = true,
+                NodeEvent::TookOver(_) => self.take_over(node),
+                NodeEvent::FlowRecovered { .. } => {
+                    self.rec_flow_recovered();
+                }
+                other => tracing::debug!(event = ?other, "node event not modelled"),
             }
         }
-    }
-
-    /// Unpins the flows of `node` that only saw a SYN and are pinned to `addr`, so
-    /// their retransmitted SYNs are placed anew.
-    fn unpin_embryonic(&mut self, node: NodeId, addr: IpAddr) {
-        let now = self.now;
-        let Kind::Router(r) = &mut self.node_mut(node).kind else {
-            return;
-        };
-        let keys: Vec<FlowKey> = r
-            .engine
-            .flows()
-            .export(now)
-            .filter(|e| e.next_hop == addr && e.state == FlowState::SynSeen)
-            .map(|e| e.key)
-            .collect();
-        for k in &keys {
-            let _ = r.engine.remove_flow(k, now);
+        if let Kind::Router(r) = &mut self.node_mut(node).kind {
+            let unpinned = r.node.counters().embryonic_unpinned;
+            let new = unpinned - r.seen_unpinned;
+            r.seen_unpinned = unpinned;
+            self.stats.embryonic_unpinned += new;
         }
-        self.stats.embryonic_unpinned += keys.len() as u64;
+        if sync {
+            self.sync_entries(node);
+        }
     }
 
     fn program_entry(&mut self, entry: NodeId, obj: TunnelObject) {
@@ -1078,7 +1069,7 @@ impl Sim {
         }
         let now = self.now;
         if let Kind::Entry(e) = &mut self.node_mut(entry).kind {
-            match install_shortcut(&mut e.engine, &obj, e.slr_addr, now) {
+            match install_shortcut(e.node.engine_mut(), &obj, e.slr_addr, now) {
                 Ok(()) => self.stats.entry_shortcuts += 1,
                 Err(err) => {
                     tracing::debug!(error = %err, "entry router refused a shortcut");
@@ -1092,7 +1083,7 @@ impl Sim {
     /// each with the SLR as the only next hop.
     fn sync_entries(&mut self, slr: NodeId) {
         let served: BTreeSet<SubnetPrefix> = match &self.node(slr).kind {
-            Kind::Router(r) => r.control.served_subnets().copied().collect(),
+            Kind::Router(r) => r.node.control().served_subnets().copied().collect(),
             _ => return,
         };
         for i in 0..self.entries.len() {
@@ -1111,14 +1102,14 @@ impl Sim {
             };
             for p in served.difference(&e.served) {
                 if let Ok(vs) = VirtualSubnet::try_from(*p)
-                    && let Ok(sid) = e.engine.add_subnet(vs)
+                    && let Ok(sid) = e.node.engine_mut().add_subnet(vs)
                 {
-                    let _ = e.engine.set_candidates(sid, vec![cand]);
+                    let _ = e.node.engine_mut().set_candidates(sid, vec![cand]);
                 }
             }
             for p in e.served.difference(&served) {
                 if let Ok(vs) = VirtualSubnet::try_from(*p) {
-                    let _ = e.engine.remove_subnet(&vs);
+                    let _ = e.node.engine_mut().remove_subnet(&vs);
                 }
             }
             e.served = served.clone();
@@ -1150,7 +1141,7 @@ impl Sim {
             }
         }
         match &n.kind {
-            Kind::Router(r) => earliest(Some(r.control.poll_timeout())),
+            Kind::Router(r) => earliest(r.node.poll_timeout()),
             Kind::Host(h) => earliest(h.agent.poll_timeout()),
             _ => {}
         }
@@ -1179,23 +1170,14 @@ impl Sim {
             }
             self.pump(s);
         }
-        let mut sync = false;
         let mut outgoing = Vec::new();
         match &mut self.node_mut(id).kind {
-            Kind::Router(r) => {
-                let before = r.control.stats().table_updates;
-                r.control.handle_timeout(now, &mut r.engine);
-                r.engine.sweep(now, 64);
-                sync = r.control.stats().table_updates != before;
-            }
+            Kind::Router(r) => r.node.handle_timeout(now),
             Kind::Host(h) => outgoing = h.agent.handle_timeout(now),
             _ => {}
         }
         self.drain_actions(id);
         self.recovery_wake(id);
-        if sync {
-            self.sync_entries(id);
-        }
         if let Some(s) = self.node(id).up.and_then(|u| u.session) {
             for o in outgoing {
                 self.send_on(s, id, o);
@@ -1260,30 +1242,17 @@ impl Sim {
         let Kind::Router(r) = &mut self.nodes[id.0 as usize].kind else {
             return;
         };
-        let before = r.engine.new_flows();
+        let before = recovery::Tally::of(&r.node);
         let Ok(mut pb) = PacketBuf::new(&mut pkt.buf, pkt.start, pkt.len) else {
             return;
         };
-        let v = r.engine.process(&mut pb, now);
+        let v = r.node.handle_packet(now, &mut pb);
         pkt.start = pb.start();
         pkt.len = pb.len();
         let level = r.level;
-        let mut pinned = None;
-        let mut new_flow = None;
-        if let Verdict::Forward { next_hop, .. } = v
-            && r.engine.new_flows() > before
-            && let Some(key) = inner_key(pkt.data())
-        {
-            new_flow = Some(key);
-            if level == Level::Site {
-                pinned = Some((key, next_hop));
-            }
-        }
-        if let Verdict::Recover { .. } = v {
+        let after = recovery::Tally::of(&r.node);
+        if after.recover > before.recover {
             r.recover += 1;
-        }
-        if let Some((key, server)) = pinned {
-            r.control.flow_pinned(key, server);
         }
         if let Some(c) = pkt.conn {
             let rec = &mut self.conns[c.0 as usize];
@@ -1295,9 +1264,11 @@ impl Sim {
             rec.first_handled[level_index(level)].get_or_insert(now);
         }
         pkt.slr_hops = pkt.slr_hops.saturating_add(1);
+        self.account(&before, &after);
         self.drain_actions(id);
-        if let Some(key) = new_flow {
-            self.mirror_new_flow(id, key);
+        if after.new_flows > before.new_flows {
+            // The mirror's next batch may now be due before the node's next wake.
+            self.reschedule(id);
         }
         match v {
             Verdict::Forward { next_hop, .. } => {
@@ -1310,8 +1281,6 @@ impl Sim {
                 pkt.conn = None;
                 self.send_packet(id, to, pkt);
             }
-            Verdict::Recover { key } => self.router_recover(id, key, pkt),
-            Verdict::Advert => self.router_advert(id, pkt),
             _ => {}
         }
     }
@@ -1321,23 +1290,28 @@ impl Sim {
         let Kind::Entry(e) = &mut self.nodes[id.0 as usize].kind else {
             return;
         };
+        let before = recovery::Tally::of(&e.node);
         let Ok(mut pb) = PacketBuf::new(&mut pkt.buf, pkt.start, pkt.len) else {
             return;
         };
-        let v = e.engine.process(&mut pb, now);
+        let v = e.node.handle_packet(now, &mut pb);
         pkt.start = pb.start();
         pkt.len = pb.len();
+        let after = recovery::Tally::of(&e.node);
         if let Some(c) = pkt.conn {
             self.conns[c.0 as usize].entry_packets += 1;
         }
+        if after.forwarded_unknown > before.forwarded_unknown {
+            // Handed to the SLR, which holds the flow (DESIGN.md §5, first row).
+            pkt.handed_over = true;
+        }
+        self.account(&before, &after);
         match v {
             Verdict::Forward { next_hop, .. } => self.send_packet(id, next_hop, pkt),
             Verdict::Reply { to } => {
                 pkt.conn = None;
                 self.send_packet(id, to, pkt);
             }
-            Verdict::Recover { .. } => self.entry_recover(id, pkt),
-            Verdict::Advert => self.router_advert(id, pkt),
             _ => {}
         }
     }
@@ -1708,7 +1682,7 @@ impl Sim {
     /// returns the subnets switched. Pinned flows keep their next hops.
     pub fn set_policy(&mut self, router: NodeId, policy: Arc<dyn Policy>) -> usize {
         match &mut self.node_mut(router).kind {
-            Kind::Router(r) => r.control.set_policy(policy, &mut r.engine),
+            Kind::Router(r) => r.node.set_default_policy(policy),
             _ => 0,
         }
     }
@@ -1716,7 +1690,7 @@ impl Sim {
     /// Replaces a router's F and G from its next table computation on.
     pub fn set_cost_model(&mut self, router: NodeId, cost: Arc<dyn CostModel>) {
         if let Kind::Router(r) = &mut self.node_mut(router).kind {
-            r.control.set_cost_model(cost);
+            r.node.set_cost_model(cost);
         }
     }
 
@@ -1771,8 +1745,8 @@ impl Sim {
             Kind::Router(r) => Some(RouterReport {
                 name: self.node(router).name.clone(),
                 level: r.level,
-                engine: r.engine.counters(),
-                control: *r.control.stats(),
+                engine: r.node.engine().counters(),
+                control: *r.node.control().stats(),
                 recover: r.recover,
             }),
             _ => None,
@@ -1782,7 +1756,7 @@ impl Sim {
     /// A router's next-hop table.
     pub fn table(&self, router: NodeId) -> Option<&NextHopTable> {
         match &self.node(router).kind {
-            Kind::Router(r) => Some(r.control.table()),
+            Kind::Router(r) => Some(r.node.control().table()),
             _ => None,
         }
     }
@@ -1790,7 +1764,7 @@ impl Sim {
     /// The engine counters of the tunnel entry router.
     pub fn entry_counters(&self, entry: NodeId) -> Option<EngineCounters> {
         match &self.node(entry).kind {
-            Kind::Entry(e) => Some(e.engine.counters()),
+            Kind::Entry(e) => Some(e.node.engine().counters()),
             _ => None,
         }
     }
@@ -1881,7 +1855,7 @@ impl Sim {
         self.nodes
             .iter()
             .filter_map(|n| match &n.kind {
-                Kind::Router(r) => Some(r.engine.counters().dropped(reason)),
+                Kind::Router(r) => Some(r.node.engine().counters().dropped(reason)),
                 _ => None,
             })
             .sum()

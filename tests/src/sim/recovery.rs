@@ -30,18 +30,16 @@ use std::time::Duration;
 
 use router_core::api::RouterApi;
 use router_core::classify::FlowKey;
-use router_core::engine::Verdict;
 use router_core::flow::FlowEntry;
-use router_core::packet::{HEADROOM, PacketBuf};
+use router_core::packet::HEADROOM;
 use router_core::policy::Level;
 use router_core::time::Instant;
-use router_core::wire::flowad::{self, AdvertFields};
+use router_core::wire::flowad::AdvertFields;
 use router_core::wire::{Icmpv4Packet, Ipv4Packet, icmpv4_type, ip_proto};
+use signaling::node::{Node as RouterNodeCore, SessionKind, SpareConfig};
 use signaling::{
-    AdvertAuth, AdvertAuthConfig, AdvertKey, AdvertOutcome, AdvertReject, Envelope,
-    FailoverMonitor, Message, MirrorReceiver, MirrorSender, PeerEvent, ProgressConfig,
-    ProgressMonitor, RecoverOutcome, RecoveryScope, RecoveryStats, Role, SessionId, SlrAction,
-    TunnelObject, handle_advert, install_shortcut,
+    AdvertAuth, AdvertAuthConfig, AdvertKey, Envelope, Message, PeerEvent, ProgressConfig,
+    ProgressMonitor, RecoveryScope, RecoveryStats, Role, SessionId, TunnelObject, install_shortcut,
 };
 
 use super::topology::NewNode;
@@ -150,23 +148,21 @@ enum LinkKind {
     Primary,
 }
 
-#[derive(Debug)]
-struct SpareState {
+/// The spare's place in the topology: whom it mirrors, and when it took over.
+#[derive(Debug, Clone, Copy)]
+struct SpareLink {
     primary: NodeId,
-    receiver: MirrorReceiver,
-    monitor: FailoverMonitor,
     dead_after: Duration,
     taken_over: Option<Instant>,
 }
 
-/// A router's recovery state (rebuilt empty by a restart, except its links and
-/// scope, which are configuration).
+/// A router's recovery state in the simulator's hands: its scope and the
+/// sessions it dials (configuration, kept across restarts); everything else is
+/// the node's.
 #[derive(Debug, Default)]
 pub(super) struct RouterRecovery {
     scope: RecoveryScope,
-    auth: Option<AdvertAuth>,
-    mirror: Option<MirrorSender>,
-    spare: Option<Box<SpareState>>,
+    spare: Option<SpareLink>,
     links: Vec<Link>,
 }
 
@@ -177,12 +173,6 @@ pub(super) struct HostRecovery {
     auth: Option<AdvertAuth>,
     next_scan: Option<Instant>,
     sent: u64,
-}
-
-/// An entry router's advertisement check.
-#[derive(Debug, Default)]
-pub(super) struct EntryRecovery {
-    auth: Option<AdvertAuth>,
 }
 
 /// Simulation-wide recovery state.
@@ -242,12 +232,12 @@ impl Sim {
                         chunk.copy_from_slice(&g.next_u64().to_le_bytes());
                     }
                 }
-                if let Err(e) = r.control.set_recovery_scope(r.rec.scope.clone()) {
+                if let Err(e) = r.node.set_recovery_scope(r.rec.scope.clone()) {
                     tracing::warn!(error = %e, "recovery scope refused");
                 }
-                r.rec.auth = adverts.is_some().then(auth);
+                r.node.set_advert_auth(adverts.is_some().then(auth));
             }
-            Kind::Entry(e) => e.rec.auth = adverts.is_some().then(auth),
+            Kind::Entry(e) => e.node.set_advert_auth(adverts.is_some().then(auth)),
             Kind::Host(h) => {
                 if let Some(a) = adverts {
                     h.rec.monitor = ProgressMonitor::new(a.progress).ok();
@@ -267,7 +257,7 @@ impl Sim {
     /// A router's WHOHAS and state re-creation counters.
     pub fn router_recovery_stats(&self, router: NodeId) -> Option<RecoveryStats> {
         match &self.node(router).kind {
-            Kind::Router(r) => Some(*r.control.recovery_stats()),
+            Kind::Router(r) => Some(*r.node.control().recovery_stats()),
             _ => None,
         }
     }
@@ -276,8 +266,8 @@ impl Sim {
     /// check.
     pub fn advert_auth_stats(&self, node: NodeId) -> Option<signaling::AdvertAuthStats> {
         match &self.node(node).kind {
-            Kind::Router(r) => r.rec.auth.as_ref().map(|a| *a.stats()),
-            Kind::Entry(e) => e.rec.auth.as_ref().map(|a| *a.stats()),
+            Kind::Router(r) => r.node.recovery().auth_stats(),
+            Kind::Entry(e) => e.node.recovery().auth_stats(),
             _ => None,
         }
     }
@@ -333,32 +323,40 @@ impl Sim {
 
     pub(super) fn on_restart(&mut self, id: NodeId) {
         let now = self.now;
-        let entry_cap = self.cfg.entry_flow_capacity;
         let mirror_max = self.cfg.mirror.max_flows;
         let mut slr_of_entry = None;
         let fresh = match &self.node(id).kind {
-            Kind::Router(r) => Some(self.router_state(r.level, r.local, &r.slr_cfg)),
+            Kind::Router(r) => {
+                // A spare that never took over comes back as a spare.
+                let spare = r
+                    .rec
+                    .spare
+                    .filter(|s| s.taken_over.is_none())
+                    .map(|s| SpareConfig {
+                        dead_after: s.dead_after,
+                        take_over: vec![IpAddr::V4(r.local)],
+                        mirror_capacity: mirror_max,
+                    });
+                Some(self.router_node(r.level, r.local, &r.slr_cfg, spare))
+            }
             _ => None,
         };
-        let entry_engine = self.engine(Level::Network, self.node(id).addr, entry_cap);
+        let entry_node = match &self.node(id).kind {
+            Kind::Entry(e) => Some(self.entry_node(self.node(id).addr, e.slr_addr)),
+            _ => None,
+        };
         match &mut self.node_mut(id).kind {
             Kind::Router(r) => {
-                if let Some((engine, control)) = fresh {
-                    r.engine = engine;
-                    r.control = control;
+                if let Some(node) = fresh {
+                    r.node = node;
                 }
                 r.recover = 0;
-                r.rec.mirror = None;
-                r.rec.auth = None;
-                if let Some(sp) = r.rec.spare.as_mut()
-                    && sp.taken_over.is_none()
-                {
-                    sp.receiver = MirrorReceiver::new(mirror_max);
-                    sp.monitor = FailoverMonitor::new(sp.dead_after);
-                }
+                r.seen_unpinned = 0;
             }
             Kind::Entry(e) => {
-                e.engine = entry_engine;
+                if let Some(node) = entry_node {
+                    e.node = node;
+                }
                 e.served.clear();
                 slr_of_entry = Some(e.slr);
             }
@@ -405,7 +403,7 @@ impl Sim {
             .map_or(Duration::from_micros(200), |&e| self.node(e).uplink);
         let slr_addr = IpAddr::V4(self.node(slr).addr);
         let name = node_name(&format!("entry{k}.pronto.test"))?;
-        let engine = self.engine(Level::Network, addr, self.cfg.entry_flow_capacity);
+        let node = self.entry_node(addr, slr_addr);
         let id = self.add_node(NewNode {
             claimed: name.clone(),
             name,
@@ -416,11 +414,10 @@ impl Sim {
             trust: vec![CaId(0)],
             up: None,
             kind: Kind::Entry(Box::new(super::EntryNode {
-                engine,
+                node,
                 slr,
                 slr_addr,
                 served: Default::default(),
-                rec: EntryRecovery::default(),
             })),
         });
         self.entries.push(id);
@@ -473,10 +470,10 @@ impl Sim {
         let Kind::Router(r) = &self.node(slr).kind else {
             return;
         };
-        let candidate = r
-            .engine
+        let engine = r.node.engine();
+        let candidate = engine
             .subnet_for(key.dst)
-            .and_then(|(_, sid)| r.engine.candidates(sid))
+            .and_then(|(_, sid)| engine.candidates(sid))
             .is_some_and(|c| c.iter().any(|c| c.addr == next_hop));
         let slr_addr = IpAddr::V4(self.node(slr).addr);
         let server = if candidate { slr_addr } else { next_hop };
@@ -491,27 +488,6 @@ impl Sim {
         );
     }
 
-    /// An entry router has no state for a mid-connection packet: hand it to the
-    /// SLR, which holds the flow (DESIGN.md §5, first row).
-    pub(super) fn entry_recover(&mut self, id: NodeId, mut pkt: SimPacket) {
-        let now = self.now;
-        let Kind::Entry(e) = &mut self.nodes[id.0 as usize].kind else {
-            return;
-        };
-        let Ok(mut pb) = PacketBuf::new(&mut pkt.buf, pkt.start, pkt.len) else {
-            return;
-        };
-        let to = e.slr_addr;
-        let v = e.engine.encapsulate_to(&mut pb, to, now);
-        pkt.start = pb.start();
-        pkt.len = pb.len();
-        pkt.handed_over = true;
-        self.rec.counters.entry_recovered += 1;
-        if let Verdict::Forward { next_hop, .. } = v {
-            self.send_packet(id, next_hop, pkt);
-        }
-    }
-
     fn recreate_entry(&mut self, entry: NodeId, slr: IpAddr, obj: TunnelObject) {
         if !self.node(entry).alive {
             return;
@@ -520,11 +496,11 @@ impl Sim {
         let Kind::Entry(e) = &mut self.node_mut(entry).kind else {
             return;
         };
-        let done = match e.engine.lookup_flow(&obj.key, now) {
+        let engine = e.node.engine_mut();
+        let done = match engine.lookup_flow(&obj.key, now) {
             Some(f) if f.next_hop == obj.server => false,
-            Some(_) => install_shortcut(&mut e.engine, &obj, slr, now).is_ok(),
-            None => e
-                .engine
+            Some(_) => install_shortcut(engine, &obj, slr, now).is_ok(),
+            None => engine
                 .install_flow(
                     &FlowEntry {
                         key: obj.key,
@@ -557,7 +533,7 @@ impl Sim {
             if let Kind::Router(r) = &mut self.node_mut(id).kind {
                 let r = &mut **r;
                 r.rec.scope.neighbours.push(other);
-                if let Err(e) = r.control.set_recovery_scope(r.rec.scope.clone()) {
+                if let Err(e) = r.node.set_recovery_scope(r.rec.scope.clone()) {
                     tracing::warn!(error = %e, "neighbour refused");
                 }
             }
@@ -634,7 +610,7 @@ impl Sim {
             return;
         }
         let spare_done = match &self.node(lower).kind {
-            Kind::Router(r) => r.rec.spare.as_ref().is_some_and(|s| s.taken_over.is_some()),
+            Kind::Router(r) => r.rec.spare.is_some_and(|s| s.taken_over.is_some()),
             _ => false,
         };
         if link.kind == LinkKind::Primary && spare_done {
@@ -653,29 +629,29 @@ impl Sim {
         if let Some(l) = self.link_mut(lower, index) {
             l.session = Some(s);
         }
-        let lower_addr = IpAddr::V4(self.node(lower).addr);
-        let mut refused = false;
-        if let Kind::Router(r) = &mut self.node_mut(upper).kind
-            && r.control
-                .add_downstream(SessionId(s as u64), lower_addr, 0.0)
-                .is_err()
-        {
-            refused = true;
+        let remote = IpAddr::V4(self.node(lower).addr);
+        let id = SessionId(s as u64);
+        if let Kind::Router(r) = &mut self.node_mut(upper).kind {
+            let down = SessionKind::Downstream {
+                remote,
+                route_cost: Some(0.0),
+            };
+            r.node.session_opened(id, down);
         }
-        if link.kind == LinkKind::Neighbour
-            && let Kind::Router(r) = &mut self.node_mut(lower).kind
-            && r.control.add_neighbour(SessionId(s as u64)).is_err()
-        {
-            refused = true;
+        if let Kind::Router(r) = &mut self.node_mut(lower).kind {
+            let kind = match link.kind {
+                LinkKind::Neighbour => SessionKind::Neighbour,
+                LinkKind::Primary => SessionKind::Primary,
+            };
+            r.node.session_opened(id, kind);
         }
-        if refused {
-            self.sessions[s].lower_peer.close();
-        }
+        self.drain_actions(upper);
+        self.drain_actions(lower);
         self.pump(s);
     }
 
     /// Handles an event of a session `node` dialled as a link; `None` when it
-    /// was consumed here (a spare's session to its primary).
+    /// was handled here.
     pub(super) fn link_event(
         &mut self,
         s: usize,
@@ -686,53 +662,29 @@ impl Sim {
             return Some(ev);
         };
         let now = self.now;
-        if matches!(ev, PeerEvent::PeerDown { .. }) {
+        let down = matches!(ev, PeerEvent::PeerDown { .. });
+        if matches!(ev, PeerEvent::MirrorDelta(_)) {
+            self.rec.counters.mirror_deltas += 1;
+        }
+        if matches!(ev, PeerEvent::Registered { .. }) && link.kind == LinkKind::Neighbour {
+            let base = self.cfg.reconnect_backoff;
+            if let Some(l) = self.link_mut(node, index) {
+                l.backoff = base;
+            }
+        }
+        if let Kind::Router(r) = &mut self.node_mut(node).kind {
+            r.node.handle_event(now, SessionId(s as u64), ev);
+        }
+        if down {
             if let Some(l) = self.link_mut(node, index) {
                 l.session = None;
-            }
-            if link.kind == LinkKind::Neighbour
-                && let Kind::Router(r) = &mut self.node_mut(node).kind
-            {
-                let r = &mut **r;
-                r.control
-                    .handle_event(now, SessionId(s as u64), ev, &mut r.engine);
             }
             self.session_down(s, node, true);
             if self.node(node).alive {
                 self.retry_link(node, index);
             }
-            self.drain_actions(node);
-            return None;
         }
-        if link.kind == LinkKind::Neighbour {
-            let base = self.cfg.reconnect_backoff;
-            if matches!(ev, PeerEvent::Registered { .. })
-                && let Some(l) = self.link_mut(node, index)
-            {
-                l.backoff = base;
-            }
-            return Some(ev);
-        }
-        let mut applied = false;
-        if let Kind::Router(r) = &mut self.node_mut(node).kind {
-            let r = &mut **r;
-            if let Some(sp) = r.rec.spare.as_mut() {
-                match ev {
-                    PeerEvent::Registered { .. } => {
-                        sp.receiver.primary_registered(now);
-                        sp.monitor.heard(now);
-                    }
-                    PeerEvent::MirrorDelta(d) => {
-                        sp.receiver.apply(now, &d, &mut r.engine);
-                        applied = true;
-                    }
-                    _ => {}
-                }
-            }
-        }
-        if applied {
-            self.rec.counters.mirror_deltas += 1;
-        }
+        self.drain_actions(node);
         None
     }
 
@@ -745,73 +697,36 @@ impl Sim {
             return;
         }
         let now = self.now;
-        if let Kind::Router(r) = &mut self.node_mut(node).kind
-            && let Some(sp) = r.rec.spare.as_mut()
-        {
-            sp.monitor.heard(now);
+        if let Kind::Router(r) = &mut self.node_mut(node).kind {
+            r.node.primary_heard(now);
         }
     }
 
-    /// An SLR met a mid-connection packet of a flow it does not know: ask who
-    /// has it. The packet is dropped; the client's retransmission finds the
-    /// state once an answer installed it.
-    pub(super) fn router_recover(&mut self, id: NodeId, key: FlowKey, mut pkt: SimPacket) {
-        let now = self.now;
-        let Kind::Router(r) = &mut self.nodes[id.0 as usize].kind else {
-            return;
-        };
-        let r = &mut **r;
-        let out = r.control.recover(key, now, &r.engine);
-        let mut forward = None;
-        match out {
-            RecoverOutcome::Queried { .. } => self.rec.counters.queries += 1,
-            // The state arrived meanwhile: the packet can go on after all.
-            RecoverOutcome::Pinned { next_hop } => {
-                if let Ok(mut pb) = PacketBuf::new(&mut pkt.buf, pkt.start, pkt.len)
-                    && let Verdict::Forward { next_hop, .. } =
-                        r.engine.encapsulate_to(&mut pb, next_hop, now)
-                {
-                    pkt.start = pb.start();
-                    pkt.len = pb.len();
-                    forward = Some(next_hop);
-                }
-            }
-            _ => {}
-        }
-        self.rec.counters.slr_recover += 1;
-        self.drain_actions(id);
-        if let Some(to) = forward {
-            self.send_packet(id, to, pkt);
-        }
+    /// A WHOHAS answer re-created a flow at a router.
+    pub(super) fn rec_flow_recovered(&mut self) {
+        self.rec.counters.flows_recovered += 1;
+        self.rec.counters.last_restored = Some(self.now);
     }
 
-    /// Carries out a recovery action of a router's control side (and the WHOHAS
-    /// tap).
-    pub(super) fn recovery_action(&mut self, node: NodeId, action: SlrAction) {
-        match action {
-            SlrAction::FlowRecovered { .. } => {
-                self.rec.counters.flows_recovered += 1;
-                self.rec.counters.last_restored = Some(self.now);
-            }
-            SlrAction::SpareRegistered { session, .. } => {
-                let now = self.now;
-                let mcfg = self.cfg.mirror;
-                if let Kind::Router(r) = &mut self.node_mut(node).kind {
-                    r.rec
-                        .mirror
-                        .get_or_insert_with(|| MirrorSender::new(mcfg, now))
-                        .spare_registered(session, now);
-                }
-                self.reschedule(node);
-            }
-            SlrAction::SpareDown { session } => {
-                if let Kind::Router(r) = &mut self.node_mut(node).kind
-                    && let Some(m) = r.rec.mirror.as_mut()
-                {
-                    m.spare_down(session);
-                }
-            }
-            _ => {}
+    /// Adds what one packet through a node changed to the recovery figures.
+    pub(super) fn account(&mut self, before: &Tally, after: &Tally) {
+        let c = &mut self.rec.counters;
+        let d = |f: fn(&Tally) -> u64| f(after).saturating_sub(f(before));
+        c.queries += d(|t| t.queries);
+        c.slr_recover += d(|t| t.recover) - d(|t| t.forwarded_unknown);
+        c.entry_recovered += d(|t| t.forwarded_unknown);
+        c.adverts_refused += d(|t| t.adverts_no_keys) + d(|t| t.adverts_rejected);
+        c.adverts_malformed += d(|t| t.adverts_malformed);
+        c.adverts_stale += d(|t| t.auth.stale) + d(|t| t.auth.future);
+        c.adverts_replayed += d(|t| t.auth.replay);
+        c.adverts_forged += d(|t| t.auth.unknown_key) + d(|t| t.auth.bad_mac);
+        c.adverts_verified += d(|t| t.auth.verified);
+        c.adverts_current += d(|t| t.adverts_current);
+        c.adverts_relayed += d(|t| t.adverts_relayed);
+        let installed = d(|t| t.adverts_installed);
+        c.adverts_installed += installed;
+        if installed > 0 {
+            c.last_restored = Some(self.now);
         }
     }
 
@@ -854,7 +769,12 @@ impl Sim {
         let addr = Ipv4Addr::new(o[0], o[1], o[2], o[3].wrapping_add(100));
         let name = node_name(&format!("spare-{}", self.node(primary).name))?;
         let slr = self.slr_config(level);
-        let (engine, control) = self.router_state(level, paddr, &slr);
+        let spare = SpareConfig {
+            dead_after,
+            take_over: vec![IpAddr::V4(paddr)],
+            mirror_capacity: self.cfg.mirror.max_flows,
+        };
+        let node = self.router_node(level, paddr, &slr, Some(spare));
         let id = self.add_node(NewNode {
             claimed: name.clone(),
             name: name.clone(),
@@ -867,19 +787,17 @@ impl Sim {
             kind: Kind::Router(Box::new(super::RouterNode {
                 level,
                 role: Role::Spare,
-                engine,
-                control,
+                node,
                 slr_cfg: slr,
                 local: paddr,
                 recover: 0,
+                seen_unpinned: 0,
                 rec: RouterRecovery {
-                    spare: Some(Box::new(SpareState {
+                    spare: Some(SpareLink {
                         primary,
-                        receiver: MirrorReceiver::new(self.cfg.mirror.max_flows),
-                        monitor: FailoverMonitor::new(dead_after),
                         dead_after,
                         taken_over: None,
-                    })),
+                    }),
                     ..RouterRecovery::default()
                 },
             })),
@@ -892,7 +810,7 @@ impl Sim {
         if let Kind::Router(r) = &mut self.node_mut(primary).kind {
             let r = &mut **r;
             r.rec.scope.spares.push(name);
-            if let Err(e) = r.control.set_recovery_scope(r.rec.scope.clone()) {
+            if let Err(e) = r.node.set_recovery_scope(r.rec.scope.clone()) {
                 tracing::warn!(error = %e, "spare refused");
             }
         }
@@ -903,7 +821,7 @@ impl Sim {
     /// When the spare took over, if it did.
     pub fn takeover_at(&self, spare: NodeId) -> Option<Instant> {
         match &self.node(spare).kind {
-            Kind::Router(r) => r.rec.spare.as_ref().and_then(|s| s.taken_over),
+            Kind::Router(r) => r.rec.spare.and_then(|s| s.taken_over),
             _ => None,
         }
     }
@@ -911,19 +829,15 @@ impl Sim {
     /// A spare's mirror: (flows mirrored, lag of the newest delta).
     pub fn mirror_state(&self, spare: NodeId) -> Option<(usize, Option<Duration>)> {
         match &self.node(spare).kind {
-            Kind::Router(r) => r
-                .rec
-                .spare
-                .as_ref()
-                .map(|s| (s.receiver.mirrored(), s.receiver.lag())),
+            Kind::Router(r) => r.node.mirror_state(),
             _ => None,
         }
     }
 
-    fn take_over(&mut self, spare: NodeId) {
+    pub(super) fn take_over(&mut self, spare: NodeId) {
         let now = self.now;
         let Some(primary) = (match &self.node(spare).kind {
-            Kind::Router(r) => r.rec.spare.as_ref().map(|s| s.primary),
+            Kind::Router(r) => r.rec.spare.map(|s| s.primary),
             _ => None,
         }) else {
             return;
@@ -941,8 +855,6 @@ impl Sim {
             r.role = role_of(r.level);
             if let Some(sp) = r.rec.spare.as_mut() {
                 sp.taken_over = Some(now);
-                let rx = std::mem::replace(&mut sp.receiver, MirrorReceiver::new(0));
-                rx.take_over(now, &mut r.engine);
             }
         }
         // The primary's lower-level peers dial its address, which now reaches us.
@@ -963,82 +875,23 @@ impl Sim {
 
     // ----- timers ------------------------------------------------------------
 
-    /// The earliest recovery deadline of a node.
+    /// The earliest recovery deadline of a node the simulator itself runs (a
+    /// host's progress scan; a router's are its node's).
     pub(super) fn recovery_timeout(&self, id: NodeId) -> Option<Instant> {
-        let min = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
         match &self.node(id).kind {
-            Kind::Router(r) => {
-                let mut t = r.rec.mirror.as_ref().and_then(MirrorSender::poll_timeout);
-                if let Some(sp) = &r.rec.spare
-                    && sp.taken_over.is_none()
-                {
-                    t = min(t, sp.monitor.poll_timeout());
-                }
-                t
-            }
             Kind::Host(h) => h.rec.next_scan,
             _ => None,
         }
     }
 
-    /// Runs the recovery timers of a node that woke.
+    /// Runs the recovery timers of a host that woke.
     pub(super) fn recovery_wake(&mut self, id: NodeId) {
         let now = self.now;
-        let mut takeover = false;
-        let mut sends = Vec::new();
-        match &mut self.node_mut(id).kind {
-            Kind::Router(r) => {
-                let r = &mut **r;
-                if let Some(m) = r.rec.mirror.as_mut() {
-                    if m.scan_due(now) {
-                        m.scan(now, r.engine.flows().export(now));
-                    }
-                    m.handle_timeout(now);
-                    while let Some(a) = m.poll_action() {
-                        sends.push(a);
-                    }
-                }
-                if let Some(sp) = r.rec.spare.as_mut()
-                    && sp.taken_over.is_none()
-                    && sp.monitor.handle_timeout(now).is_some()
-                {
-                    takeover = true;
-                }
-            }
-            Kind::Host(h) => {
-                if h.rec.next_scan.is_some_and(|t| t <= now) {
-                    self.host_scan(id);
-                }
-                return;
-            }
-            _ => {}
+        if let Kind::Host(h) = &self.node(id).kind
+            && h.rec.next_scan.is_some_and(|t| t <= now)
+        {
+            self.host_scan(id);
         }
-        for a in sends {
-            if let SlrAction::Send { session, message } = a {
-                self.send_on(session.0 as usize, id, message);
-            }
-        }
-        if takeover {
-            self.take_over(id);
-        }
-    }
-
-    /// A router pinned a new flow: the mirror hears of it at once.
-    pub(super) fn mirror_new_flow(&mut self, id: NodeId, key: FlowKey) {
-        let now = self.now;
-        if let Kind::Router(r) = &mut self.node_mut(id).kind {
-            let r = &mut **r;
-            if let Some(m) = r.rec.mirror.as_mut()
-                && let Some(e) = r.engine.lookup_flow(&key, now)
-            {
-                m.flow_pinned(&e, now);
-            }
-        }
-        // The mirror's next batch may now be due before the node's next wake.
-        self.reschedule(id);
     }
 
     // ----- server flow advertisements ----------------------------------------
@@ -1154,93 +1007,6 @@ impl Sim {
         true
     }
 
-    /// An echo reply carrying an advertisement reached a router or entry router:
-    /// verify it, then install the flow or relay the reply along the pin.
-    pub(super) fn router_advert(&mut self, id: NodeId, mut pkt: SimPacket) {
-        let now = self.now;
-        let unix = self.unix_ms();
-        let c = &mut self.rec.counters;
-        let node = &mut self.nodes[id.0 as usize];
-        let local = IpAddr::V4(node.addr);
-        let (auth, engine, control) = match &mut node.kind {
-            Kind::Router(r) => {
-                let r = &mut **r;
-                (r.rec.auth.as_mut(), &mut r.engine, Some(&mut r.control))
-            }
-            Kind::Entry(e) => {
-                let e = &mut **e;
-                (e.rec.auth.as_mut(), &mut e.engine, None)
-            }
-            _ => return,
-        };
-        let Some(auth) = auth else {
-            // Advertisements are off here: nobody holds the key.
-            c.adverts_refused += 1;
-            return;
-        };
-        let fields = match flowad::find_in_echo_reply(pkt.data()) {
-            Some(Ok(adv)) => match auth.verify(&adv, unix) {
-                Ok(f) => f,
-                Err(AdvertReject::Stale { .. } | AdvertReject::Future { .. }) => {
-                    c.adverts_stale += 1;
-                    return;
-                }
-                Err(AdvertReject::Replay) => {
-                    c.adverts_replayed += 1;
-                    return;
-                }
-                Err(_) => {
-                    c.adverts_forged += 1;
-                    return;
-                }
-            },
-            _ => {
-                c.adverts_malformed += 1;
-                return;
-            }
-        };
-        c.adverts_verified += 1;
-        let outcome = match control {
-            Some(control) => control.handle_advert(now, &fields, engine),
-            None => {
-                let served = engine.subnet_for(fields.key.dst).is_some();
-                handle_advert(engine, &fields, |_| served, &[local], Level::Network, now)
-            }
-        };
-        let relay = match outcome {
-            AdvertOutcome::Installed => {
-                c.adverts_installed += 1;
-                c.last_restored = Some(now);
-                None
-            }
-            AdvertOutcome::Current => {
-                c.adverts_current += 1;
-                None
-            }
-            AdvertOutcome::Relay { to } => {
-                c.adverts_relayed += 1;
-                let Ok(mut pb) = PacketBuf::new(&mut pkt.buf, pkt.start, pkt.len) else {
-                    return;
-                };
-                let v = engine.encapsulate_to(&mut pb, to, now);
-                pkt.start = pb.start();
-                pkt.len = pb.len();
-                match v {
-                    Verdict::Forward { next_hop, .. } => Some(next_hop),
-                    _ => None,
-                }
-            }
-            _ => {
-                c.adverts_refused += 1;
-                None
-            }
-        };
-        self.drain_actions(id);
-        if let Some(to) = relay {
-            self.send_packet(id, to, pkt);
-        }
-    }
-
     // ----- forgery -----------------------------------------------------------
 
     /// Delivers a raw IPv4 packet to `to` as if `from` had sent it (attack
@@ -1290,8 +1056,8 @@ impl Sim {
         let mut out = BTreeMap::new();
         for (i, n) in self.nodes.iter().enumerate() {
             let engine = match &n.kind {
-                Kind::Router(r) => &r.engine,
-                Kind::Entry(e) => &e.engine,
+                Kind::Router(r) => r.node.engine(),
+                Kind::Entry(e) => e.node.engine(),
                 _ => continue,
             };
             for f in engine.flows().export(self.now) {
@@ -1304,8 +1070,16 @@ impl Sim {
     /// Where `node` has `key` pinned now.
     pub fn pinned_next_hop(&self, node: NodeId, key: &FlowKey) -> Option<IpAddr> {
         match &self.node(node).kind {
-            Kind::Router(r) => r.engine.lookup_flow(key, self.now).map(|f| f.next_hop),
-            Kind::Entry(e) => e.engine.lookup_flow(key, self.now).map(|f| f.next_hop),
+            Kind::Router(r) => r
+                .node
+                .engine()
+                .lookup_flow(key, self.now)
+                .map(|f| f.next_hop),
+            Kind::Entry(e) => e
+                .node
+                .engine()
+                .lookup_flow(key, self.now)
+                .map(|f| f.next_hop),
             _ => None,
         }
     }
@@ -1316,6 +1090,42 @@ impl Sim {
                 self.recreate_entry(entry, slr, obj);
             }
             RecoveryEvent::ConnectLink { node, index } => self.connect_link(node, index),
+        }
+    }
+}
+
+/// What one packet through a node may change of the recovery figures.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Tally {
+    pub(super) new_flows: u64,
+    pub(super) recover: u64,
+    pub(super) forwarded_unknown: u64,
+    queries: u64,
+    adverts_no_keys: u64,
+    adverts_malformed: u64,
+    adverts_installed: u64,
+    adverts_current: u64,
+    adverts_relayed: u64,
+    adverts_rejected: u64,
+    auth: signaling::AdvertAuthStats,
+}
+
+impl Tally {
+    pub(super) fn of(node: &RouterNodeCore) -> Self {
+        let e = node.engine().counters();
+        let r = node.counters().recovery;
+        Self {
+            new_flows: e.forwarded_new,
+            recover: e.recover,
+            forwarded_unknown: r.recover_forwarded,
+            queries: node.control().recovery_stats().queries,
+            adverts_no_keys: r.adverts_no_keys,
+            adverts_malformed: r.adverts_malformed,
+            adverts_installed: r.adverts_installed,
+            adverts_current: r.adverts_current,
+            adverts_relayed: r.adverts_relayed,
+            adverts_rejected: r.adverts_rejected,
+            auth: node.recovery().auth_stats().unwrap_or_default(),
         }
     }
 }

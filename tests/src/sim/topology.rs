@@ -9,21 +9,23 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use router_core::engine::{Engine, EngineConfig};
+use router_core::engine::EngineConfig;
 use router_core::flow::FlowConfig;
+use router_core::policy::LeastCost;
 use router_core::policy::Level;
 use router_core::time::Instant;
 use router_core::tunnel::IpIpTunnel;
-use signaling::{
-    HostAgent, HostConfig, HostError, NodeName, SlrConfig, SlrControl, SubnetPrefix, TableConfig,
-};
+use signaling::node::{Node as RouterNodeCore, NodeConfig, SpareConfig};
+use signaling::{FollowTable, RecoveryScope};
+use signaling::{HostAgent, HostConfig, HostError, NodeName, SlrConfig, SubnetPrefix, TableConfig};
+use std::sync::Arc;
 
 use super::recovery::{HostRecovery, RouterRecovery, SimRecovery};
 use super::{
     ClientNode, EntryNode, Event, HostNode, HostServerStats, Kind, Node, NodeId, RouterNode,
     SimCert, SimConfig, SimStats, SplitMix64, UpLink, role_of,
 };
-use super::{Sim, node_name};
+use super::{SIM_EPOCH_UNIX_MS, Sim, node_name};
 
 /// A certificate authority of the modelled PKI. Every node trusts `CaId(0)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -251,7 +253,7 @@ impl Sim {
             None,
         )?;
         let entry_addr = Ipv4Addr::new(10, 0, 0, 2);
-        let entry_engine = sim.engine(Level::Network, entry_addr, sim.cfg.entry_flow_capacity);
+        let entry_node = sim.entry_node(entry_addr, IpAddr::V4(net_addr));
         let entry = sim.add_node(NewNode {
             name: node_name("entry.pronto.test")?,
             claimed: node_name("entry.pronto.test")?,
@@ -262,11 +264,10 @@ impl Sim {
             trust: vec![CaId(0)],
             up: None,
             kind: Kind::Entry(Box::new(EntryNode {
-                engine: entry_engine,
+                node: entry_node,
                 slr: network,
                 slr_addr: IpAddr::V4(net_addr),
                 served: BTreeSet::new(),
-                rec: Default::default(),
             })),
         });
         sim.entries.push(entry);
@@ -374,8 +375,13 @@ impl Sim {
         Ok((sim, h))
     }
 
-    pub(super) fn engine(&self, level: Level, addr: Ipv4Addr, capacity: usize) -> Engine {
-        Engine::new(EngineConfig {
+    pub(super) fn engine_config(
+        &self,
+        level: Level,
+        addr: Ipv4Addr,
+        capacity: usize,
+    ) -> EngineConfig {
+        EngineConfig {
             level,
             local_v4: Some(addr),
             flows: FlowConfig {
@@ -385,7 +391,25 @@ impl Sim {
                 ..FlowConfig::default()
             },
             ..EngineConfig::default()
-        })
+        }
+    }
+
+    /// The node of a tunnel entry router: it serves what its SLR serves (the
+    /// simulator programs its subnets, as the SLR's cluster programming would)
+    /// and hands mid-flow packets of unknown flows to the SLR.
+    pub(super) fn entry_node(&self, addr: Ipv4Addr, slr: IpAddr) -> RouterNodeCore {
+        let engine = self.engine_config(Level::Network, addr, self.cfg.entry_flow_capacity);
+        let mut cfg = NodeConfig::new(engine, SlrConfig::new(Level::Network), Arc::new(LeastCost));
+        cfg.forward_unknown_to = Some(slr);
+        cfg.unix_ms_at_zero = SIM_EPOCH_UNIX_MS;
+        cfg.scope = Some(RecoveryScope {
+            local_addrs: vec![IpAddr::V4(addr)],
+            ..RecoveryScope::default()
+        });
+        match RouterNodeCore::new(cfg, self.now) {
+            Ok(n) => n,
+            Err(e) => unreachable!("an entry node without static subnets cannot fail: {e}"),
+        }
     }
 
     #[expect(
@@ -404,7 +428,7 @@ impl Sim {
         claimed: Option<&str>,
     ) -> Result<NodeId, TopologyError> {
         let slr = self.slr_config(level);
-        let (engine, control) = self.router_state(level, addr, &slr);
+        let node = self.router_node(level, addr, &slr, None);
         let name = node_name(name)?;
         let claimed = match claimed {
             Some(c) => node_name(c)?,
@@ -422,11 +446,11 @@ impl Sim {
             kind: Kind::Router(Box::new(RouterNode {
                 level,
                 role: role_of(level),
-                engine,
-                control,
+                node,
                 slr_cfg: slr,
                 local: addr,
                 recover: 0,
+                seen_unpinned: 0,
                 rec: RouterRecovery::default(),
             })),
         }))
@@ -446,24 +470,35 @@ impl Sim {
         slr
     }
 
-    /// A fresh engine and control side (at build time, and after a restart).
-    pub(super) fn router_state(
+    /// A fresh router node (at build time, and after a restart): the same
+    /// [`RouterNodeCore`] the daemon runs, with the simulator's policies.
+    pub(super) fn router_node(
         &self,
         level: Level,
         addr: Ipv4Addr,
         slr: &SlrConfig,
-    ) -> (Engine, SlrControl) {
-        let mut engine = self.engine(level, addr, self.cfg.flow_capacity);
-        let mut control = SlrControl::new(*slr, self.cfg.cost.clone(), self.now);
+        spare: Option<SpareConfig>,
+    ) -> RouterNodeCore {
+        let engine = self.engine_config(level, addr, self.cfg.flow_capacity);
         let policy = match level {
             Level::Network => self.cfg.network_policy.clone(),
             Level::System => self.cfg.system_policy.clone(),
             Level::Site => self.cfg.site_policy.clone(),
         };
-        if let Some(p) = policy {
-            control.set_policy(p, &mut engine);
+        let mut cfg = NodeConfig::new(
+            engine,
+            *slr,
+            policy.unwrap_or_else(|| Arc::new(FollowTable)),
+        );
+        cfg.cost = self.cfg.cost.clone();
+        cfg.mirror = Some(self.cfg.mirror);
+        cfg.spare = spare;
+        cfg.unix_ms_at_zero = SIM_EPOCH_UNIX_MS;
+        cfg.sweep_every = Duration::from_millis(250);
+        match RouterNodeCore::new(cfg, self.now) {
+            Ok(n) => n,
+            Err(e) => unreachable!("a router node without static subnets cannot fail: {e}"),
         }
-        (engine, control)
     }
 
     pub(super) fn add_node(&mut self, n: NewNode) -> NodeId {
