@@ -1,30 +1,12 @@
-//! Failure recovery in the router daemon (DESIGN.md §5, issue 7): the shell
-//! around signaling's sans-IO recovery cores.
-//!
-//! - **State re-creation / WHOHAS.** Every `Recover` punt (a mid-connection
-//!   packet of an unknown flow) goes to [`SlrControl::recover`], which asks the
-//!   upper level and the configured neighbours; an answer installs the flow. A
-//!   tunnel-entry router configured with `forward_unknown_to` also sends the
-//!   packet on to that SLR ([`DataplaneHandle::encapsulate_and_send`]), which
-//!   re-creates the state there.
-//! - **Server flow advertisements.** Every `Advert` punt is parsed, verified
-//!   ([`AdvertAuth`]: key, MAC, timestamp window, replay) on the control thread,
-//!   then handled with the engine ([`SlrControl::handle_advert`]): installed, or
-//!   relayed along the flow's pin to the router that lost it. Every refusal is
-//!   counted; nothing unverified reaches the flow table.
-//! - **Neighbours.** `[[recovery.neighbours]]` with an address are dialled over
-//!   the usual mutual TLS (the other side lists us without an address and
-//!   accepts).
-//! - **Hot spare.** With `[spare]`, the daemon registers with its primary as
-//!   `Role::Spare`, applies its mirror deltas, and when the primary falls silent
-//!   ([`FailoverMonitor`]) adds the primary's addresses to its link, announces
-//!   them (gratuitous ARP), and only then registers upstream under the primary's
-//!   name and accepts the hosts' re-registrations. A primary with `spares`
-//!   listed feeds a [`MirrorSender`] from newly pinned flows and periodic scans.
-//!
-//! Two halves: [`Core`] runs inside the router's dataplane calls next to the
-//! `SlrControl` (it needs the engine); [`Recovery`] stays on the control thread
-//! (verification, sessions, takeover, counters).
+//! Failure recovery in the router daemon (DESIGN.md §5): configuration and the
+//! shell's part. The mechanisms themselves are the node's
+//! (`signaling::node`): WHOHAS and state re-creation, flow advertisements
+//! (verified on the dataplane thread, where they arrive), mirroring to a hot
+//! spare and the spare's failover. Here: `[recovery]` and `[spare]` validated
+//! and turned into the node's parts ([`configure_node`]), the sessions to
+//! neighbours and the primary ([`start_sessions`]), the takeover of the
+//! primary's addresses (rtnetlink + gratuitous ARP, [`take_addresses`]) and the
+//! counters of the stats snapshot ([`recovery_snapshot`]).
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -35,32 +17,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use router_core::Instant;
+use router_core::api::RouterApi;
 use router_core::engine::Engine;
-use router_core::flow::{FlowEntry, FlowState};
-use router_core::linux::{DataplaneHandle, NewFlow, PuntKind, PuntedPacket};
 use router_core::policy::Level;
-use router_core::wire::flowad::{AdvertFields, find_in_echo_reply};
-use router_core::{FlowKey, Instant};
 use serde::{Deserialize, Serialize};
 use signaling::recovery::{
-    AdvertAuth, AdvertAuthConfig, AdvertKey, AdvertOutcome, AdvertReject, FailoverMonitor,
-    MirrorConfig, MirrorReceiver, MirrorSender, RateLimit, RecoverOutcome, RecoveryConfig,
-    RecoveryScope, Takeover, read_advert_keys,
+    AdvertAuth, AdvertAuthConfig, MirrorConfig, RateLimit, RecoveryConfig, RecoveryScope,
+    read_advert_keys,
 };
-use signaling::{
-    Connector, DownReason, LocalNode, MirrorDelta, NodeName, PeerEvent, Role, SessionId, SlrAction,
-    SlrControl, TransportConfig,
-};
+use signaling::{Connector, DownReason, LocalNode, NodeName, Role, SessionId, TransportConfig};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::config::RouterConfig;
+use crate::router::shell::{RouterShell, ShellInput};
 use crate::router::{Direction, Input, SESSION_QUEUE, SessionCmd, drive_session};
+use signaling::node::{NodeConfig, SpareConfig};
 
 /// Flows listed in the stats snapshot (enough for the lab's connections).
 const FLOW_SAMPLE: usize = 256;
 /// Gratuitous ARP rounds after a takeover (a lost announcement is repeated).
-const ANNOUNCE_ROUNDS: u32 = 3;
+pub(crate) const ANNOUNCE_ROUNDS: u32 = 3;
 /// Longest reconnect backoff of a neighbour or primary session.
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
 
@@ -401,596 +379,70 @@ pub(crate) fn spare_settings(f: &SpareFile, has_upstream: bool) -> Result<SpareS
     })
 }
 
-// ----- the part that runs with the engine --------------------------------------------
+// ----- the node's recovery parts, from the configuration ----------------------------
 
-/// Work for [`Core`] inside one dataplane call.
-#[derive(Debug)]
-pub(crate) enum RecoveryStep {
-    /// A mid-connection packet of an unknown flow.
-    Recover { key: FlowKey, packet: Vec<u8> },
-    /// A verified advertisement and its echo reply.
-    Advert {
-        fields: AdvertFields,
-        packet: Vec<u8>,
-    },
-    /// A mirror delta from the primary (spare).
-    Mirror(MirrorDelta),
-    /// A session we dialled to a neighbour registered.
-    AddNeighbour(SessionId),
-    /// Timers (mirror batches and scans, failover).
-    Timeout,
+/// Fill the node's recovery parts from `[recovery]` and `[spare]`: the
+/// advertisement keys (read now), mirroring toward listed spares, the spare's
+/// failover, an entry router's SLR, and the WHOHAS scope.
+pub(crate) fn configure_node(cfg: &RouterConfig, node: &mut NodeConfig) -> Result<()> {
+    let rs = cfg.recovery.as_ref();
+    node.advert_auth = match rs.and_then(|r| r.advert_keys.as_ref().map(|p| (r, p))) {
+        Some((r, p)) => {
+            let keys = read_advert_keys(p)
+                .with_context(|| format!("recovery.advert_keys: {}", p.display()))?;
+            let c = AdvertAuthConfig {
+                max_skew: r.max_skew,
+                ..AdvertAuthConfig::default()
+            };
+            Some(AdvertAuth::new(keys, c))
+        }
+        None => None,
+    };
+    node.mirror = rs.filter(|r| !r.spares.is_empty()).map(|r| r.mirror);
+    node.forward_unknown_to = rs.and_then(|r| r.forward_unknown_to);
+    node.spare = cfg.spare.as_ref().map(|s| SpareConfig {
+        dead_after: s.dead_after,
+        take_over: s.take_over.iter().map(|(a, _)| *a).collect(),
+        // Bounded like the flow table it fills.
+        mirror_capacity: cfg.dataplane.engine.flows.capacity_v4
+            + cfg.dataplane.engine.flows.capacity_v6,
+    });
+    node.scope = Some(scope(cfg)?);
+    node.unix_ms_at_zero = unix_ms();
+    Ok(())
 }
 
-/// Counters of the engine-side half.
-#[derive(Debug, Default, Clone, Copy)]
-struct CoreCounters {
-    recover_forwarded: u64,
-    recover_sent_to_pin: u64,
-    adverts_relayed: u64,
-    adverts_installed: u64,
-    adverts_current: u64,
-    adverts_rejected: u64,
-    neighbours_refused: u64,
-    local_addr_refused: u64,
-    refresh_refused: u64,
+/// The WHOHAS scope of this router (neighbours, spares, own addresses, a
+/// fresh query secret).
+fn scope(cfg: &RouterConfig) -> Result<RecoveryScope> {
+    let mut secret = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut secret))
+        .context("reading /dev/urandom for the WHOHAS query secret")?;
+    let rs = cfg.recovery.as_ref();
+    let mut local: Vec<IpAddr> = [
+        cfg.dataplane.engine.local_v4.map(IpAddr::V4),
+        cfg.dataplane.engine.local_v6.map(IpAddr::V6),
+        cfg.listen.map(|l| l.ip()).filter(|a| !a.is_unspecified()),
+    ]
+    .into_iter()
+    .flatten()
+    .chain(rs.iter().flat_map(|r| r.local_addrs.iter().copied()))
+    .collect();
+    local.sort();
+    local.dedup();
+    Ok(RecoveryScope {
+        neighbours: rs
+            .map(|r| r.neighbours.iter().map(|n| n.name.clone()).collect())
+            .unwrap_or_default(),
+        spares: rs.map(|r| r.spares.clone()).unwrap_or_default(),
+        local_addrs: local,
+        query_secret: secret,
+    })
 }
 
-/// The recovery state that needs the engine; moves into each dataplane call
-/// together with the `SlrControl`.
-#[derive(Debug)]
-pub(crate) struct Core {
-    forward_unknown_to: Option<IpAddr>,
-    sender: Option<MirrorSender>,
-    receiver: Option<MirrorReceiver>,
-    monitor: Option<FailoverMonitor>,
-    take_over: Vec<IpAddr>,
-    /// Packets to tunnel and send after the call.
-    injects: Vec<(Vec<u8>, IpAddr)>,
-    takeover: Option<Takeover>,
-    counters: CoreCounters,
-}
-
-impl Core {
-    /// Run one step.
-    pub(crate) fn step(
-        &mut self,
-        step: RecoveryStep,
-        slr: &mut SlrControl,
-        e: &mut Engine,
-        now: Instant,
-    ) {
-        match step {
-            RecoveryStep::Recover { key, packet } => match slr.recover(key, now, e) {
-                // Pinned meanwhile (an answer or advert won the race): follow it.
-                RecoverOutcome::Pinned { next_hop } => {
-                    self.counters.recover_sent_to_pin += 1;
-                    self.injects.push((packet, next_hop));
-                }
-                other => {
-                    debug!(%key, outcome = ?other, "flow state lost; recovering");
-                    if let Some(slr_addr) = self.forward_unknown_to {
-                        // An entry router: the SLR re-creates the state.
-                        self.counters.recover_forwarded += 1;
-                        self.injects.push((packet, slr_addr));
-                    }
-                    // Else the packet is dropped: the client retransmits it.
-                }
-            },
-            RecoveryStep::Advert { fields, packet } => match slr.handle_advert(now, &fields, e) {
-                AdvertOutcome::Relay { to } => {
-                    self.counters.adverts_relayed += 1;
-                    debug!(key = %fields.key, %to, "advertisement relayed along the pin");
-                    self.injects.push((packet, to));
-                }
-                AdvertOutcome::Installed => {
-                    self.counters.adverts_installed += 1;
-                    info!(key = %fields.key, server = %fields.server, "flow state re-created from a server advertisement");
-                }
-                AdvertOutcome::Current => self.counters.adverts_current += 1,
-                AdvertOutcome::Rejected(why) => {
-                    self.counters.adverts_rejected += 1;
-                    debug!(key = %fields.key, reason = ?why, "advertisement refused");
-                }
-                _ => self.counters.adverts_rejected += 1,
-            },
-            RecoveryStep::Mirror(d) => {
-                if let Some(r) = self.receiver.as_mut() {
-                    r.apply(now, &d, e);
-                }
-            }
-            RecoveryStep::AddNeighbour(id) => {
-                if let Err(err) = slr.add_neighbour(id) {
-                    self.counters.neighbours_refused += 1;
-                    warn!(session = id.0, error = %err, "neighbour refused");
-                }
-            }
-            RecoveryStep::Timeout => {}
-        }
-    }
-
-    /// Absorb the recovery actions of the `SlrControl`; others are returned.
-    pub(crate) fn on_action(&mut self, a: SlrAction, now: Instant) -> Option<SlrAction> {
-        match a {
-            SlrAction::SpareRegistered { session, name } => {
-                info!(session = session.0, spare = %name, "hot spare registered; mirroring the flow table");
-                if let Some(s) = self.sender.as_mut() {
-                    s.spare_registered(session, now);
-                }
-                None
-            }
-            SlrAction::SpareDown { session } => {
-                if let Some(s) = self.sender.as_mut() {
-                    s.spare_down(session);
-                }
-                None
-            }
-            SlrAction::FlowRecovered { key, next_hop } => {
-                info!(%key, %next_hop, "flow state re-created from a WHOHAS answer");
-                None
-            }
-            other => Some(other),
-        }
-    }
-
-    /// Timers: mirror scans and batches (primary), failover (spare).
-    pub(crate) fn poll(
-        &mut self,
-        slr: &mut SlrControl,
-        e: &mut Engine,
-        now: Instant,
-        actions: &mut Vec<SlrAction>,
-    ) {
-        if let Some(s) = self.sender.as_mut() {
-            if s.spare().is_some() && s.scan_due(now) {
-                s.scan(now, e.flows().export(now));
-            }
-            if s.poll_timeout().is_some_and(|t| t <= now) {
-                s.handle_timeout(now);
-            }
-            while let Some(a) = s.poll_action() {
-                actions.push(a);
-            }
-        }
-        let Some(m) = self.monitor.as_mut() else {
-            return;
-        };
-        if m.poll_timeout().is_some_and(|t| t <= now)
-            && let Some(t) = m.handle_timeout(now)
-        {
-            warn!(
-                silent_ms = t.silent_for.as_millis() as u64,
-                "primary silent: taking over"
-            );
-            for a in &self.take_over {
-                if !slr.add_local_addr(*a) {
-                    self.counters.local_addr_refused += 1;
-                    warn!(addr = %a, "taken-over address not added to the control side (full)");
-                }
-            }
-            // The mirrored table is now ours; no more deltas are applied.
-            if let Some(rx) = self.receiver.take() {
-                self.counters.refresh_refused += rx.take_over(now, e);
-            }
-            self.monitor = None;
-            self.takeover = Some(t);
-        }
-    }
-
-    fn due(&self, now: Instant) -> bool {
-        let at = |t: Option<Instant>| t.is_some_and(|t| t <= now);
-        self.sender
-            .as_ref()
-            .is_some_and(|s| at(s.poll_timeout()) || (s.spare().is_some() && s.scan_due(now)))
-            || self.monitor.as_ref().is_some_and(|m| at(m.poll_timeout()))
-    }
-}
-
-// ----- the control-thread half --------------------------------------------------------
-
-/// Counters of the control-thread half.
-#[derive(Debug, Default, Clone, Copy)]
-struct ShellCounters {
-    punts_recover: u64,
-    punts_advert: u64,
-    punts_deliver: u64,
-    adverts_malformed: u64,
-    adverts_no_keys: u64,
-    adverts_not_found: u64,
-    inject_refused: u64,
-    takeover_errors: u64,
-    key_reloads: u64,
-}
-
-/// Recovery on the control thread: owns [`Core`] between dataplane calls.
-#[derive(Debug)]
-pub(crate) struct Recovery {
-    core: Option<Core>,
-    auth: Option<AdvertAuth>,
-    spare: Option<SpareSettings>,
-    level: Level,
-    /// The spare's session to its primary while registered.
-    primary: Option<SessionId>,
-    /// Fired when the takeover addresses are in place: starts the upstream session.
-    takeover_go: Option<oneshot::Sender<()>>,
-    takeover: Option<TakeoverReport>,
-    takeover_done: Arc<AtomicU64>,
-    /// Keys re-read on SIGHUP, waiting for the next tick (key rollover).
-    new_keys: Arc<std::sync::Mutex<Option<Vec<AdvertKey>>>>,
-    counters: ShellCounters,
-}
-
-/// What the takeover did, for the stats.
-#[derive(Debug, Clone, Copy)]
-struct TakeoverReport {
-    silent_ms: u64,
-}
-
-impl Recovery {
-    /// Read the key file and build the halves; with `[spare]`, the upstream
-    /// session waits for the takeover (the caller must not start it).
-    pub(crate) fn new(cfg: &RouterConfig, now: Instant) -> Result<Self> {
-        let rs = cfg.recovery.as_ref();
-        let auth = match rs.and_then(|r| r.advert_keys.as_ref().map(|p| (r, p))) {
-            Some((r, p)) => {
-                let keys = read_advert_keys(p)
-                    .with_context(|| format!("recovery.advert_keys: {}", p.display()))?;
-                let c = AdvertAuthConfig {
-                    max_skew: r.max_skew,
-                    ..AdvertAuthConfig::default()
-                };
-                Some(AdvertAuth::new(keys, c))
-            }
-            None => None,
-        };
-        let sender = rs
-            .filter(|r| !r.spares.is_empty())
-            .map(|r| MirrorSender::new(r.mirror, now));
-        let (receiver, monitor) = match &cfg.spare {
-            // Bounded like the flow table it fills.
-            Some(s) => (
-                Some(MirrorReceiver::new(
-                    cfg.dataplane.engine.flows.capacity_v4 + cfg.dataplane.engine.flows.capacity_v6,
-                )),
-                Some(FailoverMonitor::new(s.dead_after)),
-            ),
-            None => (None, None),
-        };
-        Ok(Self {
-            core: Some(Core {
-                forward_unknown_to: rs.and_then(|r| r.forward_unknown_to),
-                sender,
-                receiver,
-                monitor,
-                take_over: cfg
-                    .spare
-                    .iter()
-                    .flat_map(|s| s.take_over.iter().map(|(a, _)| *a))
-                    .collect(),
-                injects: Vec::new(),
-                takeover: None,
-                counters: CoreCounters::default(),
-            }),
-            auth,
-            spare: cfg.spare.clone(),
-            level: cfg.level,
-            primary: None,
-            takeover_go: None,
-            takeover: None,
-            takeover_done: Arc::new(AtomicU64::new(0)),
-            new_keys: Arc::new(std::sync::Mutex::new(None)),
-            counters: ShellCounters::default(),
-        })
-    }
-
-    /// The WHOHAS scope of this router (neighbours, spares, own addresses, a
-    /// fresh query secret).
-    pub(crate) fn scope(cfg: &RouterConfig) -> Result<RecoveryScope> {
-        let mut secret = [0u8; 32];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut secret))
-            .context("reading /dev/urandom for the WHOHAS query secret")?;
-        let rs = cfg.recovery.as_ref();
-        let mut local: Vec<IpAddr> = [
-            cfg.dataplane.engine.local_v4.map(IpAddr::V4),
-            cfg.dataplane.engine.local_v6.map(IpAddr::V6),
-            cfg.listen.map(|l| l.ip()).filter(|a| !a.is_unspecified()),
-        ]
-        .into_iter()
-        .flatten()
-        .chain(rs.iter().flat_map(|r| r.local_addrs.iter().copied()))
-        .collect();
-        local.sort();
-        local.dedup();
-        Ok(RecoveryScope {
-            neighbours: rs
-                .map(|r| r.neighbours.iter().map(|n| n.name.clone()).collect())
-                .unwrap_or_default(),
-            spares: rs.map(|r| r.spares.clone()).unwrap_or_default(),
-            local_addrs: local,
-            query_secret: secret,
-        })
-    }
-
-    /// Move the engine-side half out for a dataplane call.
-    pub(crate) fn take_core(&mut self) -> Result<Core> {
-        self.core
-            .take()
-            .context("the recovery state was lost with the dataplane")
-    }
-
-    /// Put it back after the call; send what it queued and start a takeover.
-    pub(crate) fn put_core(&mut self, mut core: Core, handle: &DataplaneHandle) {
-        for (packet, to) in core.injects.drain(..) {
-            if handle.encapsulate_and_send(packet, to).is_err() {
-                self.counters.inject_refused += 1;
-            }
-        }
-        if let Some(t) = core.takeover.take() {
-            self.start_takeover(t);
-        }
-        self.core = Some(core);
-    }
-
-    /// A punted packet: `Some` when it needs the engine.
-    pub(crate) fn punt(&mut self, p: PuntedPacket) -> Option<RecoveryStep> {
-        match p.kind {
-            PuntKind::Recover { key } => {
-                self.counters.punts_recover += 1;
-                Some(RecoveryStep::Recover {
-                    key,
-                    packet: p.data,
-                })
-            }
-            PuntKind::Advert => {
-                self.counters.punts_advert += 1;
-                let Some(auth) = self.auth.as_mut() else {
-                    self.counters.adverts_no_keys += 1;
-                    return None;
-                };
-                let adv = match find_in_echo_reply(&p.data) {
-                    Some(Ok(a)) => a,
-                    Some(Err(e)) => {
-                        self.counters.adverts_malformed += 1;
-                        debug!(error = %e, "malformed advertisement dropped");
-                        return None;
-                    }
-                    None => {
-                        self.counters.adverts_not_found += 1;
-                        return None;
-                    }
-                };
-                match auth.verify(&adv, unix_ms()) {
-                    Ok(fields) => Some(RecoveryStep::Advert {
-                        fields,
-                        packet: p.data,
-                    }),
-                    Err(why) => {
-                        // Counted by reason in the auth stats.
-                        log_reject(&why);
-                        None
-                    }
-                }
-            }
-            _ => {
-                self.counters.punts_deliver += 1;
-                None
-            }
-        }
-    }
-
-    /// A newly pinned flow: mirror it to the spare (primary).
-    pub(crate) fn flow_pinned(&mut self, nf: &NewFlow) {
-        let level = self.level;
-        let Some(s) = self.core.as_mut().and_then(|c| c.sender.as_mut()) else {
-            return;
-        };
-        if s.spare().is_none() {
-            return;
-        }
-        let entry = FlowEntry {
-            key: nf.key,
-            next_hop: nf.next_hop,
-            label: 0,
-            level,
-            state: match nf.key.proto {
-                router_core::wire::ip_proto::TCP => FlowState::SynSeen,
-                router_core::wire::ip_proto::UDP => FlowState::Udp,
-                _ => FlowState::Other,
-            },
-            created: nf.at,
-            last_seen: nf.at,
-            packets: 1,
-            bytes: 0,
-        };
-        s.flow_pinned(&entry, nf.at);
-    }
-
-    /// Whether mirroring wants the new-flow notices.
-    pub(crate) fn mirrors(&self) -> bool {
-        self.core
-            .as_ref()
-            .and_then(|c| c.sender.as_ref())
-            .is_some_and(|s| s.spare().is_some())
-    }
-
-    /// An event of the spare's session to its primary.
-    pub(crate) fn primary_event(
-        &mut self,
-        id: SessionId,
-        event: PeerEvent,
-        now: Instant,
-    ) -> Option<RecoveryStep> {
-        let core = self.core.as_mut()?;
-        match event {
-            PeerEvent::Registered { identity, .. } => {
-                info!(primary = %identity, "registered with the primary as its hot spare");
-                self.primary = Some(id);
-                if let Some(r) = core.receiver.as_mut() {
-                    r.primary_registered(now);
-                }
-                if let Some(m) = core.monitor.as_mut() {
-                    m.heard(now);
-                }
-                None
-            }
-            PeerEvent::MirrorDelta(d) => {
-                if let Some(m) = core.monitor.as_mut() {
-                    m.heard(now);
-                }
-                Some(RecoveryStep::Mirror(d))
-            }
-            PeerEvent::PeerDown { reason } => {
-                if self.primary == Some(id) {
-                    warn!(%reason, "session to the primary down");
-                    self.primary = None;
-                }
-                None
-            }
-            other => {
-                debug!(event = ?other, "primary session event ignored");
-                None
-            }
-        }
-    }
-
-    /// Every control tick: the primary is alive while its session is (the
-    /// session's own keepalives end it after `dead_ms` of silence); true when a
-    /// timer needs the engine.
-    pub(crate) fn tick(&mut self, now: Instant) -> bool {
-        let fresh = self.new_keys.lock().ok().and_then(|mut k| k.take());
-        if let (Some(keys), Some(auth)) = (fresh, self.auth.as_mut()) {
-            // The replay cache stays: a rollover must not reopen the window.
-            info!(keys = keys.len(), "advertisement keys reloaded");
-            auth.set_keys(keys);
-            self.counters.key_reloads += 1;
-        }
-        let Some(core) = self.core.as_mut() else {
-            return false;
-        };
-        if self.primary.is_some()
-            && let Some(m) = core.monitor.as_mut()
-        {
-            m.heard(now);
-        }
-        core.due(now)
-    }
-
-    /// Add the primary's addresses, announce them, then let the upstream session
-    /// start (from a thread: rtnetlink blocks on its own runtime).
-    fn start_takeover(&mut self, t: Takeover) {
-        let Some(spare) = self.spare.clone() else {
-            return;
-        };
-        let started = std::time::Instant::now();
-        self.takeover = Some(TakeoverReport {
-            silent_ms: u64::try_from(t.silent_for.as_millis()).unwrap_or(u64::MAX),
-        });
-        let go = self.takeover_go.take();
-        let done = Arc::clone(&self.takeover_done);
-        let r = std::thread::Builder::new()
-            .name("pronto-takeover".into())
-            .spawn(move || {
-                let ok = take_addresses(&spare);
-                // Registered upstream even when an address failed: the rest works.
-                if let Some(go) = go {
-                    let _ = go.send(());
-                }
-                let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                done.store(ms.max(1) | if ok { 0 } else { 1 << 63 }, Ordering::Relaxed);
-                info!(ms, ok, "primary's addresses taken over and announced");
-                for _ in 1..ANNOUNCE_ROUNDS {
-                    std::thread::sleep(Duration::from_millis(200));
-                    announce(&spare);
-                }
-            });
-        if let Err(e) = r {
-            self.counters.takeover_errors += 1;
-            warn!(error = %e, "cannot start the takeover thread");
-        }
-    }
-
-    /// The counters for the stats snapshot.
-    pub(crate) fn snapshot(&self, slr: &SlrControl) -> RecoverySnapshot {
-        let st = slr.recovery_stats();
-        let a = self.auth.as_ref().map(|a| *a.stats()).unwrap_or_default();
-        let c = self.core.as_ref();
-        let cc = c.map(|c| c.counters).unwrap_or_default();
-        let sender = c.and_then(|c| c.sender.as_ref());
-        let receiver = c.and_then(|c| c.receiver.as_ref());
-        let done = self.takeover_done.load(Ordering::Relaxed);
-        let s = &self.counters;
-        RecoverySnapshot {
-            punts_recover: s.punts_recover,
-            punts_advert: s.punts_advert,
-            punts_deliver: s.punts_deliver,
-            recover_forwarded: cc.recover_forwarded,
-            recover_sent_to_pin: cc.recover_sent_to_pin,
-            inject_refused: s.inject_refused,
-            adverts_verified: a.verified,
-            adverts_unknown_key: a.unknown_key,
-            adverts_bad_mac: a.bad_mac,
-            adverts_stale: a.stale,
-            adverts_future: a.future,
-            adverts_replay: a.replay,
-            adverts_malformed: s.adverts_malformed,
-            adverts_no_keys: s.adverts_no_keys,
-            adverts_not_found: s.adverts_not_found,
-            adverts_installed: cc.adverts_installed,
-            adverts_current: cc.adverts_current,
-            adverts_relayed: cc.adverts_relayed,
-            adverts_rejected: cc.adverts_rejected,
-            queries: st.queries,
-            whohas_sent: st.whohas_sent,
-            recover_coalesced: st.recover_coalesced,
-            recover_rate_limited: st.recover_rate_limited,
-            recover_no_scope: st.recover_no_scope,
-            queries_expired: st.queries_expired,
-            answers_installed: st.answers_installed,
-            answers_negative: st.answers_negative,
-            answers_refused: st.answer_not_pending
-                + st.answer_not_asked
-                + st.answer_key_mismatch
-                + st.answer_points_at_us
-                + st.answer_bad_next_hop
-                + st.answer_already_pinned
-                + st.answer_engine_refused,
-            answer_not_pending: st.answer_not_pending,
-            answer_not_asked: st.answer_not_asked,
-            answer_key_mismatch: st.answer_key_mismatch,
-            answer_points_at_us: st.answer_points_at_us,
-            answer_already_pinned: st.answer_already_pinned,
-            whohas_answered: st.whohas_answered,
-            whohas_unknown: st.whohas_unknown,
-            whohas_rate_limited: st.whohas_rate_limited,
-            whohas_refused_session: st.whohas_refused_session,
-            neighbours: slr.neighbour_sessions().count() as u64,
-            neighbours_refused: st.neighbours_refused + cc.neighbours_refused,
-            spares_registered: st.spares_registered,
-            spares_refused: st.spares_refused,
-            mirror_spare: sender.is_some_and(|s| s.spare().is_some()),
-            mirror_deltas_sent: sender.map_or(0, |s| s.stats().deltas),
-            mirror_upserts_sent: sender.map_or(0, |s| s.stats().upserts),
-            mirror_resyncs: sender.map_or(0, |s| s.stats().resyncs),
-            primary_registered: self.primary.is_some(),
-            mirror_deltas_applied: receiver.map_or(0, |r| r.stats().deltas),
-            mirror_upserts_applied: receiver.map_or(0, |r| r.stats().upserts),
-            mirrored_flows: receiver.map_or(0, |r| r.mirrored() as u64),
-            mirror_lag_ms: receiver
-                .and_then(MirrorReceiver::lag)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            taken_over: self.takeover.is_some(),
-            takeover_silent_ms: self.takeover.map_or(0, |t| t.silent_ms),
-            takeover_addresses_ms: done & !(1 << 63),
-            takeover_errors: s.takeover_errors + u64::from(done >> 63 == 1) + cc.local_addr_refused,
-            key_reloads: s.key_reloads,
-        }
-    }
-}
-
-fn log_reject(why: &AdvertReject) {
-    debug!(reason = ?why, "advertisement refused");
-}
-
+/// Wall-clock milliseconds now (the node's advertisement clock is this plus its
+/// monotonic time, read once at start).
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -999,7 +451,7 @@ fn unix_ms() -> u64 {
 
 /// Add the spare's takeover addresses and announce the IPv4 ones; false when
 /// any step failed (logged).
-fn take_addresses(spare: &SpareSettings) -> bool {
+pub(crate) fn take_addresses(spare: &SpareSettings) -> bool {
     let nl = match router_core::linux::Netlink::open() {
         Ok(n) => n,
         Err(e) => {
@@ -1025,7 +477,7 @@ fn take_addresses(spare: &SpareSettings) -> bool {
 }
 
 /// One gratuitous ARP per IPv4 takeover address.
-fn announce(spare: &SpareSettings) -> bool {
+pub(crate) fn announce(spare: &SpareSettings) -> bool {
     let mut ok = true;
     for (a, _) in &spare.take_over {
         if let IpAddr::V4(v4) = a
@@ -1098,6 +550,94 @@ pub(crate) struct RecoverySnapshot {
     key_reloads: u64,
 }
 
+/// The recovery counters of the router (node, control side, shell).
+pub(crate) fn recovery_snapshot(shell: &RouterShell) -> RecoverySnapshot {
+    let node = &shell.node;
+    let slr = node.control();
+    let st = slr.recovery_stats();
+    let rec = node.recovery();
+    let a = rec.auth_stats().unwrap_or_default();
+    let cc = node.counters().recovery;
+    let ec = node.engine().counters();
+    let sender = rec.sender_stats();
+    let receiver = rec.receiver_stats();
+    let takeover = node.takeover();
+    let done = shell
+        .takeover
+        .as_ref()
+        .map_or(0, |t| t.done.load(Ordering::Relaxed));
+    RecoverySnapshot {
+        punts_recover: ec.recover,
+        punts_advert: ec.adverts,
+        punts_deliver: ec.delivered,
+        recover_forwarded: cc.recover_forwarded,
+        recover_sent_to_pin: cc.recover_sent_to_pin,
+        inject_refused: 0,
+        adverts_verified: a.verified,
+        adverts_unknown_key: a.unknown_key,
+        adverts_bad_mac: a.bad_mac,
+        adverts_stale: a.stale,
+        adverts_future: a.future,
+        adverts_replay: a.replay,
+        adverts_malformed: cc.adverts_malformed,
+        adverts_no_keys: cc.adverts_no_keys,
+        adverts_not_found: 0,
+        adverts_installed: cc.adverts_installed,
+        adverts_current: cc.adverts_current,
+        adverts_relayed: cc.adverts_relayed,
+        adverts_rejected: cc.adverts_rejected,
+        queries: st.queries,
+        whohas_sent: st.whohas_sent,
+        recover_coalesced: st.recover_coalesced,
+        recover_rate_limited: st.recover_rate_limited,
+        recover_no_scope: st.recover_no_scope,
+        queries_expired: st.queries_expired,
+        answers_installed: st.answers_installed,
+        answers_negative: st.answers_negative,
+        answers_refused: st.answer_not_pending
+            + st.answer_not_asked
+            + st.answer_key_mismatch
+            + st.answer_points_at_us
+            + st.answer_bad_next_hop
+            + st.answer_already_pinned
+            + st.answer_engine_refused,
+        answer_not_pending: st.answer_not_pending,
+        answer_not_asked: st.answer_not_asked,
+        answer_key_mismatch: st.answer_key_mismatch,
+        answer_points_at_us: st.answer_points_at_us,
+        answer_already_pinned: st.answer_already_pinned,
+        whohas_answered: st.whohas_answered,
+        whohas_unknown: st.whohas_unknown,
+        whohas_rate_limited: st.whohas_rate_limited,
+        whohas_refused_session: st.whohas_refused_session,
+        neighbours: slr.neighbour_sessions().count() as u64,
+        neighbours_refused: st.neighbours_refused + node.counters().neighbours_refused,
+        spares_registered: st.spares_registered,
+        spares_refused: st.spares_refused,
+        mirror_spare: rec.mirroring(),
+        mirror_deltas_sent: sender.map_or(0, |s| s.deltas),
+        mirror_upserts_sent: sender.map_or(0, |s| s.upserts),
+        mirror_resyncs: sender.map_or(0, |s| s.resyncs),
+        primary_registered: rec.primary_registered(),
+        mirror_deltas_applied: receiver.map_or(0, |r| r.deltas),
+        mirror_upserts_applied: receiver.map_or(0, |r| r.upserts),
+        mirrored_flows: node.mirror_state().map_or(0, |(n, _)| n as u64),
+        mirror_lag_ms: node
+            .mirror_state()
+            .and_then(|(_, lag)| lag)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        taken_over: takeover.is_some(),
+        takeover_silent_ms: takeover.map_or(0, |t| {
+            u64::try_from(t.silent_for.as_millis()).unwrap_or(u64::MAX)
+        }),
+        takeover_addresses_ms: done & !(1 << 63),
+        takeover_errors: shell.counters.takeover_errors
+            + u64::from(done >> 63 == 1)
+            + cc.local_addr_refused,
+        key_reloads: cc.key_reloads,
+    }
+}
+
 /// One flow of the stats snapshot.
 #[derive(Debug, Serialize)]
 pub(crate) struct FlowSnapshot {
@@ -1129,10 +669,10 @@ pub(crate) fn flow_sample(e: &Engine, now: Instant) -> Vec<FlowSnapshot> {
 pub(crate) fn start_sessions(
     rt: &tokio::runtime::Runtime,
     cfg: &RouterConfig,
-    rec: &mut Recovery,
+    adverts_on: bool,
     ids: &Arc<AtomicU64>,
     ctl: &mpsc::Sender<Input>,
-) -> Result<()> {
+) -> Result<Option<oneshot::Sender<()>>> {
     let connector = |role: Role| -> Result<Connector> {
         let (identity, anchors) = cfg.tls.load()?;
         let mut peer = cfg.peer;
@@ -1158,9 +698,9 @@ pub(crate) fn start_sessions(
         .recovery
         .as_ref()
         .and_then(|r| r.advert_keys.clone())
-        .filter(|_| rec.auth.is_some())
+        .filter(|_| adverts_on)
     {
-        let slot = Arc::clone(&rec.new_keys);
+        let ctl = ctl.clone();
         rt.spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};
             let Ok(mut hup) = signal(SignalKind::hangup()) else {
@@ -1171,8 +711,12 @@ pub(crate) fn start_sessions(
                 // A bad file keeps the keys in use.
                 match read_advert_keys(&path) {
                     Ok(keys) => {
-                        if let Ok(mut s) = slot.lock() {
-                            *s = Some(keys);
+                        if ctl
+                            .send(Input::Shell(ShellInput::AdvertKeys(keys)))
+                            .await
+                            .is_err()
+                        {
+                            return;
                         }
                     }
                     Err(e) => warn!(file = %path.display(), error = %e,
@@ -1199,7 +743,7 @@ pub(crate) fn start_sessions(
         ));
     }
     let Some(spare) = &cfg.spare else {
-        return Ok(());
+        return Ok(None);
     };
     rt.spawn(dial_loop(
         connector(Role::Spare)?,
@@ -1210,9 +754,10 @@ pub(crate) fn start_sessions(
         ctl.clone(),
         Direction::Primary,
     ));
+    let mut takeover_go = None;
     if let Some(up) = &cfg.upstream {
         let (go, wait) = oneshot::channel();
-        rec.takeover_go = Some(go);
+        takeover_go = Some(go);
         let c = connector(own_role)?;
         let (up, ids, ctl) = (up.clone(), Arc::clone(ids), ctl.clone());
         rt.spawn(async move {
@@ -1231,7 +776,7 @@ pub(crate) fn start_sessions(
             }
         });
     }
-    Ok(())
+    Ok(takeover_go)
 }
 
 /// Keep one session to `address` (expected name `name`) up, reconnecting with
@@ -1253,18 +798,17 @@ async fn dial_loop(
                 let id = SessionId(ids.fetch_add(1, Ordering::Relaxed));
                 debug!(peer = %name, %address, ?direction, "session open");
                 let (tx, rx) = mpsc::channel::<SessionCmd>(SESSION_QUEUE);
-                let opened = Input::Opened {
+                let opened = ShellInput::Opened {
                     id,
                     remote: address,
                     direction,
                     cmds: tx,
                 };
-                if ctl.send(opened).await.is_err() {
+                if ctl.send(Input::Shell(opened)).await.is_err() {
                     return;
                 }
-                drive_session(session, rx, ctl.clone(), move |event| Input::Event {
-                    id,
-                    event,
+                drive_session(session, rx, ctl.clone(), move |event| {
+                    Input::Shell(ShellInput::Event { id, event })
                 })
                 .await;
                 debug!(peer = %name, ?direction, reason = %DownReason::TransportClosed, "session ended; reconnecting");
@@ -1312,124 +856,6 @@ mod tests {
             "recovery.neighbours[1].name"
         );
         assert_eq!(field("spares = [\"\"]\n"), "recovery.spares[0]");
-    }
-
-    /// An IPv4 ICMP echo reply from the client to the VIP carrying `advert`.
-    fn echo_reply(advert: &[u8]) -> Vec<u8> {
-        use router_core::wire::{Ipv4Packet, Ipv4Repr};
-        let mut icmp = vec![0u8; 8 + 64];
-        icmp[4..8].copy_from_slice(&[0x12, 0x34, 0, 1]);
-        icmp.extend_from_slice(advert);
-        let mut sum = 0u32;
-        for c in icmp.chunks(2) {
-            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-        }
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        icmp[2..4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-        let mut out = vec![0u8; Ipv4Repr::HEADER_LEN + icmp.len()];
-        Ipv4Repr {
-            src: "172.16.0.2".parse().unwrap(),
-            dst: "192.200.0.10".parse().unwrap(),
-            protocol: 1,
-            payload_len: icmp.len(),
-            ttl: 63,
-            dscp: 0,
-            ecn: 0,
-            dont_frag: false,
-            ident: 1,
-        }
-        .emit(&mut Ipv4Packet::new_unchecked(&mut out[..]));
-        out[Ipv4Repr::HEADER_LEN..].copy_from_slice(&icmp);
-        out
-    }
-
-    #[test]
-    fn punted_adverts_are_verified_and_counted_before_they_reach_the_engine() {
-        let dir = std::env::temp_dir().join(format!("pronto-recovery-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let keys = dir.join("advert.keys");
-        std::fs::write(&keys, format!("1:{}\n", "ab".repeat(32))).unwrap();
-        let text = format!(
-            "level = \"site\"\nname = \"s.lab\"\n[tunnel]\nlocal_v4 = \"10.1.0.2\"\n\
-             [tls]\ntrust_anchors = [\"ca.pem\"]\ncert = \"c.pem\"\nkey = \"k.key\"\n\
-             [recovery]\nadvert_keys = {:?}\n",
-            keys.display().to_string()
-        );
-        let cfg = crate::config::parse_router_text(&dir.join("r.toml"), &text).unwrap();
-        let mut rec = Recovery::new(&cfg, Instant::ZERO).unwrap();
-        let slr = SlrControl::new(
-            cfg.slr,
-            Arc::new(router_core::policy::SumCost),
-            Instant::ZERO,
-        );
-        let real = AdvertAuth::new(
-            read_advert_keys(&keys).unwrap(),
-            AdvertAuthConfig::default(),
-        );
-        let wrong = AdvertAuth::new(
-            vec![AdvertKey::new(1, &[0xcd; 32]).unwrap()],
-            AdvertAuthConfig::default(),
-        );
-        let key = FlowKey {
-            proto: 6,
-            src: "172.16.0.2".parse().unwrap(),
-            src_port: 40000,
-            dst: "192.200.0.10".parse().unwrap(),
-            dst_port: 80,
-        };
-        let fields = |nonce| AdvertFields {
-            key,
-            server: "10.1.1.2:80".parse().unwrap(),
-            key_id: 1,
-            timestamp_ms: unix_ms(),
-            nonce,
-        };
-        let punt = |kind, data: Vec<u8>| PuntedPacket {
-            kind,
-            data,
-            at: Instant::ZERO,
-        };
-        let mut buf = [0u8; 256];
-        let n = real.sign(&fields(1), &mut buf).unwrap();
-        let good = echo_reply(&buf[..n]);
-        match rec.punt(punt(PuntKind::Advert, good.clone())) {
-            Some(RecoveryStep::Advert { fields: f, packet }) => {
-                assert_eq!(f.key, key);
-                assert_eq!(packet, good, "the echo reply is kept for a relay");
-            }
-            other => panic!("a valid advert was not passed on: {other:?}"),
-        }
-        assert!(rec.punt(punt(PuntKind::Advert, good)).is_none(), "replay");
-        let n = wrong.sign(&fields(2), &mut buf).unwrap();
-        assert!(
-            rec.punt(punt(PuntKind::Advert, echo_reply(&buf[..n])))
-                .is_none()
-        );
-        let mut cut = echo_reply(&buf[..n]);
-        cut.truncate(cut.len() - 40);
-        assert!(rec.punt(punt(PuntKind::Advert, cut)).is_none(), "malformed");
-        assert!(rec.punt(punt(PuntKind::Deliver, vec![0x45; 20])).is_none());
-        assert!(matches!(
-            rec.punt(punt(PuntKind::Recover { key }, vec![0x45; 20])),
-            Some(RecoveryStep::Recover { key: k, .. }) if k == key
-        ));
-        let snap = rec.snapshot(&slr);
-        assert_eq!(
-            (
-                snap.adverts_verified,
-                snap.adverts_replay,
-                snap.adverts_bad_mac
-            ),
-            (1, 1, 1)
-        );
-        assert_eq!(snap.adverts_malformed + snap.adverts_not_found, 1);
-        assert_eq!(
-            (snap.punts_advert, snap.punts_deliver, snap.punts_recover),
-            (4, 1, 1)
-        );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -336,6 +336,11 @@ impl<T: Tunnel> Engine<T> {
         self.new_flow.take()
     }
 
+    /// The virtual subnets served.
+    pub fn subnets(&self) -> impl Iterator<Item = VirtualSubnet> + '_ {
+        self.subnets.iter().map(|(s, _)| *s)
+    }
+
     /// The flow table (read-only).
     pub fn flows(&self) -> &FlowTable {
         &self.flows

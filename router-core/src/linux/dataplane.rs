@@ -19,11 +19,11 @@ use super::{Clock, SyscallError, sysctl};
 use crate::api::{ApiError, RouterApi};
 use crate::classify::{FlowKey, VirtualSubnet};
 use crate::engine::{Engine, EngineConfig, EngineCounters, Verdict};
-use crate::packet::{HEADROOM, PacketBuf};
+use crate::packet::PacketBuf;
 use crate::policy::SubnetId;
 use crate::time::Instant;
 use crate::tunnel::fragment_ipv4;
-use crate::wire::{self, Ipv4Packet, Ipv6Packet, Ipv6Repr, ip_proto};
+use crate::wire::ip_proto;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::net::IpAddr;
@@ -163,6 +163,62 @@ pub trait DecisionObserver: Send + Sync + std::fmt::Debug {
     fn new_flow_decision(&self, ns: u64);
 }
 
+/// What the dataplane thread drives: a bare [`Engine`], or a whole router node
+/// (the engine with its control side and recovery) that owns the engine and
+/// finishes what it hands up. The seam lets the same shell run either, and
+/// keeps `router-core` free of the control side.
+pub trait DataplaneNode: Send + 'static {
+    /// Process one packet at `now`; the verdict is final for the shell.
+    fn handle_packet(&mut self, now: Instant, pkt: &mut PacketBuf<'_>) -> Verdict;
+    /// The flow the last packet pinned, if the node leaves notices to the shell
+    /// (a bare engine does; a router node consumes them itself).
+    fn take_new_flow(&mut self) -> Option<FlowKey>;
+    /// Timers (at least every 100 ms, and at [`DataplaneNode::poll_timeout`]).
+    fn handle_timeout(&mut self, now: Instant);
+    /// The next deadline, if the node has one before the next 100 ms tick.
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// After each batch of packets: hand what the node queued to the outside.
+    fn flush(&mut self) {}
+    /// The engine, for counters and control changes.
+    fn engine(&self) -> &Engine;
+    /// The engine, mutably.
+    fn engine_mut(&mut self) -> &mut Engine;
+    /// For [`DataplaneHandle::call_node`].
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
+}
+
+/// A bare engine: sweeps its flow table on the timer; new flows are noticed by
+/// the shell.
+#[derive(Debug)]
+struct EngineNode {
+    engine: Engine,
+    sweep_buckets: usize,
+}
+
+impl DataplaneNode for EngineNode {
+    fn handle_packet(&mut self, now: Instant, pkt: &mut PacketBuf<'_>) -> Verdict {
+        self.engine.process(pkt, now)
+    }
+    fn take_new_flow(&mut self) -> Option<FlowKey> {
+        self.engine.take_new_flow()
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        self.engine.sweep(now, self.sweep_buckets);
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+    fn engine(&self) -> &Engine {
+        &self.engine
+    }
+    fn engine_mut(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
 /// Shell counters, shared with handles; one per fault.
 #[derive(Debug, Default)]
 struct ShellCounters {
@@ -253,15 +309,12 @@ fn bump(a: &AtomicU64, n: u64) {
     }
 }
 
-type EngineFn = Box<dyn FnOnce(&mut Engine, Instant) + Send>;
+type NodeFn = Box<dyn FnOnce(&mut dyn DataplaneNode, Instant) + Send>;
 
 enum Command {
-    Apply(EngineFn),
-    /// Tunnel an inner packet to an explicit next hop and send it.
-    Inject {
-        packet: Vec<u8>,
-        next_hop: IpAddr,
-    },
+    /// Run a closure with the node between two batches.
+    Apply(NodeFn),
+    /// End the thread.
     Stop,
 }
 
@@ -279,7 +332,6 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::Apply(_) => "Apply",
-            Self::Inject { .. } => "Inject",
             Self::Stop => "Stop",
         })
     }
@@ -300,23 +352,36 @@ impl DataplaneHandle {
         f: impl FnOnce(&mut Engine, Instant) -> R + Send + 'static,
     ) -> Result<R, DataplaneError> {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.send(Command::Apply(Box::new(move |e, now| {
-            let _ = tx.send(f(e, now));
+        self.send(Command::Apply(Box::new(move |n, now| {
+            let _ = tx.send(f(n.engine_mut(), now));
         })))?;
         rx.recv().map_err(|_| DataplaneError::Stopped)
     }
 
-    /// Tunnel `packet` (an inner packet the engine punted, TTL already
-    /// decremented) to `next_hop` with [`Engine::encapsulate_to`] and send it, on
-    /// the dataplane thread between two batches. Fire and forget: the outcome is
-    /// counted (`injected` / `inject_failed`), never waited for, so the control
-    /// loop does not block on it.
-    pub fn encapsulate_and_send(
+    /// Run `f` on the dataplane thread with the node itself, which must be of
+    /// type `N` (the one given to [`Dataplane::with_node`]); `None` if it is not.
+    pub fn call_node<N: DataplaneNode, R: Send + 'static>(
         &self,
-        packet: Vec<u8>,
-        next_hop: IpAddr,
+        f: impl FnOnce(&mut N, Instant) -> R + Send + 'static,
+    ) -> Result<Option<R>, DataplaneError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send(Command::Apply(Box::new(move |n, now| {
+            let r = n.as_any_mut().downcast_mut::<N>().map(|n| f(n, now));
+            let _ = tx.send(r);
+        })))?;
+        rx.recv().map_err(|_| DataplaneError::Stopped)
+    }
+
+    /// As [`DataplaneHandle::call_node`], without waiting for the result.
+    pub fn post_node<N: DataplaneNode>(
+        &self,
+        f: impl FnOnce(&mut N, Instant) + Send + 'static,
     ) -> Result<(), DataplaneError> {
-        self.send(Command::Inject { packet, next_hop })
+        self.send(Command::Apply(Box::new(move |n, now| {
+            if let Some(n) = n.as_any_mut().downcast_mut::<N>() {
+                f(n, now);
+            }
+        })))
     }
 
     /// Serve a virtual subnet: route it into the TUN and add it to the engine.
@@ -360,19 +425,26 @@ impl DataplaneHandle {
 }
 
 /// The router's data path on Linux.
-#[derive(Debug)]
 pub struct Dataplane {
-    engine: Engine,
+    node: Box<dyn DataplaneNode>,
     io: Io,
     commands: Receiver<Command>,
     punts: Option<Receiver<PuntedPacket>>,
     new_flows: Option<Receiver<NewFlow>>,
     handle: DataplaneHandle,
-    sweep_buckets: usize,
     tunnel_path_used: &'static str,
 }
 
 /// Everything the packet loop touches besides the engine.
+impl std::fmt::Debug for Dataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataplane")
+            .field("tunnel_path", &self.tunnel_path_used)
+            .field("io", &self.io)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug)]
 struct Io {
     tun: TunDevice,
@@ -497,7 +569,10 @@ impl Dataplane {
             tun_index,
         };
         Ok(Self {
-            engine: Engine::new(cfg.engine),
+            node: Box::new(EngineNode {
+                engine: Engine::new(cfg.engine),
+                sweep_buckets: cfg.sweep_buckets,
+            }),
             io: Io {
                 tun,
                 raw,
@@ -518,7 +593,6 @@ impl Dataplane {
             punts: Some(punt_rx),
             new_flows,
             handle,
-            sweep_buckets: cfg.sweep_buckets,
             tunnel_path_used,
         })
     }
@@ -558,7 +632,14 @@ impl Dataplane {
 
     /// Direct access to the engine before the loop starts (configuration, tests).
     pub fn engine_mut(&mut self) -> &mut Engine {
-        &mut self.engine
+        self.node.engine_mut()
+    }
+
+    /// Drive `node` instead of the bare engine this dataplane was built with
+    /// (the node owns its own engine, built from the same configuration).
+    pub fn with_node(mut self, node: impl DataplaneNode) -> Self {
+        self.node = Box::new(node);
+        self
     }
 
     /// Run on a new thread named `pronto-dataplane`.
@@ -571,17 +652,14 @@ impl Dataplane {
     /// Run the packet loop until [`DataplaneHandle::stop`].
     pub fn run(mut self) -> Result<(), DataplaneError> {
         let clock = Clock::new();
-        let mut last_sweep = clock.now();
+        let tick = Duration::from_millis(100);
+        let mut next_timer = clock.now() + tick;
         loop {
             let now = clock.now();
             while let Ok(cmd) = self.commands.try_recv() {
                 match cmd {
                     Command::Apply(f) => {
-                        f(&mut self.engine, now);
-                        bump(&self.io.stats.commands, 1);
-                    }
-                    Command::Inject { packet, next_hop } => {
-                        self.io.inject(&mut self.engine, &packet, next_hop, now);
+                        f(&mut *self.node, now);
                         bump(&self.io.stats.commands, 1);
                     }
                     Command::Stop => {
@@ -590,16 +668,21 @@ impl Dataplane {
                     }
                 }
             }
-            let mut got = self.io.pump_tun(&mut self.engine, now);
+            let mut got = self.io.pump_tun(&mut *self.node, now);
             for i in 0..self.io.raw.len() {
-                got += self.io.pump_raw(i, &mut self.engine, now);
+                got += self.io.pump_raw(i, &mut *self.node, now);
             }
-            if now.saturating_since(last_sweep) >= Duration::from_millis(100) {
-                self.engine.sweep(now, self.sweep_buckets);
-                last_sweep = now;
+            if now >= next_timer {
+                self.node.handle_timeout(now);
+                next_timer = now + tick;
             }
+            if let Some(t) = self.node.poll_timeout() {
+                next_timer = next_timer.min(t);
+            }
+            self.node.flush();
             if got == 0 {
-                self.io.wait(Duration::from_millis(100));
+                let wait = next_timer.saturating_since(clock.now()).min(tick);
+                self.io.wait(wait.max(Duration::from_millis(1)));
             }
         }
     }
@@ -633,7 +716,7 @@ impl Io {
         let _ = self.wake.read();
     }
 
-    fn pump_tun(&mut self, engine: &mut Engine, now: Instant) -> usize {
+    fn pump_tun(&mut self, node: &mut dyn DataplaneNode, now: Instant) -> usize {
         let n = match self
             .tun
             .recv_batch(&mut self.slots, &mut self.meta[..self.batch])
@@ -646,11 +729,11 @@ impl Io {
             }
         };
         bump(&self.stats.rx_tun, n as u64);
-        self.process(n, engine, now);
+        self.process(n, node, now);
         n
     }
 
-    fn pump_raw(&mut self, i: usize, engine: &mut Engine, now: Instant) -> usize {
+    fn pump_raw(&mut self, i: usize, node: &mut dyn DataplaneNode, now: Instant) -> usize {
         let Some(rx) = self.raw.get_mut(i) else {
             return 0;
         };
@@ -663,59 +746,12 @@ impl Io {
             }
         };
         bump(&self.stats.rx_tunnel, n as u64);
-        self.process(n, engine, now);
+        self.process(n, node, now);
         n
     }
 
     /// Tunnel one control-plane packet to `next_hop` and send it now.
-    fn inject(&mut self, engine: &mut Engine, packet: &[u8], next_hop: IpAddr, now: Instant) {
-        if packet.is_empty() || packet.len() > self.scratch.len() {
-            bump(&self.stats.inject_failed, 1);
-            return;
-        }
-        // Control-plane rate (recovery), not the per-packet path: one allocation
-        // per injected packet is fine.
-        let mut buf = vec![0u8; HEADROOM + packet.len()];
-        buf[HEADROOM..].copy_from_slice(packet);
-        let Ok(mut pkt) = PacketBuf::new(&mut buf, HEADROOM, packet.len()) else {
-            bump(&self.stats.inject_failed, 1);
-            return;
-        };
-        let sent = match engine.encapsulate_to(&mut pkt, next_hop, now) {
-            Verdict::Forward {
-                next_hop,
-                fragment: false,
-            }
-            | Verdict::Reply { to: next_hop } => self.tx.send_one(pkt.data(), next_hop).is_ok(),
-            Verdict::Forward {
-                next_hop,
-                fragment: true,
-            } => {
-                let (tx, stats) = (&self.tx, &self.stats);
-                fragment_ipv4(pkt.data(), self.mtu, &mut self.scratch, |frag| {
-                    if tx.send_one(frag, next_hop).is_ok() {
-                        bump(&stats.tx_fragments, 1);
-                    }
-                })
-                .is_ok()
-            }
-            // Counted by the engine.
-            Verdict::Drop(_) | Verdict::Deliver | Verdict::Recover { .. } | Verdict::Advert => {
-                false
-            }
-        };
-        bump(
-            if sent {
-                &self.stats.injected
-            } else {
-                &self.stats.inject_failed
-            },
-            1,
-        );
-    }
-
-    /// Run slots `0..n` through the engine and act on the verdicts.
-    fn process(&mut self, n: usize, engine: &mut Engine, now: Instant) {
+    fn process(&mut self, n: usize, node: &mut dyn DataplaneNode, now: Instant) {
         if n == 0 {
             return;
         }
@@ -732,27 +768,20 @@ impl Io {
                 continue;
             };
             // Compared after the verdict: a counter read, no per-packet work else.
-            let new_before = (self.new_flow_tx.is_some() || self.decisions.is_some())
-                .then(|| engine.new_flows());
+            let new_before = self.decisions.as_ref().map(|_| node.engine().new_flows());
             // Decision timing (see DecisionObserver): one vDSO clock read per
             // packet, only while an observer is installed.
             let started = self.decisions.as_ref().map(|_| std::time::Instant::now());
-            let verdict = engine.process(&mut pkt, now);
+            let verdict = node.handle_packet(now, &mut pkt);
             if let (Some(t0), Some(o), Some(before)) = (started, &self.decisions, new_before)
-                && engine.new_flows() != before
+                && node.engine().new_flows() != before
             {
                 o.new_flow_decision(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX));
             }
-            if let (Some(before), Verdict::Forward { next_hop, .. }) = (new_before, verdict)
-                && engine.new_flows() != before
+            if let Verdict::Forward { next_hop, .. } = verdict
+                && let Some(key) = node.take_new_flow()
             {
-                new_flow(
-                    self.new_flow_tx.as_ref(),
-                    &self.stats,
-                    pkt.data(),
-                    next_hop,
-                    now,
-                );
+                new_flow(self.new_flow_tx.as_ref(), &self.stats, key, next_hop, now);
             }
             match verdict {
                 Verdict::Forward {
@@ -822,22 +851,14 @@ impl Io {
 fn new_flow(
     tx: Option<&SyncSender<NewFlow>>,
     stats: &ShellCounters,
-    outer: &[u8],
+    key: FlowKey,
     next_hop: IpAddr,
     at: Instant,
 ) {
     let Some(tx) = tx else {
         return;
     };
-    let key = inner_of(outer).and_then(|inner| crate::classify::classify(inner).ok());
-    let sent = key.is_some_and(|c| {
-        tx.try_send(NewFlow {
-            key: c.key,
-            next_hop,
-            at,
-        })
-        .is_ok()
-    });
+    let sent = tx.try_send(NewFlow { key, next_hop, at }).is_ok();
     bump(
         if sent {
             &stats.new_flows
@@ -850,20 +871,6 @@ fn new_flow(
 
 /// The inner packet of an IP-in-IP packet the engine built (no IPv6 extension
 /// headers are emitted, so the outer IPv6 header is the fixed 40 bytes).
-fn inner_of(outer: &[u8]) -> Option<&[u8]> {
-    let len = match wire::ip_version(outer).ok()? {
-        4 => Ipv4Packet::new_checked(outer).ok()?.header_len(),
-        6 => {
-            Ipv6Packet::new_checked(outer).ok()?;
-            Ipv6Repr::HEADER_LEN
-        }
-        _ => return None,
-    };
-    outer.get(len..)
-}
-
-/// Hand a packet to the control plane; a full channel drops it (counted) rather
-/// than stall forwarding.
 fn punt(
     punt_tx: &SyncSender<PuntedPacket>,
     stats: &ShellCounters,

@@ -31,8 +31,8 @@ pub mod tc;
 pub mod tun;
 
 pub use dataplane::{
-    Dataplane, DataplaneConfig, DataplaneError, DataplaneHandle, NewFlow, PuntKind, PuntedPacket,
-    ShellStats, TunnelPath,
+    Dataplane, DataplaneConfig, DataplaneError, DataplaneHandle, DataplaneNode, NewFlow, PuntKind,
+    PuntedPacket, ShellStats, TunnelPath,
 };
 pub use host::{
     HostConfig, HostDecap, HostDrop, HostError, HostStats, HostTunnelEndpoint, HostTunnelHandle,

@@ -1,0 +1,301 @@
+//! The router's counters as one snapshot: written to the stats file by its own
+//! thread, and read by the management API's metrics (`ControlSnapshot`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use exec_env::manager::Environment;
+use router_core::api::RouterApi;
+use router_core::engine::{DropReason, EngineCounters};
+use router_core::linux::ShellStats;
+use router_core::{Instant, VirtualSubnet};
+use serde::Serialize;
+use signaling::node::Node;
+
+use super::shell::{RouterShell, ShellCounters};
+use super::{level_name, rss_kib, write_snapshot};
+
+#[derive(Debug, Serialize)]
+struct CandidateSnapshot {
+    address: String,
+    load: f64,
+    route_cost: f64,
+    up: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct SubnetSnapshot {
+    subnet: String,
+    candidates: Vec<CandidateSnapshot>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct EngineSnapshot {
+    packets: u64,
+    forwarded_pinned: u64,
+    forwarded_new: u64,
+    decapsulated: u64,
+    delivered: u64,
+    recover: u64,
+    icmp_sent: u64,
+    policy_faults: u64,
+    flows_evicted: u64,
+    flows: u64,
+    dropped_total: u64,
+    drops: BTreeMap<&'static str, u64>,
+}
+
+impl EngineSnapshot {
+    fn new(c: &EngineCounters, flows: usize) -> Self {
+        Self {
+            packets: c.packets,
+            forwarded_pinned: c.forwarded_pinned,
+            forwarded_new: c.forwarded_new,
+            decapsulated: c.decapsulated,
+            delivered: c.delivered,
+            recover: c.recover,
+            icmp_sent: c.icmp_sent,
+            policy_faults: c.policy_faults,
+            flows_evicted: c.flows_evicted,
+            flows: flows as u64,
+            dropped_total: c.dropped_total(),
+            drops: DropReason::ALL
+                .iter()
+                .map(|r| (r.as_str(), c.dropped(*r)))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ShellSnapshot {
+    rx_tun: u64,
+    rx_tunnel: u64,
+    rx_truncated: u64,
+    rx_errors: u64,
+    tx_packets: u64,
+    tx_failed: u64,
+    tx_fragments: u64,
+    punted: u64,
+    punt_dropped: u64,
+    new_flows: u64,
+    new_flow_dropped: u64,
+    injected: u64,
+    inject_failed: u64,
+}
+
+impl From<ShellStats> for ShellSnapshot {
+    fn from(s: ShellStats) -> Self {
+        Self {
+            rx_tun: s.rx_tun,
+            rx_tunnel: s.rx_tunnel,
+            rx_truncated: s.rx_truncated,
+            rx_errors: s.rx_errors,
+            tx_packets: s.tx_packets,
+            tx_failed: s.tx_failed,
+            tx_fragments: s.tx_fragments,
+            punted: s.punted,
+            punt_dropped: s.punt_dropped,
+            new_flows: s.new_flows,
+            new_flow_dropped: s.new_flow_dropped,
+            injected: s.injected,
+            inject_failed: s.inject_failed,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct ControlSnapshot {
+    registrations: u64,
+    unexpected_roles: u64,
+    table_updates: u64,
+    engine_refusals: u64,
+    advertisements: u64,
+    updates_ignored: u64,
+    shortcuts_originated: u64,
+    shortcuts_installed: u64,
+    shortcuts_refused: u64,
+    shortcuts_relayed: u64,
+    shortcuts_unsent: u64,
+    ignored_events: u64,
+    downstream_sessions: u64,
+    upstream_registered: bool,
+    messages_dropped: u64,
+    embryonic_unpinned: u64,
+    /// Tunnel objects received, by how many packets of the flow had gone
+    /// through the lower SLR when it arrived (1, 2, ..., 8 or more).
+    shortcut_lag_packets: Vec<u64>,
+    sessions_refused: u64,
+    tls_untrusted: u64,
+    tls_failures: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct RouterSnapshot {
+    name: String,
+    level: &'static str,
+    pid: u32,
+    uptime_ms: u64,
+    rss_kib: u64,
+    engine: EngineSnapshot,
+    shell: ShellSnapshot,
+    control: ControlSnapshot,
+    subnets: Vec<SubnetSnapshot>,
+    /// Failure recovery counters (crate::recovery).
+    recovery: crate::recovery::RecoverySnapshot,
+    /// Up to 256 flows (key, next hop): tests check that a flow did not move.
+    flows: Vec<crate::recovery::FlowSnapshot>,
+    modules: Vec<ModuleSnapshot>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct ModuleSnapshot {
+    name: String,
+    version: String,
+    calls: u64,
+    ok: u64,
+    faults: u64,
+    fallbacks: u64,
+    unavailable: u64,
+    throttled: u64,
+    quarantines: u64,
+}
+
+pub(crate) fn module_snapshots(env: &Environment) -> Vec<ModuleSnapshot> {
+    env.list()
+        .into_iter()
+        .map(|m| ModuleSnapshot {
+            version: m.active.version.to_string(),
+            calls: m.counters.calls,
+            ok: m.counters.ok,
+            faults: m.counters.faults(),
+            fallbacks: m.counters.fallbacks,
+            unavailable: m.counters.unavailable,
+            throttled: m.counters.throttled,
+            quarantines: m.counters.quarantines,
+            name: m.name,
+        })
+        .collect()
+}
+
+impl ControlSnapshot {
+    pub(crate) fn new(
+        node: &Node,
+        downstream_sessions: u64,
+        shell: ShellCounters,
+        tls_untrusted: u64,
+        tls_failures: u64,
+    ) -> Self {
+        let slr = node.control();
+        let st = slr.stats();
+        let nc = node.counters();
+        Self {
+            registrations: st.registrations,
+            unexpected_roles: st.unexpected_roles,
+            table_updates: st.table_updates,
+            engine_refusals: st.engine_refusals,
+            advertisements: st.advertisements,
+            updates_ignored: st.updates_ignored,
+            shortcuts_originated: st.shortcuts_originated,
+            shortcuts_installed: st.shortcuts_installed,
+            shortcuts_refused: st.shortcuts_refused,
+            shortcuts_relayed: st.shortcuts_relayed,
+            shortcuts_unsent: st.shortcuts_unsent,
+            ignored_events: st.ignored_events,
+            downstream_sessions,
+            upstream_registered: slr.upstream_registered(),
+            messages_dropped: shell.messages_dropped,
+            embryonic_unpinned: nc.embryonic_unpinned,
+            shortcut_lag_packets: nc.shortcut_lag.to_vec(),
+            sessions_refused: shell.sessions_refused + nc.sessions_refused,
+            tls_untrusted,
+            tls_failures,
+        }
+    }
+}
+
+fn subnet_rows(node: &Node) -> Vec<SubnetSnapshot> {
+    let e = node.engine();
+    let served: Vec<VirtualSubnet> = e.subnets().collect();
+    served
+        .into_iter()
+        .map(|s| SubnetSnapshot {
+            subnet: s.to_string(),
+            candidates: e
+                .subnet_for(s.addr())
+                .filter(|(found, _)| *found == s)
+                .and_then(|(_, id)| e.candidates(id))
+                .unwrap_or(&[])
+                .iter()
+                .map(|c| CandidateSnapshot {
+                    address: c.addr.to_string(),
+                    load: c.load,
+                    route_cost: c.route_cost,
+                    up: c.up,
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// The whole snapshot, read on the dataplane thread (between two batches).
+pub(crate) fn router_snapshot(shell: &RouterShell, io: ShellStats, now: Instant) -> RouterSnapshot {
+    let node = &shell.node;
+    let e = node.engine();
+    RouterSnapshot {
+        name: String::new(),
+        level: level_name(node.level()),
+        pid: std::process::id(),
+        uptime_ms: 0,
+        rss_kib: 0,
+        engine: EngineSnapshot::new(&e.counters(), e.flows().len()),
+        shell: io.into(),
+        control: shell.control_snapshot(),
+        subnets: subnet_rows(node),
+        recovery: crate::recovery::recovery_snapshot(shell),
+        flows: crate::recovery::flow_sample(e, now),
+        modules: Vec::new(),
+    }
+}
+
+/// Hands snapshots to the writer thread, which adds what is not the node's
+/// (process facts, modules) and writes the file.
+#[derive(Debug)]
+pub(crate) struct StatsSink {
+    pub(crate) interval: std::time::Duration,
+    jobs: std::sync::mpsc::SyncSender<RouterSnapshot>,
+}
+
+impl StatsSink {
+    pub(crate) fn spawn(
+        file: PathBuf,
+        interval: std::time::Duration,
+        name: String,
+        modules: Option<Arc<Environment>>,
+    ) -> std::io::Result<Self> {
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<RouterSnapshot>(1);
+        let started = std::time::Instant::now();
+        std::thread::Builder::new()
+            .name("pronto-stats".into())
+            .spawn(move || {
+                for mut snap in rx {
+                    snap.name.clone_from(&name);
+                    snap.uptime_ms =
+                        u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    snap.rss_kib = rss_kib();
+                    snap.modules = modules
+                        .as_ref()
+                        .map(|env| module_snapshots(env))
+                        .unwrap_or_default();
+                    write_snapshot(&file, &snap);
+                }
+            })?;
+        Ok(Self { interval, jobs })
+    }
+
+    /// A writer still busy with the last snapshot skips this one.
+    pub(crate) fn post(&self, snap: RouterSnapshot) {
+        let _ = self.jobs.try_send(snap);
+    }
+}
