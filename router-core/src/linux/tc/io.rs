@@ -7,15 +7,18 @@ use super::decode::{
 };
 use super::encode::tc_message;
 use super::error::{Counters, bump};
+use super::plan_htb;
 use super::{
-    ApplyReport, DEFAULT_QUANTUM_FLOOR, FilterKind, HTB_MAJOR, HtbClass, HtbClassStats, HtbPlan,
-    MAX_CLASSES, PschedClock, ShareTreeConfig, TC_H_ROOT, TcCounters, TcError, TcId, TcObject,
-    htb_class_message, htb_qdisc_message, u32_filter_message,
+    ApplyReport, DEFAULT_QUANTUM_FLOOR, FilterKind, HTB_MAJOR, HtbClass, HtbClassStats, HtbLink,
+    HtbPlan, MAX_CLASSES, PschedClock, ShareTreeConfig, ShareTreeError, TC_H_ROOT, TcCounters,
+    TcError, TcId, TcObject, htb_class_message, htb_qdisc_message, u32_filter_message,
 };
+use crate::classify::VirtualSubnet;
 use futures::StreamExt;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::tc::{TcMessage, TcU32Selector};
+use resource_mgr::ShareSpec;
 use rtnetlink::packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
     NetlinkPayload,
@@ -287,26 +290,32 @@ impl Tc {
             })
     }
 
-    fn apply(&self, link: &str, cfg: &ShareTreeConfig) -> Result<ApplyReport, TcError> {
-        let config_error = |source| {
-            bump(&self.counters.config_errors);
-            TcError::Config {
-                link: link.to_owned(),
-                source,
-            }
-        };
-        // Refuse a bad tree before touching the link.
-        cfg.validate().map_err(config_error)?;
-        let (ifindex, gso) = self.link(link)?;
-        let plan = match cfg.quantum_floor {
-            Some(_) => cfg.plan(&self.clock),
-            None => {
-                let mut resolved = cfg.clone();
-                resolved.quantum_floor = Some(gso.unwrap_or(DEFAULT_QUANTUM_FLOOR).max(cfg.mtu));
-                resolved.plan(&self.clock)
-            }
+    fn config_error(&self, link: &str, source: ShareTreeError) -> TcError {
+        bump(&self.counters.config_errors);
+        TcError::Config {
+            link: link.to_owned(),
+            source,
         }
-        .map_err(config_error)?;
+    }
+
+    /// Plans `spec` on `htb` for link `link` and programs it.
+    fn apply(
+        &self,
+        link: &str,
+        spec: &ShareSpec<VirtualSubnet>,
+        htb: HtbLink,
+    ) -> Result<ApplyReport, TcError> {
+        // Refuse a bad tree before touching the link.
+        plan_htb(spec, &htb, &PschedClock::HIGH_RES).map_err(|e| self.config_error(link, e))?;
+        let (ifindex, gso) = self.link(link)?;
+        let resolved = HtbLink {
+            quantum_floor: htb
+                .quantum_floor
+                .or(Some(gso.unwrap_or(DEFAULT_QUANTUM_FLOOR).max(htb.mtu))),
+            ..htb
+        };
+        let plan =
+            plan_htb(spec, &resolved, &self.clock).map_err(|e| self.config_error(link, e))?;
         let mut report = ApplyReport::default();
         let at = At { ifindex, link };
         let existing = self.apply_qdisc(at, &plan, &mut report)?;
@@ -522,14 +531,41 @@ impl Tc {
 /// Realise `config` on the egress of link `ifname`: create or update the HTB
 /// tree and its filters in place (see the module docs). Idempotent; the first
 /// error stops it and names the object, leaving what was done so far (apply
-/// again to converge).
+/// again to converge). The config is checked, then realised as its
+/// share-tree model ([`ShareTreeConfig::spec`], [`apply_share_spec`]).
 pub fn apply_share_tree(
     tc: &Tc,
     ifname: &str,
     config: &ShareTreeConfig,
 ) -> Result<ApplyReport, TcError> {
+    counted(tc, ifname, || {
+        let spec = config
+            .validate()
+            .and_then(|()| config.spec())
+            .map_err(|e| tc.config_error(ifname, e))?;
+        tc.apply(ifname, &spec, config.htb_link())
+    })
+}
+
+/// Realise resource-mgr's share-tree model `spec` on link `ifname` as HTB
+/// with the link parameters `htb` (see [`apply_share_tree`]).
+pub fn apply_share_spec(
+    tc: &Tc,
+    ifname: &str,
+    spec: &ShareSpec<VirtualSubnet>,
+    htb: HtbLink,
+) -> Result<ApplyReport, TcError> {
+    counted(tc, ifname, || tc.apply(ifname, spec, htb))
+}
+
+/// Counts an apply and its failure, and logs the failure.
+fn counted(
+    tc: &Tc,
+    ifname: &str,
+    apply: impl FnOnce() -> Result<ApplyReport, TcError>,
+) -> Result<ApplyReport, TcError> {
     bump(&tc.counters.applies);
-    let r = tc.apply(ifname, config);
+    let r = apply();
     if let Err(error) = &r {
         bump(&tc.counters.apply_failures);
         tracing::warn!(link = ifname, %error, "share tree not applied");

@@ -88,9 +88,9 @@ pub use encode::{
     PschedClock, calc_rtable, htb_class_message, htb_qdisc_message, u32_filter_message,
 };
 pub use error::{ApplyReport, TcCounters, TcError, TcObject};
-pub use io::{Tc, apply_share_tree, remove_share_tree};
+pub use io::{Tc, apply_share_spec, apply_share_tree, remove_share_tree};
 pub use model::{ShareClassConfig, ShareTreeConfig, ShareTreeError, SourceFilter};
-pub use plan::{FilterKind, HtbClass, HtbPlan, U32Filter};
+pub use plan::{FilterKind, HTB_LIMITS, HtbClass, HtbLink, HtbPlan, U32Filter, plan_htb};
 
 use std::fmt;
 

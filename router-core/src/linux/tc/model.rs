@@ -1,13 +1,16 @@
-//! The share-tree configuration of one egress link ([`ShareTreeConfig`]) and
-//! why a tree cannot be realised ([`ShareTreeError`]).
+//! The share-tree configuration of one egress link ([`ShareTreeConfig`]: the
+//! shape the config file and builders write, classes nested) mapped onto
+//! resource-mgr's share-tree model ([`ShareSpec`]), which the HTB planner and
+//! the userspace scheduler consume; and why a tree cannot be realised
+//! ([`ShareTreeError`]).
 
-use super::plan::plan;
-use super::{HtbPlan, MAX_FILTERS_PER_FAMILY, PschedClock};
-use crate::classify::VirtualSubnet;
+use super::plan::{HTB_LIMITS, HtbLink, plan_htb};
+use super::{HtbPlan, PschedClock};
+use crate::classify::{SubnetError, VirtualSubnet};
 use crate::queue::SourceClassifier;
-use crate::sched::{ClassConfig, ClassId, LinkScheduler, SchedError};
+use crate::sched::{ClassId, LinkScheduler, SchedError};
+use resource_mgr::{ClassSpec, LeafKey, ShareSpec, SpecError};
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::time::Duration;
 
 /// A share tree for one egress link: what [`apply_share_tree`] realises as HTB
@@ -72,10 +75,51 @@ impl ShareTreeConfig {
         self
     }
 
+    /// The link as the planner sees it.
+    pub fn htb_link(&self) -> HtbLink {
+        HtbLink {
+            rate_bps: self.link_rate_bps,
+            mtu: self.mtu,
+            burst: self.burst,
+            quantum_floor: self.quantum_floor,
+        }
+    }
+
+    /// The tree as resource-mgr's share-tree model: classes parents first
+    /// (depth first, in the order configured), rates and ceils in bytes/s,
+    /// every filter's subnet as a leaf key, checked against HTB's limits.
+    pub fn spec(&self) -> Result<ShareSpec<VirtualSubnet>, ShareTreeError> {
+        let mut classes = Vec::new();
+        let mut stack: Vec<(Option<u16>, &ShareClassConfig)> =
+            self.classes.iter().rev().map(|c| (None, c)).collect();
+        while let Some((parent, c)) = stack.pop() {
+            classes.push(ClassSpec {
+                id: c.id,
+                parent,
+                weight: c.weight,
+                rate: c.rate_bps.map(|r| r / 8),
+                ceil: c.ceil_bps.map(|r| r / 8),
+            });
+            stack.extend(c.children.iter().rev().map(|ch| (Some(c.id), ch)));
+        }
+        let keys = self
+            .filters
+            .iter()
+            .map(|f| LeafKey {
+                key: f.subnet,
+                class: f.class,
+            })
+            .collect();
+        ShareSpec::new(classes, keys, Some(self.default_class), HTB_LIMITS)
+            .map_err(|e| ShareTreeError::from_spec(e, &self.filters))
+    }
+
     /// Checks the tree and computes every class's rate, ceil, burst and
     /// quantum, and the filter order.
     pub fn plan(&self, clock: &PschedClock) -> Result<HtbPlan, ShareTreeError> {
-        plan(self, clock)
+        let link = self.htb_link();
+        link.check()?;
+        plan_htb(&self.spec()?, &link, clock)
     }
 
     /// Each leaf's share of the link when every leaf is backlogged: its rate
@@ -91,50 +135,33 @@ impl ShareTreeConfig {
             .collect())
     }
 
-    /// Builds the same tree in a userspace [`LinkScheduler`] under its root:
-    /// one class per configured class with its weight, every filter's subnet
-    /// mapped to its leaf in `classifier`, and the default leaf as the
-    /// classifier's default. Returns the scheduler class of each config id.
-    /// Explicit rates and ceils have no userspace counterpart (the userspace
-    /// scheduler shares by weight only; shape the link with its link rate).
+    /// Builds the same tree in a userspace [`LinkScheduler`] under its root
+    /// ([`LinkScheduler::add_spec`] of [`spec`](Self::spec)) and maps every
+    /// filter's subnet and the default in `classifier`
+    /// ([`SourceClassifier::map_spec`]). Returns the scheduler class of each
+    /// config id. Explicit rates and ceils have no userspace counterpart (the
+    /// userspace scheduler shares by weight only; shape the link with its link
+    /// rate).
     pub fn install_userspace<P>(
         &self,
         sched: &mut LinkScheduler<P>,
         classifier: &mut SourceClassifier,
     ) -> Result<BTreeMap<u16, ClassId>, ShareTreeError> {
         self.validate()?;
-        let mut ids = BTreeMap::new();
-        let mut stack: Vec<(ClassId, &ShareClassConfig)> = self
-            .classes
-            .iter()
-            .rev()
-            .map(|c| (ClassId::ROOT, c))
-            .collect();
-        while let Some((parent, c)) = stack.pop() {
-            let id = sched
-                .add_class(parent, ClassConfig::new(c.weight))
-                .map_err(|source| ShareTreeError::Userspace {
-                    class: c.id,
-                    source,
-                })?;
-            ids.insert(c.id, id);
-            stack.extend(c.children.iter().rev().map(|ch| (id, ch)));
-        }
-        for f in &self.filters {
-            if let Some(&class) = ids.get(&f.class) {
-                classifier
-                    .insert(f.subnet, class)
-                    .map_err(|_| ShareTreeError::TooManyFilters {
-                        family: family_name(f.subnet.addr()),
-                        limit: MAX_FILTERS_PER_FAMILY,
-                    })?;
-            }
-        }
-        classifier.set_default(ids.get(&self.default_class).copied());
+        let spec = self.spec()?;
+        let ids = sched
+            .add_spec(ClassId::ROOT, &spec)
+            .map_err(|e| ShareTreeError::Userspace {
+                class: e.id,
+                source: e.source,
+            })?;
+        classifier
+            .map_spec(&spec, &ids)
+            .map_err(|source| ShareTreeError::Classifier { source })?;
         Ok(ids)
     }
 
-    /// Checks the tree without computing rates.
+    /// Checks the tree without programming it.
     pub fn validate(&self) -> Result<(), ShareTreeError> {
         self.plan(&PschedClock::HIGH_RES).map(|_| ())
     }
@@ -296,6 +323,23 @@ pub enum ShareTreeError {
         /// The prefix.
         subnet: VirtualSubnet,
     },
+    /// The tree has no default leaf.
+    #[error("the share tree has no default class")]
+    NoDefault,
+    /// Another fault of the share-tree model.
+    #[error("invalid share tree: {source}")]
+    Model {
+        /// What resource-mgr found.
+        #[source]
+        source: SpecError,
+    },
+    /// The userspace classifier refused a source prefix (it is full).
+    #[error("userspace classifier refused a source prefix: {source}")]
+    Classifier {
+        /// Why.
+        #[source]
+        source: SubnetError,
+    },
     /// The userspace scheduler refused a class.
     #[error("userspace scheduler refused class 1:{class:x}: {source}")]
     Userspace {
@@ -307,15 +351,52 @@ pub enum ShareTreeError {
     },
 }
 
-fn family_name(addr: IpAddr) -> &'static str {
-    if addr.is_ipv4() { "IPv4" } else { "IPv6" }
+impl ShareTreeError {
+    /// Names a fault of the share-tree model as the config spells it: keys are
+    /// `filters`' subnets, the HTB class `1:ID`.
+    fn from_spec(e: SpecError, filters: &[SourceFilter]) -> Self {
+        let filter = |index: usize| {
+            filters.get(index).map_or_else(
+                || format!("filter #{index}"),
+                |f| format!("filter {}", f.subnet),
+            )
+        };
+        match e {
+            SpecError::Empty => Self::Empty,
+            SpecError::DuplicateClass { id } => Self::DuplicateId { id },
+            SpecError::TooManyClasses { limit } => Self::TooManyClasses { limit },
+            SpecError::TooDeep { id, limit } => Self::TooDeep { id, limit },
+            SpecError::ZeroWeight { id } => Self::ZeroWeight { id },
+            SpecError::UnknownDefault { id } => Self::UnknownClass {
+                what: "default".to_owned(),
+                id,
+            },
+            SpecError::DefaultNotLeaf { id } => Self::NotLeaf {
+                what: "default".to_owned(),
+                id,
+            },
+            SpecError::KeyUnknownClass { index, id } => Self::UnknownClass {
+                what: filter(index),
+                id,
+            },
+            SpecError::KeyNotLeaf { index, id } => Self::NotLeaf {
+                what: filter(index),
+                id,
+            },
+            SpecError::DuplicateKey { index } => match filters.get(index) {
+                Some(f) => Self::DuplicatePrefix { subnet: f.subnet },
+                None => Self::Model { source: e },
+            },
+            _ => Self::Model { source: e },
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::linux::tc::test_util::*;
-    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
     #[test]
     fn userspace_scheduler_gets_the_same_tree() {

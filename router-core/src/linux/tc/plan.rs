@@ -1,13 +1,15 @@
-//! The HTB planner: a share tree becomes every class's rate, ceil, burst and
-//! quantum, and the u32 filters in the order the kernel tries them.
+//! The HTB planner: resource-mgr's share-tree model ([`ShareSpec`]) on a link
+//! ([`HtbLink`]) becomes every class's rate, ceil, burst and quantum, and the
+//! u32 filters in the order the kernel tries them ([`HtbPlan`]).
 
 use super::{
     DEFAULT_QUANTUM_FLOOR, ETH_P_ALL, ETH_P_IP, ETH_P_IPV6, HTB_MAJOR, MAX_CLASSES, MAX_DEPTH,
-    MAX_FILTERS_PER_FAMILY, MAX_QUANTUM, PschedClock, ROOT_CLASS_MINOR, ShareClassConfig,
-    ShareTreeConfig, ShareTreeError, TcId,
+    MAX_FILTERS_PER_FAMILY, MAX_QUANTUM, PschedClock, ROOT_CLASS_MINOR, ShareTreeError, TcId,
 };
 use crate::classify::VirtualSubnet;
-use std::collections::{BTreeMap, BTreeSet};
+use resource_mgr::{ShareSpec, SpecLimits};
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// One HTB class as it is programmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,23 +93,75 @@ pub struct HtbPlan {
     pub mtu: u32,
 }
 
-fn bits_to_bytes(bps: u64) -> u64 {
-    bps / 8
+/// What the planner needs to know of the link besides the share tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HtbLink {
+    /// Link rate in bits per second: the root class's rate, and every class's
+    /// ceil unless it sets its own.
+    pub rate_bps: u64,
+    /// Largest frame on the link in bytes: sizes the rate tables (as `tc`'s
+    /// `mtu`), the smallest burst and the smallest quantum (68..=65535).
+    pub mtu: u32,
+    /// Burst allowance in time at each class's rate; the burst is at least
+    /// `rate / HZ + mtu` (`tc`'s default), more if this asks for more.
+    pub burst: Duration,
+    /// The slowest leaf's quantum in bytes; [`DEFAULT_QUANTUM_FLOOR`] if
+    /// `None`. Never below the mtu.
+    pub quantum_floor: Option<u32>,
 }
 
-pub(super) fn plan(cfg: &ShareTreeConfig, clock: &PschedClock) -> Result<HtbPlan, ShareTreeError> {
-    if !(68..=65_535).contains(&cfg.mtu) {
-        return Err(ShareTreeError::Mtu { mtu: cfg.mtu });
+impl HtbLink {
+    /// The link rate in bytes per second, if the link is usable at all.
+    pub fn check(&self) -> Result<u64, ShareTreeError> {
+        if !(68..=65_535).contains(&self.mtu) {
+            return Err(ShareTreeError::Mtu { mtu: self.mtu });
+        }
+        match self.rate_bps / 8 {
+            0 => Err(ShareTreeError::LinkRate {
+                rate_bps: self.rate_bps,
+            }),
+            bytes => Ok(bytes),
+        }
     }
-    let link = bits_to_bytes(cfg.link_rate_bps);
-    if link == 0 {
-        return Err(ShareTreeError::LinkRate {
-            rate_bps: cfg.link_rate_bps,
-        });
-    }
-    if cfg.classes.is_empty() {
-        return Err(ShareTreeError::Empty);
-    }
+}
+
+/// The limits HTB puts on a share tree: [`MAX_CLASSES`] classes and
+/// [`MAX_DEPTH`] levels below the root class.
+pub const HTB_LIMITS: SpecLimits = SpecLimits {
+    max_classes: MAX_CLASSES,
+    max_depth: MAX_DEPTH,
+};
+
+/// Plans the HTB tree of resource-mgr's share-tree model `spec` on `link`:
+/// each class's rate (its weight share of its parent's rate, or its own
+/// guaranteed rate, in bytes/s as the spec's units), ceil (the link rate
+/// unless set), bursts and quantum, and the filters from the spec's source
+/// prefixes, longest first within a family, then the catch-all to the default.
+pub fn plan_htb(
+    spec: &ShareSpec<VirtualSubnet>,
+    link: &HtbLink,
+    clock: &PschedClock,
+) -> Result<HtbPlan, ShareTreeError> {
+    let link_rate = link.check()?;
+    let mut classes = plan_classes(spec, link_rate)?;
+    size_classes(&mut classes, link, clock);
+    let default_minor = spec.default_class().ok_or(ShareTreeError::NoDefault)?;
+    let default_class = TcId::new(HTB_MAJOR, default_minor);
+    let filters = plan_filters(spec, default_class)?;
+    Ok(HtbPlan {
+        classes,
+        filters,
+        default_class,
+        mtu: link.mtu,
+    })
+}
+
+/// The root class and one class per spec class, in the spec's order (parents
+/// first), with rates and ceils; bursts and quanta still 0.
+fn plan_classes(
+    spec: &ShareSpec<VirtualSubnet>,
+    link: u64,
+) -> Result<Vec<HtbClass>, ShareTreeError> {
     let root = TcId::new(HTB_MAJOR, ROOT_CLASS_MINOR);
     let mut classes = vec![HtbClass {
         id: root,
@@ -120,40 +174,20 @@ pub(super) fn plan(cfg: &ShareTreeConfig, clock: &PschedClock) -> Result<HtbPlan
         leaf: false,
         depth: 0,
     }];
-    let mut seen = BTreeSet::new();
-    // Depth-first, parents before children: (parent id, parent rate, siblings'
-    // weight sum, depth, class).
-    let mut stack: Vec<(TcId, u64, u64, u8, &ShareClassConfig)> = Vec::new();
-    let top_sum: u64 = cfg.classes.iter().map(|c| u64::from(c.weight)).sum();
-    stack.extend(
-        cfg.classes
-            .iter()
-            .rev()
-            .map(|c| (root, link, top_sum, 1, c)),
-    );
-    while let Some((parent, parent_rate, sum, depth, c)) = stack.pop() {
+    let mut rates: BTreeMap<u16, u64> = BTreeMap::new();
+    for c in spec.classes() {
         if c.id <= ROOT_CLASS_MINOR {
             return Err(ShareTreeError::ReservedId { id: c.id });
         }
-        if !seen.insert(c.id) {
-            return Err(ShareTreeError::DuplicateId { id: c.id });
-        }
-        if seen.len() > MAX_CLASSES {
-            return Err(ShareTreeError::TooManyClasses { limit: MAX_CLASSES });
-        }
-        if usize::from(depth) > MAX_DEPTH {
-            return Err(ShareTreeError::TooDeep {
-                id: c.id,
-                limit: MAX_DEPTH,
-            });
-        }
-        if c.weight == 0 {
-            return Err(ShareTreeError::ZeroWeight { id: c.id });
-        }
-        let share = (u128::from(parent_rate) * u128::from(c.weight) / u128::from(sum.max(1)))
+        let parent_rate = c
+            .parent
+            .and_then(|p| rates.get(&p).copied())
+            .unwrap_or(link);
+        let sum = spec.weight_sum(c.parent).max(1);
+        let share = (u128::from(parent_rate) * u128::from(c.weight) / u128::from(sum))
             .min(u128::from(u64::MAX)) as u64;
-        let rate = c.rate_bps.map_or(share, bits_to_bytes);
-        let ceil = c.ceil_bps.map_or(link, bits_to_bytes);
+        let rate = c.rate.unwrap_or(share);
+        let ceil = c.ceil.unwrap_or(link);
         let bad = |reason| ShareTreeError::Rate {
             id: c.id,
             rate_bps: rate.saturating_mul(8),
@@ -166,50 +200,46 @@ pub(super) fn plan(cfg: &ShareTreeConfig, clock: &PschedClock) -> Result<HtbPlan
         if ceil < rate {
             return Err(bad("ceil below rate"));
         }
-        let id = TcId::new(HTB_MAJOR, c.id);
+        rates.insert(c.id, rate);
         classes.push(HtbClass {
-            id,
-            parent,
+            id: TcId::new(HTB_MAJOR, c.id),
+            parent: c.parent.map_or(root, |p| TcId::new(HTB_MAJOR, p)),
             rate,
             ceil,
             burst: 0,
             cburst: 0,
             quantum: 0,
-            leaf: c.children.is_empty(),
-            depth,
+            leaf: spec.is_leaf(c.id),
+            depth: u8::try_from(spec.depth(c.id)).unwrap_or(u8::MAX),
         });
-        let child_sum: u64 = c.children.iter().map(|ch| u64::from(ch.weight)).sum();
-        stack.extend(
-            c.children
-                .iter()
-                .rev()
-                .map(|ch| (id, rate, child_sum, depth + 1, ch)),
-        );
     }
+    Ok(classes)
+}
 
-    // Quanta proportional to rate, the slowest leaf getting the floor: HTB's
-    // DRR then lends spare bandwidth in proportion to rate.
+/// Quanta proportional to rate, the slowest leaf getting the floor (HTB's DRR
+/// then lends spare bandwidth in proportion to rate), and `tc`'s bursts.
+fn size_classes(classes: &mut [HtbClass], link: &HtbLink, clock: &PschedClock) {
     let min_leaf = classes
         .iter()
         .filter(|c| c.leaf)
         .map(|c| c.rate)
         .min()
-        .unwrap_or(link)
+        .unwrap_or_else(|| classes.first().map_or(1, |c| c.rate))
         .max(1);
-    let burst_time = cfg.burst.as_secs_f64();
-    let floor = cfg
+    let burst_time = link.burst.as_secs_f64();
+    let floor = link
         .quantum_floor
         .unwrap_or(DEFAULT_QUANTUM_FLOOR)
-        .clamp(cfg.mtu, MAX_QUANTUM);
+        .clamp(link.mtu, MAX_QUANTUM);
     let mut capped = 0_usize;
-    for c in &mut classes {
+    for c in classes {
         let q = u128::from(floor) * u128::from(c.rate) / u128::from(min_leaf);
         if c.leaf && q > u128::from(MAX_QUANTUM) {
             capped += 1;
         }
         c.quantum = q.clamp(u128::from(floor), u128::from(MAX_QUANTUM)) as u32;
-        c.burst = clock.default_burst(c.rate, cfg.mtu, burst_time);
-        c.cburst = clock.default_burst(c.ceil, cfg.mtu, burst_time);
+        c.burst = clock.default_burst(c.rate, link.mtu, burst_time);
+        c.cburst = clock.default_burst(c.ceil, link.mtu, burst_time);
     }
     if capped > 0 {
         tracing::warn!(
@@ -219,26 +249,18 @@ pub(super) fn plan(cfg: &ShareTreeConfig, clock: &PschedClock) -> Result<HtbPlan
             "leaf rates span too wide a range: some quanta are capped, so spare bandwidth is not lent in proportion to rate"
         );
     }
+}
 
-    let leaves: BTreeMap<u16, bool> = classes
-        .iter()
-        .skip(1)
-        .map(|c| (c.id.minor(), c.leaf))
-        .collect();
-    let check_leaf = |what: String, id: u16| match leaves.get(&id) {
-        None => Err(ShareTreeError::UnknownClass { what, id }),
-        Some(false) => Err(ShareTreeError::NotLeaf { what, id }),
-        Some(true) => Ok(TcId::new(HTB_MAJOR, id)),
-    };
-    let default_class = check_leaf("default".to_owned(), cfg.default_class)?;
+/// The source-prefix filters per family, longest prefix first (ties in
+/// address order, so the plan is stable), then the catch-all.
+fn plan_filters(
+    spec: &ShareSpec<VirtualSubnet>,
+    default_class: TcId,
+) -> Result<Vec<U32Filter>, ShareTreeError> {
     let mut by_family: [Vec<(VirtualSubnet, TcId)>; 2] = [Vec::new(), Vec::new()];
-    let mut prefixes = BTreeSet::new();
-    for f in &cfg.filters {
-        let class = check_leaf(format!("filter {}", f.subnet), f.class)?;
-        if !prefixes.insert(f.subnet) {
-            return Err(ShareTreeError::DuplicatePrefix { subnet: f.subnet });
-        }
-        by_family[usize::from(!f.subnet.addr().is_ipv4())].push((f.subnet, class));
+    for k in spec.keys() {
+        let class = TcId::new(HTB_MAJOR, k.class);
+        by_family[usize::from(!k.key.addr().is_ipv4())].push((k.key, class));
     }
     let mut filters = Vec::new();
     for (kind, mut list) in [FilterKind::V4, FilterKind::V6].into_iter().zip(by_family) {
@@ -252,7 +274,6 @@ pub(super) fn plan(cfg: &ShareTreeConfig, clock: &PschedClock) -> Result<HtbPlan
                 limit: MAX_FILTERS_PER_FAMILY,
             });
         }
-        // Longest prefix first; ties in address order so the plan is stable.
         list.sort_by(|a, b| {
             b.0.prefix_len()
                 .cmp(&a.0.prefix_len())
@@ -275,12 +296,7 @@ pub(super) fn plan(cfg: &ShareTreeConfig, clock: &PschedClock) -> Result<HtbPlan
         subnet: None,
         class: default_class,
     });
-    Ok(HtbPlan {
-        classes,
-        filters,
-        default_class,
-        mtu: cfg.mtu,
-    })
+    Ok(filters)
 }
 
 #[cfg(test)]
@@ -451,5 +467,57 @@ mod tests {
                 .with_default(2),
         );
         assert!(matches!(e, ShareTreeError::Rate { id: 2, .. }), "{e}");
+    }
+
+    #[test]
+    fn the_planner_consumes_the_resource_mgr_model() {
+        use resource_mgr::{ClassSpec, LeafKey, ShareSpec};
+        // The nested config of the test above, written as the flat model.
+        let spec = ShareSpec::new(
+            vec![
+                ClassSpec::new(0x10, 1),
+                ClassSpec::new(0x11, 1).under(0x10),
+                ClassSpec::new(0x12, 3).under(0x10),
+                ClassSpec::new(0x20, 3)
+                    .with_rate(12_500_000)
+                    .with_ceil(62_500_000),
+            ],
+            vec![
+                LeafKey {
+                    key: subnet("10.0.0.0/8"),
+                    class: 0x11,
+                },
+                LeafKey {
+                    key: subnet("2001:db8::/32"),
+                    class: 0x20,
+                },
+            ],
+            Some(0x11),
+            HTB_LIMITS,
+        )
+        .unwrap();
+        let link = ShareTreeConfig::new(1_000_000_000).htb_link();
+        let p = plan_htb(&spec, &link, &PschedClock::HIGH_RES).unwrap();
+        let cfg = ShareTreeConfig::new(1_000_000_000)
+            .with_class(
+                ShareClassConfig::new(0x10, 1)
+                    .with_child(ShareClassConfig::new(0x11, 1))
+                    .with_child(ShareClassConfig::new(0x12, 3)),
+            )
+            .with_class(
+                ShareClassConfig::new(0x20, 3)
+                    .with_rate(100_000_000)
+                    .with_ceil(500_000_000),
+            )
+            .with_filter(subnet("10.0.0.0/8"), 0x11)
+            .with_filter(subnet("2001:db8::/32"), 0x20)
+            .with_default(0x11);
+        assert_eq!(cfg.spec().unwrap(), spec);
+        assert_eq!(cfg.plan(&PschedClock::HIGH_RES).unwrap(), p);
+        let no_default = ShareSpec::new(spec.classes().to_vec(), vec![], None, HTB_LIMITS).unwrap();
+        assert!(matches!(
+            plan_htb(&no_default, &link, &PschedClock::HIGH_RES),
+            Err(ShareTreeError::NoDefault)
+        ));
     }
 }
