@@ -141,3 +141,80 @@ pub enum BudgetError {
         limit: usize,
     },
 }
+
+/// Why a [`ShareSpec`](crate::ShareSpec) was refused: the first fault found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpecError {
+    /// The tree has no class.
+    #[error("the share tree has no class")]
+    Empty,
+    /// Two classes share an id.
+    #[error("class id {id:#x} is used twice")]
+    DuplicateClass {
+        /// The id.
+        id: u16,
+    },
+    /// More classes than the limit.
+    #[error("more than {limit} classes")]
+    TooManyClasses {
+        /// The bound.
+        limit: usize,
+    },
+    /// A class names a parent that is not listed before it (or itself).
+    #[error("class {id:#x} names parent {parent:#x}, which is not listed before it")]
+    ParentNotBefore {
+        /// The class.
+        id: u16,
+        /// The parent it names.
+        parent: u16,
+    },
+    /// A class sits deeper than the limit.
+    #[error("class {id:#x} is deeper than {limit} levels")]
+    TooDeep {
+        /// The class.
+        id: u16,
+        /// The bound.
+        limit: usize,
+    },
+    /// Weights are relative shares and must be at least 1.
+    #[error("class {id:#x} has weight 0")]
+    ZeroWeight {
+        /// The class.
+        id: u16,
+    },
+    /// The default names no class.
+    #[error("the default names class {id:#x}, which is not configured")]
+    UnknownDefault {
+        /// The class named.
+        id: u16,
+    },
+    /// The default names a class with children: only leaves hold items.
+    #[error("the default names class {id:#x}, which has children; only leaves hold items")]
+    DefaultNotLeaf {
+        /// The class named.
+        id: u16,
+    },
+    /// Key number `index` names no class.
+    #[error("key #{index} names class {id:#x}, which is not configured")]
+    KeyUnknownClass {
+        /// Position of the key in the list given.
+        index: usize,
+        /// The class named.
+        id: u16,
+    },
+    /// Key number `index` names a class with children.
+    #[error("key #{index} names class {id:#x}, which has children; only leaves hold items")]
+    KeyNotLeaf {
+        /// Position of the key in the list given.
+        index: usize,
+        /// The class named.
+        id: u16,
+    },
+    /// Key number `index` repeats an earlier key.
+    #[error("key #{index} is given twice")]
+    DuplicateKey {
+        /// Position of the repeat in the list given.
+        index: usize,
+    },
+}

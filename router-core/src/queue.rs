@@ -24,7 +24,10 @@
 //! never the bytes, and nothing is allocated per packet. The pool is bounded:
 //! when it is empty, `take` says so and counts it (the shell stops receiving).
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
+
+use resource_mgr::ShareSpec;
 
 use crate::classify::{self, FlowKey, PrefixTable, SubnetError, VirtualSubnet};
 use crate::packet::{BufError, HEADROOM, PacketBuf};
@@ -227,6 +230,24 @@ impl SourceClassifier {
         class: ClassId,
     ) -> Result<Option<ClassId>, SubnetError> {
         self.prefixes.insert(subnet, class)
+    }
+
+    /// Maps every source prefix of resource-mgr's share-tree model `spec` to
+    /// its leaf's scheduler class in `classes` (as [`LinkScheduler::add_spec`]
+    /// returns them), and the spec's default leaf as the default. Keys whose
+    /// class is missing from `classes` are skipped.
+    pub fn map_spec(
+        &mut self,
+        spec: &ShareSpec<VirtualSubnet>,
+        classes: &BTreeMap<u16, ClassId>,
+    ) -> Result<(), SubnetError> {
+        for k in spec.keys() {
+            if let Some(&class) = classes.get(&k.class) {
+                self.insert(k.key, class)?;
+            }
+        }
+        self.set_default(spec.default_class().and_then(|d| classes.get(&d).copied()));
+        Ok(())
     }
 
     /// Removes a prefix.

@@ -70,11 +70,11 @@
 //! call per level (`depth + 1` calls for a packet at depth `depth`).
 
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::fmt;
 use std::time::Duration;
 
-use resource_mgr::RateLimit;
+use resource_mgr::{RateLimit, ShareSpec};
 
 use crate::time::Instant;
 
@@ -651,6 +651,17 @@ impl SchedCounters {
     }
 }
 
+/// A class of a share-tree model the scheduler refused ([`LinkScheduler::add_spec`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("share-tree class {id:#x}: {source}")]
+pub struct SpecClassError {
+    /// The spec's id of the class.
+    pub id: u16,
+    /// Why the scheduler refused it.
+    #[source]
+    pub source: SchedError,
+}
+
 /// Why a class operation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -1097,6 +1108,30 @@ impl<P> LinkScheduler<P> {
     pub fn parent(&self, class: ClassId) -> Result<Option<ClassId>, SchedError> {
         let i = self.resolve(class)?;
         Ok(self.nodes[i as usize].parent.map(|p| self.id(p)))
+    }
+
+    /// Builds resource-mgr's share-tree model `spec` under `parent`: one class
+    /// per spec class with its weight and the default priority and limits.
+    /// Guaranteed rates and ceilings have no counterpart here (classes share
+    /// by rank; shape the whole link with [`SchedConfig::link`]). Returns the
+    /// class of each spec id. On an error the classes added so far stay.
+    pub fn add_spec<K>(
+        &mut self,
+        parent: ClassId,
+        spec: &ShareSpec<K>,
+    ) -> Result<BTreeMap<u16, ClassId>, SpecClassError> {
+        let mut classes = BTreeMap::new();
+        for c in spec.classes() {
+            let under = match c.parent {
+                Some(p) => classes.get(&p).copied().unwrap_or(parent),
+                None => parent,
+            };
+            let class = self
+                .add_class(under, ClassConfig::new(c.weight))
+                .map_err(|source| SpecClassError { id: c.id, source })?;
+            classes.insert(c.id, class);
+        }
+        Ok(classes)
     }
 
     /// Installs a new rank function and returns the old one. Queued packets keep
