@@ -29,11 +29,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::{
-    HostNode, LabState, Names, SESSION, SIGNAL_PORT, TUNNEL_MTU, UpOptions, VIP_SUBNET, addr,
-    alive, hosts, ip, ns_set_sysctl, read_state, route, router_config, spawn_daemon, stats_of,
-    tls_section, veth, write_state,
+use super::configs::{SESSION, router_config, tls_section};
+use super::process::{
+    LabState, alive, is_our_daemon, read_state, signal, spawn_daemon, stats_of, tail, write_state,
 };
+use super::topology::{HostNode, Names, UpOptions, addr, hosts, ip, ns_set_sysctl, route, veth};
+use super::{SIGNAL_PORT, TUNNEL_MTU, VIP_SUBNET};
 
 /// Id of the lab's advertisement key.
 const ADVERT_KEY_ID: u32 = 1;
@@ -233,7 +234,7 @@ pub(super) fn wait_ready(state: &LabState, timeout: Duration) -> Result<()> {
                 "{} exited during start-up; see {}:\n{}",
                 dead.name,
                 dead.log.display(),
-                super::tail(&dead.log, 20)
+                tail(&dead.log, 20)
             );
         }
         let mirrored = stats_of(spare).is_some_and(|t| {
@@ -274,7 +275,7 @@ fn daemon_index(state: &LabState, node: &str) -> Result<usize> {
 }
 
 fn sigkill_and_wait(pid: u32) -> Result<()> {
-    super::signal(pid, nix::sys::signal::Signal::SIGKILL);
+    signal(pid, nix::sys::signal::Signal::SIGKILL);
     let deadline = Instant::now() + Duration::from_secs(5);
     while alive(pid) {
         if Instant::now() > deadline {
@@ -308,7 +309,7 @@ pub(super) fn kill(dir: &Path, node: &str, link_down: bool) -> Result<()> {
         bail!("no lab in {}", dir.display());
     };
     let d = &state.daemons[daemon_index(&state, node)?];
-    if !super::is_our_daemon(d) {
+    if !is_our_daemon(d) {
         bail!("{node} (pid {}) is not running", d.pid);
     }
     if link_down {
@@ -333,7 +334,7 @@ pub(super) fn restart(dir: &Path, node: &str) -> Result<()> {
     };
     let i = daemon_index(&state, node)?;
     let old = state.daemons[i].clone();
-    if super::is_our_daemon(&old) {
+    if is_our_daemon(&old) {
         sigkill_and_wait(old.pid)?;
     }
     let kind = if hosts().iter().any(|h| h.short == node) {
@@ -414,8 +415,11 @@ mod tests {
         );
         assert_eq!(r.forward_unknown_to, Some("10.0.0.1".parse().unwrap()));
         for h in hosts() {
-            let c = crate::config::parse_host_text(&p, &super::super::host_config(dir, &o, &h))
-                .unwrap();
+            let c = crate::config::parse_host_text(
+                &p,
+                &super::super::configs::host_config(dir, &o, &h),
+            )
+            .unwrap();
             assert!(c.recovery.is_some(), "{} advertises", h.short);
         }
         assert_eq!(namespaces("pl").len(), 3);

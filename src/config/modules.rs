@@ -1,0 +1,78 @@
+//! `[modules]`: signed policy modules loaded at start.
+
+use std::path::PathBuf;
+
+use router_core::VirtualSubnet;
+use serde::Deserialize;
+
+use super::{Check, ConfigError};
+
+/// `[modules]`: signed policy modules loaded into an operator environment.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ModulesFile {
+    trust_anchors: Vec<PathBuf>,
+    files: Vec<PathBuf>,
+    subnet: String,
+    policy: Option<String>,
+    cost: Option<String>,
+}
+
+/// Most module files loaded at start.
+const MAX_MODULE_FILES: usize = 64;
+
+/// Signed modules to load at start, validated.
+#[derive(Debug, Clone)]
+pub(crate) struct ModulesConfig {
+    /// CA certificates module signers must chain to.
+    pub(crate) trust_anchors: Vec<PathBuf>,
+    /// Signed module files, installed in order (a later version of a name
+    /// replaces an earlier one).
+    pub(crate) files: Vec<PathBuf>,
+    /// The virtual subnet the module handles govern.
+    pub(crate) subnet: VirtualSubnet,
+    /// Module choosing next hops for new flows in `subnet`.
+    pub(crate) policy: Option<String>,
+    /// Module computing F and G (for every subnet).
+    pub(crate) cost: Option<String>,
+}
+
+impl ModulesConfig {
+    pub(super) fn from_file(c: &Check<'_>, m: &ModulesFile) -> Result<Self, ConfigError> {
+        if m.trust_anchors.is_empty() {
+            return Err(c.err(
+                "modules.trust_anchors",
+                "name at least one CA certificate of module signers (modules are refused without)",
+            ));
+        }
+        if m.files.is_empty() || m.files.len() > MAX_MODULE_FILES {
+            return Err(c.err(
+                "modules.files",
+                format!("give 1..={MAX_MODULE_FILES} signed module files"),
+            ));
+        }
+        let name = |field: &str, v: &Option<String>| -> Result<Option<String>, ConfigError> {
+            match v {
+                Some(n) if n.is_empty() || n.len() > 64 => {
+                    Err(c.err(field, format!("{n:?} is not a module name (1-64 bytes)")))
+                }
+                other => Ok(other.clone()),
+            }
+        };
+        let policy = name("modules.policy", &m.policy)?;
+        let cost = name("modules.cost", &m.cost)?;
+        if policy.is_none() && cost.is_none() {
+            return Err(c.err(
+                "modules",
+                "name the module to use as `policy` and/or `cost`, or remove [modules]",
+            ));
+        }
+        Ok(Self {
+            trust_anchors: m.trust_anchors.iter().map(|p| c.resolve(p)).collect(),
+            files: m.files.iter().map(|p| c.resolve(p)).collect(),
+            subnet: c.subnet("modules.subnet", &m.subnet)?,
+            policy,
+            cost,
+        })
+    }
+}

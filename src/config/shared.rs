@@ -1,0 +1,231 @@
+//! Sections shared by the router and host files: level, `[tls]`, the level
+//! above, `[session]`, `[stats]`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use router_core::policy::Level;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+use signaling::{NodeName, PeerConfig, TlsIdentity};
+
+use super::{Check, ConfigError, MAX_PEM_BYTES, read_bounded};
+
+/// `level = "network" | "system" | "site"`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum LevelName {
+    Network,
+    System,
+    Site,
+}
+
+impl From<LevelName> for Level {
+    fn from(l: LevelName) -> Self {
+        match l {
+            LevelName::Network => Self::Network,
+            LevelName::System => Self::System,
+            LevelName::Site => Self::Site,
+        }
+    }
+}
+
+/// `[tls]`: our identity and whom we trust.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TlsFile {
+    /// CA certificates (PEM) a peer's chain must reach; at least one.
+    trust_anchors: Vec<PathBuf>,
+    /// Our certificate chain, PEM, end-entity first.
+    cert: PathBuf,
+    /// Our private key, PKCS#8 (or SEC1/PKCS#1) PEM.
+    key: PathBuf,
+}
+
+/// The TLS files, resolved; loaded when the daemon starts.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsFiles {
+    /// CA certificates.
+    pub(crate) trust_anchors: Vec<PathBuf>,
+    /// Our chain.
+    pub(crate) cert: PathBuf,
+    /// Our key.
+    pub(crate) key: PathBuf,
+}
+
+impl TlsFiles {
+    pub(super) fn from_file(c: &Check<'_>, t: &TlsFile) -> Result<Self, ConfigError> {
+        if t.trust_anchors.is_empty() {
+            return Err(c.err(
+                "tls.trust_anchors",
+                "name at least one CA certificate; refusing to run unauthenticated",
+            ));
+        }
+        Ok(Self {
+            trust_anchors: t.trust_anchors.iter().map(|p| c.resolve(p)).collect(),
+            cert: c.resolve(&t.cert),
+            key: c.resolve(&t.key),
+        })
+    }
+
+    /// Read and parse the PEM files; errors name the field and the file.
+    pub(crate) fn load(&self) -> anyhow::Result<(TlsIdentity, Vec<CertificateDer<'static>>)> {
+        use anyhow::Context;
+        let pem = |field: &str, p: &Path| {
+            read_bounded(p, MAX_PEM_BYTES)
+                .with_context(|| format!("{field}: cannot read {}", p.display()))
+        };
+        let mut anchors = Vec::new();
+        for (i, p) in self.trust_anchors.iter().enumerate() {
+            let field = format!("tls.trust_anchors[{i}]");
+            let bytes = pem(&field, p)?;
+            let before = anchors.len();
+            for c in CertificateDer::pem_slice_iter(&bytes) {
+                anchors.push(c.with_context(|| format!("{field}: bad PEM in {}", p.display()))?);
+            }
+            if anchors.len() == before {
+                anyhow::bail!("{field}: no certificate in {}", p.display());
+            }
+        }
+        let bytes = pem("tls.cert", &self.cert)?;
+        let cert_chain = CertificateDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("tls.cert: bad PEM in {}", self.cert.display()))?;
+        if cert_chain.is_empty() {
+            anyhow::bail!("tls.cert: no certificate in {}", self.cert.display());
+        }
+        let bytes = pem("tls.key", &self.key)?;
+        let key = PrivateKeyDer::from_pem_slice(&bytes)
+            .with_context(|| format!("tls.key: no private key in {}", self.key.display()))?;
+        Ok((TlsIdentity { cert_chain, key }, anchors))
+    }
+}
+
+/// `[upstream]` (router) or `[site]` (host): the level above.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UpstreamFile {
+    /// Its signalling address.
+    address: SocketAddr,
+    /// The name its certificate must carry.
+    name: String,
+    /// First reconnect delay (doubles up to 8 s).
+    #[serde(default = "default_reconnect_ms")]
+    reconnect_ms: u64,
+}
+
+fn default_reconnect_ms() -> u64 {
+    250
+}
+
+/// The level above, validated.
+#[derive(Debug, Clone)]
+pub(crate) struct Upstream {
+    /// Signalling address.
+    pub(crate) address: SocketAddr,
+    /// Expected certificate name.
+    pub(crate) name: NodeName,
+    /// First reconnect delay.
+    pub(crate) reconnect: Duration,
+}
+
+impl Upstream {
+    pub(super) fn from_file(
+        c: &Check<'_>,
+        section: &str,
+        u: &UpstreamFile,
+    ) -> Result<Self, ConfigError> {
+        Ok(Self {
+            address: u.address,
+            name: c.name(&format!("{section}.name"), &u.name)?,
+            reconnect: Duration::from_millis(c.range(
+                &format!("{section}.reconnect_ms"),
+                u.reconnect_ms,
+                10,
+                60_000,
+            )?),
+        })
+    }
+}
+
+/// `[session]`: signalling timers.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct SessionFile {
+    keepalive_ms: u64,
+    dead_ms: u64,
+    hello_timeout_ms: u64,
+}
+
+impl Default for SessionFile {
+    fn default() -> Self {
+        Self {
+            keepalive_ms: 1000,
+            dead_ms: 3000,
+            hello_timeout_ms: 5000,
+        }
+    }
+}
+
+impl SessionFile {
+    pub(super) fn peer(&self, c: &Check<'_>) -> Result<PeerConfig, ConfigError> {
+        let keepalive = c.range("session.keepalive_ms", self.keepalive_ms, 50, 600_000)?;
+        let dead = c.range("session.dead_ms", self.dead_ms, 100, 3_600_000)?;
+        if dead <= keepalive {
+            return Err(c.err(
+                "session.dead_ms",
+                format!("{dead} must exceed session.keepalive_ms ({keepalive})"),
+            ));
+        }
+        let hello = c.range(
+            "session.hello_timeout_ms",
+            self.hello_timeout_ms,
+            100,
+            600_000,
+        )?;
+        Ok(PeerConfig {
+            keepalive_interval: Duration::from_millis(keepalive),
+            dead_interval: Duration::from_millis(dead),
+            hello_timeout: Duration::from_millis(hello),
+            ..PeerConfig::default()
+        })
+    }
+}
+
+/// `[stats]`: a counters snapshot written periodically.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StatsFile {
+    file: PathBuf,
+    #[serde(default = "default_stats_ms")]
+    interval_ms: u64,
+}
+
+fn default_stats_ms() -> u64 {
+    500
+}
+
+/// Where and how often to write the counters snapshot.
+#[derive(Debug, Clone)]
+pub(crate) struct Stats {
+    /// The file (replaced atomically).
+    pub(crate) file: PathBuf,
+    /// Interval.
+    pub(crate) interval: Duration,
+}
+
+impl Stats {
+    pub(super) fn from_file(c: &Check<'_>, s: &StatsFile) -> Result<Self, ConfigError> {
+        Ok(Self {
+            file: c.resolve(&s.file),
+            interval: Duration::from_millis(c.range(
+                "stats.interval_ms",
+                s.interval_ms,
+                20,
+                3_600_000,
+            )?),
+        })
+    }
+}

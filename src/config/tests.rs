@@ -1,0 +1,301 @@
+//! Validation of whole router and host files: values accepted, and errors
+//! that name the field.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use router_core::policy::Level;
+use signaling::NodeName;
+
+use super::host::host_from_file;
+use super::router::router_from_file;
+use super::*;
+
+const ROUTER: &str = r#"
+level = "site"
+name = "site-a.lab"
+listen = "0.0.0.0:7800"
+default_route_cost = 0.5
+
+[tunnel]
+local_v4 = "10.1.0.2"
+mtu = 1600
+
+[tls]
+trust_anchors = ["ca.pem"]
+cert = "peer.pem"
+key = "/abs/peer.key"
+
+[upstream]
+address = "10.1.0.1:7800"
+name = "sys.lab"
+
+[[downstream]]
+name = "a1.site-a.lab"
+route_cost = 0.25
+
+[[downstream]]
+name = "a2.site-a.lab"
+tunnel = "10.1.2.2"
+
+[[static_subnets]]
+subnet = "198.51.100.0/24"
+next_hops = [{ address = "10.9.9.9", load = 0.1 }]
+
+[table]
+interval_ms = 200
+hold_ms = 2000
+
+[flows]
+capacity_v4 = 16384
+
+[policy]
+name = "flow-hash"
+
+[modules]
+trust_anchors = ["ca.pem"]
+files = ["least_load.signed.wasm"]
+subnet = "192.200.0.0/16"
+policy = "least_load"
+"#;
+
+fn router(text: &str) -> Result<RouterConfig, ConfigError> {
+    let p = Path::new("/etc/pronto/router.toml");
+    router_from_file(p, parse_str(p, text)?)
+}
+
+fn host(text: &str) -> Result<HostDaemonConfig, ConfigError> {
+    let p = Path::new("/etc/pronto/host.toml");
+    host_from_file(p, parse_str(p, text)?)
+}
+
+fn err_text(r: Result<impl std::fmt::Debug, ConfigError>) -> String {
+    r.unwrap_err().to_string()
+}
+
+#[test]
+fn shaping_validates_and_names_bad_fields() {
+    let ok = format!(
+        "{ROUTER}\n[shaping]\nlink = \"eth1\"\nrate_mbit = 100\ndefault_class = 16\n\
+         [[shaping.class]]\nid = 16\nweight = 20\nsubnets = [\"192.200.0.0/24\"]\n\
+         [[shaping.class]]\nid = 32\nweight = 80\n"
+    );
+    let c = router(&ok).unwrap();
+    let sh = c.shaping.unwrap();
+    assert_eq!(sh.link, "eth1");
+    let shares = sh.tree.leaf_shares().unwrap();
+    assert!((shares[&16] - 0.2).abs() < 1e-9 && (shares[&32] - 0.8).abs() < 1e-9);
+    let zero_rate = ok.replace("rate_mbit = 100", "rate_mbit = 0");
+    assert!(err_text(router(&zero_rate)).contains("shaping.rate_mbit"));
+    let bad_subnet = ok.replace("192.200.0.0/24", "192.200.0.1/24");
+    assert!(err_text(router(&bad_subnet)).contains("shaping.class[0].subnets[0]"));
+    let zero_weight = ok.replace("weight = 80", "weight = 0");
+    assert!(err_text(router(&zero_weight)).contains("shaping.class[1].weight"));
+    let unknown_default = ok.replace("default_class = 16", "default_class = 99");
+    assert!(err_text(router(&unknown_default)).contains("shaping"));
+    assert!(router(ROUTER).unwrap().shaping.is_none());
+}
+
+#[test]
+fn a_full_router_file_validates() {
+    let c = router(ROUTER).unwrap();
+    assert_eq!(c.level, Level::Site);
+    assert_eq!(c.name.as_str(), "site-a.lab");
+    assert_eq!(
+        c.dataplane.engine.local_v4,
+        Some(Ipv4Addr::new(10, 1, 0, 2))
+    );
+    assert_eq!(c.dataplane.engine.tunnel_mtu, 1600);
+    assert_eq!(c.dataplane.engine.flows.capacity_v4, 16384);
+    assert!(c.slr.shortcuts, "site level originates shortcuts");
+    assert!(c.dataplane.new_flow_queue > 0);
+    assert_eq!(c.slr.table.interval, Duration::from_millis(200));
+    assert_eq!(c.policy, PolicyName::FlowHash);
+    assert_eq!(c.upstream.as_ref().unwrap().name.as_str(), "sys.lab");
+    let a1 = NodeName::new("a1.site-a.lab").unwrap();
+    let a2 = NodeName::new("a2.site-a.lab").unwrap();
+    assert_eq!(c.downstream[&a1].route_cost, 0.25);
+    assert_eq!(c.downstream[&a2].route_cost, 0.5, "default_route_cost");
+    assert_eq!(c.downstream[&a2].tunnel, Some("10.1.2.2".parse().unwrap()));
+    assert_eq!(c.static_subnets[0].1[0].load, 0.1);
+    assert_eq!(
+        c.tls.trust_anchors,
+        vec![PathBuf::from("/etc/pronto/ca.pem")]
+    );
+    assert_eq!(c.tls.key, PathBuf::from("/abs/peer.key"));
+    let m = c.modules.unwrap();
+    assert_eq!(
+        m.files,
+        vec![PathBuf::from("/etc/pronto/least_load.signed.wasm")]
+    );
+    assert_eq!(m.policy.as_deref(), Some("least_load"));
+    assert_eq!(m.cost, None);
+}
+
+#[test]
+fn router_errors_name_the_field() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("mtu = 1600", "mtu = 100", "tunnel.mtu"),
+        ("local_v4 = \"10.1.0.2\"", "", "tunnel.local_v4"),
+        ("name = \"site-a.lab\"", "name = \"not a name\"", "name"),
+        (
+            "route_cost = 0.25",
+            "route_cost = -1.0",
+            "downstream[0].route_cost",
+        ),
+        (
+            "name = \"a2.site-a.lab\"",
+            "name = \"a1.site-a.lab\"",
+            "downstream[1].name",
+        ),
+        (
+            "198.51.100.0/24",
+            "198.51.100.1/24",
+            "static_subnets[0].subnet",
+        ),
+        ("hold_ms = 2000", "hold_ms = 100", "table.hold_ms"),
+        (
+            "trust_anchors = [\"ca.pem\"]\nfiles",
+            "trust_anchors = []\nfiles",
+            "modules.trust_anchors",
+        ),
+        ("policy = \"least_load\"", "", "modules"),
+        (
+            "subnet = \"192.200.0.0/16\"",
+            "subnet = \"192.200.0.0\"",
+            "modules.subnet",
+        ),
+        (
+            "trust_anchors = [\"ca.pem\"]",
+            "trust_anchors = []",
+            "tls.trust_anchors",
+        ),
+        ("level = \"site\"", "level = \"network\"", "upstream"),
+        (
+            "capacity_v4 = 16384",
+            "capacity_v4 = 0",
+            "flows.capacity_v4",
+        ),
+    ];
+    for (from, to, field) in cases {
+        assert!(ROUTER.contains(from), "{from}");
+        let text = ROUTER.replacen(from, to, 1);
+        let e = err_text(router(&text));
+        assert!(e.contains(field), "{field}: {e}");
+        assert!(e.contains("/etc/pronto/router.toml"), "{e}");
+    }
+}
+
+#[test]
+fn unknown_keys_and_bad_types_are_refused_with_their_name() {
+    let e = err_text(router(&ROUTER.replace("[flows]", "[flows]\ncapacity = 3")));
+    assert!(e.contains("capacity"), "{e}");
+    assert!(e.contains("unknown field"), "{e}");
+    let e = err_text(router(&ROUTER.replace("\"flow-hash\"", "\"random\"")));
+    assert!(e.contains("random"), "{e}");
+    let e = err_text(router(&ROUTER.replace("\"0.0.0.0:7800\"", "\"nowhere\"")));
+    assert!(e.contains("listen") || e.contains("line 4"), "{e}");
+    let e = err_text(router("level = \"site\"\n"));
+    assert!(e.contains("missing field"), "{e}");
+}
+
+const HOST: &str = r#"
+name = "a1.site-a.lab"
+subnets = ["192.200.0.0/24"]
+
+[site]
+address = "10.1.1.1:7800"
+name = "site-a.lab"
+
+[tls]
+trust_anchors = ["ca.pem"]
+cert = "a1.pem"
+key = "a1.key"
+
+[load]
+update_interval_ms = 200
+capacity = 10
+cpu_weight = 0.0
+background_file = "load-a1"
+
+[http_demo]
+listen = "0.0.0.0:80"
+"#;
+
+#[test]
+fn a_host_file_validates_and_errors_name_the_field() {
+    let c = host(HOST).unwrap();
+    assert_eq!(c.subnets.len(), 1);
+    assert_eq!(c.load.capacity, 10);
+    assert_eq!(
+        c.load.background_file,
+        Some(PathBuf::from("/etc/pronto/load-a1"))
+    );
+    let demo = c.http_demo.unwrap();
+    assert_eq!(demo.body, "a1.site-a.lab");
+    let e = err_text(host(&HOST.replace("192.200.0.0/24", "192.200.0.0/40")));
+    assert!(e.contains("subnets[0]"), "{e}");
+    let e = err_text(host(&HOST.replace("capacity = 10", "capacity = 0")));
+    assert!(e.contains("load.capacity"), "{e}");
+    let e = err_text(host(&HOST.replace("name = \"site-a.lab\"", "name = \"-\"")));
+    assert!(e.contains("site.name"), "{e}");
+    let e = err_text(host(&HOST.replace("[load]", "[load]\ncpu = 1")));
+    assert!(e.contains("unknown field"), "{e}");
+}
+
+#[test]
+fn host_recovery_validates_and_errors_name_the_field() {
+    assert!(host(HOST).unwrap().recovery.is_none());
+    let ok = format!(
+        "{HOST}\n[recovery]\nadvert_keys = \"advert.keys\"\nkey_id = 7\nstall_after_ms = 500\n\
+         server_addresses = [\"10.1.2.2\", \"2001:db8::2\"]\n"
+    );
+    let r = host(&ok).unwrap().recovery.unwrap();
+    assert_eq!(r.advert_keys, PathBuf::from("/etc/pronto/advert.keys"));
+    assert_eq!(r.key_id, 7);
+    assert_eq!(r.progress.stall_after, Duration::from_millis(500));
+    assert_eq!(r.progress.readvertise_after, Duration::from_secs(1));
+    assert_eq!(r.scan_interval, Duration::from_millis(200));
+    assert_eq!(r.server_addresses.len(), 2);
+    let off = format!("{HOST}\n[recovery]\nenabled = false\n");
+    assert!(host(&off).unwrap().recovery.is_none());
+    let e = err_text(host(&format!("{HOST}\n[recovery]\nkey_id = 1\n")));
+    assert!(e.contains("recovery.advert_keys"), "{e}");
+    let e = err_text(host(&ok.replace("key_id = 7\n", "")));
+    assert!(e.contains("recovery.key_id"), "{e}");
+    let e = err_text(host(
+        &ok.replace("stall_after_ms = 500", "stall_after_ms = 0"),
+    ));
+    assert!(e.contains("recovery.stall_after_ms"), "{e}");
+    let e = err_text(host(&ok.replace("2001:db8::2", "10.1.2.3")));
+    assert!(e.contains("recovery.server_addresses"), "{e}");
+    let e = err_text(host(&ok.replace("10.1.2.2", "0.0.0.0")));
+    assert!(e.contains("recovery.server_addresses"), "{e}");
+    let e = err_text(host(&format!("{ok}max_adverts_per_sec = 0\n")));
+    assert!(e.contains("recovery.max_adverts_per_sec"), "{e}");
+}
+
+#[test]
+fn management_defaults_to_the_tls_files_and_refuses_bad_values() {
+    assert!(router(ROUTER).unwrap().management.is_none());
+    let ok = format!("{ROUTER}\n[management]\nlisten = \"127.0.0.1:7900\"\n");
+    let m = router(&ok).unwrap().management.unwrap();
+    assert_eq!(m.listen, "127.0.0.1:7900".parse().unwrap());
+    assert_eq!(m.key, PathBuf::from("/abs/peer.key"));
+    assert_eq!(m.trust_anchors, vec![PathBuf::from("/etc/pronto/ca.pem")]);
+    assert_eq!(m.max_connections, 64);
+    let own = format!("{ok}cert = \"mgmt.pem\"\ntrust_anchors = [\"ops-ca.pem\"]\n");
+    let m = router(&own).unwrap().management.unwrap();
+    assert_eq!(m.cert, PathBuf::from("/etc/pronto/mgmt.pem"));
+    assert_eq!(
+        m.trust_anchors,
+        vec![PathBuf::from("/etc/pronto/ops-ca.pem")]
+    );
+    let e = err_text(router(&format!("{ok}trust_anchors = []\n")));
+    assert!(e.contains("management.trust_anchors"), "{e}");
+    let e = err_text(router(&format!("{ok}max_connections = 0\n")));
+    assert!(e.contains("management.max_connections"), "{e}");
+    let e = err_text(router(&format!("{ok}port = 1\n")));
+    assert!(e.contains("port"), "{e}");
+}
