@@ -121,6 +121,9 @@ enum ModuleCommand {
         /// The module file.
         file: PathBuf,
     },
+    /// On a running router (`--router URL`): load, swap, rollback, remove.
+    #[command(flatten)]
+    Remote(crate::cli_query::RemoteOp),
 }
 
 /// Run `pronto ca ...`.
@@ -192,6 +195,7 @@ pub(crate) fn run_module(args: &ModuleArgs) -> Result<()> {
         } => sign_cmd(key, chain, manifest.as_deref(), input, output),
         ModuleCommand::Inspect { file } => inspect_cmd(file),
         ModuleCommand::Verify { trust, crls, file } => verify_cmd(trust, crls, file),
+        ModuleCommand::Remote(op) => crate::cli_query::run_remote_module(op),
     }
 }
 

@@ -1,11 +1,10 @@
 //! `pronto query ...` and `pronto module load|swap|rollback|remove --router URL`:
-//! the client of a router's management API (src/mgmt.rs, qre's schema).
+//! the client of a router's management API (src/mgmt/, qre's schema).
 //!
 //! Output is a human table by default and the API's JSON with `--json`. Errors
 //! say what failed and what to do: a refused TLS handshake, a certificate that
 //! does not match, an API error's message and hint.
 
-use std::ffi::OsString;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Subcommand};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -107,7 +106,7 @@ enum QueryCommand {
 
 /// Connection options and `--json`.
 #[derive(Debug, Args)]
-struct Plain {
+pub(crate) struct Plain {
     #[command(flatten)]
     conn: Conn,
     /// Print the API's JSON instead of a table.
@@ -115,19 +114,10 @@ struct Plain {
     json: bool,
 }
 
-/// `pronto module load|swap|rollback|remove --router URL ...`.
-#[derive(Debug, Parser)]
-#[command(
-    name = "pronto module",
-    about = "Module operations on a running router"
-)]
-struct RemoteModuleCli {
-    #[command(subcommand)]
-    op: RemoteOp,
-}
-
+/// `pronto module load|swap|rollback|remove --router URL ...`: module
+/// operations on a running router, mounted in `pronto module`'s tree.
 #[derive(Debug, Subcommand)]
-enum RemoteOp {
+pub(crate) enum RemoteOp {
     /// Install a signed module whose name is not installed yet.
     Load {
         #[command(flatten)]
@@ -159,25 +149,9 @@ enum RemoteOp {
     },
 }
 
-/// Module subcommands that talk to a router (the rest are local file tools in
-/// src/cli_module.rs).
-pub(crate) const REMOTE_MODULE_OPS: [&str; 4] = ["load", "swap", "rollback", "remove"];
-
-/// Whether `args` (the whole argv) is `pronto module load|swap|rollback|remove`.
-pub(crate) fn is_remote_module_op(args: &[OsString]) -> bool {
-    args.get(1).is_some_and(|a| a == "module")
-        && args
-            .get(2)
-            .and_then(|a| a.to_str())
-            .is_some_and(|a| REMOTE_MODULE_OPS.contains(&a))
-}
-
-/// Run `pronto module load|swap|rollback|remove ...` from the whole argv.
-pub(crate) fn run_remote_module(args: &[OsString]) -> Result<()> {
-    let mut argv = vec![OsString::from("pronto module")];
-    argv.extend(args.iter().skip(2).cloned());
-    let cli = RemoteModuleCli::parse_from(argv);
-    let (common, method, path, body, what) = match &cli.op {
+/// Run `pronto module load|swap|rollback|remove ...`.
+pub(crate) fn run_remote_module(op: &RemoteOp) -> Result<()> {
+    let (common, method, path, body, what) = match op {
         RemoteOp::Load { common, file } => (
             common,
             "POST",
@@ -878,15 +852,5 @@ mod tests {
                 .contains("port")
         );
         assert!(parse_url("https://sys.lab:7900/v1").is_err());
-    }
-
-    #[test]
-    fn remote_module_ops_are_recognised_and_local_ones_are_not() {
-        let argv = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
-        assert!(is_remote_module_op(&argv(&[
-            "pronto", "module", "swap", "--router", "x"
-        ])));
-        assert!(!is_remote_module_op(&argv(&["pronto", "module", "sign"])));
-        assert!(!is_remote_module_op(&argv(&["pronto", "query", "swap"])));
     }
 }

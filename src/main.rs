@@ -51,12 +51,6 @@ fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    // `pronto module load|swap|rollback|remove` talk to a router; the other
-    // module subcommands are local file tools with their own parser.
-    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if cli_query::is_remote_module_op(&argv) {
-        return cli_query::run_remote_module(&argv);
-    }
     let cli = Cli::parse();
     match cli.command {
         Command::Demo(args) => demo::run(&args),
@@ -66,5 +60,49 @@ fn main() -> Result<()> {
         Command::Router(args) => router::run(&args),
         Command::Host(args) => host::run(&args),
         Command::Lab(args) => lab::run(&args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn one_clap_tree_whose_module_help_lists_the_router_operations() {
+        Cli::command().debug_assert();
+        let mut cli = Cli::command();
+        let module = cli
+            .find_subcommand_mut("module")
+            .expect("pronto module exists");
+        let help = module.render_help().to_string();
+        for op in [
+            "sign", "inspect", "verify", "load", "swap", "rollback", "remove",
+        ] {
+            assert!(
+                module.find_subcommand(op).is_some(),
+                "pronto module {op} is missing:\n{help}"
+            );
+            assert!(help.contains(op), "{help}");
+        }
+        // Router operations take the connection flags they always took.
+        let swap = Cli::try_parse_from([
+            "pronto",
+            "module",
+            "swap",
+            "--router",
+            "https://sys.lab:7900",
+            "--ca",
+            "ca.pem",
+            "--cert",
+            "c.pem",
+            "--key",
+            "k.pem",
+            "--json",
+            "m.wasm",
+        ]);
+        assert!(swap.is_ok(), "{swap:?}");
+        let missing = Cli::try_parse_from(["pronto", "module", "rollback", "least_load"]);
+        assert!(missing.is_err(), "--router and --ca are required");
     }
 }

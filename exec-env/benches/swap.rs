@@ -309,7 +309,7 @@ fn swap(c: &mut Criterion) {
                 patch += 1;
                 let prepared = env.prepare(versioned(&verified, patch)).unwrap();
                 let start = Instant::now();
-                let report = env.swap(prepared);
+                let report = env.publish(prepared);
                 total += start.elapsed();
                 black_box(report.unwrap());
             }
@@ -326,7 +326,7 @@ fn swap(c: &mut Criterion) {
                 let prepared = env.prepare(versioned(&verified, patch)).unwrap();
                 env.remove(NAME).unwrap();
                 let start = Instant::now();
-                let report = env.swap(prepared);
+                let report = env.publish(prepared);
                 total += start.elapsed();
                 black_box(report.unwrap());
             }

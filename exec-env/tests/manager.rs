@@ -118,8 +118,8 @@ fn hot_swap_under_concurrent_selects_loses_no_call() {
         })
     };
     for (k, prepared) in (1..=u64::from(SWAPS)).zip(prepared) {
-        let report = env.swap(prepared).unwrap();
-        assert_eq!(report.active.patch, k);
+        let report = env.publish(prepared).unwrap();
+        assert_eq!(report.active.version.patch, k);
         published.store(k, Ordering::Release);
         // Counted after publishing: of two calls completed from here, the second
         // began after the swap, so it was served by version k (calls are
@@ -246,8 +246,8 @@ fn rollback_restores_the_previous_version() {
         Ok(Decision::Select(1))
     );
     let report = env.rollback("ab").unwrap();
-    assert_eq!(report.active.major, 1);
-    assert_eq!(report.replaced.unwrap().major, 2);
+    assert_eq!(report.active.version.major, 1);
+    assert_eq!(report.replaced.version.major, 2);
     assert_eq!(
         policy.select(&request(1), &candidates(3)),
         Ok(Decision::Select(0))
@@ -520,9 +520,19 @@ fn cost_model_handles_fall_back_to_the_builtin_or_refuse() {
     assert_eq!((counters.bad_results, counters.builtin_answers), (1, 1));
 
     let strict = operator(|c| c.failure_policy = FailurePolicy::RefuseNewFlows);
-    strict.install_verified(shipped(least_load::NAME)).unwrap();
-    let model = strict.cost_model(least_load::NAME, any_subnet()).unwrap();
-    // least_load has no F: "unreachable" rather than a guess.
+    strict
+        .install_verified(shipped(slr_policy_wasm::weighted_cost::NAME))
+        .unwrap();
+    let model = strict
+        .cost_model(slr_policy_wasm::weighted_cost::NAME, any_subnet())
+        .unwrap();
+    // A least_load binary swapped in under the name: binding checks the role,
+    // but a later version may still lack F, and then "unreachable" rather than
+    // a guess.
+    let mut no_f = shipped(least_load::NAME);
+    no_f.manifest.name = slr_policy_wasm::weighted_cost::NAME.to_owned();
+    no_f.manifest.version = semver::Version::new(9, 0, 0);
+    strict.swap_verified(no_f).unwrap();
     assert_eq!(model.cost(0.1, 0.1), Ok(f64::INFINITY));
 }
 

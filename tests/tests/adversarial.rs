@@ -21,8 +21,8 @@ use std::time::{Duration, SystemTime};
 
 use exec_env::ca::{CertificateAuthority, KeyAlgorithm, SignerRequest, Validity};
 use exec_env::manager::{
-    Environment, EnvironmentConfig, ManagerError, ModuleCounters, ModuleInfo, ModulePolicy,
-    ScopeError, SwapReport, VersionState,
+    Environment, EnvironmentConfig, InstallReport, ManagerError, ModuleCounters, ModuleInfo,
+    ModulePolicy, ScopeError, VersionState,
 };
 use exec_env::trust::{VerifyError, VerifyFailure};
 use exec_env::vm::{VmConfig, VmError};
@@ -105,7 +105,7 @@ impl Lab {
     }
 
     /// Signs `wasm` with `manifest` by the trusted signer and installs it.
-    fn install(&self, manifest: &str, wasm: &[u8]) -> Result<SwapReport, ManagerError> {
+    fn install(&self, manifest: &str, wasm: &[u8]) -> Result<InstallReport, ManagerError> {
         self.env.install(&self.ca.sign(manifest, wasm))
     }
 

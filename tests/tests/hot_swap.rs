@@ -30,7 +30,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use exec_env::manager::{Environment, EnvironmentConfig, ModulePolicy, SwapReport};
+use exec_env::manager::{Environment, EnvironmentConfig, InstallReport, ModulePolicy};
 use exec_env::trust;
 use lab::{
     BUILTIN_CHOICE, Ca, LEAST_LOAD_CHOICE, Router, always, candidates, client, configured,
@@ -198,7 +198,7 @@ fn swap_all(
     env: Environment,
     files: &[Vec<u8>],
     shared: &Shared,
-) -> Result<(Environment, Vec<SwapReport>), String> {
+) -> Result<(Environment, Vec<InstallReport>), String> {
     let mut reports = Vec::new();
     for (k, bytes) in (1..).zip(files) {
         confirmed(shared, k - 1)?;
@@ -209,7 +209,9 @@ fn swap_all(
             .prepare(verified)
             .map_err(|e| format!("prepare {k}: {e}"))?;
         shared.swapping.store(k, Ordering::SeqCst);
-        let report = env.swap(prepared).map_err(|e| format!("swap {k}: {e}"))?;
+        let report = env
+            .publish(prepared)
+            .map_err(|e| format!("swap {k}: {e}"))?;
         shared.published.store(k, Ordering::SeqCst);
         reports.push(report);
     }
@@ -284,8 +286,8 @@ fn a_policy_swapped_100_times_under_traffic_loses_and_misplaces_nothing() {
     // Every swap published the next version, replacing the one before.
     assert_eq!(reports.len() as u64, SWAPS);
     for (k, report) in (1..).zip(&reports) {
-        assert_eq!(report.active.patch, k);
-        assert_eq!(report.replaced.as_ref().unwrap().patch, k - 1);
+        assert_eq!(report.active.version.patch, k);
+        assert_eq!(report.replaced.as_ref().unwrap().version.patch, k - 1);
     }
     assert_eq!(policy.active_version().unwrap().patch, SWAPS);
 

@@ -1,0 +1,193 @@
+//! Bindings: which module governs which subnet prefix in which role, and the
+//! handles the engine calls.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use router_core::classify::VirtualSubnet;
+
+use super::report::{BindReport, Binding, VersionSummary};
+use super::{Environment, ManagerError, ModuleCostModel, ModulePolicy, Scope, ScopeError, Slot};
+
+/// What a bound module does for its subnet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Role {
+    /// Selects the next hop of each new flow (`pronto_select`).
+    Policy,
+    /// The cost F and aggregate G of the next-hop table (`pronto_cost`,
+    /// `pronto_aggregate`).
+    Cost,
+}
+
+impl Role {
+    /// `policy` or `cost`, as configuration and the CLI spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Policy => "policy",
+            Self::Cost => "cost",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A role name that is neither `policy` nor `cost`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role {0:?} (expected policy or cost)")]
+pub struct UnknownRole(pub String);
+
+impl FromStr for Role {
+    type Err = UnknownRole;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "policy" => Ok(Self::Policy),
+            "cost" => Ok(Self::Cost),
+            _ => Err(UnknownRole(s.to_owned())),
+        }
+    }
+}
+
+/// The engine's handle for a binding: it always calls the module's active
+/// version, so the engine keeps it across swaps.
+#[derive(Debug, Clone)]
+pub enum BoundHandle {
+    /// For [`Role::Policy`].
+    Policy(Arc<ModulePolicy>),
+    /// For [`Role::Cost`].
+    Cost(Arc<ModuleCostModel>),
+}
+
+impl Environment {
+    /// Binds module `name` to govern `subnet` in `role`, replacing whichever
+    /// module held that subnet and role, and returns the handle for the engine.
+    /// Refuses an unknown name ([`ManagerError::UnknownModule`]), a subnet
+    /// outside the environment or the module's manifest
+    /// ([`ManagerError::Scope`]), and a module whose active version exports no
+    /// entry point for the role ([`ManagerError::WrongRole`]).
+    pub fn bind(
+        &self,
+        name: &str,
+        subnet: VirtualSubnet,
+        role: Role,
+    ) -> Result<BindReport, ManagerError> {
+        let (slot, version) = self.bindable(name, subnet, role)?;
+        let replaced = self
+            .binding_table()
+            .insert((subnet, role), name.to_owned())
+            .filter(|old| old != name);
+        let env = Arc::clone(&self.inner);
+        let handle = match role {
+            Role::Policy => BoundHandle::Policy(Arc::new(ModulePolicy::new(env, slot, subnet))),
+            Role::Cost => BoundHandle::Cost(Arc::new(ModuleCostModel::new(env, slot, subnet))),
+        };
+        tracing::info!(env = %self.name(), module = %name, %subnet, %role,
+            replaced = ?replaced, "module bound");
+        Ok(BindReport {
+            environment: self.name().to_owned(),
+            binding: Binding {
+                subnet,
+                role,
+                module: name.to_owned(),
+            },
+            version,
+            replaced,
+            handle,
+        })
+    }
+
+    /// [`Environment::bind`] in the policy role, answering the handle only.
+    pub fn policy(
+        &self,
+        name: &str,
+        subnet: VirtualSubnet,
+    ) -> Result<Arc<ModulePolicy>, ManagerError> {
+        match self.bind(name, subnet, Role::Policy)?.handle {
+            BoundHandle::Policy(p) => Ok(p),
+            BoundHandle::Cost(_) => Err(ManagerError::WrongRole {
+                name: name.to_owned(),
+                role: Role::Policy,
+            }),
+        }
+    }
+
+    /// [`Environment::bind`] in the cost (F, G) role, answering the handle only.
+    pub fn cost_model(
+        &self,
+        name: &str,
+        subnet: VirtualSubnet,
+    ) -> Result<Arc<ModuleCostModel>, ManagerError> {
+        match self.bind(name, subnet, Role::Cost)?.handle {
+            BoundHandle::Cost(c) => Ok(c),
+            BoundHandle::Policy(_) => Err(ManagerError::WrongRole {
+                name: name.to_owned(),
+                role: Role::Cost,
+            }),
+        }
+    }
+
+    /// Every binding, by subnet then role.
+    pub fn bindings(&self) -> Vec<Binding> {
+        self.binding_table()
+            .iter()
+            .map(|(&(subnet, role), module)| Binding {
+                subnet,
+                role,
+                module: module.clone(),
+            })
+            .collect()
+    }
+
+    /// The bindings to module `name`.
+    pub(super) fn bindings_of(&self, name: &str) -> Vec<Binding> {
+        self.bindings()
+            .into_iter()
+            .filter(|b| b.module == name)
+            .collect()
+    }
+
+    /// The slot of `name` if its active version may serve `subnet` in `role`.
+    fn bindable(
+        &self,
+        name: &str,
+        subnet: VirtualSubnet,
+        role: Role,
+    ) -> Result<(Arc<Slot>, VersionSummary), ManagerError> {
+        let unknown = || ManagerError::UnknownModule {
+            name: name.to_owned(),
+        };
+        let slot = self.modules().get(name).cloned().ok_or_else(unknown)?;
+        let versions = slot.versions.load_full().ok_or_else(unknown)?;
+        if let Scope::Tenant { allowed } = &self.inner.config.scope
+            && !allowed.iter().any(|a| a.covers(&subnet))
+        {
+            return Err(ScopeError::OutsideEnvironment { subnet }.into());
+        }
+        let active = &versions.active;
+        if !active.governs.covers(&subnet) {
+            return Err(ScopeError::NotGoverned {
+                module: name.to_owned(),
+                subnet,
+            }
+            .into());
+        }
+        let entry = active.instance.module().entry_points();
+        let serves = match role {
+            Role::Policy => entry.select,
+            Role::Cost => entry.cost && entry.aggregate,
+        };
+        if !serves {
+            return Err(ManagerError::WrongRole {
+                name: name.to_owned(),
+                role,
+            });
+        }
+        Ok((slot, VersionSummary::of(active)))
+    }
+}

@@ -1,0 +1,150 @@
+//! The router's management API (`[management]`): qre's queries and module
+//! operations over HTTP/1.1 on mutual TLS 1.3, and the Prometheus endpoint.
+//!
+//! Threads: the server runs on its own thread (`pronto-mgmt`) with a small tokio
+//! runtime, so a slow or hostile client never touches the signalling runtime or
+//! the control loop. Each request is answered on a blocking worker: engine state
+//! comes from one [`DataplaneHandle::call`] (flows are scanned between two packet
+//! batches), control state (table, peers, control counters) from one
+//! [`ControlRequest`] answered by the control loop, module operations from the
+//! operator [`Environment`] (verify the signature, compile, then swap atomically;
+//! all off the packet path).
+//!
+//! Bounds: client certificates chaining to `management.trust_anchors` are
+//! required by the TLS handshake (a client without one is refused there);
+//! `max_connections` served at once; one request per connection; handshake and
+//! request each within `request_timeout`; bodies at most [`qre::api::MAX_BODY`].
+//!
+//! Files by job: `server` (TLS and HTTP), `query` (qre's answers: summary,
+//! flows, table, peers, modules, queues), `modules` (module operations, which
+//! the operator environment decides and reports), `metrics` (the Prometheus
+//! adapter), `hooks` (latency histograms) and `state` (everything read through
+//! the data path handle or asked of the control loop).
+
+mod hooks;
+mod metrics;
+mod modules;
+mod query;
+mod server;
+mod state;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use exec_env::manager::Environment;
+use router_core::VirtualSubnet;
+use router_core::linux::DataplaneHandle;
+use router_core::policy::CostModel;
+
+use crate::config;
+
+pub(crate) use hooks::Hooks;
+pub(crate) use server::spawn;
+pub(crate) use state::{ControlLink, ControlRequest, SessionInfo, control_view};
+
+/// Counters of the management server itself.
+#[derive(Debug, Default)]
+struct ServerStats {
+    connections: AtomicU64,
+    unauthenticated: AtomicU64,
+    untrusted: AtomicU64,
+    handshake_failures: AtomicU64,
+    timeouts: AtomicU64,
+    requests_ok: AtomicU64,
+    requests_client_error: AtomicU64,
+    requests_server_error: AtomicU64,
+    module_ops: AtomicU64,
+    module_ops_refused: AtomicU64,
+}
+
+/// Everything the management API reads and changes.
+pub(crate) struct MgmtState {
+    /// Node name.
+    pub(crate) name: String,
+    /// Level name.
+    pub(crate) level: &'static str,
+    /// Daemon start.
+    pub(crate) started: std::time::Instant,
+    /// The data path.
+    pub(crate) dataplane: DataplaneHandle,
+    /// The control loop.
+    pub(crate) control: ControlLink,
+    /// The operator environment, when `[modules]` is configured.
+    pub(crate) env: Option<Arc<Environment>>,
+    /// What the configuration binds modules to: (module, binding).
+    pub(crate) bindings: Vec<(String, String)>,
+    /// F and G (for the costs in the table answer).
+    pub(crate) cost: Arc<dyn CostModel>,
+    /// `[shaping]` as configured at start.
+    pub(crate) shaping: Option<config::Shaping>,
+    /// Statically configured subnets.
+    pub(crate) static_subnets: Vec<VirtualSubnet>,
+    /// Latency histograms.
+    pub(crate) hooks: Arc<Hooks>,
+    /// Module operations one at a time, so their log lines and counters follow
+    /// the order the environment applied them in.
+    ops: Mutex<()>,
+    stats: ServerStats,
+}
+
+impl std::fmt::Debug for MgmtState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MgmtState")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// Pieces of [`MgmtState`] the daemon supplies.
+pub(crate) struct MgmtParts {
+    /// Node name.
+    pub(crate) name: String,
+    /// Level name.
+    pub(crate) level: &'static str,
+    /// The data path.
+    pub(crate) dataplane: DataplaneHandle,
+    /// The control loop.
+    pub(crate) control: ControlLink,
+    /// The operator environment.
+    pub(crate) env: Option<Arc<Environment>>,
+    /// `[modules]`, for the bindings.
+    pub(crate) modules: Option<config::ModulesConfig>,
+    /// F and G.
+    pub(crate) cost: Arc<dyn CostModel>,
+    /// `[shaping]`.
+    pub(crate) shaping: Option<config::Shaping>,
+    /// Static subnets.
+    pub(crate) static_subnets: Vec<VirtualSubnet>,
+    /// Latency histograms.
+    pub(crate) hooks: Arc<Hooks>,
+}
+
+impl MgmtState {
+    /// The state over a running router.
+    pub(crate) fn new(p: MgmtParts) -> Self {
+        let mut bindings = Vec::new();
+        if let Some(m) = &p.modules {
+            if let Some(n) = &m.policy {
+                bindings.push((n.clone(), format!("policy {}", m.subnet)));
+            }
+            if let Some(n) = &m.cost {
+                bindings.push((n.clone(), "cost (F, G)".to_owned()));
+            }
+        }
+        Self {
+            name: p.name,
+            level: p.level,
+            started: std::time::Instant::now(),
+            dataplane: p.dataplane,
+            control: p.control,
+            env: p.env,
+            bindings,
+            cost: p.cost,
+            shaping: p.shaping,
+            static_subnets: p.static_subnets,
+            hooks: p.hooks,
+            ops: Mutex::new(()),
+            stats: ServerStats::default(),
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! The HTTPS server: mutual TLS 1.3 (client certificates chaining to
+//! `management.trust_anchors`), HTTP/1.1 with one request per connection, the
+//! connection and time bounds, and the hand-off of each request to qre's
+//! router (`qre::api::handle`) on a blocking worker.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tracing::{debug, info, warn};
+
+use super::MgmtState;
+use crate::config;
+
+/// A running management server; stops when dropped.
+#[derive(Debug)]
+pub(crate) struct MgmtServer {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for MgmtServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            warn!("management server thread panicked");
+        }
+    }
+}
+
+fn read_pem(field: &str, p: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(p).with_context(|| format!("{field}: cannot read {}", p.display()))
+}
+
+/// The server's TLS configuration: TLS 1.3, ring, client certificates required
+/// and verified against the trust anchors.
+fn server_tls(cfg: &config::Management) -> Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, p) in cfg.trust_anchors.iter().enumerate() {
+        let field = format!("management.trust_anchors[{i}]");
+        let bytes = read_pem(&field, p)?;
+        let mut n = 0;
+        for c in CertificateDer::pem_slice_iter(&bytes) {
+            let c = c.with_context(|| format!("{field}: bad PEM in {}", p.display()))?;
+            roots
+                .add(c)
+                .with_context(|| format!("{field}: {} is not a usable CA", p.display()))?;
+            n += 1;
+        }
+        if n == 0 {
+            anyhow::bail!("{field}: no certificate in {}", p.display());
+        }
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .context("management: client certificate verifier")?;
+    let bytes = read_pem("management.cert", &cfg.cert)?;
+    let chain = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("management.cert: bad PEM in {}", cfg.cert.display()))?;
+    let bytes = read_pem("management.key", &cfg.key)?;
+    let key = PrivateKeyDer::from_pem_slice(&bytes)
+        .with_context(|| format!("management.key: no private key in {}", cfg.key.display()))?;
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("management: TLS 1.3")?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .context("management.cert / management.key do not form a usable identity")
+}
+
+/// Start serving `state` on `cfg.listen` from a thread of its own. Errors
+/// (bind, certificates) are returned before anything runs.
+pub(crate) fn spawn(cfg: &config::Management, state: Arc<MgmtState>) -> Result<MgmtServer> {
+    let tls = Arc::new(server_tls(cfg)?);
+    let listener = std::net::TcpListener::bind(cfg.listen)
+        .with_context(|| format!("management.listen = {}: cannot listen", cfg.listen))?;
+    listener
+        .set_nonblocking(true)
+        .context("management: nonblocking listener")?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let limit = cfg.max_connections;
+    let timeout = cfg.request_timeout;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(4)
+        .thread_name("pronto-mgmt")
+        .enable_all()
+        .build()
+        .context("management: starting its runtime")?;
+    let addr = cfg.listen;
+    let thread = std::thread::Builder::new()
+        .name("pronto-mgmt".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        warn!(error = %e, "management listener unusable");
+                        return;
+                    }
+                };
+                tokio::select! {
+                    () = serve(listener, tls, state, limit, timeout) => {}
+                    _ = stop_rx => {}
+                }
+            });
+            rt.shutdown_timeout(Duration::from_secs(1));
+        })
+        .context("spawning the management thread")?;
+    info!(%addr, "management API listening (mutual TLS)");
+    Ok(MgmtServer {
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    })
+}
+
+async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: Arc<MgmtState>,
+    limit: usize,
+    timeout: Duration,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limit));
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        // Wait for a free slot before accepting: excess clients queue in the
+        // kernel's backlog instead of costing memory here.
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "management accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        state.stats.connections.fetch_add(1, Ordering::Relaxed);
+        let acceptor = acceptor.clone();
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let served =
+                tokio::time::timeout(timeout, connection(tcp, peer, acceptor, &state)).await;
+            if served.is_err() {
+                state.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                debug!(%peer, "management connection timed out");
+            }
+        });
+    }
+}
+
+async fn connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    state: &Arc<MgmtState>,
+) {
+    let tls = match acceptor.accept(tcp).await {
+        Ok(s) => s,
+        Err(e) => {
+            let kind = e
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<rustls::Error>())
+                .cloned();
+            let s = &state.stats;
+            match kind {
+                Some(rustls::Error::NoCertificatesPresented) => {
+                    s.unauthenticated.fetch_add(1, Ordering::Relaxed);
+                    warn!(%peer, "management client refused: no client certificate");
+                }
+                Some(rustls::Error::InvalidCertificate(reason)) => {
+                    s.untrusted.fetch_add(1, Ordering::Relaxed);
+                    warn!(%peer, ?reason, "management client refused: untrusted certificate");
+                }
+                _ => {
+                    s.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    debug!(%peer, error = %e, "management TLS handshake failed");
+                }
+            }
+            return;
+        }
+    };
+    let st = Arc::clone(state);
+    let service = service_fn(move |req| {
+        let st = Arc::clone(&st);
+        async move { Ok::<_, std::convert::Infallible>(request(req, st, peer).await) }
+    });
+    let r = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(tls), service)
+        .await;
+    if let Err(e) = r {
+        debug!(%peer, error = %e, "management connection ended with an error");
+    }
+}
+
+async fn request(
+    req: hyper::Request<Incoming>,
+    state: Arc<MgmtState>,
+    peer: SocketAddr,
+) -> hyper::Response<Full<Bytes>> {
+    let method = qre::Method::from_name(req.method().as_str());
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let body = match Limited::new(req.into_body(), qre::api::MAX_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            let too_big = e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            let r = if too_big {
+                qre::Response::error(
+                    413,
+                    "too_large",
+                    format!("request body exceeds {} bytes", qre::api::MAX_BODY),
+                    "module files must be at most 4 MiB",
+                )
+            } else {
+                qre::Response::error(
+                    400,
+                    "bad_request",
+                    format!("cannot read the body: {e}"),
+                    "retry",
+                )
+            };
+            return respond(&state, r, &path, peer);
+        }
+    };
+    let st = Arc::clone(&state);
+    let p = path.clone();
+    let answer = tokio::task::spawn_blocking(move || {
+        qre::api::handle(
+            &*st,
+            &qre::Request {
+                method,
+                path: &p,
+                query: &query,
+                body: &body,
+            },
+        )
+    })
+    .await
+    .unwrap_or_else(|e| {
+        qre::Response::error(
+            500,
+            "internal",
+            format!("request handler failed: {e}"),
+            "see the router's log",
+        )
+    });
+    respond(&state, answer, &path, peer)
+}
+
+fn respond(
+    state: &MgmtState,
+    r: qre::Response,
+    path: &str,
+    peer: SocketAddr,
+) -> hyper::Response<Full<Bytes>> {
+    let counter = match r.status {
+        200..=299 => &state.stats.requests_ok,
+        400..=499 => &state.stats.requests_client_error,
+        _ => &state.stats.requests_server_error,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    debug!(%peer, path, status = r.status, "management request");
+    let mut resp = hyper::Response::new(Full::new(Bytes::from(r.body)));
+    *resp.status_mut() =
+        hyper::StatusCode::from_u16(r.status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    if let Ok(v) = hyper::header::HeaderValue::from_str(r.content_type) {
+        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    resp
+}
