@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod cli_module;
 mod cli_query;
+mod cli_tables;
 mod config;
 mod demo;
 mod demo_hierarchy;
