@@ -22,29 +22,29 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use exec_env::format::MAX_MODULE_LEN;
-use exec_env::manager::{Environment, EnvironmentConfig};
-use exec_env::trust::TrustAnchors;
+use router_core::Instant;
 use router_core::linux::{Clock, Dataplane, DataplaneHandle, Netlink};
-use router_core::policy::{CostModel, FlowHash, LeastCost, Level, Policy, SumCost};
-use router_core::{Instant, VirtualSubnet};
+use router_core::policy::{CostModel, Level, SumCost};
 use serde::Serialize;
 use signaling::node::{DownstreamHop, Node, NodeConfig};
 use signaling::{
-    Connector, DownReason, FollowTable, Listener, LocalNode, Outgoing, PeerEvent, Role, Session,
-    SessionId, TransportConfig,
+    Connector, DownReason, Listener, LocalNode, Outgoing, PeerEvent, Role, Session, SessionId,
+    TransportConfig,
 };
-use std::io::Read;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+mod modules;
 pub(crate) mod shell;
 mod snapshot;
+
+pub(crate) use modules::policy_for;
+use modules::{LoadedModules, load_modules};
 
 use shell::{RouteKeeper, RouterShell, ShellInput, Takeover, TlsCounters};
 use snapshot::StatsSink;
 
-use crate::config::{self, PolicyName, RouterConfig, Upstream};
+use crate::config::{self, RouterConfig, Upstream};
 
 /// Capacity of the control loop's input channel.
 const CONTROL_QUEUE: usize = 4096;
@@ -104,87 +104,6 @@ pub(crate) fn level_name(l: Level) -> &'static str {
         Level::System => "system",
         Level::Site => "site",
     }
-}
-
-/// The policy object for a configured name.
-pub(crate) fn policy_for(name: PolicyName) -> Arc<dyn Policy> {
-    match name {
-        PolicyName::LeastCost => Arc::new(LeastCost),
-        PolicyName::FollowTable => Arc::new(FollowTable),
-        PolicyName::FlowHash => Arc::new(FlowHash),
-    }
-}
-
-/// The operator environment and the handles the configuration asked for.
-struct LoadedModules {
-    env: Arc<Environment>,
-    subnet: VirtualSubnet,
-    policy: Option<Arc<dyn Policy>>,
-    cost: Option<Arc<dyn CostModel>>,
-}
-
-/// Verify and install the configured module files in an operator environment
-/// (signature and chain checked before anything is compiled), and bind the
-/// policy and cost handles to the configured subnet.
-fn load_modules(m: &config::ModulesConfig) -> Result<LoadedModules> {
-    let mut anchors = TrustAnchors::empty();
-    for (i, p) in m.trust_anchors.iter().enumerate() {
-        let pem = std::fs::read(p)
-            .with_context(|| format!("modules.trust_anchors[{i}]: cannot read {}", p.display()))?;
-        anchors
-            .add_pem(&pem)
-            .with_context(|| format!("modules.trust_anchors[{i}]: {}", p.display()))?;
-    }
-    let env = Environment::new(EnvironmentConfig::operator("operator"), anchors)
-        .context("[modules]: creating the operator environment")?;
-    for (i, p) in m.files.iter().enumerate() {
-        let bytes = read_module_file(p)
-            .with_context(|| format!("modules.files[{i}]: cannot read {}", p.display()))?;
-        let report = env.install(&bytes).with_context(|| {
-            format!(
-                "modules.files[{i}]: {} refused (is it signed by a CA in modules.trust_anchors?)",
-                p.display()
-            )
-        })?;
-        info!(module = %report.name, version = %report.active, file = %p.display(), "module installed");
-    }
-    let policy = match &m.policy {
-        Some(n) => Some(env.policy(n, m.subnet).with_context(|| {
-            format!(
-                "modules.policy = {n:?}: no policy module of that name governs {}",
-                m.subnet
-            )
-        })? as Arc<dyn Policy>),
-        None => None,
-    };
-    let cost = match &m.cost {
-        Some(n) => Some(env.cost_model(n, m.subnet).with_context(|| {
-            format!(
-                "modules.cost = {n:?}: no cost module of that name governs {}",
-                m.subnet
-            )
-        })? as Arc<dyn CostModel>),
-        None => None,
-    };
-    Ok(LoadedModules {
-        env: Arc::new(env),
-        subnet: m.subnet,
-        policy,
-        cost,
-    })
-}
-
-fn read_module_file(p: &Path) -> std::io::Result<Vec<u8>> {
-    let f = std::fs::File::open(p)?;
-    let mut bytes = Vec::new();
-    f.take(MAX_MODULE_LEN as u64 + 1).read_to_end(&mut bytes)?;
-    if bytes.len() > MAX_MODULE_LEN {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("larger than {MAX_MODULE_LEN} bytes"),
-        ));
-    }
-    Ok(bytes)
 }
 
 // ----- inputs of the control loop -------------------------------------------------

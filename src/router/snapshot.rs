@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use exec_env::manager::Environment;
 use router_core::api::RouterApi;
-use router_core::engine::{DropReason, EngineCounters};
+use router_core::engine::{DropReason, Engine, EngineCounters};
 use router_core::linux::ShellStats;
 use router_core::{Instant, VirtualSubnet};
 use serde::Serialize;
@@ -15,6 +16,9 @@ use signaling::node::Node;
 
 use super::shell::{RouterShell, ShellCounters};
 use super::{level_name, rss_kib, write_snapshot};
+
+/// Flows listed in the stats snapshot (enough for the lab's connections).
+const FLOW_SAMPLE: usize = 256;
 
 #[derive(Debug, Serialize)]
 struct CandidateSnapshot {
@@ -143,9 +147,9 @@ pub(crate) struct RouterSnapshot {
     control: ControlSnapshot,
     subnets: Vec<SubnetSnapshot>,
     /// Failure recovery counters (crate::recovery).
-    recovery: crate::recovery::RecoverySnapshot,
+    recovery: RecoverySnapshot,
     /// Up to 256 flows (key, next hop): tests check that a flow did not move.
-    flows: Vec<crate::recovery::FlowSnapshot>,
+    flows: Vec<FlowSnapshot>,
     modules: Vec<ModuleSnapshot>,
 }
 
@@ -253,8 +257,8 @@ pub(crate) fn router_snapshot(shell: &RouterShell, io: ShellStats, now: Instant)
         shell: io.into(),
         control: shell.control_snapshot(),
         subnets: subnet_rows(node),
-        recovery: crate::recovery::recovery_snapshot(shell),
-        flows: crate::recovery::flow_sample(e, now),
+        recovery: recovery_snapshot(shell),
+        flows: flow_sample(e, now),
         modules: Vec::new(),
     }
 }
@@ -298,4 +302,175 @@ impl StatsSink {
     pub(crate) fn post(&self, snap: RouterSnapshot) {
         let _ = self.jobs.try_send(snap);
     }
+}
+
+/// Recovery counters in the stats snapshot (`[control.recovery]`).
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct RecoverySnapshot {
+    punts_recover: u64,
+    punts_advert: u64,
+    punts_deliver: u64,
+    recover_forwarded: u64,
+    recover_sent_to_pin: u64,
+    inject_refused: u64,
+    adverts_verified: u64,
+    adverts_unknown_key: u64,
+    adverts_bad_mac: u64,
+    adverts_stale: u64,
+    adverts_future: u64,
+    adverts_replay: u64,
+    adverts_malformed: u64,
+    adverts_no_keys: u64,
+    adverts_not_found: u64,
+    adverts_installed: u64,
+    adverts_current: u64,
+    adverts_relayed: u64,
+    adverts_rejected: u64,
+    queries: u64,
+    whohas_sent: u64,
+    recover_coalesced: u64,
+    recover_rate_limited: u64,
+    recover_no_scope: u64,
+    queries_expired: u64,
+    answers_installed: u64,
+    answers_negative: u64,
+    answers_refused: u64,
+    answer_not_pending: u64,
+    answer_not_asked: u64,
+    answer_key_mismatch: u64,
+    answer_points_at_us: u64,
+    answer_already_pinned: u64,
+    whohas_answered: u64,
+    whohas_unknown: u64,
+    whohas_rate_limited: u64,
+    whohas_refused_session: u64,
+    neighbours: u64,
+    neighbours_refused: u64,
+    spares_registered: u64,
+    spares_refused: u64,
+    mirror_spare: bool,
+    mirror_deltas_sent: u64,
+    mirror_upserts_sent: u64,
+    mirror_resyncs: u64,
+    primary_registered: bool,
+    mirror_deltas_applied: u64,
+    mirror_upserts_applied: u64,
+    mirrored_flows: u64,
+    mirror_lag_ms: u64,
+    taken_over: bool,
+    takeover_silent_ms: u64,
+    takeover_addresses_ms: u64,
+    takeover_errors: u64,
+    key_reloads: u64,
+}
+
+/// The recovery counters of the router (node, control side, shell).
+pub(crate) fn recovery_snapshot(shell: &RouterShell) -> RecoverySnapshot {
+    let node = &shell.node;
+    let slr = node.control();
+    let st = slr.recovery_stats();
+    let rec = node.recovery();
+    let a = rec.auth_stats().unwrap_or_default();
+    let cc = node.counters().recovery;
+    let ec = node.engine().counters();
+    let sender = rec.sender_stats();
+    let receiver = rec.receiver_stats();
+    let takeover = node.takeover();
+    let done = shell
+        .takeover
+        .as_ref()
+        .map_or(0, |t| t.done.load(Ordering::Relaxed));
+    RecoverySnapshot {
+        punts_recover: ec.recover,
+        punts_advert: ec.adverts,
+        punts_deliver: ec.delivered,
+        recover_forwarded: cc.recover_forwarded,
+        recover_sent_to_pin: cc.recover_sent_to_pin,
+        inject_refused: 0,
+        adverts_verified: a.verified,
+        adverts_unknown_key: a.unknown_key,
+        adverts_bad_mac: a.bad_mac,
+        adverts_stale: a.stale,
+        adverts_future: a.future,
+        adverts_replay: a.replay,
+        adverts_malformed: cc.adverts_malformed,
+        adverts_no_keys: cc.adverts_no_keys,
+        adverts_not_found: 0,
+        adverts_installed: cc.adverts_installed,
+        adverts_current: cc.adverts_current,
+        adverts_relayed: cc.adverts_relayed,
+        adverts_rejected: cc.adverts_rejected,
+        queries: st.queries,
+        whohas_sent: st.whohas_sent,
+        recover_coalesced: st.recover_coalesced,
+        recover_rate_limited: st.recover_rate_limited,
+        recover_no_scope: st.recover_no_scope,
+        queries_expired: st.queries_expired,
+        answers_installed: st.answers_installed,
+        answers_negative: st.answers_negative,
+        answers_refused: st.answer_not_pending
+            + st.answer_not_asked
+            + st.answer_key_mismatch
+            + st.answer_points_at_us
+            + st.answer_bad_next_hop
+            + st.answer_already_pinned
+            + st.answer_engine_refused,
+        answer_not_pending: st.answer_not_pending,
+        answer_not_asked: st.answer_not_asked,
+        answer_key_mismatch: st.answer_key_mismatch,
+        answer_points_at_us: st.answer_points_at_us,
+        answer_already_pinned: st.answer_already_pinned,
+        whohas_answered: st.whohas_answered,
+        whohas_unknown: st.whohas_unknown,
+        whohas_rate_limited: st.whohas_rate_limited,
+        whohas_refused_session: st.whohas_refused_session,
+        neighbours: slr.neighbour_sessions().count() as u64,
+        neighbours_refused: st.neighbours_refused + node.counters().neighbours_refused,
+        spares_registered: st.spares_registered,
+        spares_refused: st.spares_refused,
+        mirror_spare: rec.mirroring(),
+        mirror_deltas_sent: sender.map_or(0, |s| s.deltas),
+        mirror_upserts_sent: sender.map_or(0, |s| s.upserts),
+        mirror_resyncs: sender.map_or(0, |s| s.resyncs),
+        primary_registered: rec.primary_registered(),
+        mirror_deltas_applied: receiver.map_or(0, |r| r.deltas),
+        mirror_upserts_applied: receiver.map_or(0, |r| r.upserts),
+        mirrored_flows: node.mirror_state().map_or(0, |(n, _)| n as u64),
+        mirror_lag_ms: node
+            .mirror_state()
+            .and_then(|(_, lag)| lag)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        taken_over: takeover.is_some(),
+        takeover_silent_ms: takeover.map_or(0, |t| {
+            u64::try_from(t.silent_for.as_millis()).unwrap_or(u64::MAX)
+        }),
+        takeover_addresses_ms: done & !(1 << 63),
+        takeover_errors: shell.counters.takeover_errors
+            + u64::from(done >> 63 == 1)
+            + cc.local_addr_refused,
+        key_reloads: cc.key_reloads,
+    }
+}
+
+/// One flow of the stats snapshot.
+#[derive(Debug, Serialize)]
+pub(crate) struct FlowSnapshot {
+    key: String,
+    next_hop: String,
+    state: String,
+    packets: u64,
+}
+
+/// Up to [`FLOW_SAMPLE`] flows of the engine (what tests check flows with).
+pub(crate) fn flow_sample(e: &Engine, now: Instant) -> Vec<FlowSnapshot> {
+    e.flows()
+        .export(now)
+        .take(FLOW_SAMPLE)
+        .map(|f| FlowSnapshot {
+            key: f.key.to_string(),
+            next_hop: f.next_hop.to_string(),
+            state: format!("{:?}", f.state),
+            packets: f.packets,
+        })
+        .collect()
 }
