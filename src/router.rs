@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use router_core::Instant;
-use router_core::linux::{Clock, Dataplane, DataplaneHandle, Netlink};
+use router_core::linux::{Dataplane, DataplaneHandle, Netlink};
 use router_core::policy::{CostModel, Level, SumCost};
 use serde::Serialize;
 use signaling::node::{DownstreamHop, Node, NodeConfig};
@@ -416,12 +416,10 @@ fn run_router(path: &Path) -> Result<()> {
         stats,
         io,
     );
-    let clock = Clock::new();
     let dp_thread = dp
         .with_node(shell)
         .spawn()
         .context("spawning the dataplane thread")?;
-    hooks.calibrate(&handle, &clock);
     let mgmt_server = match &cfg.management {
         Some(m) => {
             let tx = ctl_tx.clone();

@@ -2,10 +2,8 @@
 //! timed wrappers around module policies and cost models.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use qre::metrics::Histogram;
-use router_core::Instant;
 use router_core::linux::dataplane::DecisionObserver;
 use router_core::policy::{Candidate, CostModel, Decision, FlowRequest, Policy, PolicyError};
 
@@ -20,12 +18,6 @@ pub(crate) struct Hooks {
     pub(crate) module_cost: Histogram,
     /// Wall time of module aggregate calls (G).
     pub(crate) module_aggregate: Histogram,
-    /// New-flow notices: from the data path pinning the flow to the control
-    /// loop taking the notice (the queue a shortcut waits in).
-    pub(crate) new_flow_queue: Histogram,
-    /// Data path clock minus control clock (ns), measured at start, so notice
-    /// timestamps can be compared with the control loop's clock.
-    pub(super) clock_offset_ns: AtomicU64,
 }
 
 impl DecisionObserver for Hooks {
@@ -35,26 +27,6 @@ impl DecisionObserver for Hooks {
 }
 
 impl Hooks {
-    /// A new-flow notice pinned at `at` (data path clock) was taken at `now`
-    /// (control clock).
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the new-flow queue is gone: the node originates shortcuts on the dataplane thread; the histogram stays empty until removed"
-        )
-    )]
-    pub(crate) fn notice_taken(&self, at: Instant, now: Instant) {
-        let at_control = at
-            .as_nanos()
-            .wrapping_sub(self.clock_offset_ns.load(Ordering::Relaxed));
-        // A notice cannot be taken before it was made; clamp calibration error.
-        let delay = now
-            .as_nanos()
-            .saturating_sub(at_control.min(now.as_nanos()));
-        self.new_flow_queue.record_ns(delay);
-    }
-
     /// `policy`, with each call timed into [`Hooks::module_select`].
     pub(crate) fn timed_policy(self: &Arc<Self>, policy: Arc<dyn Policy>) -> Arc<dyn Policy> {
         Arc::new(TimedPolicy {
@@ -185,22 +157,5 @@ mod tests {
         assert_eq!(hooks.module_aggregate.snapshot().count, 1);
         hooks.new_flow_decision(1_500);
         assert_eq!(hooks.new_flow_decision.snapshot().count, 1);
-    }
-
-    #[test]
-    fn notice_delay_uses_the_calibrated_offset_and_never_goes_negative() {
-        let h = Hooks::default();
-        // Data path clock 5 ms ahead of the control clock.
-        h.clock_offset_ns.store(5_000_000, Ordering::Relaxed);
-        h.notice_taken(
-            Instant::from_nanos(15_000_000),
-            Instant::from_nanos(10_200_000),
-        );
-        let s = h.new_flow_queue.snapshot();
-        assert_eq!(s.count, 1);
-        assert!((s.sum - 200e-6).abs() < 1e-9, "{}", s.sum);
-        // A notice "from the future" (calibration error) counts as no delay.
-        h.notice_taken(Instant::from_nanos(99_000_000), Instant::from_nanos(1));
-        assert_eq!(h.new_flow_queue.snapshot().counts[0], 1);
     }
 }

@@ -133,12 +133,6 @@ impl MgmtState {
                 hist.snapshot(),
             );
         }
-        b.histogram(
-            "pronto_queue_delay_seconds",
-            "Queue delay of new-flow notices from the data path to the control loop (the queue a shortcut waits in; the Linux path has no userspace packet queue)",
-            &[("queue", "new_flow_notices")],
-            h.new_flow_queue.snapshot(),
-        );
     }
 }
 

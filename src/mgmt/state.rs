@@ -6,19 +6,17 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use qre::response::PeerRow;
 use qre::{ErrorKind, FlowCollector, FlowQuery, FlowSample, FlowsResponse, StateError};
 use router_core::api::RouterApi;
 use router_core::flow::FlowState;
-use router_core::linux::DataplaneHandle;
 use router_core::policy::Candidate;
 use router_core::{Instant, VirtualSubnet};
 use signaling::{SlrControl, SubnetPrefix};
 
-use super::{Hooks, MgmtState};
+use super::MgmtState;
 
 /// One signalling session, as the control loop describes it.
 #[derive(Debug, Clone)]
@@ -180,22 +178,6 @@ pub(crate) struct ControlRequest {
 /// How the management side reaches the control loop: queues a request, false
 /// when the queue is full or gone.
 pub(crate) type ControlLink = Box<dyn Fn(ControlRequest) -> bool + Send + Sync>;
-
-impl Hooks {
-    /// Measure the offset between the data path's clock and `control` (whose
-    /// epochs differ by the thread start): one dataplane round trip, so the
-    /// error is at most that round trip (microseconds).
-    pub(crate) fn calibrate(&self, handle: &DataplaneHandle, control: &router_core::linux::Clock) {
-        let before = control.now();
-        if let Ok(dp) = handle.call(|_, now| now) {
-            let after = control.now();
-            let mid = before.as_nanos() / 2 + after.as_nanos() / 2;
-            // Stored as a two's-complement difference.
-            self.clock_offset_ns
-                .store(dp.as_nanos().wrapping_sub(mid), Ordering::Relaxed);
-        }
-    }
-}
 
 fn state_name(s: FlowState) -> &'static str {
     match s {
