@@ -419,4 +419,39 @@ mod tests {
             Some(ids[&0x30])
         );
     }
+
+    #[test]
+    fn nested_trees_keep_their_shape_in_userspace() {
+        use crate::sched::SchedConfig;
+        let cfg = ShareTreeConfig::new(1_000_000_000)
+            .with_class(
+                ShareClassConfig::new(0x10, 1)
+                    .with_child(ShareClassConfig::new(0x11, 1))
+                    .with_child(ShareClassConfig::new(0x12, 3)),
+            )
+            .with_class(ShareClassConfig::new(0x20, 3))
+            .with_filter(subnet("10.1.0.0/16"), 0x12)
+            .with_default(0x11);
+        let spec = cfg.spec().unwrap();
+        let order: Vec<(u16, Option<u16>)> =
+            spec.classes().iter().map(|c| (c.id, c.parent)).collect();
+        assert_eq!(
+            order,
+            vec![
+                (0x10, None),
+                (0x11, Some(0x10)),
+                (0x12, Some(0x10)),
+                (0x20, None)
+            ]
+        );
+        let mut sched: LinkScheduler<u32> = LinkScheduler::new(SchedConfig::default());
+        let mut cls = SourceClassifier::new(16, [1, 2, 3, 4]);
+        let ids = cfg.install_userspace(&mut sched, &mut cls).unwrap();
+        assert_eq!(sched.parent(ids[&0x12]).unwrap(), Some(ids[&0x10]));
+        assert_eq!(sched.class_config(ids[&0x12]).unwrap().weight, 3);
+        assert_eq!(sched.children(ClassId::ROOT).unwrap().len(), 2);
+        let src = |a: [u8; 4]| IpAddr::V4(Ipv4Addr::from(a));
+        assert_eq!(cls.class_of(src([10, 1, 2, 3])), Some(ids[&0x12]));
+        assert_eq!(cls.class_of(src([10, 2, 0, 1])), Some(ids[&0x11]));
+    }
 }
