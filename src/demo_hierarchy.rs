@@ -3,7 +3,7 @@
 //! into an operator environment exactly as an operator would load them.
 //!
 //! The simulation (network router, three AS routers, two sites each, four hosts
-//! each; clients opening TCP connections) is `pronto_tests::demo`; this file only
+//! each; clients opening TCP connections) is `pronto_sim::demo`; this file only
 //! provides the modules and prints the report.
 
 use crate::demo::DemoArgs;
@@ -13,7 +13,7 @@ use exec_env::format;
 use exec_env::manager::{Environment, EnvironmentConfig};
 use exec_env::sign;
 use exec_env::trust::TrustAnchors;
-use pronto_tests::demo::{DemoOptions, run_demo};
+use pronto_sim::demo::{DemoOptions, run_demo};
 use router_core::VirtualSubnet;
 use std::time::SystemTime;
 

@@ -28,14 +28,13 @@
 //! Same seed, same run: events at the same instant run in scheduling order, and
 //! nothing iterates a hash map to decide anything.
 
-mod policies;
 mod recovery;
 mod rng;
 mod topology;
 
-pub use policies::FlowHash;
 pub use recovery::{ADVERT_KEY_ID, AdvertSim, RecoveryCounters, SIM_EPOCH_UNIX_MS, advert_key};
 pub use rng::SplitMix64;
+pub use router_core::policy::FlowHash;
 pub use topology::{
     CaId, Delays, Hierarchy, HierarchySpec, HostSpec, SiteSpec, SystemSpec, TopologyError,
 };
