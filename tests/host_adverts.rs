@@ -38,7 +38,7 @@ use signaling::{AdvertAuth, AdvertAuthConfig, AdvertKey};
 use socket2::{Domain, Protocol, Socket, Type};
 
 mod support;
-use support::root_or_skip;
+use support::{int, root_or_skip};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 200, 0, 10);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 1);
@@ -229,13 +229,20 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
     }
 }
 
+/// `[adverts].key` of the agent's stats file; panics when the key is absent
+/// (or the file unreadable: wait for [`agent_started`] first).
 fn stats_int(stats: &Path, key: &str) -> i64 {
-    let text = std::fs::read_to_string(stats).unwrap_or_default();
-    let t: toml::Table = text.parse().unwrap_or_default();
-    t.get("adverts")
-        .and_then(|a| a.get(key))
-        .and_then(toml::Value::as_integer)
-        .unwrap_or(-1)
+    let text =
+        std::fs::read_to_string(stats).unwrap_or_else(|e| panic!("{}: {e}", stats.display()));
+    let t: toml::Table = text
+        .parse()
+        .unwrap_or_else(|e| panic!("{}: {e}", stats.display()));
+    int(&t, &["adverts", key])
+}
+
+/// Whether the agent has written its stats file yet (atomically, by rename).
+fn agent_started(stats: &Path) -> bool {
+    stats.exists()
 }
 
 fn pattern(i: usize) -> u8 {
@@ -476,7 +483,7 @@ fn a_download_without_acks_gets_an_authenticated_flow_advertisement() {
     let stats = setup.start_agent();
     // The tunnel endpoint makes the VIPs local, then the agent scans.
     wait_for("the agent's first scan", Duration::from_secs(10), || {
-        (stats_int(&stats, "scans") > 0).then_some(())
+        (agent_started(&stats) && stats_int(&stats, "scans") > 0).then_some(())
     });
     let cases = [
         Case {

@@ -29,7 +29,7 @@ use router_core::wire::{Ipv4Packet, Ipv4Repr, TcpFlags, ip_proto};
 use socket2::{Domain, Protocol, Socket, Type};
 
 mod support;
-use support::{Lab, int, pronto, root_or_skip, wait_for};
+use support::{Lab, int, pronto, root_or_skip, value, wait_for};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 200, 0, 10);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 2);
@@ -58,12 +58,16 @@ impl Lab {
                 .map(|n| ((*n).to_owned(), self.stats(n)))
                 .collect()
         };
+        // Routers count packets through the engine, hosts tunnel packets and
+        // requests.
         let key = |m: &BTreeMap<String, toml::Table>| -> Vec<i64> {
-            m.values()
-                .map(|t| {
-                    int(t, &["engine", "packets"])
-                        + int(t, &["tunnel", "rx"])
-                        + int(t, &["http_requests"])
+            m.iter()
+                .map(|(n, t)| {
+                    if HOSTS.contains(&n.as_str()) {
+                        int(t, &["tunnel", "rx"]) + int(t, &["http_requests"])
+                    } else {
+                        int(t, &["engine", "packets"])
+                    }
                 })
                 .collect()
         };
@@ -245,6 +249,103 @@ impl Capture {
     }
 }
 
+/// Frames by kind: `arp`, `ipv6 icmpv6 <type>` (neighbour discovery),
+/// `ipv6 next header 0` (hop-by-hop: MLD reports), `ipv4 proto <p>`, ...
+type FrameKinds = BTreeMap<String, u64>;
+
+/// Captures, in `node`'s namespace, every frame on `dev` in both directions:
+/// those from the MAC address `from` (the far end of a veth) and the others.
+struct FrameCapture {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(FrameKinds, FrameKinds)>>,
+}
+
+impl FrameCapture {
+    fn start(lab: &Lab, node: &str, dev: &str, from: [u8; 6]) -> Self {
+        const ETH_P_ALL: u16 = 0x0003;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ns, flag, dev) = (lab.ns(node), Arc::clone(&stop), dev.to_owned());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            in_netns(&ns, || {
+                let s = Socket::new(
+                    Domain::PACKET,
+                    Type::RAW,
+                    Some(Protocol::from(i32::from(ETH_P_ALL.to_be()))),
+                )
+                .unwrap();
+                s.bind_device(Some(dev.as_bytes())).unwrap();
+                let _ = s.set_recv_buffer_size(4 << 20);
+                s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+                ready_tx.send(()).unwrap();
+                let (mut far, mut near) = (FrameKinds::new(), FrameKinds::new());
+                let mut buf = [0u8; 2048];
+                let mut idle_after_stop = 0;
+                while idle_after_stop < 5 {
+                    match (&s).read(&mut buf) {
+                        Ok(n) if n >= 14 => {
+                            let side = if buf[6..12] == from {
+                                &mut far
+                            } else {
+                                &mut near
+                            };
+                            *side.entry(frame_kind(&buf[..n])).or_insert(0) += 1;
+                        }
+                        Ok(_) => {}
+                        Err(_) if flag.load(Ordering::Relaxed) => idle_after_stop += 1,
+                        Err(_) => {}
+                    }
+                }
+                (far, near)
+            })
+            .unwrap()
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("frame capture socket");
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Frames from `from`, and the others (sent by this end).
+    fn finish(mut self) -> (FrameKinds, FrameKinds) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+/// What an Ethernet frame carries, in a few words.
+fn frame_kind(frame: &[u8]) -> String {
+    let payload = &frame[14..];
+    match u16::from_be_bytes([frame[12], frame[13]]) {
+        0x0806 => "arp".to_owned(),
+        0x86dd if payload.len() >= 41 && payload[6] == 58 => {
+            format!("ipv6 icmpv6 {}", payload[40])
+        }
+        0x86dd if payload.len() >= 40 => format!("ipv6 next header {}", payload[6]),
+        0x0800 if payload.len() >= 20 => format!("ipv4 proto {}", payload[9]),
+        other => format!("ethertype {other:#06x}"),
+    }
+}
+
+/// A device's MAC address in a lab namespace.
+fn mac_of(lab: &Lab, node: &str, dev: &str) -> [u8; 6] {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.ns(node), "cat"])
+        .arg(format!("/sys/class/net/{dev}/address"))
+        .output()
+        .expect("run ip netns exec");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("MAC byte"))
+        .collect();
+    bytes.try_into().expect("a 6-byte MAC")
+}
+
 /// Resident set size of a process in KiB.
 fn rss_kib(pid: i64) -> i64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -319,11 +420,13 @@ fn curl_is_spread_over_every_server_replies_bypass_the_slrs_and_shortcuts_skip_t
     let client_wan = lab.link_stat("client", "wan", "rx_packets");
     let client_up = lab.link_stat("client", "up", "rx_packets");
     let capture = Capture::start(&lab);
+    let from_sys = FrameCapture::start(&lab, "client", "up", mac_of(&lab, "sys", "client"));
     let started = Instant::now();
     let answers = curl(&lab, N);
     let took = started.elapsed();
     let after = lab.settled();
     let seen = capture.finish();
+    let (sys_frames, client_frames) = from_sys.finish();
 
     // Every request succeeded, from the VIP, answered by one of the servers.
     let bad: Vec<&String> = answers
@@ -380,12 +483,32 @@ fn curl_is_spread_over_every_server_replies_bypass_the_slrs_and_shortcuts_skip_t
     let client_up_rx = lab.link_stat("client", "up", "rx_packets") - client_up;
     println!(
         "direct server return: {over_wan} packets reached the client over the wan bridge, \
-         {via_sys} came from the system SLR ({client_up_rx} received on the SLR link)"
+         {via_sys} came from the system SLR ({client_up_rx} received on the SLR link); \
+         frames from the system SLR by kind: {sys_frames:?}, from the client: \
+         {client_frames:?}"
     );
     assert!(over_wan >= 3 * N as i64, "{over_wan}");
+    // The capture sees this link: the client's own segments toward the VIP
+    // (SYN, ACK, request, FIN, ACK: at least 3 a connection) cross it.
+    let client_tcp = client_frames.get("ipv4 proto 6").copied().unwrap_or(0);
+    assert!(client_tcp >= 3 * N as u64, "{client_frames:?}");
+    // Silent: not one IPv4 frame from the system SLR toward the client (no
+    // reply, no ICMP, nothing forwarded back). What the kernel may send on
+    // any link is allowed: ARP, and IPv6 neighbour/router discovery and MLD
+    // (link-local control, no IPv4 address is configured for it).
+    // ICMPv6 130-132 and 143 are MLD, 133-137 router/neighbour discovery.
+    let noise = |kind: &str| {
+        kind == "arp"
+            || kind == "ipv6 next header 0"
+            || kind
+                .strip_prefix("ipv6 icmpv6 ")
+                .and_then(|t| t.parse::<u8>().ok())
+                .is_some_and(|t| (130..=137).contains(&t) || t == 143)
+    };
+    let not_noise: Vec<(&String, &u64)> = sys_frames.iter().filter(|(k, _)| !noise(k)).collect();
     assert!(
-        via_sys < 20,
-        "{via_sys} packets from the system SLR toward the client"
+        not_noise.is_empty(),
+        "the system SLR sent toward the client: {not_noise:?} (all frames: {sys_frames:?})"
     );
     let sources: Vec<&Ipv4Addr> = seen.keys().collect();
     assert_eq!(
@@ -409,12 +532,11 @@ fn curl_is_spread_over_every_server_replies_bypass_the_slrs_and_shortcuts_skip_t
     let lag: Vec<i64> = (0..8)
         .map(|i| {
             let arr = |t: &toml::Table| {
-                t.get("control")
-                    .and_then(|c| c.get("shortcut_lag_packets"))
-                    .and_then(toml::Value::as_array)
+                value(t, &["control", "shortcut_lag_packets"])
+                    .as_array()
                     .and_then(|a| a.get(i))
                     .and_then(toml::Value::as_integer)
-                    .unwrap_or(0)
+                    .unwrap_or_else(|| panic!("control.shortcut_lag_packets[{i}]"))
             };
             arr(&after["sys"]) - arr(&before["sys"])
         })
@@ -682,7 +804,17 @@ fn bad_input_and_a_syn_flood_are_counted_while_curl_keeps_working_and_memory_sta
         },
     );
     let mut held_ok = 0;
-    let during = std::thread::scope(|s| {
+    let sampling = AtomicBool::new(true);
+    let (during, rss_samples) = std::thread::scope(|s| {
+        // The router's resident memory every 20 ms while the flood lasts.
+        let sampler = s.spawn(|| {
+            let mut samples = Vec::new();
+            while sampling.load(Ordering::Relaxed) {
+                samples.push(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            samples
+        });
         let legit = s.spawn(|| curl(&lab, 100));
         // As fast as the client's stack sends them, in bursts of 500.
         for chunk in flood.chunks(500) {
@@ -700,8 +832,11 @@ fn bad_input_and_a_syn_flood_are_counted_while_curl_keeps_working_and_memory_sta
                 held_ok += 1;
             }
         }
-        legit.join().unwrap()
+        let during = legit.join().unwrap();
+        sampling.store(false, Ordering::Relaxed);
+        (during, sampler.join().unwrap())
     });
+    let rss_peak = rss_samples.iter().copied().max().unwrap_or(0);
     let after_flood = lab.settled();
     let rss_after = rss_kib(pid);
     let later = curl(&lab, 100);
@@ -714,10 +849,22 @@ fn bad_input_and_a_syn_flood_are_counted_while_curl_keeps_working_and_memory_sta
     );
     assert_eq!(held_ok, HELD, "established connections survive the flood");
     // A connection whose SYN arrives while the flood overflows the flow table is
-    // itself embryonic and may be evicted before its handshake completes; its
-    // state is then lost (recovery, DESIGN.md section 5, is not part of these
-    // daemons yet). Nearly all complete; after the flood, all do.
-    assert!(ok(&during) >= 90, "{during:?}");
+    // itself embryonic (SYN-only) for one round trip and may be evicted before
+    // its handshake completes; its state is then lost (this lab runs without
+    // recovery). Over our runs 0 or 1 of the 100 was; at most 3 may be, and each
+    // must show as a lost flow at the system SLR: its later packets counted as
+    // `recover` (several per connection: the ACK, the request, retransmissions).
+    // After the flood, all complete.
+    let lost = (100 - ok(&during)) as i64;
+    let recovered = delta(&after_flood, &after_bad, "sys", &["engine", "recover"]);
+    assert!(
+        lost <= 3,
+        "{lost} of 100 requests failed during the flood: {during:?}"
+    );
+    assert!(
+        recovered >= lost,
+        "{lost} requests failed but only {recovered} packets of lost flows were counted"
+    );
     assert_eq!(ok(&later), 100, "{later:?}");
 
     // Every packet the system SLR read has exactly one counted outcome.
@@ -743,9 +890,10 @@ fn bad_input_and_a_syn_flood_are_counted_while_curl_keeps_working_and_memory_sta
         "flood at the system SLR: {packets} packets read, {} new flows, {flows} flows held \
          (capacity {CAPACITY}), {evicted} evicted or refused, {kernel_drops} dropped by the kernel \
          at the TUN queue, {} mid-flow packets of lost flows (recover); RSS {rss_before} KiB \
-         -> {rss_after} KiB",
+         -> {rss_after} KiB (peak {rss_peak} KiB of {} samples during the flood)",
         g(&["engine", "forwarded_new"]),
-        g(&["engine", "recover"])
+        g(&["engine", "recover"]),
+        rss_samples.len()
     );
     assert!(
         g(&["shell", "rx_tun"]) + kernel_drops >= FLOOD as i64,
@@ -757,9 +905,15 @@ fn bad_input_and_a_syn_flood_are_counted_while_curl_keeps_working_and_memory_sta
         "the flood must exceed the flow table"
     );
     assert!(evicted > 0, "a flood beyond capacity evicts or refuses");
+    // Bounded: over our runs the RSS grew by 320-480 KiB in all (its peak during
+    // the flood is its value after it). 1.5 MiB over 17,000-21,000 new flows
+    // fails a leak of about 80 bytes per flow, or a table that outgrows its
+    // capacity.
+    let grown = rss_peak.max(rss_after) - rss_before;
     assert!(
-        rss_after - rss_before < 16 * 1024,
-        "RSS grew from {rss_before} KiB to {rss_after} KiB"
+        grown < 1536,
+        "RSS grew by {grown} KiB: {rss_before} KiB before, peak {rss_peak} KiB, \
+         {rss_after} KiB after"
     );
     // The sites survived their share and every drop of theirs is counted too.
     for site in SITES {
@@ -779,14 +933,14 @@ fn bad_input_and_a_syn_flood_are_counted_while_curl_keeps_working_and_memory_sta
 
 /// The `calls` counter of module `name` in a router's snapshot.
 fn module_calls(t: &toml::Table, name: &str, field: &str) -> i64 {
-    t.get("modules")
-        .and_then(toml::Value::as_array)
-        .into_iter()
-        .flatten()
+    let modules = value(t, &["modules"]).as_array().expect("modules array");
+    let m = modules
+        .iter()
         .find(|m| m.get("name").and_then(toml::Value::as_str) == Some(name))
-        .and_then(|m| m.get(field))
+        .unwrap_or_else(|| panic!("module {name} not in the snapshot: {modules:?}"));
+    m.get(field)
         .and_then(toml::Value::as_integer)
-        .unwrap_or(0)
+        .unwrap_or_else(|| panic!("module {name} has no integer `{field}`: {m}"))
 }
 
 #[test]
@@ -1046,20 +1200,39 @@ fn shaping_from_the_router_config_is_applied_and_updated_on_sighup() {
         let classes = tc_show(&lab, "sys", "class", "client");
         classes.matches("rate 50Mbit").count() == 2
     });
-    // A broken config leaves the tree in place and the router running.
+    // A broken config leaves the tree in place and the router running. The
+    // router's log line for it comes only from a handled SIGHUP (an unhandled
+    // one would end the process, an ignored one would log nothing); the shaper
+    // logs it after giving up on that reload, so the tree read afterwards is
+    // the one the reload left.
+    let log = lab.dir.join("logs").join("sys.log");
+    let refusals = || {
+        std::fs::read_to_string(&log)
+            .expect("read the system router's log")
+            .matches("SIGHUP: config not reloaded; shares unchanged")
+            .count()
+    };
+    let refused_before = refusals();
     std::fs::write(
         &config,
         format!("{original}\n[shaping]\nlink = \"client\"\n"),
     )
     .expect("write config");
     hup();
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for(
+        "the router to log the broken config",
+        Duration::from_secs(15),
+        || refusals() > refused_before,
+    );
+    assert_eq!(refusals(), refused_before + 1);
     assert_eq!(
         tc_show(&lab, "sys", "class", "client")
             .matches("rate 50Mbit")
             .count(),
         2
     );
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+        .expect("the router survives the SIGHUP of a broken config");
     // Section removed: the tree goes.
     std::fs::write(&config, &original).expect("write config");
     hup();

@@ -463,6 +463,9 @@ pub fn unix_secs() -> u64 {
 struct CoarseClock {
     unix_secs: AtomicU64,
     monotonic_ns: AtomicU64,
+    /// Added to the monotonic clock by [`Vm::advance_clock`] (0 unless a test
+    /// moves time forward).
+    advanced_ns: AtomicU64,
 }
 
 impl CoarseClock {
@@ -470,12 +473,25 @@ impl CoarseClock {
         Self {
             unix_secs: AtomicU64::new(unix_secs()),
             monotonic_ns: AtomicU64::new(monotonic_ns()),
+            advanced_ns: AtomicU64::new(0),
         }
     }
 
     fn refresh(&self) {
         self.unix_secs.store(unix_secs(), Ordering::Relaxed);
-        self.monotonic_ns.store(monotonic_ns(), Ordering::Relaxed);
+        // fetch_max: a tick racing `advance` never moves the clock back.
+        let advanced = self.advanced_ns.load(Ordering::Relaxed);
+        self.monotonic_ns
+            .fetch_max(monotonic_ns().saturating_add(advanced), Ordering::Relaxed);
+    }
+
+    fn advance(&self, by: Duration) {
+        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        let advanced = self.advanced_ns.fetch_add(by, Ordering::Relaxed);
+        self.monotonic_ns.fetch_max(
+            monotonic_ns().saturating_add(advanced.saturating_add(by)),
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -566,9 +582,19 @@ impl Vm {
         self.shared.clock.unix_secs.load(Ordering::Relaxed)
     }
 
-    /// [`monotonic_ns`] as of the last epoch tick.
+    /// [`monotonic_ns`] as of the last epoch tick (plus any
+    /// [`Vm::advance_clock`]).
     pub fn monotonic_ns(&self) -> u64 {
         self.shared.clock.monotonic_ns.load(Ordering::Relaxed)
+    }
+
+    /// Moves this VM's monotonic clock forward by `by`, at once and for good:
+    /// what the environment times with it (quarantine backoffs and fault
+    /// windows, CPU periods) sees `by` more time pass. The seam for tests that
+    /// would otherwise sleep through a backoff. Environments sharing a CPU
+    /// budget should be advanced alike.
+    pub fn advance_clock(&self, by: Duration) {
+        self.shared.clock.advance(by);
     }
 
     /// The configuration.

@@ -146,50 +146,79 @@ fn hot_swap_under_concurrent_selects_loses_no_call() {
 
 #[test]
 fn repeated_faults_quarantine_the_module_and_the_previous_version_answers() {
+    // Time is injected (`Vm::advance_clock`), not slept: the backoffs are long
+    // enough that the real time a slow machine spends in this test (well under
+    // a second) cannot move a quarantine's end past one of the checks below.
     let env = operator(|c| {
         c.quarantine = QuarantineConfig {
             faults: 3,
             window: Duration::from_secs(60),
-            backoff: Duration::from_millis(300),
+            backoff: Duration::from_secs(10),
             max_backoff: Duration::from_secs(60),
         };
     });
     env.install_verified(constant("flaky", "1.0.0", 1)).unwrap();
     env.install_verified(trapping("flaky", "2.0.0")).unwrap();
     let policy = env.policy("flaky", any_subnet()).unwrap();
-    for _ in 0..10 {
-        assert_eq!(
-            policy.select(&request(1), &candidates(4)),
-            Ok(Decision::Select(1))
-        );
-    }
+    let select = |n: usize| {
+        for _ in 0..n {
+            assert_eq!(
+                policy.select(&request(1), &candidates(4)),
+                Ok(Decision::Select(1))
+            );
+        }
+    };
+    let remaining = || match env.module("flaky").unwrap().active.state {
+        VersionState::Quarantined { remaining } => remaining,
+        other => panic!("not quarantined: {other:?}"),
+    };
+    let secs = Duration::from_secs;
+    select(10);
     let info = env.module("flaky").unwrap();
     assert_eq!(info.counters.traps, 3);
     assert_eq!(info.counters.quarantines, 1);
     assert_eq!(info.counters.quarantined_refusals, 7);
     assert_eq!(info.counters.fallbacks, 10);
-    assert!(matches!(
-        info.active.state,
-        VersionState::Quarantined { remaining } if remaining <= Duration::from_millis(300)
-    ));
     assert_eq!(info.previous.unwrap().state, VersionState::Standby);
+    // The first quarantine is the configured backoff.
+    let r = remaining();
+    assert!(r > secs(9) && r <= secs(10), "{r:?}");
 
-    // After the backoff the module is tried again, faults again, and the next
-    // quarantine is twice as long.
-    std::thread::sleep(Duration::from_millis(350));
-    for _ in 0..3 {
-        assert_eq!(
-            policy.select(&request(1), &candidates(4)),
-            Ok(Decision::Select(1))
-        );
-    }
+    // Just before the backoff ends the version is still refused, untried.
+    env.vm().advance_clock(secs(9));
+    assert!(remaining() <= secs(1), "{:?}", remaining());
+    select(3);
+    let info = env.module("flaky").unwrap();
+    assert_eq!(
+        (info.counters.traps, info.counters.quarantined_refusals),
+        (3, 10)
+    );
+
+    // After it the module is tried again, faults again, and the next
+    // quarantine (within max_backoff of the last one) is twice as long.
+    env.vm().advance_clock(Duration::from_millis(1500));
+    select(3);
     let info = env.module("flaky").unwrap();
     assert_eq!(info.counters.traps, 6);
     assert_eq!(info.counters.quarantines, 2);
-    assert!(matches!(
-        info.active.state,
-        VersionState::Quarantined { remaining } if remaining > Duration::from_millis(300)
-    ));
+    assert_eq!(info.counters.quarantined_refusals, 10);
+    let r = remaining();
+    assert!(r > secs(19) && r <= secs(20), "{r:?}");
+
+    // A quarantine that comes more than max_backoff after the last one ended
+    // starts again at the configured backoff. (Reading the state releases the
+    // expired quarantine, which dates its end.)
+    env.vm().advance_clock(Duration::from_millis(20_500));
+    assert_eq!(
+        env.module("flaky").unwrap().active.state,
+        VersionState::Serving
+    );
+    env.vm().advance_clock(secs(61));
+    select(3);
+    let info = env.module("flaky").unwrap();
+    assert_eq!((info.counters.traps, info.counters.quarantines), (9, 3));
+    let r = remaining();
+    assert!(r > secs(9) && r <= secs(10), "{r:?}");
 }
 
 #[test]

@@ -110,17 +110,37 @@ impl Drop for Lab {
     }
 }
 
-/// An integer at `path` in a snapshot (0 when absent).
-pub(crate) fn int(t: &toml::Table, path: &[&str]) -> i64 {
-    let mut v: Option<&toml::Value> = None;
-    for (i, k) in path.iter().enumerate() {
-        v = if i == 0 {
-            t.get(*k)
-        } else {
-            v.and_then(|x| x.get(*k))
-        };
+/// The value at `path` in a snapshot; panics naming the path and the keys that
+/// are there when it is absent (a renamed or dropped counter must fail the test,
+/// not read as 0).
+pub(crate) fn value<'a>(t: &'a toml::Table, path: &[&str]) -> &'a toml::Value {
+    let (first, rest) = path.split_first().expect("a non-empty path");
+    let mut v = t.get(*first).unwrap_or_else(|| {
+        panic!(
+            "snapshot has no `{first}`; keys: {:?}",
+            t.keys().collect::<Vec<_>>()
+        )
+    });
+    for (i, k) in rest.iter().enumerate() {
+        v = v.get(*k).unwrap_or_else(|| {
+            let keys: Vec<&String> = v.as_table().map(|t| t.keys().collect()).unwrap_or_default();
+            panic!(
+                "snapshot has no `{}`; keys of `{}`: {keys:?}",
+                path[..=i + 1].join("."),
+                path[..=i].join(".")
+            )
+        });
     }
-    v.and_then(toml::Value::as_integer).unwrap_or(0)
+    v
+}
+
+/// The integer at `path` in a snapshot (a boolean reads as 0 or 1); panics when
+/// it is absent or of another type.
+pub(crate) fn int(t: &toml::Table, path: &[&str]) -> i64 {
+    let v = value(t, path);
+    v.as_integer()
+        .or_else(|| v.as_bool().map(i64::from))
+        .unwrap_or_else(|| panic!("snapshot `{}` is not an integer: {v}", path.join(".")))
 }
 
 /// Poll `f` every 50 ms until it holds; panics naming `what` after `timeout`.
