@@ -1231,6 +1231,41 @@ impl Sim {
         }
     }
 
+    /// Runs `pkt` through the node of router or entry router `id` (the node
+    /// rewrites the buffer in place) and adds what it did to the figures.
+    fn through_node(
+        &mut self,
+        id: NodeId,
+        pkt: &mut SimPacket,
+    ) -> Option<(Verdict, recovery::Tally, recovery::Tally)> {
+        let now = self.now;
+        let node = match &mut self.nodes[id.0 as usize].kind {
+            Kind::Router(r) => &mut r.node,
+            Kind::Entry(e) => &mut e.node,
+            _ => return None,
+        };
+        let before = recovery::Tally::of(node);
+        let mut pb = PacketBuf::new(&mut pkt.buf, pkt.start, pkt.len).ok()?;
+        let v = node.handle_packet(now, &mut pb);
+        pkt.start = pb.start();
+        pkt.len = pb.len();
+        let after = recovery::Tally::of(node);
+        self.account(&before, &after);
+        Some((v, before, after))
+    }
+
+    /// Sends what a node's verdict says to send.
+    fn follow_verdict(&mut self, id: NodeId, v: Verdict, mut pkt: SimPacket) {
+        match v {
+            Verdict::Forward { next_hop, .. } => self.send_packet(id, next_hop, pkt),
+            Verdict::Reply { to } => {
+                pkt.conn = None;
+                self.send_packet(id, to, pkt);
+            }
+            _ => {}
+        }
+    }
+
     fn router_packet(&mut self, id: NodeId, mut pkt: SimPacket) {
         let now = self.now;
         let from_entry = if pkt.handed_over {
@@ -1238,18 +1273,13 @@ impl Sim {
         } else {
             None
         };
+        let Some((v, before, after)) = self.through_node(id, &mut pkt) else {
+            return;
+        };
         let Kind::Router(r) = &mut self.nodes[id.0 as usize].kind else {
             return;
         };
-        let before = recovery::Tally::of(&r.node);
-        let Ok(mut pb) = PacketBuf::new(&mut pkt.buf, pkt.start, pkt.len) else {
-            return;
-        };
-        let v = r.node.handle_packet(now, &mut pb);
-        pkt.start = pb.start();
-        pkt.len = pb.len();
         let level = r.level;
-        let after = recovery::Tally::of(&r.node);
         if after.recover > before.recover {
             r.recover += 1;
         }
@@ -1263,40 +1293,21 @@ impl Sim {
             rec.first_handled[level_index(level)].get_or_insert(now);
         }
         pkt.slr_hops = pkt.slr_hops.saturating_add(1);
-        self.account(&before, &after);
         self.drain_actions(id);
         if after.new_flows > before.new_flows {
             // The mirror's next batch may now be due before the node's next wake.
             self.reschedule(id);
         }
-        match v {
-            Verdict::Forward { next_hop, .. } => {
-                if let Some(entry) = from_entry {
-                    self.recreate_at_entry(id, entry, &pkt, next_hop);
-                }
-                self.send_packet(id, next_hop, pkt);
-            }
-            Verdict::Reply { to } => {
-                pkt.conn = None;
-                self.send_packet(id, to, pkt);
-            }
-            _ => {}
+        if let (Verdict::Forward { next_hop, .. }, Some(entry)) = (v, from_entry) {
+            self.recreate_at_entry(id, entry, &pkt, next_hop);
         }
+        self.follow_verdict(id, v, pkt);
     }
 
     fn entry_packet(&mut self, id: NodeId, mut pkt: SimPacket) {
-        let now = self.now;
-        let Kind::Entry(e) = &mut self.nodes[id.0 as usize].kind else {
+        let Some((v, before, after)) = self.through_node(id, &mut pkt) else {
             return;
         };
-        let before = recovery::Tally::of(&e.node);
-        let Ok(mut pb) = PacketBuf::new(&mut pkt.buf, pkt.start, pkt.len) else {
-            return;
-        };
-        let v = e.node.handle_packet(now, &mut pb);
-        pkt.start = pb.start();
-        pkt.len = pb.len();
-        let after = recovery::Tally::of(&e.node);
         if let Some(c) = pkt.conn {
             self.conns[c.0 as usize].entry_packets += 1;
         }
@@ -1304,15 +1315,7 @@ impl Sim {
             // Handed to the SLR, which holds the flow (DESIGN.md §5, first row).
             pkt.handed_over = true;
         }
-        self.account(&before, &after);
-        match v {
-            Verdict::Forward { next_hop, .. } => self.send_packet(id, next_hop, pkt),
-            Verdict::Reply { to } => {
-                pkt.conn = None;
-                self.send_packet(id, to, pkt);
-            }
-            _ => {}
-        }
+        self.follow_verdict(id, v, pkt);
     }
 
     fn host_packet(&mut self, id: NodeId, mut pkt: SimPacket) {
