@@ -91,25 +91,29 @@ pub(crate) fn run(args: &HostArgs) -> Result<()> {
 fn run_host(path: &Path) -> Result<()> {
     let cfg = config::load_host(path)?;
     let (identity, anchors) = cfg.tls.load()?;
-    // The endpoint's netlink handle runs its own runtime: create it first.
-    let ep = HostTunnelEndpoint::new(cfg.tunnel.clone()).context("starting the tunnel endpoint")?;
-    let tunnel = ep.handle();
-    let ep_thread = ep.spawn().context("spawning the tunnel endpoint")?;
-    info!(name = %cfg.name, subnets = ?cfg.subnets, site = %cfg.site.name, "host agent starting");
+    // The agent's one runtime; the endpoint's netlink connection runs on it too.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("pronto-host")
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    let mut tunnel_cfg = cfg.tunnel.clone();
+    tunnel_cfg.runtime = Some(rt.handle().clone());
+    let ep = HostTunnelEndpoint::new(tunnel_cfg).context("starting the tunnel endpoint")?;
+    let tunnel = ep.handle();
+    let ep_thread = ep.spawn().context("spawning the tunnel endpoint")?;
+    info!(name = %cfg.name, subnets = ?cfg.subnets, site = %cfg.site.name, "host agent starting");
     let result = rt.block_on(agent_main(cfg, identity, anchors, tunnel.clone()));
     tunnel.stop();
-    rt.shutdown_timeout(Duration::from_secs(2));
+    // The endpoint removes its routes over netlink, which the runtime drives:
+    // join it before the runtime goes.
     match ep_thread.join() {
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(error = %e, "tunnel endpoint ended with an error"),
         Err(_) => warn!("tunnel endpoint thread panicked"),
     }
+    rt.shutdown_timeout(Duration::from_secs(2));
     info!("host agent stopped");
     result
 }

@@ -107,8 +107,8 @@ fn unix_ms() -> u64 {
 
 /// Add the spare's takeover addresses and announce the IPv4 ones; false when
 /// any step failed (logged).
-pub(crate) fn take_addresses(spare: &SpareSettings) -> bool {
-    let nl = match router_core::linux::Netlink::open() {
+pub(crate) fn take_addresses(spare: &SpareSettings, rt: &tokio::runtime::Handle) -> bool {
+    let nl = match router_core::linux::Netlink::open_on(rt) {
         Ok(n) => n,
         Err(e) => {
             warn!(error = %e, "takeover: cannot open rtnetlink");

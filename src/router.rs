@@ -178,12 +178,13 @@ pub(crate) async fn drive_session<T: Send + 'static>(
 fn spawn_shaper(
     path: &Path,
     initial: Option<config::Shaping>,
+    rt: &tokio::runtime::Handle,
 ) -> Result<std::sync::mpsc::Sender<()>> {
     use router_core::linux::tc::{Tc, apply_share_tree, remove_share_tree};
     let mut tc = None;
     let mut current: Option<String> = None;
     if let Some(sh) = &initial {
-        let t = Tc::open().context("opening rtnetlink for [shaping]")?;
+        let t = Tc::open_on(rt).context("opening rtnetlink for [shaping]")?;
         let report = apply_share_tree(&t, &sh.link, &sh.tree)
             .with_context(|| format!("applying [shaping] to {}", sh.link))?;
         info!(link = %sh.link, ?report, "bandwidth shares applied");
@@ -192,6 +193,7 @@ fn spawn_shaper(
     }
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let path = path.to_owned();
+    let rt = rt.clone();
     std::thread::Builder::new()
         .name("pronto-shaper".into())
         .spawn(move || {
@@ -203,7 +205,7 @@ fn spawn_shaper(
                         continue;
                     }
                 };
-                let t = match tc.take().map_or_else(Tc::open, Ok) {
+                let t = match tc.take().map_or_else(|| Tc::open_on(&rt), Ok) {
                     Ok(t) => t,
                     Err(e) => {
                         warn!(error = %e, "SIGHUP: cannot open rtnetlink; shares unchanged");
@@ -342,7 +344,19 @@ fn run_router(path: &Path) -> Result<()> {
     let hooks = Arc::new(crate::mgmt::Hooks::default());
     let (node, cost) = build_node(&cfg, modules.as_ref(), &hooks)?;
     let adverts_on = node.recovery().auth_stats().is_some();
-    let mut dp = Dataplane::new(cfg.dataplane.clone()).context("starting the dataplane")?;
+    // The daemon's one runtime: signalling sessions, the management server and
+    // every netlink connection (the blocking shells wait on it from their own
+    // threads, so it has a worker thread of its own).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(4)
+        .thread_name("pronto-rt")
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let mut dp_cfg = cfg.dataplane.clone();
+    dp_cfg.runtime = Some(rt.handle().clone());
+    let mut dp = Dataplane::new(dp_cfg).context("starting the dataplane")?;
     if cfg.management.is_some() {
         // New-flow decision latency; one clock read per packet, so only when
         // someone can read it.
@@ -361,17 +375,11 @@ fn run_router(path: &Path) -> Result<()> {
         "router starting"
     );
     let routes = RouteKeeper::spawn(
-        Netlink::open().context("opening rtnetlink")?,
+        Netlink::open_on(rt.handle()).context("opening rtnetlink")?,
         dp.tun_index(),
     )
     .context("spawning the route keeper")?;
-    // One thread (this one) runs the signalling tasks; they hand session events
-    // to the node on the dataplane thread without waiting for it.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the signalling runtime")?;
-    let reshape = spawn_shaper(path, cfg.shaping.clone())?;
+    let reshape = spawn_shaper(path, cfg.shaping.clone(), rt.handle())?;
     rt.spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let Ok(mut hup) = signal(SignalKind::hangup()) else {
@@ -390,6 +398,7 @@ fn run_router(path: &Path) -> Result<()> {
     let go = crate::recovery::start_sessions(&rt, &cfg, adverts_on, &ids, &ctl_tx)?;
     let takeover = cfg.spare.clone().map(|spare| Takeover {
         spare,
+        rt: rt.handle().clone(),
         go,
         done: Arc::new(AtomicU64::new(0)),
     });
@@ -435,7 +444,7 @@ fn run_router(path: &Path) -> Result<()> {
                 static_subnets: cfg.static_subnets.iter().map(|(s, _)| *s).collect(),
                 hooks: Arc::clone(&hooks),
             });
-            Some(crate::mgmt::spawn(m, Arc::new(state))?)
+            Some(crate::mgmt::spawn(&rt, m, Arc::new(state))?)
         }
         None => None,
     };

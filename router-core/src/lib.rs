@@ -4,7 +4,11 @@
 //! ([`classify`]), the bounded flow table of pinned flows ([`flow`]), tunnels
 //! ([`tunnel`]) and ICMP errors ([`icmp`]), the per-packet walk ([`engine`]), the
 //! policy seam ([`policy`]) and the API boundary the execution environments use
-//! ([`api`]). Everything here is sans-IO: bytes and a timestamp in, a verdict out.
+//! ([`api`]), the built-in policies ([`policy::LeastCost`], [`policy::FlowHash`],
+//! [`policy::SubnetPolicies`]). Everything but `linux` is sans-IO: bytes and a
+//! timestamp in, a verdict out. The Linux shell (`linux`, a feature only the
+//! daemon turns on) drives any `linux::dataplane::DataplaneNode` (the bare
+//! engine, or the router node the daemon builds around it) against the kernel.
 //!
 //! It must never: know a service (service choices arrive through [`policy::Policy`]),
 //! perform I/O or read the clock, allocate or make a syscall per packet on the

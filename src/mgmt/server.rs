@@ -20,22 +20,17 @@ use tracing::{debug, info, warn};
 use super::MgmtState;
 use crate::config;
 
-/// A running management server; stops when dropped.
+/// A running management server (a task on the daemon's runtime); stops
+/// accepting when dropped.
 #[derive(Debug)]
 pub(crate) struct MgmtServer {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for MgmtServer {
     fn drop(&mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take()
-            && t.join().is_err()
-        {
-            warn!("management server thread panicked");
         }
     }
 }
@@ -85,49 +80,36 @@ fn server_tls(cfg: &config::Management) -> Result<rustls::ServerConfig> {
         .context("management.cert / management.key do not form a usable identity")
 }
 
-/// Start serving `state` on `cfg.listen` from a thread of its own. Errors
+/// Start serving `state` on `cfg.listen` as a task of the daemon's runtime
+/// `rt` (requests that wait for the dataplane run on its blocking pool). Errors
 /// (bind, certificates) are returned before anything runs.
-pub(crate) fn spawn(cfg: &config::Management, state: Arc<MgmtState>) -> Result<MgmtServer> {
+pub(crate) fn spawn(
+    rt: &tokio::runtime::Runtime,
+    cfg: &config::Management,
+    state: Arc<MgmtState>,
+) -> Result<MgmtServer> {
     let tls = Arc::new(server_tls(cfg)?);
     let listener = std::net::TcpListener::bind(cfg.listen)
         .with_context(|| format!("management.listen = {}: cannot listen", cfg.listen))?;
     listener
         .set_nonblocking(true)
         .context("management: nonblocking listener")?;
+    let listener = {
+        let _in_rt = rt.enter();
+        tokio::net::TcpListener::from_std(listener).context("management: listener")?
+    };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let limit = cfg.max_connections;
     let timeout = cfg.request_timeout;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .max_blocking_threads(4)
-        .thread_name("pronto-mgmt")
-        .enable_all()
-        .build()
-        .context("management: starting its runtime")?;
-    let addr = cfg.listen;
-    let thread = std::thread::Builder::new()
-        .name("pronto-mgmt".into())
-        .spawn(move || {
-            rt.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        warn!(error = %e, "management listener unusable");
-                        return;
-                    }
-                };
-                tokio::select! {
-                    () = serve(listener, tls, state, limit, timeout) => {}
-                    _ = stop_rx => {}
-                }
-            });
-            rt.shutdown_timeout(Duration::from_secs(1));
-        })
-        .context("spawning the management thread")?;
-    info!(%addr, "management API listening (mutual TLS)");
+    rt.spawn(async move {
+        tokio::select! {
+            () = serve(listener, tls, state, limit, timeout) => {}
+            _ = stop_rx => {}
+        }
+    });
+    info!(addr = %cfg.listen, "management API listening (mutual TLS)");
     Ok(MgmtServer {
         stop: Some(stop_tx),
-        thread: Some(thread),
     })
 }
 

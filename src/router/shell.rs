@@ -69,6 +69,8 @@ pub(crate) struct ShellCounters {
 #[derive(Debug)]
 pub(crate) struct Takeover {
     pub(crate) spare: SpareSettings,
+    /// Drives the netlink connection of the address takeover.
+    pub(crate) rt: tokio::runtime::Handle,
     /// Starts the upstream session once the addresses are in place.
     pub(crate) go: Option<oneshot::Sender<()>>,
     /// Milliseconds the address takeover took; bit 63 set when a step failed.
@@ -231,6 +233,7 @@ impl RouterShell {
             return;
         };
         let spare = t.spare.clone();
+        let rt = t.rt.clone();
         let go = t.go.take();
         let done = Arc::clone(&t.done);
         let started = std::time::Instant::now();
@@ -242,7 +245,7 @@ impl RouterShell {
         let r = std::thread::Builder::new()
             .name("pronto-takeover".into())
             .spawn(move || {
-                let ok = crate::recovery::take_addresses(&spare);
+                let ok = crate::recovery::take_addresses(&spare, &rt);
                 // Registered upstream even when an address failed: the rest works.
                 if let Some(go) = go {
                     let _ = go.send(());

@@ -70,6 +70,9 @@ pub struct DataplaneConfig {
     /// Capacity of the channel of [`NewFlow`] notices; 0 sends none (and costs
     /// nothing per packet).
     pub new_flow_queue: usize,
+    /// The process's (multi-thread) runtime, to drive the dataplane's netlink
+    /// connection; `None`: a private one.
+    pub runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Default for DataplaneConfig {
@@ -85,6 +88,7 @@ impl Default for DataplaneConfig {
             enable_forwarding: true,
             sweep_buckets: 4096,
             new_flow_queue: 0,
+            runtime: None,
         }
     }
 }
@@ -490,7 +494,10 @@ impl Dataplane {
                 reason: "a tunnel endpoint address is required".into(),
             });
         }
-        let nl = Netlink::open()?;
+        let nl = match &cfg.runtime {
+            Some(rt) => Netlink::open_on(rt)?,
+            None => Netlink::open()?,
+        };
         let tun = TunDevice::create(&cfg.tun_name)?;
         let tun_index = nl.link_index(&cfg.tun_name)?;
         if cfg.engine.local_v6.is_none() {

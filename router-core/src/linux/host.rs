@@ -141,6 +141,9 @@ pub struct HostConfig {
     pub batch: usize,
     /// Largest tunnel packet accepted.
     pub max_packet: usize,
+    /// The process's (multi-thread) runtime, to drive the netlink connection;
+    /// `None`: a private one.
+    pub runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Default for HostConfig {
@@ -155,6 +158,7 @@ impl Default for HostConfig {
             ipv6: false,
             batch: 32,
             max_packet: 9216,
+            runtime: None,
         }
     }
 }
@@ -338,7 +342,10 @@ impl HostTunnelEndpoint {
                 reason: "terminate at least one outer family".into(),
             });
         }
-        let nl = Netlink::open()?;
+        let nl = match &cfg.runtime {
+            Some(rt) => Netlink::open_on(rt)?,
+            None => Netlink::open()?,
+        };
         let tun = TunDevice::create(&cfg.tun_name)?;
         let idx = nl.link_index(&cfg.tun_name)?;
         if !cfg.ipv6 {

@@ -10,11 +10,14 @@
 //! - **Out**: the engine builds the outer header itself, so encapsulated packets and
 //!   ICMP errors leave through `IPPROTO_RAW` (header-included) sockets, batched with
 //!   `sendmmsg` ([`raw::RawTx`]); the kernel routes them and resolves neighbours.
-//! - **Control**: links, addresses and routes over rtnetlink ([`netlink::Netlink`]);
+//! - **Control**: links, addresses and routes over rtnetlink ([`netlink::Netlink`],
+//!   driven by the daemon's runtime where one is given, else a private one);
 //!   the kernel `ipip` device is probed at start ([`netlink::Netlink::kernel_has_ipip`])
 //!   and used only as an accelerator where it exists.
 //!
-//! [`dataplane::Dataplane`] runs the router; [`host::HostTunnelEndpoint`] is the host
+//! [`dataplane::Dataplane`] runs the router: it drives a
+//! [`dataplane::DataplaneNode`] (a bare engine, or the daemon's router node) on one
+//! thread; [`host::HostTunnelEndpoint`] is the host
 //! server's side: it terminates tunnels and injects the inner packet into the local
 //! stack through a TUN so the host's own TCP answers the client directly from the VIP.
 //!

@@ -84,32 +84,78 @@ impl NetlinkError {
     }
 }
 
-/// An rtnetlink connection driven by its own current-thread runtime, in the
-/// calling thread's network namespace (shared by [`Netlink`] and the tc shell).
-pub(crate) fn connect() -> io::Result<(tokio::runtime::Runtime, rtnetlink::Handle)> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()?;
-    let handle = {
-        let _guard = rt.enter();
-        let (conn, handle, _) = rtnetlink::new_connection()?;
-        rt.spawn(conn);
-        handle
+/// What drives a netlink connection's task: a runtime of its own (tools, tests,
+/// the host agent), or the daemon's runtime, which must have a worker thread
+/// (multi-thread): a blocking call then waits on that runtime from the caller's
+/// thread, which must not be one of the runtime's.
+#[derive(Debug)]
+pub(crate) enum Driver {
+    /// A current-thread runtime owned by this connection.
+    Own(tokio::runtime::Runtime),
+    /// The process's runtime.
+    Shared(tokio::runtime::Handle),
+}
+
+impl Driver {
+    pub(crate) fn block_on<F: Future>(&self, f: F) -> F::Output {
+        match self {
+            Self::Own(rt) => rt.block_on(f),
+            Self::Shared(h) => h.block_on(f),
+        }
+    }
+}
+
+/// An rtnetlink connection in the calling thread's network namespace, driven by
+/// `on` or else by a current-thread runtime of its own (shared by [`Netlink`]
+/// and the tc shell).
+pub(crate) fn connect(
+    on: Option<&tokio::runtime::Handle>,
+) -> io::Result<(Driver, rtnetlink::Handle)> {
+    let driver = match on {
+        Some(h) => Driver::Shared(h.clone()),
+        None => Driver::Own(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()?,
+        ),
     };
-    Ok((rt, handle))
+    let handle = match &driver {
+        Driver::Own(rt) => {
+            let _guard = rt.enter();
+            let (conn, handle, _) = rtnetlink::new_connection()?;
+            rt.spawn(conn);
+            handle
+        }
+        Driver::Shared(h) => {
+            let _guard = h.enter();
+            let (conn, handle, _) = rtnetlink::new_connection()?;
+            h.spawn(conn);
+            handle
+        }
+    };
+    Ok((driver, handle))
 }
 
 /// A blocking rtnetlink handle bound to one network namespace.
 #[derive(Debug)]
 pub struct Netlink {
-    rt: tokio::runtime::Runtime,
+    rt: Driver,
     handle: rtnetlink::Handle,
 }
 
 impl Netlink {
-    /// Connect to rtnetlink in the calling thread's network namespace.
+    /// Connect to rtnetlink in the calling thread's network namespace, with a
+    /// runtime of its own.
     pub fn open() -> Result<Self, NetlinkError> {
-        let (rt, handle) = connect().map_err(|source| NetlinkError::Connect { source })?;
+        let (rt, handle) = connect(None).map_err(|source| NetlinkError::Connect { source })?;
+        Ok(Self { rt, handle })
+    }
+
+    /// As [`Netlink::open`], driven by the process's (multi-thread) runtime
+    /// `rt` instead of a private one; call it and its methods from threads that
+    /// are not the runtime's.
+    pub fn open_on(rt: &tokio::runtime::Handle) -> Result<Self, NetlinkError> {
+        let (rt, handle) = connect(Some(rt)).map_err(|source| NetlinkError::Connect { source })?;
         Ok(Self { rt, handle })
     }
 

@@ -36,7 +36,7 @@ const BANDS: [u16; 2] = [10, 20];
 /// from inside another tokio runtime).
 #[derive(Debug)]
 pub struct Tc {
-    rt: tokio::runtime::Runtime,
+    rt: crate::linux::netlink::Driver,
     handle: rtnetlink::Handle,
     clock: PschedClock,
     counters: Counters,
@@ -56,8 +56,18 @@ impl Tc {
     /// Connect in the calling thread's network namespace and read the kernel's
     /// scheduler clock.
     pub fn open() -> Result<Self, TcError> {
+        Self::connect(None)
+    }
+
+    /// As [`Tc::open`], driven by the process's (multi-thread) runtime `rt`
+    /// instead of a private one; call it from threads that are not the runtime's.
+    pub fn open_on(rt: &tokio::runtime::Handle) -> Result<Self, TcError> {
+        Self::connect(Some(rt))
+    }
+
+    fn connect(on: Option<&tokio::runtime::Handle>) -> Result<Self, TcError> {
         let (rt, handle) =
-            crate::linux::netlink::connect().map_err(|source| TcError::Connect { source })?;
+            crate::linux::netlink::connect(on).map_err(|source| TcError::Connect { source })?;
         Ok(Self {
             rt,
             handle,
