@@ -380,18 +380,7 @@ fn run_router(path: &Path) -> Result<()> {
     )
     .context("spawning the route keeper")?;
     let reshape = spawn_shaper(path, cfg.shaping.clone(), rt.handle())?;
-    rt.spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            warn!("cannot install the SIGHUP handler; [shaping] is applied at start only");
-            return;
-        };
-        while hup.recv().await.is_some() {
-            if reshape.send(()).is_err() {
-                return;
-            }
-        }
-    });
+    rt.spawn(forward_sighup(reshape));
     let (ctl_tx, ctl_rx) = mpsc::channel::<Input>(CONTROL_QUEUE);
     let ids = Arc::new(AtomicU64::new(1));
     let tls = start_signalling(&rt, &cfg, identity, anchors, local, &ids, &ctl_tx)?;
@@ -402,18 +391,15 @@ fn run_router(path: &Path) -> Result<()> {
         go,
         done: Arc::new(AtomicU64::new(0)),
     });
-    let stats = match &cfg.stats {
-        Some(st) => Some(
-            StatsSink::spawn(
-                st.file.clone(),
-                st.interval,
-                cfg.name.to_string(),
-                modules.as_ref().map(|m| Arc::clone(&m.env)),
-            )
-            .context("spawning the stats writer")?,
-        ),
-        None => None,
-    };
+    let stats = cfg
+        .stats
+        .as_ref()
+        .map(|st| {
+            let env = modules.as_ref().map(|m| Arc::clone(&m.env));
+            StatsSink::spawn(st.file.clone(), st.interval, cfg.name.to_string(), env)
+        })
+        .transpose()
+        .context("spawning the stats writer")?;
     let io = handle.clone();
     let shell = RouterShell::new(
         node,
@@ -429,25 +415,8 @@ fn run_router(path: &Path) -> Result<()> {
         .with_node(shell)
         .spawn()
         .context("spawning the dataplane thread")?;
-    let mgmt_server = match &cfg.management {
-        Some(m) => {
-            let tx = ctl_tx.clone();
-            let state = crate::mgmt::MgmtState::new(crate::mgmt::MgmtParts {
-                name: cfg.name.to_string(),
-                level: level_name(cfg.level),
-                dataplane: handle.clone(),
-                control: Box::new(move |r| tx.try_send(Input::Shell(ShellInput::Mgmt(r))).is_ok()),
-                env: modules.as_ref().map(|m| Arc::clone(&m.env)),
-                modules: cfg.modules.clone(),
-                cost,
-                shaping: cfg.shaping.clone(),
-                static_subnets: cfg.static_subnets.iter().map(|(s, _)| *s).collect(),
-                hooks: Arc::clone(&hooks),
-            });
-            Some(crate::mgmt::spawn(&rt, m, Arc::new(state))?)
-        }
-        None => None,
-    };
+    let mgmt_server =
+        start_management(&rt, &cfg, &handle, &ctl_tx, modules.as_ref(), cost, &hooks)?;
     let result = rt.block_on(control_loop(ctl_rx, &handle));
     drop(mgmt_server);
     // Routes out and sessions closed before the dataplane goes.
@@ -466,6 +435,49 @@ fn run_router(path: &Path) -> Result<()> {
     }
     info!("router stopped");
     result
+}
+
+/// SIGHUP re-applies `[shaping]` (the shaper thread re-reads the file).
+async fn forward_sighup(reshape: std::sync::mpsc::Sender<()>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!("cannot install the SIGHUP handler; [shaping] is applied at start only");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        if reshape.send(()).is_err() {
+            return;
+        }
+    }
+}
+
+/// The management API on the daemon's runtime, when `[management]` is set.
+fn start_management(
+    rt: &tokio::runtime::Runtime,
+    cfg: &RouterConfig,
+    handle: &DataplaneHandle,
+    ctl: &mpsc::Sender<Input>,
+    modules: Option<&LoadedModules>,
+    cost: Arc<dyn CostModel>,
+    hooks: &Arc<crate::mgmt::Hooks>,
+) -> Result<Option<crate::mgmt::MgmtServer>> {
+    let Some(m) = &cfg.management else {
+        return Ok(None);
+    };
+    let tx = ctl.clone();
+    let state = crate::mgmt::MgmtState::new(crate::mgmt::MgmtParts {
+        name: cfg.name.to_string(),
+        level: level_name(cfg.level),
+        dataplane: handle.clone(),
+        control: Box::new(move |r| tx.try_send(Input::Shell(ShellInput::Mgmt(r))).is_ok()),
+        env: modules.map(|m| Arc::clone(&m.env)),
+        modules: cfg.modules.clone(),
+        cost,
+        shaping: cfg.shaping.clone(),
+        static_subnets: cfg.static_subnets.iter().map(|(s, _)| *s).collect(),
+        hooks: Arc::clone(hooks),
+    });
+    Ok(Some(crate::mgmt::spawn(rt, m, Arc::new(state))?))
 }
 
 /// The role a router of `level` registers with.

@@ -39,7 +39,7 @@ use router_core::policy::CostModel;
 use crate::config;
 
 pub(crate) use hooks::Hooks;
-pub(crate) use server::spawn;
+pub(crate) use server::{MgmtServer, spawn};
 pub(crate) use state::{ControlLink, ControlRequest, SessionInfo, control_view};
 
 /// Counters of the management server itself.
