@@ -17,6 +17,7 @@
 //! sends authenticated server flow advertisements ([`adverts`], DESIGN.md §5).
 
 mod adverts;
+mod proc_tcp;
 
 use std::io::BufRead;
 use std::net::IpAddr;
@@ -443,7 +444,7 @@ fn established_on(subnets: &[SubnetPrefix]) -> u32 {
 
 /// The local address of a `/proc/net/tcp{,6}` line in state ESTABLISHED (01).
 fn established_local(line: &str, v6: bool) -> Option<IpAddr> {
-    adverts::TcpSocketLine::parse(line, v6)
+    proc_tcp::TcpSocketLine::parse(line, v6)
         .filter(|t| t.state == 0x01)
         .map(|t| t.local.ip())
 }
