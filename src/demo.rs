@@ -105,12 +105,32 @@ fn run_engine(args: &DemoArgs) -> Result<()> {
         engine,
         buf: vec![0u8; HEADROOM + 2048],
     };
-    // (phase, next hop) -> new flows placed there.
-    let mut placed: BTreeMap<(u8, IpAddr), u32> = BTreeMap::new();
-    let mut moved = 0u32;
-    let mut pinned: Vec<(SocketAddr, SocketAddr, IpAddr)> = Vec::new();
     let half = args.flows / 2;
-    for i in 0..args.flows {
+    let (placed, pinned) = place_new_flows(&mut run, &ids, args.flows)?;
+    // Data and FIN on every TCP connection: all must stay where they were pinned.
+    let later = Instant::from_millis(u64::from(args.flows) + 10);
+    let moved = follow_pinned(&mut run, &pinned, later)?;
+    send_orphans_and_junk(&mut run, later)?;
+    print_placement(args.flows, half, &placed, pinned.len(), moved);
+    print_counters(&run.engine);
+    if moved > 0 {
+        bail!("{moved} packets of pinned connections changed next hop");
+    }
+    Ok(())
+}
+
+/// (phase, next hop) -> new flows placed there; phase 1 is the second half.
+type Placed = BTreeMap<(u8, IpAddr), u32>;
+/// Client, VIP and next hop of each pinned TCP connection.
+type Pinned = Vec<(SocketAddr, SocketAddr, IpAddr)>;
+
+/// Open `flows` new flows, reporting loads every 50; from halfway, site 1 of
+/// each subnet is also busy elsewhere.
+fn place_new_flows(run: &mut Run, ids: &[SubnetId], flows: u32) -> Result<(Placed, Pinned)> {
+    let mut placed = Placed::new();
+    let mut pinned = Pinned::new();
+    let half = flows / 2;
+    for i in 0..flows {
         let now = Instant::from_millis(u64::from(i));
         if i % 50 == 0 {
             // Periodic load reports: each site's load grows with the flows it
@@ -150,9 +170,13 @@ fn run_engine(args: &DemoArgs) -> Result<()> {
             }
         }
     }
-    // Data and FIN on every TCP connection: all must stay where they were pinned.
-    let later = Instant::from_millis(u64::from(args.flows) + 10);
-    for &(c, v, hop) in &pinned {
+    Ok((placed, pinned))
+}
+
+/// Data and FIN on every pinned connection; how many packets left their next hop.
+fn follow_pinned(run: &mut Run, pinned: &Pinned, later: Instant) -> Result<u32> {
+    let mut moved = 0u32;
+    for &(c, v, hop) in pinned {
         for flags in [
             TcpFlags::ACK,
             TcpFlags::ACK | TcpFlags::PSH,
@@ -165,8 +189,12 @@ fn run_engine(args: &DemoArgs) -> Result<()> {
             }
         }
     }
-    // Orphans and junk: a mid-connection segment nobody pinned, an unserved VIP,
-    // a truncated header, an expiring TTL.
+    Ok(moved)
+}
+
+/// Orphans and junk: a mid-connection segment nobody pinned, an unserved VIP,
+/// a truncated header, an expiring TTL.
+fn send_orphans_and_junk(run: &mut Run, later: Instant) -> Result<()> {
     let orphan = PacketSpec::tcp(
         "203.0.113.50:5000".parse()?,
         "10.1.0.10:80".parse()?,
@@ -187,10 +215,14 @@ fn run_engine(args: &DemoArgs) -> Result<()> {
     );
     dying.ttl = 1;
     let _ = run.send(&dying, later)?;
+    Ok(())
+}
 
+/// Where new flows went before and after the load change.
+fn print_placement(flows: u32, half: u32, placed: &Placed, pinned: usize, moved: u32) {
     println!(
         "pronto demo: {} flows to {} virtual subnets over 6 site routers",
-        args.flows,
+        flows,
         SUBNETS.len()
     );
     println!(
@@ -209,10 +241,13 @@ fn run_engine(args: &DemoArgs) -> Result<()> {
         }
     }
     println!(
-        "\npinned TCP connections: {}, packets that left their pinned next hop: {moved}",
-        pinned.len()
+        "\npinned TCP connections: {pinned}, packets that left their pinned next hop: {moved}"
     );
-    let c = run.engine.counters();
+}
+
+/// The engine's counters and flow table size.
+fn print_counters(engine: &Engine) {
+    let c = engine.counters();
     println!("\ncounters:");
     println!("  packets            {:>8}", c.packets);
     println!("  forwarded_new      {:>8}", c.forwarded_new);
@@ -229,9 +264,5 @@ fn run_engine(args: &DemoArgs) -> Result<()> {
             println!("  drop.{:<14} {n:>8}", r.as_str());
         }
     }
-    println!("  flows in table     {:>8}", run.engine.flows().len());
-    if moved > 0 {
-        bail!("{moved} packets of pinned connections changed next hop");
-    }
-    Ok(())
+    println!("  flows in table     {:>8}", engine.flows().len());
 }

@@ -17,6 +17,7 @@
 //! sends authenticated server flow advertisements ([`adverts`], DESIGN.md §5).
 
 mod adverts;
+mod proc_tcp;
 
 use std::io::BufRead;
 use std::net::IpAddr;
@@ -192,29 +193,17 @@ async fn agent_main(
     };
     let view = Arc::new(Mutex::new(AgentView::default()));
     if let Some(stats) = cfg.stats.clone() {
-        let (view, http, tunnel, name) = (
+        let advert_view = advertiser
+            .as_ref()
+            .map(adverts::AdvertHandle::counters_view);
+        spawn_snapshots(
+            stats,
             Arc::clone(&view),
             Arc::clone(&http),
             tunnel.clone(),
             cfg.name.to_string(),
+            advert_view,
         );
-        let advert_view = advertiser
-            .as_ref()
-            .map(adverts::AdvertHandle::counters_view);
-        tokio::spawn(async move {
-            let mut t = tokio::time::interval(stats.interval);
-            loop {
-                t.tick().await;
-                let agent = view.lock().map(|v| v.clone()).unwrap_or_default();
-                let adverts = advert_view
-                    .as_ref()
-                    .map(|a| a.lock().map(|c| *c).unwrap_or_default());
-                write_snapshot(
-                    &stats.file,
-                    &host_snapshot(&name, agent, &http, &tunnel, adverts),
-                );
-            }
-        });
     }
 
     let clock = Clock::new();
@@ -256,24 +245,96 @@ async fn agent_main(
             }
         };
         backoff = cfg.site.reconnect;
+        let mut site = SiteSession {
+            agent: &mut agent,
+            session: &mut session,
+            meter: &mut meter,
+            clock: &clock,
+            base,
+            view: &view,
+            connect_failures,
+        };
+        if let SessionEnd::Shutdown = site.serve(shutdown.as_mut()).await {
+            return Ok(());
+        }
+        if let Ok(mut v) = view.lock() {
+            v.registered = false;
+            v.sessions_lost = agent.stats().sessions_lost;
+        }
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+/// Rewrite the counters snapshot every `stats.interval`.
+fn spawn_snapshots(
+    stats: config::Stats,
+    view: Arc<Mutex<AgentView>>,
+    http: Arc<HttpCounters>,
+    tunnel: HostTunnelHandle,
+    name: String,
+    advert_view: Option<Arc<Mutex<adverts::AdvertCounters>>>,
+) {
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(stats.interval);
         loop {
-            let deadline = agent
+            t.tick().await;
+            let agent = view.lock().map(|v| v.clone()).unwrap_or_default();
+            let adverts = advert_view
+                .as_ref()
+                .map(|a| a.lock().map(|c| *c).unwrap_or_default());
+            write_snapshot(
+                &stats.file,
+                &host_snapshot(&name, agent, &http, &tunnel, adverts),
+            );
+        }
+    });
+}
+
+/// How one registration with the site router ended.
+enum SessionEnd {
+    /// The session went down; reconnect.
+    Lost,
+    /// SIGTERM or SIGINT: stop the agent.
+    Shutdown,
+}
+
+/// One registration with the site router: the agent's timers, its state
+/// updates and the view the snapshot writer reads.
+struct SiteSession<'a> {
+    agent: &'a mut HostAgent,
+    session: &'a mut signaling::Session,
+    meter: &'a mut LoadMeter,
+    clock: &'a Clock,
+    base: tokio::time::Instant,
+    view: &'a Mutex<AgentView>,
+    connect_failures: u64,
+}
+
+impl SiteSession<'_> {
+    /// Serve the session until it goes down or `shutdown` fires.
+    async fn serve(
+        &mut self,
+        mut shutdown: std::pin::Pin<&mut impl Future<Output = &'static str>>,
+    ) -> SessionEnd {
+        loop {
+            let deadline = self
+                .agent
                 .poll_timeout()
-                .map(|t| base + Duration::from_nanos(t.as_nanos()));
+                .map(|t| self.base + Duration::from_nanos(t.as_nanos()));
             tokio::select! {
-                ev = session.next_event() => match ev {
+                ev = self.session.next_event() => match ev {
                     Some(PeerEvent::Registered { identity, .. }) => {
                         info!(site = %identity, "registered with the site router");
-                        agent.on_registered(clock.now());
+                        self.agent.on_registered(self.clock.now());
                     }
                     Some(PeerEvent::PeerDown { reason }) => {
                         warn!(%reason, "site session down; reconnecting");
-                        agent.on_session_lost();
-                        break;
+                        self.agent.on_session_lost();
+                        return SessionEnd::Lost;
                     }
                     None => {
-                        agent.on_session_lost();
-                        break;
+                        self.agent.on_session_lost();
+                        return SessionEnd::Lost;
                     }
                     Some(other) => debug!(event = ?other, "event ignored by a host"),
                 },
@@ -282,38 +343,37 @@ async fn agent_main(
                         Some(d) => tokio::time::sleep_until(d).await,
                         None => std::future::pending().await,
                     }
-                } => {
-                    let reading = meter.refresh(&mut agent);
-                    for out in agent.handle_timeout(clock.now()) {
-                        if let Err(e) = session.send(out).await {
-                            debug!(error = %e, "state update not sent");
-                        }
-                    }
-                    if let Ok(mut v) = view.lock() {
-                        *v = AgentView {
-                            registered: agent.is_registered(),
-                            load: agent.load(),
-                            connections: agent.active_connections(),
-                            cpu: reading.cpu,
-                            background: reading.background,
-                            registrations: agent.stats().registrations,
-                            sessions_lost: agent.stats().sessions_lost,
-                            updates_sent: agent.stats().updates_sent,
-                            connect_failures,
-                        };
-                    }
-                }
-                which = &mut shutdown => {
+                } => self.on_timeout().await,
+                which = shutdown.as_mut() => {
                     info!(signal = which, "shutting down");
-                    return Ok(());
+                    return SessionEnd::Shutdown;
                 }
             }
         }
-        if let Ok(mut v) = view.lock() {
-            v.registered = false;
-            v.sessions_lost = agent.stats().sessions_lost;
+    }
+
+    /// The agent's timer: refresh the load, send what is due, update the view.
+    async fn on_timeout(&mut self) {
+        let reading = self.meter.refresh(self.agent);
+        for out in self.agent.handle_timeout(self.clock.now()) {
+            if let Err(e) = self.session.send(out).await {
+                debug!(error = %e, "state update not sent");
+            }
         }
-        tokio::time::sleep(backoff).await;
+        if let Ok(mut v) = self.view.lock() {
+            let agent = &*self.agent;
+            *v = AgentView {
+                registered: agent.is_registered(),
+                load: agent.load(),
+                connections: agent.active_connections(),
+                cpu: reading.cpu,
+                background: reading.background,
+                registrations: agent.stats().registrations,
+                sessions_lost: agent.stats().sessions_lost,
+                updates_sent: agent.stats().updates_sent,
+                connect_failures: self.connect_failures,
+            };
+        }
     }
 }
 
@@ -447,7 +507,7 @@ fn established_on(subnets: &[SubnetPrefix]) -> u32 {
 
 /// The local address of a `/proc/net/tcp{,6}` line in state ESTABLISHED (01).
 fn established_local(line: &str, v6: bool) -> Option<IpAddr> {
-    adverts::TcpSocketLine::parse(line, v6)
+    proc_tcp::TcpSocketLine::parse(line, v6)
         .filter(|t| t.state == 0x01)
         .map(|t| t.local.ip())
 }

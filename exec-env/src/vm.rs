@@ -750,132 +750,17 @@ pub fn check_interface(
     manifest: &Manifest,
     granted: &[Capability],
 ) -> Result<Interface, VmError> {
-    let mut types: Vec<Option<wasmparser::FuncType>> = Vec::new();
-    // Type index of each function, imports first (the function index space).
-    let mut functions: Vec<u32> = Vec::new();
-    let mut capabilities: Vec<Capability> = Vec::new();
-    let mut exports: Vec<(String, ExternalKind, u32)> = Vec::new();
-    let mut memories: Vec<wasmparser::MemoryType> = Vec::new();
-
-    for payload in Parser::new(0).parse_all(wasm) {
-        match payload.map_err(malformed)? {
-            Payload::Version { encoding, .. } if encoding != Encoding::Module => {
-                return Err(malformed("a component, not a core module"));
-            }
-            Payload::TypeSection(reader) => {
-                for group in reader {
-                    for sub in group.map_err(malformed)?.into_types() {
-                        types.push(match sub.composite_type.inner {
-                            CompositeInnerType::Func(f) => Some(f),
-                            _ => None,
-                        });
-                    }
-                }
-            }
-            Payload::ImportSection(reader) => {
-                for entry in reader.into_imports() {
-                    let entry = entry.map_err(malformed)?;
-                    let type_index = check_import(&entry, &types, manifest, granted)?;
-                    functions.push(type_index);
-                    let capability = capability_of(entry.name);
-                    if let Some(c) = capability
-                        && !capabilities.contains(&c)
-                    {
-                        capabilities.push(c);
-                    }
-                }
-            }
-            Payload::FunctionSection(reader) => {
-                for t in reader {
-                    functions.push(t.map_err(malformed)?);
-                }
-            }
-            Payload::MemorySection(reader) => {
-                for m in reader {
-                    memories.push(m.map_err(malformed)?);
-                }
-            }
-            Payload::ExportSection(reader) => {
-                for e in reader {
-                    let e = e.map_err(malformed)?;
-                    exports.push((e.name.to_owned(), e.kind, e.index));
-                }
-            }
-            _ => {}
-        }
-    }
-
-    let find = |name: &str| exports.iter().find(|(n, _, _)| n == name);
-    let func_type = |index: u32| {
-        functions
-            .get(index as usize)
-            .and_then(|&t| types.get(t as usize))
-            .and_then(Option::as_ref)
-    };
-    // Checks a function export if present; Ok(false) when absent.
-    let check_func = |func: &sdk::Func, required: bool| -> Result<bool, VmError> {
-        let name = func.name;
-        let Some((_, kind, index)) = find(name) else {
-            return if required {
-                Err(VmError::MissingExport { name })
-            } else {
-                Ok(false)
-            };
-        };
-        let expected = sdk_signature_text(func);
-        if !matches!(kind, ExternalKind::Func | ExternalKind::FuncExact) {
-            return Err(VmError::ExportType {
-                name,
-                expected,
-                found: format!("a {kind:?} export"),
-            });
-        }
-        let ty =
-            func_type(*index).ok_or_else(|| malformed(format!("export {name} has no type")))?;
-        if !same_signature(ty, func) {
-            return Err(VmError::ExportType {
-                name,
-                expected,
-                found: signature_text(ty.params(), ty.results()),
-            });
-        }
-        Ok(true)
-    };
-
-    let Some((_, memory_kind, memory_index)) = find(export::MEMORY) else {
-        return Err(VmError::MissingExport {
-            name: export::MEMORY,
-        });
-    };
-    if *memory_kind != ExternalKind::Memory {
-        return Err(VmError::ExportType {
-            name: export::MEMORY,
-            expected: "a memory".to_owned(),
-            found: format!("a {memory_kind:?} export"),
-        });
-    }
-    // Imports cannot be memories (check_import refuses them), so the index is
-    // into the memory section.
-    let memory = memories
-        .get(*memory_index as usize)
-        .ok_or_else(|| malformed("memory export names no memory"))?;
-    if memory.memory64 || memory.shared {
-        return Err(VmError::Memory {
-            reason: "64-bit and shared memories are not supported".to_owned(),
-        });
-    }
-    let page = 1_u64 << memory.page_size_log2.unwrap_or(16).min(16);
-    let initial_memory = memory.initial.saturating_mul(page);
-
+    let m = ModuleSections::read(wasm, manifest, granted)?;
+    let initial_memory = m.initial_memory()?;
     for func in export::REQUIRED {
-        check_func(&func, true)?;
+        m.check_func(&func, true)?;
     }
     if manifest.kind == ModuleKind::Scheduler {
         // A scheduler has exactly one entry point; policy exports are ignored
         // (never linked to a call), so only pronto_rank is checked.
-        check_func(&export::RANK, true)?;
+        m.check_func(&export::RANK, true)?;
         return Ok(Interface {
-            capabilities,
+            capabilities: m.capabilities,
             entry_points: EntryPoints {
                 rank: true,
                 ..EntryPoints::default()
@@ -884,9 +769,9 @@ pub fn check_interface(
         });
     }
     let entry_points = EntryPoints {
-        select: check_func(&export::SELECT, false)?,
-        cost: check_func(&export::COST, false)?,
-        aggregate: check_func(&export::AGGREGATE, false)?,
+        select: m.check_func(&export::SELECT, false)?,
+        cost: m.check_func(&export::COST, false)?,
+        aggregate: m.check_func(&export::AGGREGATE, false)?,
         rank: false,
     };
     match (entry_points.cost, entry_points.aggregate) {
@@ -906,10 +791,157 @@ pub fn check_interface(
         return Err(VmError::NoEntryPoint);
     }
     Ok(Interface {
-        capabilities,
+        capabilities: m.capabilities,
         entry_points,
         initial_memory,
     })
+}
+
+/// What `check_interface` reads of a module's sections.
+struct ModuleSections {
+    /// Each type, `None` for a non-function type.
+    types: Vec<Option<wasmparser::FuncType>>,
+    /// Type index of each function, imports first (the function index space).
+    functions: Vec<u32>,
+    /// Capabilities the imports use, each once.
+    capabilities: Vec<Capability>,
+    /// Name, kind and index of each export.
+    exports: Vec<(String, ExternalKind, u32)>,
+    /// The memory section.
+    memories: Vec<wasmparser::MemoryType>,
+}
+
+impl ModuleSections {
+    /// Parse the sections, checking each import as it comes.
+    fn read(wasm: &[u8], manifest: &Manifest, granted: &[Capability]) -> Result<Self, VmError> {
+        let mut m = Self {
+            types: Vec::new(),
+            functions: Vec::new(),
+            capabilities: Vec::new(),
+            exports: Vec::new(),
+            memories: Vec::new(),
+        };
+        for payload in Parser::new(0).parse_all(wasm) {
+            match payload.map_err(malformed)? {
+                Payload::Version { encoding, .. } if encoding != Encoding::Module => {
+                    return Err(malformed("a component, not a core module"));
+                }
+                Payload::TypeSection(reader) => {
+                    for group in reader {
+                        for sub in group.map_err(malformed)?.into_types() {
+                            m.types.push(match sub.composite_type.inner {
+                                CompositeInnerType::Func(f) => Some(f),
+                                _ => None,
+                            });
+                        }
+                    }
+                }
+                Payload::ImportSection(reader) => {
+                    for entry in reader.into_imports() {
+                        let entry = entry.map_err(malformed)?;
+                        let type_index = check_import(&entry, &m.types, manifest, granted)?;
+                        m.functions.push(type_index);
+                        let capability = capability_of(entry.name);
+                        if let Some(c) = capability
+                            && !m.capabilities.contains(&c)
+                        {
+                            m.capabilities.push(c);
+                        }
+                    }
+                }
+                Payload::FunctionSection(reader) => {
+                    for t in reader {
+                        m.functions.push(t.map_err(malformed)?);
+                    }
+                }
+                Payload::MemorySection(reader) => {
+                    for mem in reader {
+                        m.memories.push(mem.map_err(malformed)?);
+                    }
+                }
+                Payload::ExportSection(reader) => {
+                    for e in reader {
+                        let e = e.map_err(malformed)?;
+                        m.exports.push((e.name.to_owned(), e.kind, e.index));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(m)
+    }
+
+    fn find(&self, name: &str) -> Option<&(String, ExternalKind, u32)> {
+        self.exports.iter().find(|(n, _, _)| n == name)
+    }
+
+    fn func_type(&self, index: u32) -> Option<&wasmparser::FuncType> {
+        self.functions
+            .get(index as usize)
+            .and_then(|&t| self.types.get(t as usize))
+            .and_then(Option::as_ref)
+    }
+
+    /// Checks a function export if present; Ok(false) when absent.
+    fn check_func(&self, func: &sdk::Func, required: bool) -> Result<bool, VmError> {
+        let name = func.name;
+        let Some((_, kind, index)) = self.find(name) else {
+            return if required {
+                Err(VmError::MissingExport { name })
+            } else {
+                Ok(false)
+            };
+        };
+        let expected = sdk_signature_text(func);
+        if !matches!(kind, ExternalKind::Func | ExternalKind::FuncExact) {
+            return Err(VmError::ExportType {
+                name,
+                expected,
+                found: format!("a {kind:?} export"),
+            });
+        }
+        let ty = self
+            .func_type(*index)
+            .ok_or_else(|| malformed(format!("export {name} has no type")))?;
+        if !same_signature(ty, func) {
+            return Err(VmError::ExportType {
+                name,
+                expected,
+                found: signature_text(ty.params(), ty.results()),
+            });
+        }
+        Ok(true)
+    }
+
+    /// The exported memory's initial size in bytes; refuses a missing, 64-bit
+    /// or shared memory.
+    fn initial_memory(&self) -> Result<u64, VmError> {
+        let Some((_, memory_kind, memory_index)) = self.find(export::MEMORY) else {
+            return Err(VmError::MissingExport {
+                name: export::MEMORY,
+            });
+        };
+        if *memory_kind != ExternalKind::Memory {
+            return Err(VmError::ExportType {
+                name: export::MEMORY,
+                expected: "a memory".to_owned(),
+                found: format!("a {memory_kind:?} export"),
+            });
+        }
+        // Imports cannot be memories (check_import refuses them), so the index is
+        // into the memory section.
+        let memory = self
+            .memories
+            .get(*memory_index as usize)
+            .ok_or_else(|| malformed("memory export names no memory"))?;
+        if memory.memory64 || memory.shared {
+            return Err(VmError::Memory {
+                reason: "64-bit and shared memories are not supported".to_owned(),
+            });
+        }
+        let page = 1_u64 << memory.page_size_log2.unwrap_or(16).min(16);
+        Ok(memory.initial.saturating_mul(page))
+    }
 }
 
 fn capability_of(import_name: &str) -> Option<Capability> {

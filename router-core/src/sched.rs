@@ -1190,39 +1190,10 @@ impl<P> LinkScheduler<P> {
             return Err(self.refuse(None, QueueDrop::UnknownClass, meta.len, packet));
         };
         let len = u64::from(meta.len);
-        let node = &self.nodes[leaf as usize];
-        let refusal = if !node.is_leaf() {
-            Some(QueueDrop::NotALeaf)
-        } else if node.stats.backlog >= node.config.limit_packets {
-            Some(QueueDrop::ClassPackets)
-        } else if node.stats.backlog_bytes.saturating_add(len) > node.config.limit_bytes {
-            Some(QueueDrop::ClassBytes)
-        } else if self.queued_packets >= self.config.total_packets {
-            Some(QueueDrop::BufferPackets)
-        } else if self.queued_bytes.saturating_add(len) > self.config.total_bytes {
-            Some(QueueDrop::BufferBytes)
-        } else {
-            None
-        };
-        if let Some(reason) = refusal {
+        if let Some(reason) = self.admission(leaf, len) {
             return Err(self.refuse(Some(leaf), reason, meta.len, packet));
         }
-
-        let slot = match self.free_slots.pop() {
-            Some(s) => s,
-            None => {
-                // Below `total_packets` (checked above), so the slab has room.
-                let s = self.slots.len() as u32;
-                self.slots.push(Slot {
-                    packet: None,
-                    len: 0,
-                    leaf,
-                    rank: 0,
-                    since: now,
-                });
-                s
-            }
-        };
+        let slot = self.take_slot(leaf, now);
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
 
@@ -1230,47 +1201,8 @@ impl<P> LinkScheduler<P> {
         let mut child = leaf;
         let mut leaf_rank = 0;
         loop {
-            let (ctx, parent) = {
-                let n = &mut self.nodes[node as usize];
-                if n.stats.backlog == 0 {
-                    // A busy period starts: virtual time restarts under a new number.
-                    self.busy_periods = self.busy_periods.wrapping_add(1);
-                    n.busy_period = self.busy_periods;
-                    n.vtime = 0;
-                }
-                let c = &self.nodes[child as usize].config;
-                let n = &self.nodes[node as usize];
-                let ctx = RankContext {
-                    node: ClassId {
-                        index: node,
-                        generation: n.generation,
-                    },
-                    child: ClassId {
-                        index: child,
-                        generation: self.nodes[child as usize].generation,
-                    },
-                    weight: c.weight,
-                    priority: c.priority,
-                    vtime: n.vtime,
-                    busy_period: n.busy_period,
-                    queued: n.stats.backlog,
-                    now,
-                };
-                (ctx, n.parent)
-            };
-            self.counters.rank_calls = self.counters.rank_calls.saturating_add(1);
-            let rank = match self.rank.rank(meta, &ctx) {
-                Ok(r) => r,
-                Err(error) => {
-                    self.counters.rank_faults = self.counters.rank_faults.saturating_add(1);
-                    tracing::debug!(rank = self.rank.name(), node = %ctx.node, %error,
-                        "rank call failed; ranked at virtual time");
-                    ctx.vtime
-                }
-            };
-            if rank == u64::MAX {
-                self.counters.rank_saturated = self.counters.rank_saturated.saturating_add(1);
-            }
+            let (ctx, parent) = self.rank_context(node, child, now);
+            let rank = self.rank_at(meta, &ctx);
             let target = if node == leaf {
                 leaf_rank = rank;
                 slot
@@ -1303,6 +1235,97 @@ impl<P> LinkScheduler<P> {
         self.queued_bytes = self.queued_bytes.saturating_add(len);
         self.counters.enqueued = self.counters.enqueued.saturating_add(1);
         Ok(())
+    }
+
+    /// Why a packet of `len` bytes for class `leaf` would be refused, checked
+    /// in order: not a leaf, the class's limits, the shared buffer's limits.
+    #[inline]
+    fn admission(&self, leaf: u32, len: u64) -> Option<QueueDrop> {
+        let node = &self.nodes[leaf as usize];
+        if !node.is_leaf() {
+            Some(QueueDrop::NotALeaf)
+        } else if node.stats.backlog >= node.config.limit_packets {
+            Some(QueueDrop::ClassPackets)
+        } else if node.stats.backlog_bytes.saturating_add(len) > node.config.limit_bytes {
+            Some(QueueDrop::ClassBytes)
+        } else if self.queued_packets >= self.config.total_packets {
+            Some(QueueDrop::BufferPackets)
+        } else if self.queued_bytes.saturating_add(len) > self.config.total_bytes {
+            Some(QueueDrop::BufferBytes)
+        } else {
+            None
+        }
+    }
+
+    /// A free slab slot; the slab grows only below `total_packets` (checked by
+    /// `admission`), so it has room.
+    #[inline]
+    fn take_slot(&mut self, leaf: u32, now: Instant) -> u32 {
+        match self.free_slots.pop() {
+            Some(s) => s,
+            None => {
+                let s = self.slots.len() as u32;
+                self.slots.push(Slot {
+                    packet: None,
+                    len: 0,
+                    leaf,
+                    rank: 0,
+                    since: now,
+                });
+                s
+            }
+        }
+    }
+
+    /// What the rank function sees when `child`'s packet enters `node`'s PIFO
+    /// (starting a busy period if `node` was idle), and `node`'s parent.
+    #[inline]
+    fn rank_context(&mut self, node: u32, child: u32, now: Instant) -> (RankContext, Option<u32>) {
+        let n = &mut self.nodes[node as usize];
+        if n.stats.backlog == 0 {
+            // A busy period starts: virtual time restarts under a new number.
+            self.busy_periods = self.busy_periods.wrapping_add(1);
+            n.busy_period = self.busy_periods;
+            n.vtime = 0;
+        }
+        let c = &self.nodes[child as usize].config;
+        let n = &self.nodes[node as usize];
+        let ctx = RankContext {
+            node: ClassId {
+                index: node,
+                generation: n.generation,
+            },
+            child: ClassId {
+                index: child,
+                generation: self.nodes[child as usize].generation,
+            },
+            weight: c.weight,
+            priority: c.priority,
+            vtime: n.vtime,
+            busy_period: n.busy_period,
+            queued: n.stats.backlog,
+            now,
+        };
+        (ctx, n.parent)
+    }
+
+    /// The rank function's answer, counted; a fault ranks at virtual time.
+    #[inline]
+    fn rank_at(&mut self, meta: &PacketMeta, ctx: &RankContext) -> u64 {
+        self.counters.rank_calls = self.counters.rank_calls.saturating_add(1);
+        let rank = match self.rank.rank(meta, ctx) {
+            Ok(r) => r,
+            Err(error) => {
+                self.counters.rank_faults = self.counters.rank_faults.saturating_add(1);
+                tracing::debug!(rank = self.rank.name(), node = %ctx.node, %error,
+                    "rank call failed; ranked at virtual time");
+                ctx.vtime
+            }
+        };
+        if rank == u64::MAX {
+            self.counters.rank_saturated = self.counters.rank_saturated.saturating_add(1);
+        }
+        rank
     }
 
     /// The slab slot of the packet `dequeue` would send next, regardless of shaping.

@@ -384,79 +384,115 @@ impl SlrControl {
         event: PeerEvent,
         api: &mut A,
     ) {
-        if let Some(up) = self.upstream.as_mut()
-            && up.session == session
-        {
-            match event {
-                PeerEvent::Registered { identity, .. } => {
-                    up.registered = true;
-                    debug!(upper = %identity, "registered with the upper level");
-                    let session = up.session;
-                    self.advertise(session);
-                }
-                PeerEvent::PeerDown { reason } => {
-                    debug!(%reason, "upper level session down");
-                    self.upstream = None;
-                    self.recovery.session_down(session);
-                }
-                PeerEvent::WhoHas(q) if up.registered => self.answer_whohas(now, session, &q, api),
-                PeerEvent::WhoHasAnswer(a) if up.registered => {
-                    self.whohas_answer(now, session, &a, api);
-                }
-                _ => self.stats.ignored_events += 1,
-            }
-            return;
-        }
-        if self.neighbours.contains_key(&session) {
+        if self.upstream.is_some_and(|up| up.session == session) {
+            self.upstream_event(now, session, event, api);
+        } else if self.neighbours.contains_key(&session) {
             self.neighbour_event(now, session, event, api);
-            return;
-        }
-        if self.spares.contains_key(&session) {
+        } else if self.spares.contains_key(&session) {
             self.spare_event(session, event);
-            return;
+        } else if let PeerEvent::Registered {
+            identity,
+            level,
+            role,
+            epoch,
+        } = event
+        {
+            self.downstream_registered(session, identity, level, role, epoch);
+        } else {
+            self.downstream_event(now, session, event, api);
         }
+    }
+
+    /// An event of the session to the upper level.
+    fn upstream_event<A: RouterApi + ?Sized>(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        event: PeerEvent,
+        api: &mut A,
+    ) {
+        let Some(up) = self.upstream.as_mut() else {
+            return;
+        };
+        match event {
+            PeerEvent::Registered { identity, .. } => {
+                up.registered = true;
+                debug!(upper = %identity, "registered with the upper level");
+                let session = up.session;
+                self.advertise(session);
+            }
+            PeerEvent::PeerDown { reason } => {
+                debug!(%reason, "upper level session down");
+                self.upstream = None;
+                self.recovery.session_down(session);
+            }
+            PeerEvent::WhoHas(q) if up.registered => self.answer_whohas(now, session, &q, api),
+            PeerEvent::WhoHasAnswer(a) if up.registered => {
+                self.whohas_answer(now, session, &a, api);
+            }
+            _ => self.stats.ignored_events += 1,
+        }
+    }
+
+    /// A session from below registered: a lower-level peer joins the table; a
+    /// spare or an SLR of our own level goes to `same_level_registered`.
+    fn downstream_registered(
+        &mut self,
+        session: SessionId,
+        identity: NodeName,
+        level: Level,
+        role: Role,
+        epoch: Epoch,
+    ) {
         let expected = self.expected_downstream_role();
         let own = self.own_role();
         let Some(ds) = self.downstream.get_mut(&session) else {
             self.stats.ignored_events += 1;
             return;
         };
-        match event {
-            PeerEvent::Registered {
-                identity,
-                level,
-                role,
-                epoch,
-            } => {
-                if role == Role::Spare || role == own {
-                    self.downstream.remove(&session);
-                    self.same_level_registered(session, identity, level, role);
-                    return;
-                }
-                if role != expected {
-                    self.stats.unexpected_roles += 1;
-                    warn!(peer = %identity, ?role, ?expected, "peer of the wrong role refused");
-                    self.actions.push_back(SlrAction::Close { session });
-                    return;
-                }
-                match self
-                    .table
-                    .register(&identity, ds.addr, ds.route_cost, epoch)
-                {
-                    Ok(()) => {
-                        self.stats.registrations += 1;
-                        ds.registered = Some((identity, epoch));
-                    }
-                    Err(TableError::PeersFull { .. }) => {
-                        self.stats.table_full += 1;
-                        self.actions.push_back(SlrAction::Close { session });
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "registration refused");
-                        self.actions.push_back(SlrAction::Close { session });
-                    }
-                }
+        if role == Role::Spare || role == own {
+            self.downstream.remove(&session);
+            self.same_level_registered(session, identity, level, role);
+            return;
+        }
+        if role != expected {
+            self.stats.unexpected_roles += 1;
+            warn!(peer = %identity, ?role, ?expected, "peer of the wrong role refused");
+            self.actions.push_back(SlrAction::Close { session });
+            return;
+        }
+        match self
+            .table
+            .register(&identity, ds.addr, ds.route_cost, epoch)
+        {
+            Ok(()) => {
+                self.stats.registrations += 1;
+                ds.registered = Some((identity, epoch));
             }
+            Err(TableError::PeersFull { .. }) => {
+                self.stats.table_full += 1;
+                self.actions.push_back(SlrAction::Close { session });
+            }
+            Err(e) => {
+                warn!(error = %e, "registration refused");
+                self.actions.push_back(SlrAction::Close { session });
+            }
+        }
+    }
+
+    /// Any other event of a session from below.
+    fn downstream_event<A: RouterApi + ?Sized>(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        event: PeerEvent,
+        api: &mut A,
+    ) {
+        let Some(ds) = self.downstream.get_mut(&session) else {
+            self.stats.ignored_events += 1;
+            return;
+        };
+        match event {
             PeerEvent::StateUpdate(u) => {
                 let Some((name, epoch)) = &ds.registered else {
                     self.stats.updates_ignored += 1;

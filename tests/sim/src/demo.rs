@@ -21,8 +21,8 @@ use router_core::time::Instant;
 use signaling::SubnetPrefix;
 
 use crate::sim::{
-    ConnState, Delays, FlowHash, HierarchySpec, HostSpec, NodeId, ShortcutFigures, Sim, SimConfig,
-    SiteSpec, SystemSpec, TopologyError,
+    ConnState, Delays, FlowHash, Hierarchy, HierarchySpec, HostSpec, NodeId, ShortcutFigures, Sim,
+    SimConfig, SiteSpec, SystemSpec, TopologyError,
 };
 
 /// What the demo runs with.
@@ -182,59 +182,17 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoReport, DemoError> {
         ..SimConfig::default()
     };
     let (mut sim, h) = Sim::build(cfg, &spec()?)?;
-    let vip = SocketAddrV4::new([192, 200, 0, 80].into(), 80);
-    let n = opts.connections_per_phase.max(1);
-    let spacing = PHASE_LEN_MS * 1000 / u64::from(n);
-    for (phase, start) in PHASE_STARTS.iter().enumerate() {
-        for k in 0..n {
-            let client = h.clients[(k as usize + phase) % h.clients.len()];
-            let at = Instant::from_nanos((start * 1000 + u64::from(k) * spacing) * 1000);
-            sim.open_connection(client, vip, at, 4, Duration::from_millis(150))?;
-        }
-    }
+    open_all_phases(&mut sim, &h, opts.connections_per_phase)?;
     sim.run_until(Instant::from_millis(PHASE_STARTS[1]));
     for &site in h.sites.iter().flatten() {
         sim.set_policy(site, opts.swapped_site_policy.clone());
     }
     sim.run_until(Instant::from_millis(FAIL_AT_MS));
-    // Take down the site (SLR and hosts) that took most of the connections opened
-    // in the last second, so the failure hits connections in flight.
-    let phase_of = |t: Instant| {
-        PHASE_STARTS
-            .iter()
-            .rposition(|&s| t >= Instant::from_millis(s))
-            .unwrap_or(0)
-    };
-    let recent = Instant::from_millis(FAIL_AT_MS - 1_000);
-    let busiest = h.all_sites().max_by_key(|&(i, j, _)| {
-        sim.conns()
-            .iter()
-            .filter(|c| c.opened_at >= recent)
-            .filter(|c| c.server.is_some_and(|s| h.hosts[i][j].contains(&s)))
-            .count()
-    });
-    let (fi, fj, failed_site) = busiest.unwrap_or((0, 0, h.sites[0][0]));
-    sim.fail_node(failed_site);
-    for &host in &h.hosts[fi][fj] {
-        sim.fail_node(host);
-    }
+    let (fi, fj, failed_site) = fail_busiest_site(&mut sim, &h);
     let failed_at = sim.now();
     sim.run_until(Instant::from_millis(END_MS));
 
     let on_failed = |s: Option<NodeId>| s.is_some_and(|s| h.hosts[fi][fj].contains(&s));
-    let mut hosts = Vec::new();
-    for (i, j, _, id) in h.all_hosts() {
-        let mut per_phase = [0u32; 3];
-        for c in sim.conns().iter().filter(|c| c.server == Some(id)) {
-            per_phase[phase_of(c.opened_at)] += 1;
-        }
-        hosts.push(HostRow {
-            system: i,
-            site: j,
-            name: sim.name(id).to_string(),
-            per_phase,
-        });
-    }
     let titles = [
         format!(
             "phase 1: site policy {}",
@@ -252,33 +210,8 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoReport, DemoError> {
             failed_at.as_millis() as f64 / 1000.0
         ),
     ];
-    let phases = titles
-        .into_iter()
-        .enumerate()
-        .map(|(p, title)| {
-            let in_phase = |c: &crate::sim::ConnRecord| phase_of(c.opened_at) == p;
-            let all: Vec<_> = sim.conns().iter().filter(|c| in_phase(c)).collect();
-            PhaseReport {
-                title,
-                opened: all.len(),
-                completed: all.iter().filter(|c| c.state == ConnState::Done).count(),
-                failed: all
-                    .iter()
-                    .filter(|c| matches!(c.state, ConnState::TimedOut | ConnState::Reset))
-                    .count(),
-                unfinished: all
-                    .iter()
-                    .filter(|c| {
-                        !matches!(
-                            c.state,
-                            ConnState::Done | ConnState::TimedOut | ConnState::Reset
-                        )
-                    })
-                    .count(),
-                figures: sim.figures(in_phase),
-            }
-        })
-        .collect();
+    let hosts = host_rows(&sim, &h);
+    let phases = phase_reports(&sim, titles);
     let last_sent_to_failed_site = sim
         .conns()
         .iter()
@@ -313,6 +246,99 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoReport, DemoError> {
         cost_model: opts.cost.name().to_owned(),
         events: sim.stats().events,
     })
+}
+
+/// The phase (0, 1, 2) a connection opened at `t` belongs to.
+fn phase_of(t: Instant) -> usize {
+    PHASE_STARTS
+        .iter()
+        .rposition(|&s| t >= Instant::from_millis(s))
+        .unwrap_or(0)
+}
+
+/// Schedule `per_phase` connections to the VIP, evenly spread over each phase,
+/// taking the clients in turn.
+fn open_all_phases(sim: &mut Sim, h: &Hierarchy, per_phase: u32) -> Result<(), DemoError> {
+    let vip = SocketAddrV4::new([192, 200, 0, 80].into(), 80);
+    let n = per_phase.max(1);
+    let spacing = PHASE_LEN_MS * 1000 / u64::from(n);
+    for (phase, start) in PHASE_STARTS.iter().enumerate() {
+        for k in 0..n {
+            let client = h.clients[(k as usize + phase) % h.clients.len()];
+            let at = Instant::from_nanos((start * 1000 + u64::from(k) * spacing) * 1000);
+            sim.open_connection(client, vip, at, 4, Duration::from_millis(150))?;
+        }
+    }
+    Ok(())
+}
+
+/// Take down the site (SLR and hosts) that took most of the connections opened
+/// in the last second, so the failure hits connections in flight; returns its
+/// system index, site index and SLR.
+fn fail_busiest_site(sim: &mut Sim, h: &Hierarchy) -> (usize, usize, NodeId) {
+    let recent = Instant::from_millis(FAIL_AT_MS - 1_000);
+    let busiest = h.all_sites().max_by_key(|&(i, j, _)| {
+        sim.conns()
+            .iter()
+            .filter(|c| c.opened_at >= recent)
+            .filter(|c| c.server.is_some_and(|s| h.hosts[i][j].contains(&s)))
+            .count()
+    });
+    let (fi, fj, failed_site) = busiest.unwrap_or((0, 0, h.sites[0][0]));
+    sim.fail_node(failed_site);
+    for &host in &h.hosts[fi][fj] {
+        sim.fail_node(host);
+    }
+    (fi, fj, failed_site)
+}
+
+/// Connections each host served, per phase.
+fn host_rows(sim: &Sim, h: &Hierarchy) -> Vec<HostRow> {
+    let mut hosts = Vec::new();
+    for (i, j, _, id) in h.all_hosts() {
+        let mut per_phase = [0u32; 3];
+        for c in sim.conns().iter().filter(|c| c.server == Some(id)) {
+            per_phase[phase_of(c.opened_at)] += 1;
+        }
+        hosts.push(HostRow {
+            system: i,
+            site: j,
+            name: sim.name(id).to_string(),
+            per_phase,
+        });
+    }
+    hosts
+}
+
+/// Outcomes and shortcut figures of each phase's connections.
+fn phase_reports(sim: &Sim, titles: [String; 3]) -> Vec<PhaseReport> {
+    titles
+        .into_iter()
+        .enumerate()
+        .map(|(p, title)| {
+            let in_phase = |c: &crate::sim::ConnRecord| phase_of(c.opened_at) == p;
+            let all: Vec<_> = sim.conns().iter().filter(|c| in_phase(c)).collect();
+            PhaseReport {
+                title,
+                opened: all.len(),
+                completed: all.iter().filter(|c| c.state == ConnState::Done).count(),
+                failed: all
+                    .iter()
+                    .filter(|c| matches!(c.state, ConnState::TimedOut | ConnState::Reset))
+                    .count(),
+                unfinished: all
+                    .iter()
+                    .filter(|c| {
+                        !matches!(
+                            c.state,
+                            ConnState::Done | ConnState::TimedOut | ConnState::Reset
+                        )
+                    })
+                    .count(),
+                figures: sim.figures(in_phase),
+            }
+        })
+        .collect()
 }
 
 impl fmt::Display for DemoReport {
