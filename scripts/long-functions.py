@@ -3,7 +3,7 @@
 lines).
 
 Good-enough brace matching from each `fn ` line: skips test, bench and fuzz
-directories (but keeps the simulator library under tests/src/), `#[cfg(test)]`
+directories (but keeps the simulator library under tests/sim/src/), `#[cfg(test)]`
 items and `#[test]` functions; ignores braces in `//` comments, char literals and
 one-line strings (raw and multi-line strings are not parsed). Nested functions
 are reported on their own and also counted inside their parent.
@@ -78,7 +78,7 @@ def main():
     ).stdout.split()
     found = []
     for f in files:
-        if NON_PRODUCT.search(f) and not f.startswith('tests/src/'):
+        if NON_PRODUCT.search(f) and not f.startswith('tests/sim/src/'):
             continue
         for length, line, name in functions(root / f):
             found.append((length, f'{f}:{line}', name))

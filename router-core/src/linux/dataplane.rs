@@ -473,79 +473,13 @@ impl Dataplane {
     /// raise the TUN, probe for kernel ipip, open the raw sockets, turn on
     /// forwarding. Serve subnets afterwards with [`DataplaneHandle::serve`].
     pub fn new(cfg: DataplaneConfig) -> Result<Self, DataplaneError> {
-        if !(1..=MAX_BATCH).contains(&cfg.batch) {
-            return Err(DataplaneError::Config {
-                field: "batch",
-                reason: format!("{} is outside 1..={MAX_BATCH}", cfg.batch),
-            });
-        }
-        if !(576..=65535).contains(&cfg.max_packet) || usize::from(cfg.tun_mtu) > cfg.max_packet {
-            return Err(DataplaneError::Config {
-                field: "max_packet",
-                reason: format!(
-                    "{} must be in 576..=65535 and at least the TUN MTU {}",
-                    cfg.max_packet, cfg.tun_mtu
-                ),
-            });
-        }
-        if cfg.engine.local_v4.is_none() && cfg.engine.local_v6.is_none() {
-            return Err(DataplaneError::Config {
-                field: "engine.local_v4/local_v6",
-                reason: "a tunnel endpoint address is required".into(),
-            });
-        }
+        validate(&cfg)?;
         let nl = match &cfg.runtime {
             Some(rt) => Netlink::open_on(rt)?,
             None => Netlink::open()?,
         };
-        let tun = TunDevice::create(&cfg.tun_name)?;
-        let tun_index = nl.link_index(&cfg.tun_name)?;
-        if cfg.engine.local_v6.is_none() {
-            // Else the kernel's own IPv6 chatter (RS, MLD) arrives as NotServed drops.
-            if let Err(e) = sysctl::disable_ipv6(&cfg.tun_name) {
-                tracing::debug!(error = %e, "cannot disable IPv6 on the TUN");
-            }
-        }
-        nl.set_mtu(tun_index, u32::from(cfg.tun_mtu))?;
-        nl.set_up(tun_index)?;
-        if cfg.enable_forwarding {
-            sysctl::enable_forwarding(cfg.engine.local_v6.is_some())?;
-        }
-
-        let want_kernel = match cfg.tunnel_path {
-            TunnelPath::Userspace => false,
-            TunnelPath::Auto | TunnelPath::Kernel => {
-                let has = nl.kernel_has_ipip();
-                if !has && cfg.tunnel_path == TunnelPath::Kernel {
-                    return Err(DataplaneError::NoKernelIpip);
-                }
-                has
-            }
-        };
-        let mut raw = Vec::new();
-        let mut tunnel_path_used = "userspace-raw";
-        if let Some(local) = cfg.engine.local_v4 {
-            if want_kernel {
-                // The kernel terminates IPv4-in-IPv4 to us and routes the inner
-                // packet (a VIP) into the TUN; the raw socket must stay closed or
-                // every packet would arrive twice.
-                let name = format!("{}ip", truncate_name(&cfg.tun_name, 13));
-                let idx = nl.create_ipip(&name, local)?;
-                nl.set_up(idx)?;
-                let all = sysctl::set_rp_filter(&name, 0)?;
-                if all == 1 {
-                    tracing::warn!(iface = %name, "net.ipv4.conf.all.rp_filter=1 drops decapsulated packets");
-                }
-                tunnel_path_used = "kernel-ipip";
-            } else {
-                raw.push(RawRx::open(Family::V4, ip_proto::IPV4, cfg.batch)?);
-            }
-            raw.push(RawRx::open(Family::V4, ip_proto::IPV6, cfg.batch)?);
-        }
-        if cfg.engine.local_v6.is_some() {
-            raw.push(RawRx::open(Family::V6, ip_proto::IPV4, cfg.batch)?);
-            raw.push(RawRx::open(Family::V6, ip_proto::IPV6, cfg.batch)?);
-        }
+        let (tun, tun_index) = open_tun(&nl, &cfg)?;
+        let (raw, tunnel_path_used) = open_tunnel_path(&nl, &cfg)?;
         tracing::info!(
             tunnel_path = tunnel_path_used,
             tun = %cfg.tun_name,
@@ -693,6 +627,94 @@ impl Dataplane {
             }
         }
     }
+}
+
+/// Refuse a configuration the shell cannot run.
+fn validate(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
+    if !(1..=MAX_BATCH).contains(&cfg.batch) {
+        return Err(DataplaneError::Config {
+            field: "batch",
+            reason: format!("{} is outside 1..={MAX_BATCH}", cfg.batch),
+        });
+    }
+    if !(576..=65535).contains(&cfg.max_packet) || usize::from(cfg.tun_mtu) > cfg.max_packet {
+        return Err(DataplaneError::Config {
+            field: "max_packet",
+            reason: format!(
+                "{} must be in 576..=65535 and at least the TUN MTU {}",
+                cfg.max_packet, cfg.tun_mtu
+            ),
+        });
+    }
+    if cfg.engine.local_v4.is_none() && cfg.engine.local_v6.is_none() {
+        return Err(DataplaneError::Config {
+            field: "engine.local_v4/local_v6",
+            reason: "a tunnel endpoint address is required".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The TUN the served subnets are routed into, up, with its MTU; IP
+/// forwarding on when asked.
+fn open_tun(nl: &Netlink, cfg: &DataplaneConfig) -> Result<(TunDevice, u32), DataplaneError> {
+    let tun = TunDevice::create(&cfg.tun_name)?;
+    let tun_index = nl.link_index(&cfg.tun_name)?;
+    if cfg.engine.local_v6.is_none() {
+        // Else the kernel's own IPv6 chatter (RS, MLD) arrives as NotServed drops.
+        if let Err(e) = sysctl::disable_ipv6(&cfg.tun_name) {
+            tracing::debug!(error = %e, "cannot disable IPv6 on the TUN");
+        }
+    }
+    nl.set_mtu(tun_index, u32::from(cfg.tun_mtu))?;
+    nl.set_up(tun_index)?;
+    if cfg.enable_forwarding {
+        sysctl::enable_forwarding(cfg.engine.local_v6.is_some())?;
+    }
+    Ok((tun, tun_index))
+}
+
+/// How tunnels to us are terminated: the kernel's ipip device where it exists
+/// and is allowed, else raw sockets; returns the sockets to read and the path.
+fn open_tunnel_path(
+    nl: &Netlink,
+    cfg: &DataplaneConfig,
+) -> Result<(Vec<RawRx>, &'static str), DataplaneError> {
+    let want_kernel = match cfg.tunnel_path {
+        TunnelPath::Userspace => false,
+        TunnelPath::Auto | TunnelPath::Kernel => {
+            let has = nl.kernel_has_ipip();
+            if !has && cfg.tunnel_path == TunnelPath::Kernel {
+                return Err(DataplaneError::NoKernelIpip);
+            }
+            has
+        }
+    };
+    let mut raw = Vec::new();
+    let mut path = "userspace-raw";
+    if let Some(local) = cfg.engine.local_v4 {
+        if want_kernel {
+            // The kernel terminates IPv4-in-IPv4 to us and routes the inner
+            // packet (a VIP) into the TUN; the raw socket must stay closed or
+            // every packet would arrive twice.
+            let name = format!("{}ip", truncate_name(&cfg.tun_name, 13));
+            let idx = nl.create_ipip(&name, local)?;
+            nl.set_up(idx)?;
+            let all = sysctl::set_rp_filter(&name, 0)?;
+            if all == 1 {
+                tracing::warn!(iface = %name, "net.ipv4.conf.all.rp_filter=1 drops decapsulated packets");
+            }
+            path = "kernel-ipip";
+        } else {
+            raw.push(RawRx::open(Family::V4, ip_proto::IPV4, cfg.batch)?);
+        }
+        raw.push(RawRx::open(Family::V4, ip_proto::IPV6, cfg.batch)?);
+    }
+    if cfg.engine.local_v6.is_some() {
+        raw.push(RawRx::open(Family::V6, ip_proto::IPV4, cfg.batch)?);
+        raw.push(RawRx::open(Family::V6, ip_proto::IPV6, cfg.batch)?);
+    }
+    Ok((raw, path))
 }
 
 fn truncate_name(name: &str, max: usize) -> &str {

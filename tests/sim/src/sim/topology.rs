@@ -312,31 +312,9 @@ impl Sim {
                 for (k, host) in site.hosts.iter().enumerate() {
                     let c = octet(k + 9, 250, "hosts per site")?;
                     let name = node_name(&format!("host{i}-{j}-{k}.pronto.test"))?;
-                    let mut agent = HostAgent::new(HostConfig {
-                        subnets: host.subnets.clone(),
-                        update_interval: sim.cfg.host_update_interval,
-                        capacity: host.capacity,
-                    })?;
-                    agent.set_background_load(host.background_load);
-                    let id = sim.add_node(NewNode {
-                        claimed: name.clone(),
-                        name,
-                        addr: Ipv4Addr::new(10, a, b, c),
-                        parent: Some(site_id),
-                        uplink: d.host,
-                        issuer: CaId(0),
-                        trust: vec![CaId(0), site.issuer],
-                        up: Some((site_id, host.route_cost)),
-                        kind: Kind::Host(Box::new(HostNode {
-                            agent,
-                            tunnel: IpIpTunnel::new(),
-                            site_addr: IpAddr::V4(site_addr),
-                            conns: HashMap::new(),
-                            stats: HostServerStats::default(),
-                            rec: HostRecovery::default(),
-                        })),
-                    });
-                    hosts.push(id);
+                    let addr = Ipv4Addr::new(10, a, b, c);
+                    let at = (site_id, site_addr, site.issuer);
+                    hosts.push(sim.add_host(name, addr, host, at, d.host)?);
                 }
                 hosts_of_sys.push(hosts);
             }
@@ -344,25 +322,7 @@ impl Sim {
             h.hosts.push(hosts_of_sys);
         }
         for k in 0..spec.clients {
-            if k >= 250 * 250 {
-                return Err(TopologyError::TooMany { what: "clients" });
-            }
-            let name = node_name(&format!("client{k}.pronto.test"))?;
-            let id = sim.add_node(NewNode {
-                claimed: name.clone(),
-                name,
-                addr: Ipv4Addr::new(172, 16, (k / 250) as u8, (k % 250 + 1) as u8),
-                parent: Some(network),
-                uplink: d.client,
-                issuer: CaId(0),
-                trust: vec![CaId(0)],
-                up: None,
-                kind: Kind::Client(Box::new(ClientNode {
-                    next_port: 10_000,
-                    ..ClientNode::default()
-                })),
-            });
-            h.clients.push(id);
+            h.clients.push(sim.add_client(k, network, d.client)?);
         }
         sim.init_recovery();
         for i in 0..sim.nodes.len() {
@@ -373,6 +333,66 @@ impl Sim {
             sim.reschedule(id);
         }
         Ok((sim, h))
+    }
+
+    fn add_host(
+        &mut self,
+        name: NodeName,
+        addr: Ipv4Addr,
+        host: &HostSpec,
+        (site_id, site_addr, site_issuer): (NodeId, Ipv4Addr, CaId),
+        uplink: Duration,
+    ) -> Result<NodeId, TopologyError> {
+        let mut agent = HostAgent::new(HostConfig {
+            subnets: host.subnets.clone(),
+            update_interval: self.cfg.host_update_interval,
+            capacity: host.capacity,
+        })?;
+        agent.set_background_load(host.background_load);
+        Ok(self.add_node(NewNode {
+            claimed: name.clone(),
+            name,
+            addr,
+            parent: Some(site_id),
+            uplink,
+            issuer: CaId(0),
+            trust: vec![CaId(0), site_issuer],
+            up: Some((site_id, host.route_cost)),
+            kind: Kind::Host(Box::new(HostNode {
+                agent,
+                tunnel: IpIpTunnel::new(),
+                site_addr: IpAddr::V4(site_addr),
+                conns: HashMap::new(),
+                stats: HostServerStats::default(),
+                rec: HostRecovery::default(),
+            })),
+        }))
+    }
+
+    fn add_client(
+        &mut self,
+        k: usize,
+        network: NodeId,
+        uplink: Duration,
+    ) -> Result<NodeId, TopologyError> {
+        if k >= 250 * 250 {
+            return Err(TopologyError::TooMany { what: "clients" });
+        }
+        let name = node_name(&format!("client{k}.pronto.test"))?;
+        Ok(self.add_node(NewNode {
+            claimed: name.clone(),
+            name,
+            addr: Ipv4Addr::new(172, 16, (k / 250) as u8, (k % 250 + 1) as u8),
+            parent: Some(network),
+            uplink,
+            issuer: CaId(0),
+            trust: vec![CaId(0)],
+            up: None,
+            kind: Kind::Client(Box::new(ClientNode {
+                next_port: 10_000,
+                ..ClientNode::default()
+            })),
+        }))
     }
 
     pub(super) fn engine_config(
