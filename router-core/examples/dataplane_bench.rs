@@ -189,6 +189,64 @@ mod bench {
         (tun_pps, pkt_pps)
     }
 
+    fn print_figures(k: [f64; 4], u: [f64; 4]) {
+        let [k_pps, k_wire, k_sent, k_cps] = k;
+        let [u_pps, u_wire, u_sent, u_cps] = u;
+        println!();
+        println!("figure                          kernel     userspace   ratio (user/kernel)");
+        println!(
+            "UDP delivered pkt/s (64 B)  {k_pps:>10.0}  {u_pps:>12.0}   {:.2}",
+            u_pps / k_pps
+        );
+        println!(
+            "UDP forwarded pkt/s (wire)  {k_wire:>10.0}  {u_wire:>12.0}   {:.2}",
+            u_wire / k_wire
+        );
+        println!(
+            "UDP offered pkt/s           {k_sent:>10.0}  {u_sent:>12.0}   {:.2}",
+            u_sent / k_sent
+        );
+        println!(
+            "TCP connections/s           {k_cps:>10.0}  {u_cps:>12.0}   {:.2}",
+            u_cps / k_cps
+        );
+    }
+
+    fn print_ingress(tun_pps: f64, pkt_pps: f64) {
+        println!();
+        println!("ingress, one reader            TUN        AF_PACKET   ratio (packet/tun)");
+        println!(
+            "pkt/s pulled                {tun_pps:>10.0}  {pkt_pps:>12.0}   {:.2}",
+            pkt_pps / tun_pps
+        );
+    }
+
+    fn print_counters(
+        c: &router_core::engine::EngineCounters,
+        s: &router_core::linux::ShellStats,
+        hs: &router_core::linux::HostStats,
+    ) {
+        println!();
+        println!(
+            "router: engine packets {} (new flows {}, pinned {}), drops {}; shell rx_tun {}, tx {}, tx_failed {}, batches {}, polls {}",
+            c.packets,
+            c.forwarded_new,
+            c.forwarded_pinned,
+            c.dropped_total(),
+            s.rx_tun,
+            s.tx_packets,
+            s.tx_failed,
+            s.batches,
+            s.polls
+        );
+        println!(
+            "host: tunnel packets {} injected {} dropped {}",
+            hs.rx,
+            hs.injected,
+            hs.dropped()
+        );
+    }
+
     pub(super) fn main() {
         if !lab::root_or_skip("dataplane_bench") {
             return;
@@ -296,48 +354,11 @@ mod bench {
         let _ = sink.join();
         let _ = server.join();
 
-        println!();
-        println!("figure                          kernel     userspace   ratio (user/kernel)");
-        println!(
-            "UDP delivered pkt/s (64 B)  {k_pps:>10.0}  {u_pps:>12.0}   {:.2}",
-            u_pps / k_pps
+        print_figures(
+            [k_pps, k_wire, k_sent, k_cps],
+            [u_pps, u_wire, u_sent, u_cps],
         );
-        println!(
-            "UDP forwarded pkt/s (wire)  {k_wire:>10.0}  {u_wire:>12.0}   {:.2}",
-            u_wire / k_wire
-        );
-        println!(
-            "UDP offered pkt/s           {k_sent:>10.0}  {u_sent:>12.0}   {:.2}",
-            u_sent / k_sent
-        );
-        println!(
-            "TCP connections/s           {k_cps:>10.0}  {u_cps:>12.0}   {:.2}",
-            u_cps / k_cps
-        );
-        println!();
-        println!("ingress, one reader            TUN        AF_PACKET   ratio (packet/tun)");
-        println!(
-            "pkt/s pulled                {tun_pps:>10.0}  {pkt_pps:>12.0}   {:.2}",
-            pkt_pps / tun_pps
-        );
-        println!();
-        println!(
-            "router: engine packets {} (new flows {}, pinned {}), drops {}; shell rx_tun {}, tx {}, tx_failed {}, batches {}, polls {}",
-            c.packets,
-            c.forwarded_new,
-            c.forwarded_pinned,
-            c.dropped_total(),
-            s.rx_tun,
-            s.tx_packets,
-            s.tx_failed,
-            s.batches,
-            s.polls
-        );
-        println!(
-            "host: tunnel packets {} injected {} dropped {}",
-            hs.rx,
-            hs.injected,
-            hs.dropped()
-        );
+        print_ingress(tun_pps, pkt_pps);
+        print_counters(&c, &s, &hs);
     }
 }
