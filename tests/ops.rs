@@ -624,6 +624,10 @@ fn operators_load_swap_roll_back_and_query_a_running_router_while_packets_flow()
         "unsigned and foreign"
     );
     assert!(value("pronto_control_registrations_total", None) >= 2.0);
+    // The recovery counters of the stats file are in the scrape too (`value`
+    // panics on a missing sample): no takeover happened, WHOHAS is counted.
+    assert_eq!(value("pronto_control_recovery_taken_over", None), 0.0);
+    assert!(value("pronto_control_recovery_queries_total", None) >= 0.0);
     let families = scrape.docs.len();
     let counters = lab.ok(&["query", "counters"], &[]);
     eprintln!(

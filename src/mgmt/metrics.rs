@@ -190,7 +190,15 @@ fn control_metrics(b: &mut MetricsBuilder, view: &ControlView) {
     b.flatten(
         "pronto_control",
         &view.counters,
-        &["downstream_sessions", "upstream_registered"],
+        &[
+            "downstream_sessions",
+            "upstream_registered",
+            "neighbours",
+            "mirrored_flows",
+            "mirror_lag_ms",
+            "takeover_silent_ms",
+            "takeover_addresses_ms",
+        ],
     );
     b.flatten("pronto_slr", &view.slr, &[]);
 }

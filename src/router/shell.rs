@@ -315,7 +315,15 @@ impl RouterShell {
                 }
             })
             .collect();
-        let counters = serde_json::to_value(self.control_snapshot()).unwrap_or_default();
+        // One serialisation of the same snapshots the stats file holds: the
+        // control side's counters with the recovery counters inside.
+        let mut counters = serde_json::to_value(self.control_snapshot()).unwrap_or_default();
+        if let (Some(map), Ok(rec)) = (
+            counters.as_object_mut(),
+            serde_json::to_value(super::snapshot::recovery_snapshot(self)),
+        ) {
+            map.insert("recovery".into(), rec);
+        }
         let view = crate::mgmt::control_view(slr, sessions, counters, now);
         // The asker may have given up (timeout); nothing to do then.
         let _ = req.reply.try_send(view);
