@@ -267,3 +267,53 @@ fn a_spare_takes_over_the_mirrored_table_when_its_primary_falls_silent() {
     let v = send(&mut n, key(4), TcpFlags::ACK, now);
     assert!(matches!(v, Verdict::Forward { next_hop, .. } if next_hop == ip(H2)));
 }
+
+#[test]
+fn a_spare_takes_over_at_once_when_its_session_declares_the_primary_dead() {
+    let mut c = config(Level::Site);
+    c.static_subnets = vec![(vips(), vec![hop(H1, 0.0)])];
+    c.spare = Some(SpareConfig {
+        dead_after: Duration::from_secs(5),
+        take_over: vec![ip(Ipv4Addr::new(10, 1, 1, 2))],
+        mirror_capacity: 64,
+    });
+    let mut n = Node::new(c, Instant::ZERO).unwrap();
+    let primary = SessionId(9);
+    n.session_opened(primary, SessionKind::Primary);
+    n.handle_event(
+        Instant::from_millis(10),
+        primary,
+        registered("site.example", Level::Site, Role::Site),
+    );
+    n.primary_heard(Instant::from_millis(300));
+    // A reset is not a death: the spare leaves room to reconnect.
+    let reset = PeerEvent::PeerDown {
+        reason: DownReason::TransportClosed,
+    };
+    n.handle_event(Instant::from_millis(310), primary, reset);
+    n.handle_timeout(Instant::from_millis(320));
+    assert!(
+        n.takeover().is_none(),
+        "a closed transport waits dead_after"
+    );
+    // The session comes back, then its dead interval runs out.
+    let again = SessionId(10);
+    n.session_opened(again, SessionKind::Primary);
+    n.handle_event(
+        Instant::from_millis(400),
+        again,
+        registered("site.example", Level::Site, Role::Site),
+    );
+    let dead = PeerEvent::PeerDown {
+        reason: DownReason::Timeout,
+    };
+    n.handle_event(Instant::from_millis(900), again, dead);
+    assert!(n.poll_timeout().unwrap() <= Instant::from_millis(900));
+    n.handle_timeout(Instant::from_millis(900));
+    let took = n.takeover().expect("taken over at the session's verdict");
+    assert_eq!(
+        took.at,
+        Instant::from_millis(900),
+        "no second wait of dead_after (5 s)"
+    );
+}

@@ -217,6 +217,12 @@ impl NodeRecovery {
                 if sp.primary == Some(id) {
                     warn!(%reason, "session to the primary down");
                     sp.primary = None;
+                    // Its dead interval ran out (it waited for the primary's
+                    // keepalives): the primary is dead now, no second wait.
+                    // Other ends (a reset, a clean close) leave room to reconnect.
+                    if matches!(reason, crate::peer::DownReason::Timeout) {
+                        sp.monitor.declare_dead(now);
+                    }
                 }
             }
             other => debug!(event = ?other, "primary session event ignored"),

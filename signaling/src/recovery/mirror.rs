@@ -598,6 +598,8 @@ pub struct Takeover {
 pub struct FailoverMonitor {
     dead_after: Duration,
     last_heard: Option<Instant>,
+    /// Declared dead by the session before `dead_after` ran out.
+    declared: Option<Instant>,
     fired: bool,
 }
 
@@ -607,6 +609,7 @@ impl FailoverMonitor {
         Self {
             dead_after,
             last_heard: None,
+            declared: None,
             fired: false,
         }
     }
@@ -629,13 +632,18 @@ impl FailoverMonitor {
         if self.fired {
             return None;
         }
-        self.last_heard.map(|t| t + self.dead_after)
+        let silence = self.last_heard.map(|t| t + self.dead_after);
+        match (self.declared, silence) {
+            (Some(d), Some(s)) => Some(d.min(s)),
+            (d, s) => d.or(s),
+        }
     }
 
     /// `Some` exactly once, when the primary has been silent for `dead_after`.
     pub fn handle_timeout(&mut self, now: Instant) -> Option<Takeover> {
         let last = self.last_heard?;
-        if self.fired || now < last + self.dead_after {
+        let declared = self.declared.is_some_and(|d| now >= d);
+        if self.fired || (now < last + self.dead_after && !declared) {
             return None;
         }
         self.fired = true;
@@ -648,6 +656,16 @@ impl FailoverMonitor {
             last_heard: last,
             silent_for,
         })
+    }
+
+    /// The primary is known dead now (its session's own dead interval ran out,
+    /// which already waited for its keepalives): take over at the next
+    /// [`FailoverMonitor::handle_timeout`] instead of waiting `dead_after` more.
+    /// A monitor that never heard the primary stays unarmed.
+    pub fn declare_dead(&mut self, now: Instant) {
+        if self.last_heard.is_some() && self.declared.is_none() {
+            self.declared = Some(now);
+        }
     }
 
     /// Whether the takeover was declared.
