@@ -417,7 +417,13 @@ fn run_router(path: &Path) -> Result<()> {
         .context("spawning the dataplane thread")?;
     let mgmt_server =
         start_management(&rt, &cfg, &handle, &ctl_tx, modules.as_ref(), cost, &hooks)?;
-    let result = rt.block_on(control_loop(ctl_rx, &handle));
+    // The control loop runs on the runtime's worker, beside the session tasks
+    // that feed it: a tunnel object goes from its session to the node without
+    // waking another thread first.
+    let control = rt.spawn(control_loop(ctl_rx, handle.clone()));
+    let result = rt
+        .block_on(control)
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("the control loop failed: {e}")));
     drop(mgmt_server);
     // Routes out and sessions closed before the dataplane goes.
     if let Err(e) = handle.call_node::<RouterShell, _>(|s, _| s.teardown()) {
@@ -491,7 +497,7 @@ pub(crate) fn role_of(level: Level) -> Role {
 
 /// Moves inputs to the node in batches, without waiting for the dataplane: a
 /// tunnel object reaches the engine between two packet batches.
-async fn control_loop(mut rx: mpsc::Receiver<Input>, handle: &DataplaneHandle) -> Result<()> {
+async fn control_loop(mut rx: mpsc::Receiver<Input>, handle: DataplaneHandle) -> Result<()> {
     loop {
         let Some(first) = rx.recv().await else {
             return Ok(());
