@@ -322,10 +322,11 @@ pub fn check(wasm: &[u8], bounds: &Bounds) -> Result<ModuleShape, CheckError> {
                 cap(Cap::Types, s.types, l.types.into())?;
             }
             Payload::ImportSection(r) => {
-                s.imports = u64::from(r.count());
-                cap(Cap::Imports, s.imports, l.imports.into())?;
-                // Other import kinds are refused by the interface check.
+                // The header counts groups of imports, not imports: count each.
                 for import in r.into_imports() {
+                    s.imports += 1;
+                    cap(Cap::Imports, s.imports, l.imports.into())?;
+                    // Other import kinds are refused by the interface check.
                     if matches!(
                         import.map_err(malformed)?.ty,
                         wasmparser::TypeRef::Func(_) | wasmparser::TypeRef::FuncExact(_)
@@ -370,7 +371,11 @@ pub fn check(wasm: &[u8], bounds: &Bounds) -> Result<ModuleShape, CheckError> {
             }
             Payload::ElementSection(r) => {
                 s.element_segments = u64::from(r.count());
-                cap(Cap::ElementSegments, s.element_segments, l.element_segments.into())?;
+                cap(
+                    Cap::ElementSegments,
+                    s.element_segments,
+                    l.element_segments.into(),
+                )?;
                 for element in r {
                     let items = match element.map_err(malformed)?.items {
                         ElementItems::Functions(f) => f.count(),
@@ -387,10 +392,14 @@ pub fn check(wasm: &[u8], bounds: &Bounds) -> Result<ModuleShape, CheckError> {
                 s.data_segments = u64::from(r.count());
                 cap(Cap::DataSegments, s.data_segments, l.data_segments.into())?;
                 // The section's length bounds the data before a segment is read.
-                cap(Cap::DataSize, r.range().len() as u64, l.data_size.saturating_add(
-                    // Segment headers: at most ~16 bytes each.
-                    s.data_segments.saturating_mul(16),
-                ))?;
+                cap(
+                    Cap::DataSize,
+                    span(&r.range()),
+                    l.data_size.saturating_add(
+                        // Segment headers: at most ~16 bytes each.
+                        s.data_segments.saturating_mul(16),
+                    ),
+                )?;
                 for data in r {
                     let data = data.map_err(malformed)?;
                     s.data_size = s.data_size.saturating_add(data.data.len() as u64);
@@ -425,7 +434,7 @@ fn check_body(
 ) -> Result<(), CheckError> {
     let function = u32::try_from(index).ok();
     let at = |e: LimitError| LimitError { function, ..e };
-    let size = body.range().len() as u64;
+    let size = span(&body.range());
     s.largest_body = s.largest_body.max(size);
     cap(Cap::FunctionBodySize, size, l.function_body_size).map_err(at)?;
     let mut locals = 0_u64;
@@ -436,6 +445,10 @@ fn check_body(
     }
     s.most_locals = s.most_locals.max(locals);
     Ok(())
+}
+
+fn span(range: &std::ops::Range<u64>) -> u64 {
+    range.end.saturating_sub(range.start)
 }
 
 /// Refusals per [`Cap`].

@@ -90,7 +90,11 @@ fn policy(fillers: usize, ops: usize, memory_pages: u32, data: usize) -> Vec<u8>
         let _ = write!(wat, "  (func $f{f} (param i32) (result i32)");
         for k in 0..ops {
             let op = ["i32.add", "i32.xor", "i32.mul", "i32.sub"][(f + k) % 4];
-            let _ = write!(wat, " local.get 0 i32.const {} {op} local.set 0", k % 60 + 1);
+            let _ = write!(
+                wat,
+                " local.get 0 i32.const {} {op} local.set 0",
+                k % 60 + 1
+            );
         }
         wat.push_str(" local.get 0)\n");
     }
@@ -189,11 +193,10 @@ fn a_module_of_100_000_functions_is_refused_before_compiling() {
     let ca = ca();
     let wasm = policy(100_000, 0, 1, 0);
     let bytes = signed(&ca, &manifest("huge", "1.0.0", &[]), &wasm);
-    println!(
-        "100 000-function module: {} bytes signed",
-        bytes.len()
-    );
-    let _guard = RSS_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    println!("100 000-function module: {} bytes signed", bytes.len());
+    let _guard = RSS_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let env = environment(&ca);
     let before = rss();
     let started = Instant::now();
@@ -249,6 +252,7 @@ fn largest_accepted() -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "compiles a 1 MiB-code module 21 times: ~11 min unoptimised; run with --release -- --ignored"]
 fn swap_and_rollback_of_the_largest_module_return_memory() {
     let ca = ca();
     let wasm = largest_accepted();
@@ -256,7 +260,9 @@ fn swap_and_rollback_of_the_largest_module_return_memory() {
     let files: Vec<Vec<u8>> = (0..=20)
         .map(|v| signed(&ca, &manifest("big", &format!("1.0.{v}"), &[]), &wasm))
         .collect();
-    let _guard = RSS_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _guard = RSS_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let env = environment(&ca);
     let start = rss();
     let t = Instant::now();

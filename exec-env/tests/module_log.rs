@@ -23,7 +23,10 @@ use tracing::{Event, Metadata, Subscriber};
 
 #[test]
 fn control_characters_are_escaped() {
-    let e = escape_log_text("ok\nFAKE router line\r\t\\ \u{1b}[31m \u{7f}\u{85}\u{2028}é", 512);
+    let e = escape_log_text(
+        "ok\nFAKE router line\r\t\\ \u{1b}[31m \u{7f}\u{85}\u{2028}é",
+        512,
+    );
     assert_eq!(
         e.text,
         "ok\\nFAKE router line\\r\\t\\\\ \\u{1b}[31m \\u{7f}\\u{85}\\u{2028}é"

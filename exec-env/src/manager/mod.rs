@@ -376,7 +376,9 @@ impl Environment {
         if let Err(e) = &result {
             health::bump(&self.inner.counters.refused);
             match e {
-                ManagerError::Vm(VmError::Limit(limit)) => self.inner.counters.limits.bump(limit.cap),
+                ManagerError::Vm(VmError::Limit(limit)) => {
+                    self.inner.counters.limits.bump(limit.cap)
+                }
                 ManagerError::Vm(VmError::ModuleTooLarge { .. }) => {
                     self.inner.counters.limits.bump(Cap::ModuleSize);
                 }
