@@ -99,7 +99,7 @@ fn policy(fillers: usize, ops: usize, memory_pages: u32, data: usize) -> Vec<u8>
         wat.push_str(" local.get 0)\n");
     }
     if data > 0 {
-        let _ = write!(wat, "  (data (i32.const 65536) \"{}\")\n", "a".repeat(data));
+        let _ = writeln!(wat, "  (data (i32.const 65536) \"{}\")", "a".repeat(data));
     }
     wat.push(')');
     wat::parse_str(&wat).unwrap()
