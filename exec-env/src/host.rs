@@ -3,7 +3,7 @@
 //!
 //! | import | capability | what it does |
 //! | --- | --- | --- |
-//! | `pronto.log(level, ptr, len)` | `log` | one UTF-8 line to `tracing`, target `pronto::module`, field `module`; at most [`sdk::import::MAX_LOG_LEN`] bytes, rate-limited per module |
+//! | `pronto.log(level, ptr, len)` | `log` | one record to `tracing`, target `pronto::module`, message `module log`, the module's text in field `text`, escaped and cut at [`MAX_LOGGED_LEN`] bytes ([`escape_log_text`]), fields `module` and `truncated`; at most [`sdk::import::MAX_LOG_LEN`] bytes read, rate-limited per module |
 //! | `pronto.now_ms() -> i64` | `clock` | monotonic milliseconds since the environment started |
 //!
 //! Nothing here reads or writes anything but the calling instance's own memory;
@@ -181,6 +181,70 @@ pub fn link(
     Ok(())
 }
 
+/// Longest module log text written to the router's log, bytes after escaping
+/// (the marker of a cut included).
+pub const MAX_LOGGED_LEN: usize = 512;
+
+/// Appended to a module's log text cut at [`MAX_LOGGED_LEN`].
+pub const TRUNCATION_MARKER: &str = "...[truncated]";
+
+/// Module-supplied log text made safe to write: see [`escape_log_text`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EscapedLog {
+    /// The escaped text, at most the bound asked for.
+    pub text: String,
+    /// Whether it was cut (and ends with [`TRUNCATION_MARKER`]).
+    pub truncated: bool,
+}
+
+/// Escapes `text` so it holds no control character and is at most `max` bytes:
+/// `\n`, `\r`, `\t` and `\\` as such, every other C0 control, DEL, C1
+/// control and the Unicode line and paragraph separators as `\u{..}` (some log
+/// readers break lines at those); a text longer than `max` is cut on a
+/// character boundary (never inside an escape) and ends with
+/// [`TRUNCATION_MARKER`]. What a module logs therefore stays one line and
+/// cannot forge a record of the router.
+pub fn escape_log_text(text: &str, max: usize) -> EscapedLog {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(text.len());
+    // Length of `out` when the last character that fits before the marker was
+    // written: where to cut, so no escape is split.
+    let room = max.saturating_sub(TRUNCATION_MARKER.len());
+    let mut cut = 0;
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+        if out.len() <= room {
+            cut = out.len();
+        }
+        // The input is bounded (sdk::import::MAX_LOG_LEN), but stop escaping
+        // once the result can only be cut.
+        if out.len() > max {
+            break;
+        }
+    }
+    if out.len() <= max {
+        return EscapedLog {
+            text: out,
+            truncated: false,
+        };
+    }
+    out.truncate(cut);
+    out.push_str(TRUNCATION_MARKER);
+    EscapedLog {
+        text: out,
+        truncated: true,
+    }
+}
+
 /// `pronto.now_ms() -> i64`.
 fn now_ms(caller: Caller<'_, HostState>) -> i64 {
     let elapsed = caller.data().context.clock_origin.elapsed();
@@ -235,25 +299,36 @@ fn log(
             .fetch_add(1, Ordering::Relaxed);
     }
     let bytes = data.get(start..start + shown).unwrap_or_default();
-    let text = String::from_utf8_lossy(bytes);
+    let escaped = escape_log_text(&String::from_utf8_lossy(bytes), MAX_LOGGED_LEN);
+    let truncated = shown < full_len || escaped.truncated;
+    if escaped.truncated && shown == full_len {
+        context
+            .counters
+            .log_truncated
+            .fetch_add(1, Ordering::Relaxed);
+    }
     let module = context.module();
-    // Unknown levels are clamped to info (sdk: "treat as a fault or clamp"): a
-    // wrong level number is not worth failing a routing decision for.
+    let text = escaped.text.as_str();
+    // The module's text is a field, never the message: a subscriber prints it
+    // quoted or as `text=...` after the router's own message, and escaped, so
+    // it cannot pass for a line of the router. Unknown levels are clamped to
+    // info (sdk: "treat as a fault or clamp"): a wrong level number is not
+    // worth failing a routing decision for.
     match LogLevel::from_i32(level).unwrap_or(LogLevel::Info) {
         LogLevel::Error => {
-            tracing::error!(target: "pronto::module", module, truncated = shown < full_len, "{text}");
+            tracing::error!(target: "pronto::module", module, truncated, text, "module log");
         }
         LogLevel::Warn => {
-            tracing::warn!(target: "pronto::module", module, truncated = shown < full_len, "{text}");
+            tracing::warn!(target: "pronto::module", module, truncated, text, "module log");
         }
         LogLevel::Info => {
-            tracing::info!(target: "pronto::module", module, truncated = shown < full_len, "{text}");
+            tracing::info!(target: "pronto::module", module, truncated, text, "module log");
         }
         LogLevel::Debug => {
-            tracing::debug!(target: "pronto::module", module, truncated = shown < full_len, "{text}");
+            tracing::debug!(target: "pronto::module", module, truncated, text, "module log");
         }
         LogLevel::Trace => {
-            tracing::trace!(target: "pronto::module", module, truncated = shown < full_len, "{text}");
+            tracing::trace!(target: "pronto::module", module, truncated, text, "module log");
         }
     }
     context.counters.log_lines.fetch_add(1, Ordering::Relaxed);

@@ -17,6 +17,7 @@
 pub mod ca;
 pub mod format;
 pub mod host;
+pub mod limits;
 pub mod manager;
 pub mod manifest;
 pub mod scheduler;

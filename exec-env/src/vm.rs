@@ -45,6 +45,7 @@ use wasmtime::{
 };
 
 use crate::host::{self, HostContext, HostState, HostStats, LogLimit};
+use crate::limits::{self, Bounds, CheckError, LimitError, ModuleLimits};
 use crate::manifest::{Capability, Manifest, ModuleKind};
 use crate::verified::VerifiedModule;
 
@@ -69,11 +70,13 @@ pub struct VmConfig {
     pub max_module_len: usize,
     /// `pronto.log` rate limit per module.
     pub log_limit: LogLimit,
+    /// What a module may declare, checked before compiling ([`crate::limits`]).
+    pub limits: ModuleLimits,
 }
 
 impl Default for VmConfig {
     /// 16 MiB memory, 10 000 table elements, 20 M fuel and 50 ms per call (1 ms
-    /// ticks), 512 KiB stack, 8 MiB modules. The fuel is sized for the heaviest
+    /// ticks), 512 KiB stack, 8 MiB modules, [`ModuleLimits::default`]. The fuel is sized for the heaviest
     /// legitimate call we ship: `consistent_hash` rebuilding its 65 537-slot
     /// Maglev table takes about 16 M fuel; a simple policy takes under 1 000 for
     /// 8 candidates.
@@ -87,6 +90,7 @@ impl Default for VmConfig {
             max_wasm_stack: 512 << 10,
             max_module_len: 8 << 20,
             log_limit: LogLimit::default(),
+            limits: ModuleLimits::default(),
         }
     }
 }
@@ -112,6 +116,23 @@ impl VmConfig {
         self.epoch_tick = tick;
         self.epoch_deadline_ticks = deadline_ticks;
         self
+    }
+
+    /// Same configuration with the load-time module caps set.
+    #[must_use]
+    pub fn with_limits(mut self, limits: ModuleLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The bounds [`limits::check`] applies under this configuration.
+    pub fn bounds(&self) -> Bounds {
+        Bounds {
+            limits: self.limits,
+            module_len: self.max_module_len as u64,
+            memory_bytes: self.memory_limit as u64,
+            table_elements: self.max_table_elements as u64,
+        }
     }
 
     /// Same configuration with the log rate limit set.
@@ -143,6 +164,10 @@ pub enum VmError {
         /// Configured limit.
         limit: usize,
     },
+    /// The module declares more than the environment's load-time caps allow;
+    /// refused before compiling.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
     /// The bytes are not a well-formed core wasm module.
     #[error("malformed module: {reason}")]
     Malformed {
@@ -557,10 +582,20 @@ impl Vm {
                 reason: "epoch tick must be positive".to_owned(),
             });
         }
+        // Compile-side bounds. Wasmtime has no cap on compiled code or compile
+        // memory, so those are bounded by the module caps checked before
+        // compiling (`limits::check`); what the engine offers:
+        // * one compile thread: the `parallel-compilation` feature is not
+        //   enabled, so a module compiles on the control thread alone and cannot
+        //   take every core (nor hold one compile arena per core at once);
+        // * no address map: the native-to-wasm offset tables are as large as the
+        //   code and only serve backtraces, which our fault messages do not need;
+        // * `max_wasm_stack` bounds the native stack of a call.
         let mut wasm = Config::new();
         wasm.consume_fuel(config.fuel_per_call.is_some())
             .epoch_interruption(true)
-            .max_wasm_stack(config.max_wasm_stack);
+            .max_wasm_stack(config.max_wasm_stack)
+            .generate_address_map(false);
         let engine = Engine::new(&wasm).map_err(|e| VmError::Config {
             reason: format!("{e:#}"),
         })?;
@@ -648,6 +683,12 @@ impl Vm {
                 limit: config.max_module_len,
             });
         }
+        // Every cap on what drives compile memory, before anything else reads
+        // more than section headers and long before Cranelift sees a byte.
+        limits::check(&module.wasm, &config.bounds()).map_err(|e| match e {
+            CheckError::Limit(limit) => VmError::Limit(limit),
+            CheckError::Malformed { reason } => VmError::Malformed { reason },
+        })?;
         let interface = check_interface(&module.wasm, manifest, granted)?;
         if interface.initial_memory > config.memory_limit as u64 {
             return Err(VmError::Memory {

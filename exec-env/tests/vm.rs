@@ -180,23 +180,35 @@ fn huge_initial_memory_is_refused_at_load() {
     let err = vm
         .load(&from_wat("fat", "1.0.0", &[], &wat), &[])
         .unwrap_err();
-    assert!(matches!(err, VmError::Memory { .. }), "{err}");
+    // Refused by the load-time caps, before compiling.
+    assert!(
+        matches!(&err, VmError::Limit(l) if l.cap == exec_env::limits::Cap::MemoryInitial),
+        "{err}"
+    );
     assert_good_module_works(&vm);
 }
 
 #[test]
-fn tables_beyond_the_caps_are_refused_at_instantiation() {
+fn tables_beyond_the_caps_are_refused_before_compiling() {
     let vm = vm(VmConfig::default());
-    // No check before compiling looks at tables: the store's limiter refuses them.
-    for table in [
-        "(table 100000 funcref)",
-        "(table 1 funcref) (table 1 funcref)",
+    for (table, cap) in [
+        (
+            "(table 100000 funcref)",
+            exec_env::limits::Cap::TableElements,
+        ),
+        (
+            "(table 1 funcref) (table 1 funcref)",
+            exec_env::limits::Cap::Tables,
+        ),
     ] {
         let wat = wat_policy(table, "(i32.const 0)");
         let err = vm
             .load(&from_wat("m", "1.0.0", &[], &wat), &[])
             .unwrap_err();
-        assert!(matches!(err, VmError::Instantiate { .. }), "{table}: {err}");
+        assert!(
+            matches!(&err, VmError::Limit(l) if l.cap == cap),
+            "{table}: {err}"
+        );
     }
     assert_good_module_works(&vm);
 }

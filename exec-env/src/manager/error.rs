@@ -146,6 +146,10 @@ impl ManagerError {
                 "sign it with a signer of a CA in the router's modules.trust_anchors; \
                  `pronto module verify --trust CA.pem FILE` shows the verdict locally"
             }
+            Self::Vm(VmError::Limit(limit)) => limit.hint(),
+            Self::Vm(VmError::ModuleTooLarge { .. }) => {
+                "shrink the module (opt-level \"s\", LTO, strip unused code), or raise the environment's module size limit"
+            }
             Self::Vm(_) => {
                 "the module does not compile or instantiate here: build it for wasm32-unknown-unknown with this sdk (scripts/build-wasm.sh)"
             }

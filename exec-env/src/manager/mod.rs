@@ -70,10 +70,11 @@ use arc_swap::ArcSwapOption;
 use resource_mgr::EnvId;
 use router_core::classify::VirtualSubnet;
 
+use crate::limits::{Cap, LimitCounters, LimitCounts};
 use crate::manifest::Manifest;
 use crate::trust::TrustAnchors;
 use crate::verified::SignerInfo;
-use crate::vm::{InstanceStats, PolicyInstance, Vm};
+use crate::vm::{InstanceStats, PolicyInstance, Vm, VmError};
 
 pub use bind::{BoundHandle, Role, UnknownRole};
 pub use config::{EnvironmentConfig, FailurePolicy, QuarantineConfig, Scope};
@@ -154,6 +155,7 @@ struct EnvCounters {
     installs: AtomicU64,
     refused: AtomicU64,
     removals: AtomicU64,
+    limits: LimitCounters,
 }
 
 /// A snapshot of an environment's counters.
@@ -166,6 +168,9 @@ pub struct EnvironmentCounters {
     pub refused: u64,
     /// Modules removed.
     pub removals: u64,
+    /// Installs refused before compiling by a load-time cap, per cap (also
+    /// counted in `refused`).
+    pub limit_refusals: LimitCounts,
 }
 
 /// Source of unique environment ids, so a [`Prepared`] cannot be swapped into
@@ -346,6 +351,7 @@ impl Environment {
             installs: c.installs.load(Ordering::Relaxed),
             refused: c.refused.load(Ordering::Relaxed),
             removals: c.removals.load(Ordering::Relaxed),
+            limit_refusals: c.limits.snapshot(),
         }
     }
 
@@ -369,6 +375,15 @@ impl Environment {
     fn refused<T>(&self, name: &str, result: Result<T, ManagerError>) -> Result<T, ManagerError> {
         if let Err(e) = &result {
             health::bump(&self.inner.counters.refused);
+            match e {
+                ManagerError::Vm(VmError::Limit(limit)) => {
+                    self.inner.counters.limits.bump(limit.cap)
+                }
+                ManagerError::Vm(VmError::ModuleTooLarge { .. }) => {
+                    self.inner.counters.limits.bump(Cap::ModuleSize);
+                }
+                _ => {}
+            }
             tracing::warn!(env = %self.name(), module = %name, error = %e,
                 "module refused; the installed version (if any) keeps serving");
         }
@@ -376,15 +391,42 @@ impl Environment {
     }
 
     /// Keep `version` alive until no call holds it, then free it here, on the
-    /// control thread (see `EnvInner::retired`).
+    /// control thread (see `EnvInner::retired`); [`Environment::reap`] frees it.
     fn retire(&self, version: Option<Arc<Version>>) {
-        let mut retired = self
-            .inner
+        self.retired_list().extend(version);
+    }
+
+    /// Frees every retired version no call holds any more: its compiled code,
+    /// `InstancePre` and store go back to the allocator now, on the control
+    /// thread. Each operation ends with this, after the version pair it replaced
+    /// is gone, so a version left out of the pair does not wait for the next
+    /// operation; one still held by a call in flight is freed by a later one.
+    /// Returns how many retired versions are still held.
+    fn reap(&self) -> usize {
+        let mut retired = self.retired_list();
+        retired.retain(|v| Arc::strong_count(v) > 1);
+        retired.len()
+    }
+
+    fn retired_list(&self) -> MutexGuard<'_, Vec<Arc<Version>>> {
+        // Only pushed to and filtered under the lock.
+        self.inner
             .retired
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        retired.retain(|v| Arc::strong_count(v) > 1);
-        retired.extend(version);
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Versions of every module kept alive: active and previous ones, plus
+    /// retired ones a call in flight still holds (freed by the next operation).
+    /// At most two per module name once no call is in flight.
+    pub fn versions_held(&self) -> usize {
+        let slots: Vec<Arc<Slot>> = self.modules().values().cloned().collect();
+        let paired: usize = slots
+            .iter()
+            .filter_map(|s| s.versions.load_full())
+            .map(|v| 1 + usize::from(v.previous.is_some()))
+            .sum();
+        paired + self.reap()
     }
 
     /// Every installed module with its versions, states and counters.

@@ -218,6 +218,7 @@ impl Environment {
             active: version,
             previous: current.map(|c| Arc::clone(&c.active)),
         })));
+        self.reap();
         bump(&self.inner.counters.installs);
         if report.replaced.is_some() {
             bump(&slot.counters.swaps);
@@ -278,6 +279,10 @@ impl Environment {
             active: VersionSummary::of(previous),
             replaced: VersionSummary::of(&current.active),
         };
+        // Nothing leaves the pair on a rollback, but versions retired by an
+        // earlier operation while a call held them can go now.
+        drop(current);
+        self.reap();
         tracing::info!(env = %self.name(), module = %name, version = %report.active,
             "module rolled back");
         Ok(report)
@@ -308,6 +313,7 @@ impl Environment {
         self.retire(Some(Arc::clone(&gone.active)));
         self.retire(gone.previous.clone());
         drop(gone);
+        self.reap();
         // Keep the slot while handles hold it, so a reinstall reaches them.
         if Arc::strong_count(slot) == 1 {
             modules.remove(name);
