@@ -336,7 +336,14 @@ fn silent_connections_lock_out_neither_peers_nor_operators() {
     );
     assert!(answered < BOUND, "query summary took {answered:?}");
 
-    // A site router restarted under the flood registers again.
+    // A site router restarted under the flood registers again. (The stats file
+    // is rewritten every 100 ms: first let it show site-c's registration.)
+    let before_c = int(&before, &["control", "registrations"]);
+    wait_for(
+        "site-c's registration counted",
+        Duration::from_secs(5),
+        || int(&lab.stats("sys"), &["control", "registrations"]) > before_c,
+    );
     let registrations = int(&lab.stats("sys"), &["control", "registrations"]);
     stop(daemon_pid(&lab, "site-a"));
     let started = Instant::now();
