@@ -54,8 +54,6 @@ const BATCH: usize = 256;
 pub(crate) const SESSION_QUEUE: usize = 1024;
 /// Longest reconnect backoff.
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
-/// Concurrent TLS accepts of lower-level sessions.
-const ACCEPTORS: usize = 8;
 
 /// `pronto router ...`.
 #[derive(Debug, Args)]
@@ -552,20 +550,13 @@ fn start_signalling(
     if let Some(addr) = cfg.listen {
         let listener = rt
             .block_on(Listener::bind(addr, transport(second)))
-            .with_context(|| format!("listen = {addr}: cannot listen for lower levels"))?;
-        info!(%addr, "listening for lower-level registrations");
+            .with_context(|| format!("listen = {addr}: cannot listen for lower levels"))?
+            .with_handshake_limits(cfg.handshakes);
+        info!(%addr, handshakes = ?cfg.handshakes, "listening for lower-level registrations");
         counters.listener = Some(listener.stats().clone());
-        // Listener::accept completes the TLS handshake before it returns, so a
-        // peer that stalls its handshake holds one acceptor (up to the handshake
-        // timeout); several acceptors keep registrations flowing meanwhile.
-        let listener = Arc::new(listener);
-        for _ in 0..ACCEPTORS {
-            rt.spawn(accept_loop(
-                Arc::clone(&listener),
-                Arc::clone(ids),
-                ctl.clone(),
-            ));
-        }
+        // Handshakes run on tasks of their own inside the listener (bounded in
+        // total and per source); only authenticated sessions reach this loop.
+        rt.spawn(accept_loop(listener, Arc::clone(ids), ctl.clone()));
     }
     // A spare registers upstream only when it takes over (crate::recovery).
     if let Some(up) = cfg.upstream.as_ref().filter(|_| cfg.spare.is_none()) {
@@ -587,35 +578,27 @@ fn start_signalling(
     Ok(counters)
 }
 
-async fn accept_loop(listener: Arc<Listener>, ids: Arc<AtomicU64>, ctl: mpsc::Sender<Input>) {
-    loop {
-        match listener.accept().await {
-            Ok(session) => {
-                let id = SessionId(ids.fetch_add(1, Ordering::Relaxed));
-                let remote = session.remote_addr();
-                let (tx, rx) = mpsc::channel(SESSION_QUEUE);
-                let opened = ShellInput::Opened {
-                    id,
-                    remote,
-                    direction: Direction::Downstream,
-                    cmds: tx,
-                };
-                if ctl.send(Input::Shell(opened)).await.is_err() {
-                    return;
-                }
-                let ctl = ctl.clone();
-                tokio::spawn(drive_session(session, rx, ctl, move |event| {
-                    Input::Shell(ShellInput::Event { id, event })
-                }));
-            }
-            Err(signaling::TransportError::Io { op, source }) => {
-                warn!(op, error = %source, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            // Untrusted certificates and failed handshakes are logged and counted
-            // by the listener.
-            Err(e) => debug!(error = %e, "lower-level connection refused"),
+async fn accept_loop(listener: Listener, ids: Arc<AtomicU64>, ctl: mpsc::Sender<Input>) {
+    // Refused, failed and timed-out handshakes are logged and counted by the
+    // listener; what arrives here is authenticated.
+    let mut incoming = listener.incoming();
+    while let Some(session) = incoming.next_session().await {
+        let id = SessionId(ids.fetch_add(1, Ordering::Relaxed));
+        let remote = session.remote_addr();
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        let opened = ShellInput::Opened {
+            id,
+            remote,
+            direction: Direction::Downstream,
+            cmds: tx,
+        };
+        if ctl.send(Input::Shell(opened)).await.is_err() {
+            return;
         }
+        let ctl = ctl.clone();
+        tokio::spawn(drive_session(session, rx, ctl, move |event| {
+            Input::Shell(ShellInput::Event { id, event })
+        }));
     }
 }
 

@@ -1046,8 +1046,9 @@ fn impostors_and_peers_of_the_wrong_role_cannot_register() {
     let before = lab.settled();
     let lab_ca = std::fs::read(lab.dir.join("ca").join("ca.pem")).unwrap();
 
-    // Connections that never start TLS hold an acceptor each (for up to its
-    // 10 s handshake timeout) but do not stop other peers from registering.
+    // Connections that never start TLS hold a handshake slot each (up to the
+    // 2 s handshake deadline, on tasks of their own) but do not stop other
+    // peers from registering.
     let stalled: Vec<TcpStream> = in_netns(&lab.ns("site-a"), || {
         (0..3)
             .map(|_| TcpStream::connect(SocketAddr::from(([10, 1, 0, 1], 7800))).unwrap())

@@ -57,5 +57,6 @@ pub use table::{
     TableError, TableStats, TableUpdate, UpdateReport,
 };
 pub use transport::{
-    Connector, Listener, Session, TlsIdentity, TransportConfig, TransportError, TransportStats,
+    Connector, HandshakeLimits, Incoming, Listener, Session, TlsIdentity, TransportConfig,
+    TransportError, TransportStats,
 };

@@ -6,6 +6,17 @@
 //! verifies the server's chain and that it names the node dialled. A peer's identity
 //! is a **dNSName subjectAltName** of its certificate (the subject CN is ignored, as
 //! in WebPKI); its `Hello` must name one of them.
+//!
+//! The listener never waits on a handshake where it accepts: each TCP connection
+//! handshakes on a task of its own within [`HandshakeLimits::timeout`], admitted by a
+//! [`HandshakeGate`] that bounds the handshakes in progress in total and per source
+//! address (beyond them a connection is closed at once). Authenticated sessions
+//! arrive from [`Incoming::next_session`]; every refusal is counted by reason in
+//! [`TransportStats`].
+
+mod gate;
+
+pub use gate::{HandshakeGate, HandshakeLimits, HandshakeRefusal, HandshakeSlot};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,8 +43,12 @@ use crate::peer::{
 pub const CHANNEL_CAPACITY: usize = 256;
 /// Socket read size.
 const READ_CHUNK: usize = 16 * 1024;
-/// Longest a TLS handshake may take.
+/// Longest a TLS handshake may take when dialling.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Authenticated sessions waiting for [`Incoming::next_session`].
+const INCOMING_QUEUE: usize = 64;
+/// Pause after a failed `accept` (e.g. out of file descriptors).
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// Our certificate chain and key.
 #[derive(Debug)]
@@ -121,11 +136,20 @@ pub enum TransportError {
 /// Shell counters, shared with the session tasks.
 #[derive(Debug, Default)]
 pub struct TransportStats {
+    /// TCP connections accepted by the listener.
+    pub accepted: AtomicU64,
     /// TLS handshakes completed.
     pub handshakes: AtomicU64,
+    /// TLS handshakes not completed within their deadline.
+    pub handshake_timeouts: AtomicU64,
+    /// Connections closed at once: the bound on handshakes in progress was reached.
+    pub refused_pending_limit: AtomicU64,
+    /// Connections closed at once: the bound on handshakes in progress from their
+    /// source address was reached.
+    pub refused_per_source_limit: AtomicU64,
     /// Peers refused because their certificate was untrusted or missing.
     pub untrusted_certificates: AtomicU64,
-    /// Other TLS handshake failures (including timeouts).
+    /// Other TLS handshake failures.
     pub handshake_failures: AtomicU64,
     /// Sessions refused after TLS (registration failed).
     pub refused_sessions: AtomicU64,
@@ -189,9 +213,14 @@ fn handshake_error(peer: SocketAddr, e: std::io::Error, stats: &TransportStats) 
             warn!(%peer, error = %source, "peer refused: untrusted certificate");
             TransportError::UntrustedCertificate { peer, source }
         }
+        _ if e.kind() == std::io::ErrorKind::TimedOut => {
+            TransportStats::bump(&stats.handshake_timeouts);
+            debug!(%peer, "TLS handshake timed out");
+            TransportError::Handshake { peer, source: e }
+        }
         _ => {
             TransportStats::bump(&stats.handshake_failures);
-            warn!(%peer, error = %e, "TLS handshake failed");
+            debug!(%peer, error = %e, "TLS handshake failed");
             TransportError::Handshake { peer, source: e }
         }
     }
@@ -205,6 +234,7 @@ pub struct Listener {
     provider: Arc<CryptoProvider>,
     local: LocalNode,
     peer: PeerConfig,
+    limits: HandshakeLimits,
     stats: Arc<TransportStats>,
 }
 
@@ -242,8 +272,16 @@ impl Listener {
             provider,
             local: config.local,
             peer: config.peer,
+            limits: HandshakeLimits::default(),
             stats: Arc::new(TransportStats::default()),
         })
+    }
+
+    /// Replaces the default bounds on handshakes in progress.
+    #[must_use]
+    pub fn with_handshake_limits(mut self, limits: HandshakeLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The bound address.
@@ -259,20 +297,28 @@ impl Listener {
         &self.stats
     }
 
-    /// Accepts one TCP connection and completes mutual TLS; the session then runs on
-    /// its own task and reports `Registered` once the peer's Hello is checked.
-    pub async fn accept(&self) -> Result<Session, TransportError> {
-        let (tcp, peer) = self
-            .tcp
-            .accept()
-            .await
-            .map_err(|source| TransportError::Io {
-                op: "accept",
-                source,
-            })?;
-        let _ = tcp.set_nodelay(true);
+    /// Starts accepting on a task of its own (call within a tokio runtime): each
+    /// connection admitted by the handshake bounds handshakes on a task of its
+    /// own; the authenticated sessions arrive from [`Incoming::next_session`].
+    pub fn incoming(self) -> Incoming {
+        let (tx, sessions) = mpsc::channel(INCOMING_QUEUE);
+        let local_addr = self.tcp.local_addr().ok();
+        let stats = Arc::clone(&self.stats);
+        let task = tokio::spawn(accept_loop(Arc::new(self), tx));
+        Incoming {
+            sessions,
+            local_addr,
+            stats,
+            task,
+        }
+    }
+
+    /// Completes mutual TLS on an accepted connection within the deadline; the
+    /// session then runs on its own task and reports `Registered` once the peer's
+    /// Hello is checked.
+    async fn handshake(&self, tcp: TcpStream, peer: SocketAddr) -> Result<Session, TransportError> {
         let tls = match tokio::time::timeout(
-            TLS_HANDSHAKE_TIMEOUT,
+            self.limits.timeout,
             TlsAcceptor::from(self.server.clone()).accept(tcp),
         )
         .await
@@ -318,6 +364,90 @@ impl Listener {
             peer,
             self.stats.clone(),
         ))
+    }
+}
+
+/// The listener's accept loop: TCP accept, admission, and a handshake task per
+/// admitted connection. Ends when the [`Incoming`] is dropped.
+async fn accept_loop(listener: Arc<Listener>, tx: mpsc::Sender<Session>) {
+    let gate = HandshakeGate::new(listener.limits);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.tcp.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                    continue;
+                }
+            },
+            () = tx.closed() => return,
+        };
+        TransportStats::bump(&listener.stats.accepted);
+        let slot = match gate.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                let counter = match refusal {
+                    HandshakeRefusal::PendingLimit { .. } => &listener.stats.refused_pending_limit,
+                    HandshakeRefusal::PerSourceLimit { .. } => {
+                        &listener.stats.refused_per_source_limit
+                    }
+                };
+                TransportStats::bump(counter);
+                debug!(%peer, %refusal, "connection closed before its handshake");
+                drop(tcp);
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let listener = Arc::clone(&listener);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let session = listener.handshake(tcp, peer).await;
+            // The handshake is over (the slot bounded it, not the delivery).
+            drop(slot);
+            match session {
+                // A closed channel drops the session, which ends it.
+                Ok(session) => drop(tx.send(session).await),
+                // Logged and counted by reason in `handshake`.
+                Err(e) => debug!(%peer, error = %e, "lower-level connection refused"),
+            }
+        });
+    }
+}
+
+/// Authenticated sessions of a [`Listener`], as their handshakes complete.
+/// Dropping it stops accepting.
+#[derive(Debug)]
+pub struct Incoming {
+    sessions: mpsc::Receiver<Session>,
+    local_addr: Option<SocketAddr>,
+    stats: Arc<TransportStats>,
+    task: JoinHandle<()>,
+}
+
+impl Incoming {
+    /// The next session whose TLS handshake completed; its first event is
+    /// `Registered` or `PeerDown` once the peer's Hello is checked. `None` when
+    /// the accept loop has ended.
+    pub async fn next_session(&mut self) -> Option<Session> {
+        self.sessions.recv().await
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// Shell counters.
+    pub fn stats(&self) -> &Arc<TransportStats> {
+        &self.stats
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

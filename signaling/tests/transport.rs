@@ -98,15 +98,7 @@ async fn mutual_tls_registration_updates_and_untrusted_peer_refused() -> Result<
     .await?;
     let addr: SocketAddr = listener.local_addr()?;
     let upper_stats = listener.stats().clone();
-    let (acc_tx, mut acc_rx) = tokio::sync::mpsc::channel(4);
-    let accept_loop = tokio::spawn(async move {
-        loop {
-            let r = listener.accept().await;
-            if acc_tx.send(r).await.is_err() {
-                break;
-            }
-        }
-    });
+    let mut incoming = listener.incoming();
 
     // The lower level registers.
     let lower = Connector::new(config(
@@ -119,10 +111,10 @@ async fn mutual_tls_registration_updates_and_untrusted_peer_refused() -> Result<
     let upper_name = NodeName::new(UPPER)?;
     let (lower_session, accepted) = tokio::join!(
         tokio::time::timeout(STEP, lower.connect(addr, &upper_name)),
-        tokio::time::timeout(STEP, acc_rx.recv())
+        tokio::time::timeout(STEP, incoming.next_session())
     );
     let mut lower_session = lower_session??;
-    let mut upper_session = accepted?.context("accept loop ended")??;
+    let mut upper_session = accepted?.context("accept loop ended")?;
 
     match next(&mut lower_session).await? {
         PeerEvent::Registered {
@@ -179,21 +171,19 @@ async fn mutual_tls_registration_updates_and_untrusted_peer_refused() -> Result<
         Role::Site,
     )?)?;
     let rogue_result = tokio::time::timeout(STEP, rogue.connect(addr, &upper_name)).await?;
-    let refused = tokio::time::timeout(STEP, acc_rx.recv())
-        .await?
-        .context("accept loop ended")?;
-    match refused {
-        Err(TransportError::UntrustedCertificate { source, .. }) => {
-            assert!(
-                matches!(
-                    source,
-                    rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
-                ),
-                "{source:?}"
-            );
-        }
-        Err(e) => bail!("listener: expected UntrustedCertificate, got {e:?}"),
-        Ok(_) => bail!("listener accepted a rogue peer"),
+    // The listener refuses it on the handshake's task: counted, never delivered.
+    let deadline = tokio::time::Instant::now() + STEP;
+    while TransportStats::get(&upper_stats.untrusted_certificates) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rogue peer not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if let Ok(Some(s)) =
+        tokio::time::timeout(Duration::from_millis(200), incoming.next_session()).await
+    {
+        bail!("listener delivered a rogue peer from {}", s.remote_addr());
     }
     assert_eq!(TransportStats::get(&upper_stats.untrusted_certificates), 1);
     assert_eq!(TransportStats::get(&upper_stats.handshakes), 1);
@@ -247,7 +237,7 @@ async fn mutual_tls_registration_updates_and_untrusted_peer_refused() -> Result<
         ),
         other => bail!("expected PeerDown, got {other:?}"),
     }
-    accept_loop.abort();
+    drop(incoming);
     Ok(())
 }
 
@@ -266,6 +256,7 @@ async fn hello_must_name_the_certificate() -> Result<()> {
     )
     .await?;
     let addr = listener.local_addr()?;
+    let mut incoming = listener.incoming();
     // A trusted certificate for site-b, but its Hello claims to be site-a.
     let liar = Connector::new(config(
         ca.issue("site-b.as65001.example")?,
@@ -277,9 +268,9 @@ async fn hello_must_name_the_certificate() -> Result<()> {
     let upper_name = NodeName::new(UPPER)?;
     let (client, accepted) = tokio::join!(
         tokio::time::timeout(STEP, liar.connect(addr, &upper_name)),
-        tokio::time::timeout(STEP, listener.accept())
+        tokio::time::timeout(STEP, incoming.next_session())
     );
-    let mut upper_session = accepted??;
+    let mut upper_session = accepted?.context("accept loop ended")?;
     match next(&mut upper_session).await? {
         PeerEvent::PeerDown {
             reason: DownReason::IdentityMismatch { claimed },
@@ -287,5 +278,109 @@ async fn hello_must_name_the_certificate() -> Result<()> {
         other => bail!("expected IdentityMismatch, got {other:?}"),
     }
     assert!(matches!(client?, Err(TransportError::Refused { .. })));
+    Ok(())
+}
+
+/// A TCP connection from `source` (any 127/8 address is local on Linux) that
+/// never starts TLS.
+async fn silent(source: [u8; 4], to: SocketAddr) -> Result<tokio::net::TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::from((source, 0)))?;
+    Ok(sock.connect(to).await?)
+}
+
+/// Whether the listener closed `s` (EOF or reset) within `within`.
+async fn closed_by_peer(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut b = [0u8; 1];
+    matches!(
+        tokio::time::timeout(within, s.read(&mut b)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_bounded_and_never_hold_up_a_valid_peer() -> Result<()> {
+    let ca = Ca::new("pronto test CA")?;
+    let limits = HandshakeLimits {
+        // Long enough that the held connections outlast the steps below.
+        timeout: Duration::from_millis(1500),
+        max_pending: 4,
+        max_pending_per_source: 2,
+    };
+    let listener = Listener::bind(
+        "127.0.0.1:0".parse()?,
+        config(
+            ca.issue(UPPER)?,
+            ca.anchor(),
+            UPPER,
+            Level::System,
+            Role::System,
+        )?,
+    )
+    .await?
+    .with_handshake_limits(limits);
+    let addr = listener.local_addr()?;
+    let stats = listener.stats().clone();
+    let mut incoming = listener.incoming();
+    let lower = Connector::new(config(
+        ca.issue(LOWER)?,
+        ca.anchor(),
+        LOWER,
+        Level::Site,
+        Role::Site,
+    )?)?;
+    let upper_name = NodeName::new(UPPER)?;
+
+    // Two silent connections from one source fill its share; a third is closed
+    // at once.
+    let mut held = vec![
+        silent([127, 0, 0, 2], addr).await?,
+        silent([127, 0, 0, 2], addr).await?,
+    ];
+    let mut third = silent([127, 0, 0, 2], addr).await?;
+    assert!(closed_by_peer(&mut third, Duration::from_millis(300)).await);
+    // A valid peer from another source registers meanwhile.
+    let (client, accepted) = tokio::join!(
+        tokio::time::timeout(STEP, lower.connect(addr, &upper_name)),
+        tokio::time::timeout(STEP, incoming.next_session())
+    );
+    let mut upper_session = accepted?.context("accept loop ended")?;
+    assert!(matches!(
+        next(&mut upper_session).await?,
+        PeerEvent::Registered { .. }
+    ));
+    drop(client??);
+    // Two more sources fill the total; a fifth connection is closed at once.
+    held.push(silent([127, 0, 0, 3], addr).await?);
+    held.push(silent([127, 0, 0, 4], addr).await?);
+    let mut fifth = silent([127, 0, 0, 5], addr).await?;
+    assert!(closed_by_peer(&mut fifth, Duration::from_millis(300)).await);
+    // The held ones are closed at the handshake deadline, freeing their slots.
+    for s in &mut held {
+        assert!(
+            closed_by_peer(s, STEP).await,
+            "closed by the handshake deadline"
+        );
+    }
+    let (client, accepted) = tokio::join!(
+        tokio::time::timeout(STEP, lower.connect(addr, &upper_name)),
+        tokio::time::timeout(STEP, incoming.next_session())
+    );
+    let mut upper_session = accepted?.context("accept loop ended")?;
+    assert!(matches!(
+        next(&mut upper_session).await?,
+        PeerEvent::Registered { .. }
+    ));
+    drop(client??);
+
+    let get = |c: &std::sync::atomic::AtomicU64| TransportStats::get(c);
+    assert_eq!(get(&stats.accepted), 8);
+    assert_eq!(get(&stats.handshakes), 2);
+    assert_eq!(get(&stats.refused_per_source_limit), 1);
+    assert_eq!(get(&stats.refused_pending_limit), 1);
+    assert_eq!(get(&stats.handshake_timeouts), 4);
+    assert_eq!(get(&stats.handshake_failures), 0);
+    assert_eq!(get(&stats.untrusted_certificates), 0);
     Ok(())
 }

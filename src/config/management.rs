@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::shared::TlsFiles;
+use super::shared::{HandshakesFile, TlsFiles};
 use super::{Check, ConfigError};
 
 /// `[management]`: the management API over mutual TLS.
@@ -21,6 +21,8 @@ pub(super) struct ManagementFile {
     max_connections: usize,
     #[serde(default = "default_mgmt_timeout_ms")]
     request_timeout_ms: u64,
+    #[serde(default)]
+    handshakes: HandshakesFile,
 }
 
 fn default_mgmt_connections() -> usize {
@@ -42,10 +44,14 @@ pub(crate) struct Management {
     pub(crate) key: PathBuf,
     /// CA certificates a client's certificate must chain to.
     pub(crate) trust_anchors: Vec<PathBuf>,
-    /// Connections served at once; more wait in the kernel's backlog.
+    /// Requests served at once (after their handshake); more wait for a slot
+    /// within their request deadline.
     pub(crate) max_connections: usize,
-    /// Longest a connection may take for its handshake or one request.
+    /// Longest one request may take once the handshake is done.
     pub(crate) request_timeout: Duration,
+    /// `[management.handshakes]`: the TLS handshake's own deadline and the bounds
+    /// on handshakes in progress, in total and per source address.
+    pub(crate) handshakes: signaling::HandshakeLimits,
 }
 
 impl Management {
@@ -82,6 +88,7 @@ impl Management {
                 100,
                 600_000,
             )?),
+            handshakes: m.handshakes.limits(c, "management.handshakes.")?,
         })
     }
 }

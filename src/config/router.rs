@@ -17,7 +17,8 @@ use super::management::{Management, ManagementFile};
 use super::modules::{ModulesConfig, ModulesFile};
 use super::shaping::{Shaping, ShapingFile};
 use super::shared::{
-    LevelName, SessionFile, Stats, StatsFile, TlsFile, TlsFiles, Upstream, UpstreamFile,
+    HandshakesFile, LevelName, SessionFile, Stats, StatsFile, TlsFile, TlsFiles, Upstream,
+    UpstreamFile,
 };
 use super::{Check, ConfigError, parse_file};
 
@@ -192,6 +193,8 @@ pub(super) struct RouterFile {
     policy: PolicyFile,
     #[serde(default)]
     session: SessionFile,
+    #[serde(default)]
+    handshakes: HandshakesFile,
     stats: Option<StatsFile>,
     modules: Option<ModulesFile>,
     shaping: Option<ShapingFile>,
@@ -231,6 +234,8 @@ pub(crate) struct RouterConfig {
     pub(crate) policy: PolicyName,
     /// Session timers.
     pub(crate) peer: PeerConfig,
+    /// `[handshakes]`: deadline and bounds of the TLS handshakes at `listen`.
+    pub(crate) handshakes: signaling::HandshakeLimits,
     /// Counters snapshot.
     pub(crate) stats: Option<Stats>,
     /// Signed policy modules.
@@ -333,6 +338,7 @@ pub(super) fn router_from_file(path: &Path, f: RouterFile) -> Result<RouterConfi
         slr,
         policy: f.policy.name,
         peer: f.session.peer(&c)?,
+        handshakes: f.handshakes.limits(&c, "handshakes.")?,
         stats: f
             .stats
             .as_ref()

@@ -9,7 +9,7 @@ use router_core::policy::Level;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
-use signaling::{NodeName, PeerConfig, TlsIdentity};
+use signaling::{HandshakeLimits, NodeName, PeerConfig, TlsIdentity};
 
 use super::{Check, ConfigError, MAX_PEM_BYTES, read_bounded};
 
@@ -190,6 +190,50 @@ impl SessionFile {
             dead_interval: Duration::from_millis(dead),
             hello_timeout: Duration::from_millis(hello),
             ..PeerConfig::default()
+        })
+    }
+}
+
+/// Bounds on the TLS handshakes a listener runs at once: `[handshakes]` for
+/// signalling, `handshake_*` keys of `[management]`.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct HandshakesFile {
+    pub(super) timeout_ms: u64,
+    pub(super) max_pending: usize,
+    pub(super) max_pending_per_source: usize,
+}
+
+impl Default for HandshakesFile {
+    fn default() -> Self {
+        let d = HandshakeLimits::default();
+        Self {
+            timeout_ms: u64::try_from(d.timeout.as_millis()).unwrap_or(u64::MAX),
+            max_pending: d.max_pending,
+            max_pending_per_source: d.max_pending_per_source,
+        }
+    }
+}
+
+impl HandshakesFile {
+    /// Checked limits; `field` names the keys in errors (e.g. `handshakes.`).
+    pub(super) fn limits(
+        &self,
+        c: &Check<'_>,
+        field: &str,
+    ) -> Result<HandshakeLimits, ConfigError> {
+        let timeout = c.range(&format!("{field}timeout_ms"), self.timeout_ms, 50, 60_000)?;
+        let max_pending = c.range(&format!("{field}max_pending"), self.max_pending, 1, 65_536)?;
+        let per_source = c.range(
+            &format!("{field}max_pending_per_source"),
+            self.max_pending_per_source,
+            1,
+            max_pending,
+        )?;
+        Ok(HandshakeLimits {
+            timeout: Duration::from_millis(timeout),
+            max_pending,
+            max_pending_per_source: per_source,
         })
     }
 }

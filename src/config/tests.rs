@@ -299,3 +299,43 @@ fn management_defaults_to_the_tls_files_and_refuses_bad_values() {
     let e = err_text(router(&format!("{ok}port = 1\n")));
     assert!(e.contains("port"), "{e}");
 }
+
+#[test]
+fn handshake_bounds_default_and_refuse_bad_values() {
+    let d = signaling::HandshakeLimits::default();
+    assert_eq!(
+        (d.timeout, d.max_pending, d.max_pending_per_source),
+        (Duration::from_secs(2), 256, 8)
+    );
+    assert_eq!(router(ROUTER).unwrap().handshakes, d);
+    let ok = format!("{ROUTER}\n[management]\nlisten = \"127.0.0.1:7900\"\n");
+    let m = router(&ok).unwrap().management.unwrap();
+    assert_eq!(m.handshakes, d);
+    assert_eq!(m.request_timeout, Duration::from_secs(30));
+    let own = format!(
+        "{ok}\n[management.handshakes]\ntimeout_ms = 500\nmax_pending = 16\nmax_pending_per_source = 2\n"
+    );
+    let m = router(&own).unwrap().management.unwrap();
+    assert_eq!(
+        (
+            m.handshakes.timeout.as_millis(),
+            m.handshakes.max_pending,
+            m.handshakes.max_pending_per_source
+        ),
+        (500, 16, 2)
+    );
+    let sig = format!("{ROUTER}\n[handshakes]\ntimeout_ms = 750\n");
+    assert_eq!(router(&sig).unwrap().handshakes.timeout.as_millis(), 750);
+    let e = err_text(router(&format!(
+        "{ROUTER}\n[handshakes]\nmax_pending = 0\n"
+    )));
+    assert!(e.contains("handshakes.max_pending"), "{e}");
+    let e = err_text(router(&format!(
+        "{ROUTER}\n[handshakes]\nmax_pending = 4\nmax_pending_per_source = 5\n"
+    )));
+    assert!(e.contains("handshakes.max_pending_per_source"), "{e}");
+    let e = err_text(router(&format!(
+        "{ok}\n[management.handshakes]\ntimeout_ms = 0\n"
+    )));
+    assert!(e.contains("management.handshakes.timeout_ms"), "{e}");
+}

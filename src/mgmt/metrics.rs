@@ -60,7 +60,27 @@ impl MgmtState {
             (
                 "connections",
                 &s.connections,
-                "Management connections accepted",
+                "Management TCP connections accepted",
+            ),
+            (
+                "handshakes",
+                &s.handshakes,
+                "Management TLS handshakes completed",
+            ),
+            (
+                "handshake_timeouts",
+                &s.handshake_timeouts,
+                "Management connections closed by the handshake deadline",
+            ),
+            (
+                "refused_pending_limit",
+                &s.refused_pending_limit,
+                "Management connections closed at once: too many handshakes in progress",
+            ),
+            (
+                "refused_per_source_limit",
+                &s.refused_per_source_limit,
+                "Management connections closed at once: too many handshakes in progress from their source address",
             ),
             (
                 "unauthenticated",
@@ -80,7 +100,7 @@ impl MgmtState {
             (
                 "timeouts",
                 &s.timeouts,
-                "Management connections closed by the request timeout",
+                "Management connections closed by the request deadline (after the handshake)",
             ),
             (
                 "requests_ok",

@@ -11,9 +11,14 @@
 //! all off the packet path).
 //!
 //! Bounds: client certificates chaining to `management.trust_anchors` are
-//! required by the TLS handshake (a client without one is refused there);
-//! `max_connections` served at once; one request per connection; handshake and
-//! request each within `request_timeout`; bodies at most [`qre::api::MAX_BODY`].
+//! required by the TLS handshake (a client without one is refused there); each
+//! connection handshakes on a task of its own within
+//! `[management.handshakes] timeout_ms`, admitted only while fewer than
+//! `max_pending` handshakes (and `max_pending_per_source` from its address) are
+//! in progress, otherwise closed at once, so idle TCP connections cannot hold up
+//! an operator; after the handshake, `max_connections` requests served at once,
+//! one request per connection, each within `request_timeout` (its own deadline);
+//! bodies at most [`qre::api::MAX_BODY`].
 //!
 //! Files by job: `server` (TLS and HTTP), `query` (qre's answers: summary,
 //! flows, table, peers, modules, queues), `modules` (module operations, which
@@ -46,6 +51,10 @@ pub(crate) use state::{ControlLink, ControlRequest, SessionInfo, control_view};
 #[derive(Debug, Default)]
 struct ServerStats {
     connections: AtomicU64,
+    handshakes: AtomicU64,
+    handshake_timeouts: AtomicU64,
+    refused_pending_limit: AtomicU64,
+    refused_per_source_limit: AtomicU64,
     unauthenticated: AtomicU64,
     untrusted: AtomicU64,
     handshake_failures: AtomicU64,

@@ -1,6 +1,7 @@
 //! The HTTPS server: mutual TLS 1.3 (client certificates chaining to
 //! `management.trust_anchors`), HTTP/1.1 with one request per connection, the
-//! connection and time bounds, and the hand-off of each request to qre's
+//! handshake bounds (a task per connection, a deadline of its own, pending
+//! handshakes bounded in total and per source), the request bounds, and the hand-off of each request to qre's
 //! router (`qre::api::handle`) on a blocking worker.
 
 use std::net::SocketAddr;
@@ -16,6 +17,8 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::{debug, info, warn};
+
+use signaling::transport::{HandshakeGate, HandshakeLimits, HandshakeRefusal};
 
 use super::MgmtState;
 use crate::config;
@@ -99,35 +102,46 @@ pub(crate) fn spawn(
         tokio::net::TcpListener::from_std(listener).context("management: listener")?
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-    let limit = cfg.max_connections;
-    let timeout = cfg.request_timeout;
+    let limits = Limits {
+        requests: cfg.max_connections,
+        request_timeout: cfg.request_timeout,
+        handshakes: cfg.handshakes,
+    };
     rt.spawn(async move {
         tokio::select! {
-            () = serve(listener, tls, state, limit, timeout) => {}
+            () = serve(listener, tls, state, limits) => {}
             _ = stop_rx => {}
         }
     });
-    info!(addr = %cfg.listen, "management API listening (mutual TLS)");
+    info!(addr = %cfg.listen, handshakes = ?cfg.handshakes, "management API listening (mutual TLS)");
     Ok(MgmtServer {
         stop: Some(stop_tx),
     })
 }
 
+/// The server's bounds (`[management]`).
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Requests served at once, after their handshake.
+    requests: usize,
+    /// Deadline of one request, from the end of its handshake.
+    request_timeout: Duration,
+    /// Deadline and bounds of the handshakes in progress.
+    handshakes: HandshakeLimits,
+}
+
+/// Accepts every connection at once and hands it to a task of its own; the
+/// accept loop waits on nothing else, so idle connections cannot stall it.
 async fn serve(
     listener: tokio::net::TcpListener,
     tls: Arc<rustls::ServerConfig>,
     state: Arc<MgmtState>,
-    limit: usize,
-    timeout: Duration,
+    limits: Limits,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(limit));
+    let gate = HandshakeGate::new(limits.handshakes);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.requests));
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
-        // Wait for a free slot before accepting: excess clients queue in the
-        // kernel's backlog instead of costing memory here.
-        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -136,52 +150,95 @@ async fn serve(
                 continue;
             }
         };
-        state.stats.connections.fetch_add(1, Ordering::Relaxed);
+        let s = &state.stats;
+        s.connections.fetch_add(1, Ordering::Relaxed);
+        let slot = match gate.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                let counter = match refusal {
+                    HandshakeRefusal::PendingLimit { .. } => &s.refused_pending_limit,
+                    HandshakeRefusal::PerSourceLimit { .. } => &s.refused_per_source_limit,
+                    _ => &s.handshake_failures,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                debug!(%peer, %refusal, "management connection closed before its handshake");
+                continue;
+            }
+        };
         let acceptor = acceptor.clone();
         let state = Arc::clone(&state);
+        let slots = Arc::clone(&slots);
         tokio::spawn(async move {
-            let _permit = permit;
-            let served =
-                tokio::time::timeout(timeout, connection(tcp, peer, acceptor, &state)).await;
+            let Some(tls) = handshake(tcp, peer, acceptor, limits.handshakes.timeout, &state).await
+            else {
+                return;
+            };
+            drop(slot);
+            // The request's own deadline starts after the handshake and covers
+            // the wait for a request slot.
+            let served = tokio::time::timeout(limits.request_timeout, async {
+                let Ok(_permit) = slots.acquire_owned().await else {
+                    return;
+                };
+                connection(tls, peer, &state).await;
+            })
+            .await;
             if served.is_err() {
                 state.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-                debug!(%peer, "management connection timed out");
+                debug!(%peer, "management request timed out");
             }
         });
     }
 }
 
-async fn connection(
+/// The TLS handshake within `deadline`; failures are counted by reason.
+async fn handshake(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     acceptor: tokio_rustls::TlsAcceptor,
-    state: &Arc<MgmtState>,
-) {
-    let tls = match acceptor.accept(tcp).await {
-        Ok(s) => s,
-        Err(e) => {
-            let kind = e
-                .get_ref()
-                .and_then(|i| i.downcast_ref::<rustls::Error>())
-                .cloned();
-            let s = &state.stats;
-            match kind {
-                Some(rustls::Error::NoCertificatesPresented) => {
-                    s.unauthenticated.fetch_add(1, Ordering::Relaxed);
-                    warn!(%peer, "management client refused: no client certificate");
-                }
-                Some(rustls::Error::InvalidCertificate(reason)) => {
-                    s.untrusted.fetch_add(1, Ordering::Relaxed);
-                    warn!(%peer, ?reason, "management client refused: untrusted certificate");
-                }
-                _ => {
-                    s.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                    debug!(%peer, error = %e, "management TLS handshake failed");
-                }
-            }
-            return;
+    deadline: Duration,
+    state: &MgmtState,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    let s = &state.stats;
+    let e = match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => {
+            s.handshakes.fetch_add(1, Ordering::Relaxed);
+            return Some(tls);
+        }
+        Ok(Err(e)) => e,
+        Err(_) => {
+            s.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, "management TLS handshake timed out");
+            return None;
         }
     };
+    let kind = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<rustls::Error>())
+        .cloned();
+    match kind {
+        Some(rustls::Error::NoCertificatesPresented) => {
+            s.unauthenticated.fetch_add(1, Ordering::Relaxed);
+            warn!(%peer, "management client refused: no client certificate");
+        }
+        Some(rustls::Error::InvalidCertificate(reason)) => {
+            s.untrusted.fetch_add(1, Ordering::Relaxed);
+            warn!(%peer, ?reason, "management client refused: untrusted certificate");
+        }
+        _ => {
+            s.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, error = %e, "management TLS handshake failed");
+        }
+    }
+    None
+}
+
+/// One request on an authenticated connection.
+async fn connection(
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    peer: SocketAddr,
+    state: &Arc<MgmtState>,
+) {
     let st = Arc::clone(state);
     let service = service_fn(move |req| {
         let st = Arc::clone(&st);

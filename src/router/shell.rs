@@ -283,8 +283,15 @@ impl RouterShell {
             &self.node,
             downstream,
             self.counters,
-            tls(|s| &s.untrusted_certificates),
-            tls(|s| &s.handshake_failures),
+            super::snapshot::TlsTotals {
+                accepted: tls(|s| &s.accepted),
+                handshakes: tls(|s| &s.handshakes),
+                timeouts: tls(|s| &s.handshake_timeouts),
+                refused_pending_limit: tls(|s| &s.refused_pending_limit),
+                refused_per_source_limit: tls(|s| &s.refused_per_source_limit),
+                untrusted: tls(|s| &s.untrusted_certificates),
+                failures: tls(|s| &s.handshake_failures),
+            },
         )
     }
 

@@ -133,6 +133,29 @@ pub(crate) struct ControlSnapshot {
     sessions_refused: u64,
     tls_untrusted: u64,
     tls_failures: u64,
+    /// TCP connections accepted at `listen`.
+    tls_accepted: u64,
+    /// TLS handshakes completed (listener and connector).
+    tls_handshakes: u64,
+    /// Handshakes closed at their deadline.
+    tls_timeouts: u64,
+    /// Connections closed at once: too many handshakes in progress.
+    tls_refused_pending_limit: u64,
+    /// Connections closed at once: too many handshakes in progress from their
+    /// source address.
+    tls_refused_per_source_limit: u64,
+}
+
+/// The TLS shell's counters, listener and connector summed.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct TlsTotals {
+    pub(crate) accepted: u64,
+    pub(crate) handshakes: u64,
+    pub(crate) timeouts: u64,
+    pub(crate) refused_pending_limit: u64,
+    pub(crate) refused_per_source_limit: u64,
+    pub(crate) untrusted: u64,
+    pub(crate) failures: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -188,8 +211,7 @@ impl ControlSnapshot {
         node: &Node,
         downstream_sessions: u64,
         shell: ShellCounters,
-        tls_untrusted: u64,
-        tls_failures: u64,
+        tls: TlsTotals,
     ) -> Self {
         let slr = node.control();
         let st = slr.stats();
@@ -213,8 +235,13 @@ impl ControlSnapshot {
             embryonic_unpinned: nc.embryonic_unpinned,
             shortcut_lag_packets: nc.shortcut_lag.to_vec(),
             sessions_refused: shell.sessions_refused + nc.sessions_refused,
-            tls_untrusted,
-            tls_failures,
+            tls_untrusted: tls.untrusted,
+            tls_failures: tls.failures,
+            tls_accepted: tls.accepted,
+            tls_handshakes: tls.handshakes,
+            tls_timeouts: tls.timeouts,
+            tls_refused_pending_limit: tls.refused_pending_limit,
+            tls_refused_per_source_limit: tls.refused_per_source_limit,
         }
     }
 }
