@@ -252,7 +252,6 @@ fn largest_accepted() -> Vec<u8> {
 }
 
 #[test]
-#[ignore = "compiles a 1 MiB-code module 21 times: ~11 min unoptimised; run with --release -- --ignored"]
 fn swap_and_rollback_of_the_largest_module_return_memory() {
     let ca = ca();
     let wasm = largest_accepted();
