@@ -19,6 +19,7 @@ pub mod format;
 pub mod host;
 pub mod manager;
 pub mod manifest;
+pub mod role;
 pub mod scheduler;
 pub mod sign;
 pub mod trust;
