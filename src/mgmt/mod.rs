@@ -11,16 +11,20 @@
 //! all off the packet path).
 //!
 //! Bounds: client certificates chaining to `management.trust_anchors` are
-//! required by the TLS handshake (a client without one is refused there);
+//! required by the TLS handshake (a client without one is refused there), and
+//! the certificate's role decides what it may ask (`authz`: queries need viewer
+//! or operator, module operations operator; router and host certificates are
+//! neither unless `[management] operators` / `viewers` names them);
 //! `max_connections` served at once; one request per connection; handshake and
 //! request each within `request_timeout`; bodies at most [`qre::api::MAX_BODY`].
 //!
-//! Files by job: `server` (TLS and HTTP), `query` (qre's answers: summary,
+//! Files by job: `server` (TLS and HTTP), `authz` (roles), `query` (qre's answers: summary,
 //! flows, table, peers, modules, queues), `modules` (module operations, which
 //! the operator environment decides and reports), `metrics` (the Prometheus
 //! adapter), `hooks` (latency histograms) and `state` (everything read through
 //! the data path handle or asked of the control loop).
 
+mod authz;
 mod hooks;
 mod metrics;
 mod modules;
@@ -55,6 +59,8 @@ struct ServerStats {
     requests_server_error: AtomicU64,
     module_ops: AtomicU64,
     module_ops_refused: AtomicU64,
+    /// Requests refused for want of a role, by [`authz::Forbidden`] index.
+    forbidden: [AtomicU64; authz::Forbidden::ALL.len()],
 }
 
 /// Everything the management API reads and changes.

@@ -18,6 +18,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::{debug, info, warn};
 
 use super::MgmtState;
+use super::authz::{self, Access, Authorizer, ManagementClient};
 use crate::config;
 
 /// A running management server (a task on the daemon's runtime); stops
@@ -101,9 +102,10 @@ pub(crate) fn spawn(
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let limit = cfg.max_connections;
     let timeout = cfg.request_timeout;
+    let authz = Arc::new(Authorizer::new(&cfg.operators, &cfg.viewers));
     rt.spawn(async move {
         tokio::select! {
-            () = serve(listener, tls, state, limit, timeout) => {}
+            () = serve(listener, tls, state, authz, limit, timeout) => {}
             _ = stop_rx => {}
         }
     });
@@ -117,6 +119,7 @@ async fn serve(
     listener: tokio::net::TcpListener,
     tls: Arc<rustls::ServerConfig>,
     state: Arc<MgmtState>,
+    authz: Arc<Authorizer>,
     limit: usize,
     timeout: Duration,
 ) {
@@ -139,10 +142,12 @@ async fn serve(
         state.stats.connections.fetch_add(1, Ordering::Relaxed);
         let acceptor = acceptor.clone();
         let state = Arc::clone(&state);
+        let authz = Arc::clone(&authz);
         tokio::spawn(async move {
             let _permit = permit;
             let served =
-                tokio::time::timeout(timeout, connection(tcp, peer, acceptor, &state)).await;
+                tokio::time::timeout(timeout, connection(tcp, peer, acceptor, &state, &authz))
+                    .await;
             if served.is_err() {
                 state.stats.timeouts.fetch_add(1, Ordering::Relaxed);
                 debug!(%peer, "management connection timed out");
@@ -156,6 +161,7 @@ async fn connection(
     peer: SocketAddr,
     acceptor: tokio_rustls::TlsAcceptor,
     state: &Arc<MgmtState>,
+    authz: &Authorizer,
 ) {
     let tls = match acceptor.accept(tcp).await {
         Ok(s) => s,
@@ -172,7 +178,8 @@ async fn connection(
                 }
                 Some(rustls::Error::InvalidCertificate(reason)) => {
                     s.untrusted.fetch_add(1, Ordering::Relaxed);
-                    warn!(%peer, ?reason, "management client refused: untrusted certificate");
+                    let reason = crate::cli_query::certificate_error_text(&reason);
+                    warn!(%peer, %reason, "management client refused: untrusted certificate");
                 }
                 _ => {
                     s.handshake_failures.fetch_add(1, Ordering::Relaxed);
@@ -182,10 +189,15 @@ async fn connection(
             return;
         }
     };
+    // The grant is decided once, from the certificate TLS verified.
+    let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+    let client = Arc::new(authz.client(leaf.map(AsRef::as_ref)));
+    debug!(%peer, client = %client.name, roles = %client.roles_text(), grant = ?client.grant, "management client");
     let st = Arc::clone(state);
     let service = service_fn(move |req| {
         let st = Arc::clone(&st);
-        async move { Ok::<_, std::convert::Infallible>(request(req, st, peer).await) }
+        let client = Arc::clone(&client);
+        async move { Ok::<_, std::convert::Infallible>(request(req, st, peer, &client).await) }
     });
     let r = hyper::server::conn::http1::Builder::new()
         .keep_alive(false)
@@ -201,10 +213,24 @@ async fn request(
     req: hyper::Request<Incoming>,
     state: Arc<MgmtState>,
     peer: SocketAddr,
+    client: &ManagementClient,
 ) -> hyper::Response<Full<Bytes>> {
     let method = qre::Method::from_name(req.method().as_str());
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
+    let access = Access::of(req.method());
+    if let Err(why) = client.allows(access) {
+        state.stats.forbidden[why.index()].fetch_add(1, Ordering::Relaxed);
+        warn!(
+            %peer, client = %client.name, roles = %client.roles_text(), path,
+            reason = why.as_str(), "management request refused: role"
+        );
+        // Read (and drop) what the client sends, within the usual bound, so it
+        // sees the 403 rather than a connection reset in the middle of an upload.
+        let mut body = Limited::new(req.into_body(), qre::api::MAX_BODY);
+        while let Some(Ok(_)) = body.frame().await {}
+        return respond(&state, authz::refusal(client, access, why), &path, peer);
+    }
     let body = match Limited::new(req.into_body(), qre::api::MAX_BODY)
         .collect()
         .await
