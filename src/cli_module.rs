@@ -3,14 +3,15 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use exec_env::ca::{self, CaOptions, KeyAlgorithm, Overwrite};
 use exec_env::format::{self, FormatError, MAX_MODULE_LEN};
+use exec_env::role::Role;
 use exec_env::sign::{self, ModuleSigningKey};
-use exec_env::trust::{self, TrustAnchors};
+use exec_env::trust::{self, TrustAnchors, utc};
 
 /// Options of `pronto ca`.
 #[derive(Debug, Args)]
@@ -49,7 +50,8 @@ enum CaCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Issue a TLS client+server certificate for a signalling peer.
+    /// Issue a TLS client+server certificate for a signalling peer or a
+    /// management client.
     IssuePeer {
         /// CA directory (from `pronto ca init`).
         #[arg(long)]
@@ -57,7 +59,38 @@ enum CaCommand {
         /// Node name: the certificate's dNSName SAN; files peer-<NAME>.pem/.key.
         #[arg(long)]
         name: String,
+        /// The role the certificate carries (URI SAN urn:pronto:role:ROLE):
+        /// `operator` may query and change modules through the management API,
+        /// `viewer` may query; `router` and `host` have no management rights.
+        /// Without it the certificate carries no role (no management rights
+        /// unless a router lists its name in `[management] operators`/`viewers`).
+        #[arg(long, value_enum)]
+        role: Option<RoleArg>,
     },
+}
+
+/// A certificate role on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RoleArg {
+    /// Queries and module operations.
+    Operator,
+    /// Queries only.
+    Viewer,
+    /// A router (signalling); no management rights.
+    Router,
+    /// A host agent (signalling); no management rights.
+    Host,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Operator => Self::Operator,
+            RoleArg::Viewer => Self::Viewer,
+            RoleArg::Router => Self::Router,
+            RoleArg::Host => Self::Host,
+        }
+    }
 }
 
 /// Key algorithm on the command line.
@@ -103,6 +136,10 @@ enum ModuleCommand {
         /// Where to write the signed module.
         #[arg(short, long)]
         output: PathBuf,
+        /// Sign even if a certificate of the chain is expired or not yet valid
+        /// (every router would refuse the module while it is).
+        #[arg(long)]
+        force: bool,
     },
     /// Show a module file's manifest, signer, validity, digest and size (no
     /// trust decision; works on unsigned files).
@@ -168,14 +205,16 @@ pub(crate) fn run_ca(args: &CaArgs) -> Result<()> {
             );
             Ok(())
         }
-        CaCommand::IssuePeer { dir, name } => {
-            let paths = ca::issue_peer_cert(dir, name).with_context(|| {
+        CaCommand::IssuePeer { dir, name, role } => {
+            let role = role.map(Role::from);
+            let paths = ca::issue_peer_cert_as(dir, name, role).with_context(|| {
                 format!(
                     "issuing a peer certificate for {name} from the CA in {}",
                     dir.display()
                 )
             })?;
-            println!("peer certificate for {name}");
+            let role = role.map_or("no role (no management rights)", Role::as_str);
+            println!("peer certificate for {name}, role {role}");
             println!("  cert          {}", paths.cert.display());
             println!("  key (0600)    {}", paths.key.display());
             Ok(())
@@ -192,7 +231,8 @@ pub(crate) fn run_module(args: &ModuleArgs) -> Result<()> {
             manifest,
             input,
             output,
-        } => sign_cmd(key, chain, manifest.as_deref(), input, output),
+            force,
+        } => sign_cmd(key, chain, manifest.as_deref(), input, output, *force),
         ModuleCommand::Inspect { file } => inspect_cmd(file),
         ModuleCommand::Verify { trust, crls, file } => verify_cmd(trust, crls, file),
         ModuleCommand::Remote(op) => crate::cli_query::run_remote_module(op),
@@ -205,6 +245,7 @@ fn sign_cmd(
     manifest: Option<&Path>,
     input: &Path,
     output: &Path,
+    force: bool,
 ) -> Result<()> {
     let wasm = read_module(input)?;
     let unsigned = match manifest {
@@ -220,8 +261,17 @@ fn sign_cmd(
     };
     let key = ModuleSigningKey::from_pem_file(key)
         .with_context(|| format!("signing key {}", key.display()))?;
+    let chain_path = chain;
     let chain = sign::chain_from_pem_file(chain)
         .with_context(|| format!("certificate chain {}", chain.display()))?;
+    match sign::check_chain_validity(&chain, SystemTime::now()) {
+        Ok(()) => {}
+        Err(e) if force => eprintln!("warning (--force): {e}"),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("refusing to sign with {}", chain_path.display()));
+        }
+    }
     let signed = sign::sign_module(&unsigned, &key, chain)
         .with_context(|| format!("signing {}", input.display()))?;
     std::fs::write(output, &signed).with_context(|| format!("writing {}", output.display()))?;
@@ -373,31 +423,6 @@ fn read_module(path: &Path) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` (civil-from-days, proleptic Gregorian).
-fn utc(t: SystemTime) -> String {
-    let secs = match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
-    };
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -455,6 +480,34 @@ mod tests {
             "--name",
             "site-a.example",
         ])?;
+        run(&[
+            "ca",
+            "issue-peer",
+            "--dir",
+            &p("ca"),
+            "--name",
+            "ops.example",
+            "--role",
+            "operator",
+        ])?;
+        let ops = std::fs::read(dir.join("ca/peer-ops.example.pem"))?;
+        let ops = sign::chain_from_pem(&ops)?;
+        let roles = exec_env::role::CertificateRoles::from_der(&ops[0])?;
+        assert_eq!(roles.roles, vec![Role::Operator]);
+        assert!(
+            run(&[
+                "ca",
+                "issue-peer",
+                "--dir",
+                &p("ca"),
+                "--name",
+                "x.example",
+                "--role",
+                "admin"
+            ])
+            .is_err(),
+            "unknown role accepted"
+        );
         let sign = [
             "module",
             "sign",
@@ -497,19 +550,83 @@ mod tests {
     }
 
     #[test]
-    fn utc_formats_known_instants() {
-        assert_eq!(utc(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            utc(UNIX_EPOCH + Duration::from_secs(951_782_400)),
-            "2000-02-29T00:00:00Z"
-        );
-        assert_eq!(
-            utc(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
-            "2023-11-14T22:13:20Z"
-        );
-        assert_eq!(
-            utc(UNIX_EPOCH - Duration::from_secs(1)),
-            "1969-12-31T23:59:59Z"
-        );
+    fn sign_refuses_an_expired_or_future_signer_unless_forced() -> Result<()> {
+        use exec_env::ca::{CertificateAuthority, SignerRequest, Validity};
+        let dir = std::env::temp_dir().join(format!("pronto-cli-exp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let p = |name: &str| dir.join(name).display().to_string();
+        let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("slr-policy-wasm");
+        let wasm = policies
+            .join("modules/least_load.wasm")
+            .display()
+            .to_string();
+        let manifest = policies
+            .join("manifests/least_load.toml")
+            .display()
+            .to_string();
+        let day = Duration::from_secs(86_400);
+        let now = SystemTime::now();
+        let ca_validity = Validity {
+            not_before: now - 30 * day,
+            not_after: now + 30 * day,
+        };
+        let ca = CertificateAuthority::generate("Old CA", ca_validity, KeyAlgorithm::Ed25519)?;
+        for (file, validity) in [
+            (
+                "expired",
+                Validity {
+                    not_before: now - 20 * day,
+                    not_after: now - 10 * day,
+                },
+            ),
+            (
+                "future",
+                Validity {
+                    not_before: now + 10 * day,
+                    not_after: now + 20 * day,
+                },
+            ),
+        ] {
+            let signer = ca.issue_signer(&SignerRequest::new(file, validity))?;
+            std::fs::write(dir.join(format!("{file}.pem")), &signer.cert_pem)?;
+            std::fs::write(dir.join(format!("{file}.key")), &signer.key_pem)?;
+            let (key, chain, out) = (
+                p(&format!("{file}.key")),
+                p(&format!("{file}.pem")),
+                p(&format!("{file}.wasm")),
+            );
+            let args = [
+                "module",
+                "sign",
+                "--key",
+                &key,
+                "--chain",
+                &chain,
+                "--manifest",
+                &manifest,
+                &wasm,
+                "-o",
+                &out,
+            ];
+            let e = run(&args).expect_err("signed with an invalid signer");
+            let e = format!("{e:#}");
+            eprintln!("{e}");
+            assert!(e.contains("--force"), "{e}");
+            assert!(!e.contains("tv_sec") && !e.contains("SystemTime"), "{e}");
+            let date = utc(if file == "expired" {
+                validity.not_after
+            } else {
+                validity.not_before
+            });
+            assert!(e.contains(&date), "{e} names {date}");
+            assert!(!Path::new(&out).exists(), "nothing written");
+            let mut forced = args.to_vec();
+            forced.push("--force");
+            run(&forced)?;
+            assert!(Path::new(&out).exists());
+        }
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
     }
 }

@@ -358,6 +358,25 @@ fn client_tls(conn: &Conn) -> Result<rustls::ClientConfig> {
     }
 }
 
+/// A certificate verdict in words, with validity dates as
+/// `YYYY-MM-DDTHH:MM:SSZ` rather than rustls' seconds since the epoch.
+pub(crate) fn certificate_error_text(c: &rustls::CertificateError) -> String {
+    use exec_env::trust::utc_unix;
+    match c {
+        rustls::CertificateError::ExpiredContext { time, not_after } => format!(
+            "certificate expired at {} (now {})",
+            utc_unix(*not_after),
+            utc_unix(*time)
+        ),
+        rustls::CertificateError::NotValidYetContext { time, not_before } => format!(
+            "certificate not valid before {} (now {})",
+            utc_unix(*not_before),
+            utc_unix(*time)
+        ),
+        other => other.to_string(),
+    }
+}
+
 /// Explains a failure of the connection, naming what to do.
 fn explain(e: &(dyn std::error::Error + 'static), conn: &Conn, name: &str) -> Option<String> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
@@ -385,7 +404,10 @@ fn explain(e: &(dyn std::error::Error + 'static), conn: &Conn, name: &str) -> Op
                     conn.ca.display()
                 ),
                 rustls::Error::InvalidCertificate(c) => {
-                    format!("the router's certificate is not acceptable: {c:?}")
+                    format!(
+                        "the router's certificate is not acceptable: {}",
+                        certificate_error_text(c)
+                    )
                 }
                 other => format!("TLS failed: {other}"),
             });
@@ -490,6 +512,27 @@ async fn exchange(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificate_validity_errors_print_dates() {
+        use rustls::pki_types::UnixTime;
+        use std::time::Duration;
+        let e = rustls::CertificateError::ExpiredContext {
+            time: UnixTime::since_unix_epoch(Duration::from_secs(1_700_000_000)),
+            not_after: UnixTime::since_unix_epoch(Duration::from_secs(951_782_400)),
+        };
+        assert_eq!(
+            certificate_error_text(&e),
+            "certificate expired at 2000-02-29T00:00:00Z (now 2023-11-14T22:13:20Z)"
+        );
+        let e = rustls::CertificateError::NotValidYetContext {
+            time: UnixTime::since_unix_epoch(Duration::from_secs(951_782_400)),
+            not_before: UnixTime::since_unix_epoch(Duration::from_secs(1_700_000_000)),
+        };
+        let t = certificate_error_text(&e);
+        assert!(t.contains("not valid before 2023-11-14T22:13:20Z"), "{t}");
+        assert!(!t.contains("UNIX"), "{t}");
+    }
 
     #[test]
     fn urls_need_https_a_host_and_a_port() {

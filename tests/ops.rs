@@ -2,8 +2,10 @@
 //! router serves the management API; the `pronto` CLI loads, swaps, rolls back
 //! and removes modules on it while a stream of HTTP connections flows through
 //! it, queries it, and is refused without a client certificate or with an
-//! unsigned or wrongly signed module; `/metrics` is scraped and parsed with a
-//! Prometheus parser.
+//! unsigned or wrongly signed module, or with a certificate of the trust domain
+//! that lacks the role (a host's and a router's certificate are refused with
+//! 403 and a hint, a viewer may query but not change modules); `/metrics` is
+//! scraped and parsed with a Prometheus parser.
 //!
 //! This file belongs to the root package (`cargo test -p pronto --test ops`), like
 //! tests/lab.rs. Needs root: prints SKIP otherwise, and fails when CI=true.
@@ -124,7 +126,27 @@ impl OpsLab {
             .unwrap()
     }
 
-    /// Connection flags of an operator with a certificate of the trust domain.
+    /// `--cert`/`--key` of the lab CA's certificate for `name`.
+    fn cert_of(&self, name: &str) -> Vec<String> {
+        let ca = self.ca();
+        vec![
+            "--cert".to_owned(),
+            ca.join(format!("peer-{name}.pem")).display().to_string(),
+            "--key".to_owned(),
+            ca.join(format!("peer-{name}.key")).display().to_string(),
+        ]
+    }
+
+    /// `pronto CMD... <conn without cert> --cert/--key of NAME EXTRA...`.
+    fn run_as(&self, name: &str, cmd: &[&str], extra: &[&str]) -> Output {
+        let mut flags = self.cert_of(name);
+        flags.extend(extra.iter().map(|s| (*s).to_owned()));
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        self.run(cmd, &flags, false)
+    }
+
+    /// Connection flags of the operator (`pronto lab up` issues
+    /// `peer-operator.lab`, role operator).
     fn conn(&self, with_cert: bool) -> Vec<String> {
         let ca = self.ca();
         let mut v = vec![
@@ -136,12 +158,7 @@ impl OpsLab {
             ca.join("ca.pem").display().to_string(),
         ];
         if with_cert {
-            v.extend([
-                "--cert".to_owned(),
-                ca.join("peer-ops.lab.pem").display().to_string(),
-                "--key".to_owned(),
-                ca.join("peer-ops.lab.key").display().to_string(),
-            ]);
+            v.extend(self.cert_of("operator.lab"));
         }
         v
     }
@@ -344,10 +361,11 @@ fn operators_load_swap_roll_back_and_query_a_running_router_while_packets_flow()
     let lab = OpsLab::up();
     let work = lab.dir.join("ops");
     std::fs::create_dir_all(&work).unwrap();
+    // A viewer: may query, may not change modules.
     let o = pronto()
         .args(["ca", "issue-peer", "--dir"])
         .arg(lab.ca())
-        .args(["--name", "ops.lab"])
+        .args(["--name", "noc.lab", "--role", "viewer"])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -567,6 +585,71 @@ fn operators_load_swap_roll_back_and_query_a_running_router_while_packets_flow()
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--cert"));
 
+    // Roles: certificates of the trust domain without the operator role.
+    let refused = |name: &str, cmd: &[&str], extra: &[&str], needs: &str| {
+        let out = lab.run_as(name, cmd, extra);
+        assert!(!out.status.success(), "{name} allowed {cmd:?}");
+        let e = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!("{name} {cmd:?}: {e}");
+        assert!(e.contains("403") && e.contains(needs), "{e}");
+        assert!(
+            e.contains("pronto ca issue-peer") && e.contains("--role"),
+            "hint: {e}"
+        );
+        e
+    };
+    let e = refused(
+        "a1.lab",
+        &["module", "rollback"],
+        &["least_load"],
+        "operator role",
+    );
+    assert!(e.contains("host certificate"), "{e}");
+    refused(
+        "a1.lab",
+        &["module", "remove"],
+        &["least_load"],
+        "operator role",
+    );
+    refused(
+        "a1.lab",
+        &["module", "swap"],
+        &[v2.to_str().unwrap()],
+        "operator role",
+    );
+    let e = refused(
+        "a1.lab",
+        &["query", "summary"],
+        &[],
+        "viewer or operator role",
+    );
+    assert!(e.contains("host certificate"), "{e}");
+    let e = refused(
+        "site-a.lab",
+        &["module", "rollback"],
+        &["least_load"],
+        "operator role",
+    );
+    assert!(e.contains("router certificate"), "{e}");
+    let out = lab.run_as("noc.lab", &["query", "summary"], &[]);
+    assert!(
+        out.status.success(),
+        "a viewer queries: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let e = refused(
+        "noc.lab",
+        &["module", "remove"],
+        &["least_load"],
+        "operator role",
+    );
+    assert!(e.contains("viewer"), "{e}");
+    assert_eq!(
+        lab.least_load()["active"]["version"],
+        "0.1.0",
+        "refusals change nothing"
+    );
+
     // Queries while the stream runs.
     let flows: serde_json::Value = serde_json::from_str(&lab.ok(
         &["query", "flows", "--json"],
@@ -619,6 +702,14 @@ fn operators_load_swap_roll_back_and_query_a_running_router_while_packets_flow()
     );
     assert!(value("pronto_mgmt_unauthenticated_total", None) >= 1.0);
     assert!(value("pronto_mgmt_untrusted_total", None) >= 1.0);
+    let forbidden = |reason| value("pronto_mgmt_forbidden_total", Some(("reason", reason)));
+    assert!(
+        forbidden("host_certificate") >= 4.0,
+        "host refusals counted"
+    );
+    assert!(forbidden("router_certificate") >= 1.0);
+    assert!(forbidden("viewer_only") >= 1.0);
+    assert_eq!(forbidden("no_role"), 0.0);
     assert!(
         value("pronto_env_refused_total", None) >= 2.0,
         "unsigned and foreign"

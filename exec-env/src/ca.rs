@@ -29,7 +29,9 @@
 //!   ([`SignerRequest`]: validity window, tenant subnets as
 //!   `urn:pronto:subnet:<cidr>` URI SANs, optional dNSName SANs, key algorithm).
 //! - [`CertificateAuthority::issue_peer`]: a TLS client+server certificate whose
-//!   dNSName SAN is the node name (signalling transport).
+//!   dNSName SAN is the node name (signalling transport and management clients);
+//!   [`CertificateAuthority::issue_peer_as`] adds a role URI SAN
+//!   (`urn:pronto:role:operator|viewer|router|host`, see [`crate::role`]).
 //! - [`CertificateAuthority::revocation_list`]: a CRL (PEM) revoking serials.
 //! - [`IssuedCert`]: certificate (PEM and DER), PKCS#8 key PEM, serial;
 //!   [`IssuedCert::signing_key`] turns it into a [`ModuleSigningKey`].
@@ -61,6 +63,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use router_core::VirtualSubnet;
 
+use crate::role::Role;
 use crate::sign::{ModuleSigningKey, SignError, read_bounded};
 use crate::trust::{EKU_CODE_SIGNING, SUBNET_URI_PREFIX};
 
@@ -420,8 +423,20 @@ impl CertificateAuthority {
     }
 
     /// Issue a TLS client+server certificate for signalling peer `name` (its
-    /// dNSName SAN and CN), ECDSA P-256.
+    /// dNSName SAN and CN), ECDSA P-256, carrying no role (no management rights
+    /// unless a router's allow-list names it).
     pub fn issue_peer(&self, name: &str, validity: Validity) -> Result<IssuedCert, CaError> {
+        self.issue_peer_as(name, None, validity)
+    }
+
+    /// [`Self::issue_peer`] carrying `role` as a `urn:pronto:role:<role>` URI
+    /// SAN ([`crate::role`]).
+    pub fn issue_peer_as(
+        &self,
+        name: &str,
+        role: Option<Role>,
+        validity: Validity,
+    ) -> Result<IssuedCert, CaError> {
         let dns = checked_dns_name(name)?;
         let mut params = leaf_params(name, &validity)?;
         params.extended_key_usages = vec![
@@ -429,10 +444,16 @@ impl CertificateAuthority {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.subject_alt_names = vec![SanType::DnsName(ia5(&dns)?)];
+        if let Some(role) = role {
+            params
+                .subject_alt_names
+                .push(SanType::URI(ia5(&role.uri())?));
+        }
         let issued = self.issue(params, KeyAlgorithm::EcdsaP256)?;
         self.self_check(&issued, &validity, KeyUsage::server_auth())?;
         self.self_check(&issued, &validity, KeyUsage::client_auth())?;
-        tracing::info!(peer = %name, serial = %crate::trust::hex(&issued.serial), "peer certificate issued");
+        let role = role.map_or("none", Role::as_str);
+        tracing::info!(peer = %name, %role, serial = %crate::trust::hex(&issued.serial), "peer certificate issued");
         Ok(issued)
     }
 
@@ -754,8 +775,18 @@ pub fn init_ca(dir: &Path, opts: &CaOptions) -> Result<CaPaths, CaError> {
 }
 
 /// Issue a TLS peer certificate for node `name` from the CA in `dir`, written as
-/// `dir/peer-<name>.pem` and `dir/peer-<name>.key` (existing files are refused).
+/// `dir/peer-<name>.pem` and `dir/peer-<name>.key` (existing files are refused),
+/// carrying no role.
 pub fn issue_peer_cert(dir: &Path, name: &str) -> Result<PeerPaths, CaError> {
+    issue_peer_cert_as(dir, name, None)
+}
+
+/// [`issue_peer_cert`] carrying `role` ([`crate::role`]).
+pub fn issue_peer_cert_as(
+    dir: &Path,
+    name: &str,
+    role: Option<Role>,
+) -> Result<PeerPaths, CaError> {
     let name = checked_dns_name(name)?;
     let paths = PeerPaths {
         cert: dir.join(format!("peer-{name}.pem")),
@@ -766,7 +797,7 @@ pub fn issue_peer_cert(dir: &Path, name: &str) -> Result<PeerPaths, CaError> {
     let now = SystemTime::now();
     let mut validity = Validity::days_from(now, PEER_VALIDITY_DAYS)?;
     validity.not_after = validity.not_after.min(ca.not_after());
-    let issued = ca.issue_peer(&name, validity)?;
+    let issued = ca.issue_peer_as(&name, role, validity)?;
     write_file(
         &paths.key,
         issued.key_pem.as_bytes(),

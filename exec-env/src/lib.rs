@@ -20,6 +20,7 @@ pub mod host;
 pub mod limits;
 pub mod manager;
 pub mod manifest;
+pub mod role;
 pub mod scheduler;
 pub mod sign;
 pub mod trust;

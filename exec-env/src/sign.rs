@@ -16,6 +16,7 @@
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _};
@@ -84,6 +85,39 @@ pub enum SignError {
     KeyDoesNotMatchCertificate {
         /// The key's algorithm.
         algorithm: SignatureAlgorithm,
+    },
+    /// A certificate of the chain expired before `now`: every environment
+    /// would refuse the signed module (its chain is checked at load time).
+    #[error(
+        "certificate {subject:?} of the signer chain expired at {} (now {}): every router \
+         would refuse a module signed with it; issue a current signer (`pronto ca init`) \
+         or pass --force to sign anyway (e.g. to test the refusal)",
+        crate::trust::utc(*not_after),
+        crate::trust::utc(*now)
+    )]
+    SignerExpired {
+        /// Subject of the expired certificate.
+        subject: String,
+        /// Its end of validity.
+        not_after: SystemTime,
+        /// The time of the check.
+        now: SystemTime,
+    },
+    /// A certificate of the chain is not valid yet at `now`.
+    #[error(
+        "certificate {subject:?} of the signer chain is not valid before {} (now {}): routers \
+         would refuse a module signed with it until then; check this machine's clock, wait, \
+         or pass --force to sign anyway",
+        crate::trust::utc(*not_before),
+        crate::trust::utc(*now)
+    )]
+    SignerNotYetValid {
+        /// Subject of the certificate.
+        subject: String,
+        /// Its start of validity.
+        not_before: SystemTime,
+        /// The time of the check.
+        now: SystemTime,
     },
     /// The cryptographic operation failed.
     #[error("signing failed")]
@@ -223,6 +257,39 @@ pub fn sign_module(
         "module signed"
     );
     Ok(out)
+}
+
+/// Whether every certificate of a signer `chain` is within its validity period
+/// at `now` (what `pronto module sign` checks before signing, so an expired
+/// signer is noticed by its owner rather than by every router that refuses the
+/// module). Trust is not checked here; that is each environment's decision.
+pub fn check_chain_validity(
+    chain: &[CertificateDer<'_>],
+    now: SystemTime,
+) -> Result<(), SignError> {
+    if chain.is_empty() {
+        return Err(SignError::EmptyChain);
+    }
+    for cert in chain {
+        let info = crate::trust::describe_certificate(cert).map_err(|e| SignError::ChainPem {
+            reason: e.to_string(),
+        })?;
+        if now < info.not_before {
+            return Err(SignError::SignerNotYetValid {
+                subject: info.subject,
+                not_before: info.not_before,
+                now,
+            });
+        }
+        if now > info.not_after {
+            return Err(SignError::SignerExpired {
+                subject: info.subject,
+                not_after: info.not_after,
+                now,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Certificates from PEM text, in file order (leaf first for a signer chain).

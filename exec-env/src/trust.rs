@@ -146,7 +146,11 @@ pub enum VerifyError {
         reason: webpki::Error,
     },
     /// A certificate in the chain expired before `now`.
-    #[error("signer certificate chain expired at {not_after:?} (now {now:?})")]
+    #[error(
+        "signer certificate chain expired at {} (now {}); sign with a current signer certificate",
+        utc(*not_after),
+        utc(*now)
+    )]
     Expired {
         /// End of validity of the expired certificate.
         not_after: SystemTime,
@@ -154,7 +158,11 @@ pub enum VerifyError {
         now: SystemTime,
     },
     /// A certificate in the chain is not valid yet at `now`.
-    #[error("signer certificate chain not valid before {not_before:?} (now {now:?})")]
+    #[error(
+        "signer certificate chain not valid before {} (now {}); check this router's clock or wait",
+        utc(*not_before),
+        utc(*now)
+    )]
     NotYetValid {
         /// Start of validity of the certificate.
         not_before: SystemTime,
@@ -671,6 +679,39 @@ fn from_timestamp(secs: i64) -> SystemTime {
     }
 }
 
+/// `t` as `YYYY-MM-DDTHH:MM:SSZ` (UTC, proleptic Gregorian; Howard Hinnant's
+/// civil-from-days), the form certificate errors and `pronto module inspect`
+/// print instead of a raw `SystemTime`.
+pub fn utc(t: SystemTime) -> String {
+    let secs = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    };
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// `t` (seconds since the Unix epoch, as rustls and webpki carry times) as
+/// [`utc`] text.
+pub fn utc_unix(t: UnixTime) -> String {
+    utc(to_system_time(t))
+}
+
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -680,4 +721,50 @@ pub fn hex(bytes: &[u8]) -> String {
         s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(utc(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            utc(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
+        assert_eq!(
+            utc(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+            "2023-11-14T22:13:20Z"
+        );
+        assert_eq!(
+            utc(UNIX_EPOCH - Duration::from_secs(1)),
+            "1969-12-31T23:59:59Z"
+        );
+    }
+
+    #[test]
+    fn validity_errors_print_dates_not_system_times() {
+        let then = UNIX_EPOCH + Duration::from_secs(951_782_400);
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        for e in [
+            VerifyError::Expired {
+                not_after: then,
+                now,
+            },
+            VerifyError::NotYetValid {
+                not_before: now,
+                now: then,
+            },
+        ] {
+            let text = e.to_string();
+            assert!(text.contains("2000-02-29T00:00:00Z"), "{text}");
+            assert!(text.contains("2023-11-14T22:13:20Z"), "{text}");
+            assert!(
+                !text.contains("tv_sec") && !text.contains("SystemTime"),
+                "{text}"
+            );
+        }
+    }
 }

@@ -23,7 +23,14 @@ pub(super) struct ManagementFile {
     request_timeout_ms: u64,
     #[serde(default)]
     handshakes: HandshakesFile,
+    #[serde(default)]
+    operators: Vec<String>,
+    #[serde(default)]
+    viewers: Vec<String>,
 }
+
+/// Most names in `operators` plus `viewers`.
+const MAX_ROLE_NAMES: usize = 256;
 
 fn default_mgmt_connections() -> usize {
     64
@@ -52,6 +59,11 @@ pub(crate) struct Management {
     /// `[management.handshakes]`: the TLS handshake's own deadline and the bounds
     /// on handshakes in progress, in total and per source address.
     pub(crate) handshakes: signaling::HandshakeLimits,
+    /// Certificate names (dNSName SANs) granted the operator role on this
+    /// router, whatever role their certificate carries.
+    pub(crate) operators: Vec<String>,
+    /// Certificate names granted the viewer role (queries only).
+    pub(crate) viewers: Vec<String>,
 }
 
 impl Management {
@@ -70,7 +82,34 @@ impl Management {
             Some(a) => a.iter().map(|p| c.resolve(p)).collect(),
             None => tls.trust_anchors.clone(),
         };
+        if m.operators.len() + m.viewers.len() > MAX_ROLE_NAMES {
+            return Err(c.err(
+                "management.operators",
+                "name at most 256 certificates in operators and viewers together; issue role \
+                 certificates instead (`pronto ca issue-peer --role operator|viewer`)",
+            ));
+        }
+        for (field, list) in [
+            ("management.operators", &m.operators),
+            ("management.viewers", &m.viewers),
+        ] {
+            if let Some(bad) = list
+                .iter()
+                .find(|n| rustls_pki_types::DnsName::try_from(n.as_str()).is_err())
+            {
+                let bad: String = bad.chars().take(80).collect();
+                return Err(c.err(
+                    field,
+                    format!(
+                        "{bad:?} is not a DNS name; each entry is a client certificate's dNSName \
+                         SAN (the --name given to `pronto ca issue-peer`)"
+                    ),
+                ));
+            }
+        }
         Ok(Self {
+            operators: m.operators.iter().map(|n| n.to_ascii_lowercase()).collect(),
+            viewers: m.viewers.iter().map(|n| n.to_ascii_lowercase()).collect(),
             listen: m.listen,
             cert: m
                 .cert

@@ -339,3 +339,24 @@ fn handshake_bounds_default_and_refuse_bad_values() {
     )));
     assert!(e.contains("management.handshakes.timeout_ms"), "{e}");
 }
+
+#[test]
+fn management_role_lists_are_dns_names() {
+    let ok = format!("{ROUTER}\n[management]\nlisten = \"127.0.0.1:7900\"\n");
+    let m = router(&ok).unwrap().management.unwrap();
+    assert!(
+        m.operators.is_empty() && m.viewers.is_empty(),
+        "nobody by default"
+    );
+    let lists = format!("{ok}operators = [\"Alice.Example\"]\nviewers = [\"grafana.example\"]\n");
+    let m = router(&lists).unwrap().management.unwrap();
+    assert_eq!(m.operators, vec!["alice.example".to_owned()]);
+    assert_eq!(m.viewers, vec!["grafana.example".to_owned()]);
+    let e = err_text(router(&format!("{ok}viewers = [\"not a name\"]\n")));
+    assert!(
+        e.contains("management.viewers") && e.contains("issue-peer"),
+        "{e}"
+    );
+    let e = err_text(router(&format!("{ok}operators = [\"\"]\n")));
+    assert!(e.contains("management.operators"), "{e}");
+}

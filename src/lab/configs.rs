@@ -8,19 +8,27 @@ use anyhow::{Context, Result, bail};
 use super::topology::{HostNode, UpOptions, hosts, site_letter};
 use super::{SIGNAL_PORT, TUNNEL_MTU, VIP_SUBNET, recovery};
 
+/// Name of the lab operator's certificate (`ca/peer-operator.lab.pem`, role
+/// operator): what `pronto query` and `pronto module` present to a router's
+/// management API.
+pub(super) const OPERATOR: &str = "operator.lab";
+
+/// The lab CA, each router's and host's certificate (roles router and host:
+/// no management rights) and the operator's (role operator).
 pub(super) fn certificates(dir: &Path) -> Result<()> {
+    use exec_env::role::Role;
     let ca_dir = dir.join("ca");
     exec_env::ca::init_ca(&ca_dir, &exec_env::ca::CaOptions::new("Pronto lab CA", 30))
         .context("creating the lab CA")?;
-    let mut names = vec![
-        "sys.lab".to_owned(),
-        "site-a.lab".into(),
-        "site-b.lab".into(),
-    ];
-    names.extend(hosts().iter().map(HostNode::name));
-    for name in names {
-        exec_env::ca::issue_peer_cert(&ca_dir, &name)
-            .with_context(|| format!("issuing the certificate of {name}"))?;
+    let mut names: Vec<(String, Role)> = ["sys.lab", "site-a.lab", "site-b.lab"]
+        .into_iter()
+        .map(|n| (n.to_owned(), Role::Router))
+        .collect();
+    names.extend(hosts().iter().map(|h| (h.name(), Role::Host)));
+    names.push((OPERATOR.to_owned(), Role::Operator));
+    for (name, role) in names {
+        exec_env::ca::issue_peer_cert_as(&ca_dir, &name, Some(role))
+            .with_context(|| format!("issuing the {role} certificate of {name}"))?;
     }
     Ok(())
 }

@@ -172,6 +172,14 @@ fn build(dir: &Path, o: &UpOptions, state: &mut LabState) -> Result<()> {
     );
     println!("  try:    ip netns exec {} curl http://{VIP}/", n.client);
     println!("  status: pronto lab status --dir {}", dir.display());
+    let ca = dir.join("ca");
+    println!(
+        "  operator certificate (management API): --cert {} --key {}",
+        ca.join(format!("peer-{}.pem", super::configs::OPERATOR))
+            .display(),
+        ca.join(format!("peer-{}.key", super::configs::OPERATOR))
+            .display()
+    );
     println!("  down:   pronto lab down --dir {}", dir.display());
     Ok(())
 }

@@ -131,6 +131,14 @@ impl MgmtState {
                 v.load(Ordering::Relaxed),
             );
         }
+        for f in super::authz::Forbidden::ALL {
+            b.counter(
+                "pronto_mgmt_forbidden_total",
+                "Management requests refused (403) for want of a role, by reason",
+                &[("reason", f.as_str())],
+                s.forbidden[f.index()].load(Ordering::Relaxed),
+            );
+        }
     }
 
     fn latency_metrics(&self, b: &mut MetricsBuilder) {

@@ -16,16 +16,20 @@
 //! `[management.handshakes] timeout_ms`, admitted only while fewer than
 //! `max_pending` handshakes (and `max_pending_per_source` from its address) are
 //! in progress, otherwise closed at once, so idle TCP connections cannot hold up
-//! an operator; after the handshake, `max_connections` requests served at once,
-//! one request per connection, each within `request_timeout` (its own deadline);
+//! an operator. The certificate's role decides what it may ask (`authz`:
+//! queries need viewer or operator, module operations operator; router and host
+//! certificates are neither unless `[management] operators` / `viewers` names
+//! them). After the handshake, `max_connections` requests served at once, one
+//! request per connection, each within `request_timeout` (its own deadline);
 //! bodies at most [`qre::api::MAX_BODY`].
 //!
-//! Files by job: `server` (TLS and HTTP), `query` (qre's answers: summary,
+//! Files by job: `server` (TLS and HTTP), `authz` (roles), `query` (qre's answers: summary,
 //! flows, table, peers, modules, queues), `modules` (module operations, which
 //! the operator environment decides and reports), `metrics` (the Prometheus
 //! adapter), `hooks` (latency histograms) and `state` (everything read through
 //! the data path handle or asked of the control loop).
 
+mod authz;
 mod hooks;
 mod metrics;
 mod modules;
@@ -64,6 +68,8 @@ struct ServerStats {
     requests_server_error: AtomicU64,
     module_ops: AtomicU64,
     module_ops_refused: AtomicU64,
+    /// Requests refused for want of a role, by [`authz::Forbidden`] index.
+    forbidden: [AtomicU64; authz::Forbidden::ALL.len()],
 }
 
 /// Everything the management API reads and changes.

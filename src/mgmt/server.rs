@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 use signaling::transport::{HandshakeGate, HandshakeLimits, HandshakeRefusal};
 
 use super::MgmtState;
+use super::authz::{self, Access, Authorizer, ManagementClient};
 use crate::config;
 
 /// A running management server (a task on the daemon's runtime); stops
@@ -107,9 +108,10 @@ pub(crate) fn spawn(
         request_timeout: cfg.request_timeout,
         handshakes: cfg.handshakes,
     };
+    let authz = Arc::new(Authorizer::new(&cfg.operators, &cfg.viewers));
     rt.spawn(async move {
         tokio::select! {
-            () = serve(listener, tls, state, limits) => {}
+            () = serve(listener, tls, state, authz, limits) => {}
             _ = stop_rx => {}
         }
     });
@@ -136,6 +138,7 @@ async fn serve(
     listener: tokio::net::TcpListener,
     tls: Arc<rustls::ServerConfig>,
     state: Arc<MgmtState>,
+    authz: Arc<Authorizer>,
     limits: Limits,
 ) {
     let gate = HandshakeGate::new(limits.handshakes);
@@ -168,6 +171,7 @@ async fn serve(
         let acceptor = acceptor.clone();
         let state = Arc::clone(&state);
         let slots = Arc::clone(&slots);
+        let authz = Arc::clone(&authz);
         tokio::spawn(async move {
             let Some(tls) = handshake(tcp, peer, acceptor, limits.handshakes.timeout, &state).await
             else {
@@ -180,7 +184,7 @@ async fn serve(
                 let Ok(_permit) = slots.acquire_owned().await else {
                     return;
                 };
-                connection(tls, peer, &state).await;
+                connection(tls, peer, &state, &authz).await;
             })
             .await;
             if served.is_err() {
@@ -223,7 +227,8 @@ async fn handshake(
         }
         Some(rustls::Error::InvalidCertificate(reason)) => {
             s.untrusted.fetch_add(1, Ordering::Relaxed);
-            warn!(%peer, ?reason, "management client refused: untrusted certificate");
+            let reason = crate::cli_query::certificate_error_text(&reason);
+            warn!(%peer, %reason, "management client refused: untrusted certificate");
         }
         _ => {
             s.handshake_failures.fetch_add(1, Ordering::Relaxed);
@@ -238,11 +243,17 @@ async fn connection(
     tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
     peer: SocketAddr,
     state: &Arc<MgmtState>,
+    authz: &Authorizer,
 ) {
+    // The grant is decided once, from the certificate TLS verified.
+    let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+    let client = Arc::new(authz.client(leaf.map(AsRef::as_ref)));
+    debug!(%peer, client = %client.name, roles = %client.roles_text(), grant = ?client.grant, "management client");
     let st = Arc::clone(state);
     let service = service_fn(move |req| {
         let st = Arc::clone(&st);
-        async move { Ok::<_, std::convert::Infallible>(request(req, st, peer).await) }
+        let client = Arc::clone(&client);
+        async move { Ok::<_, std::convert::Infallible>(request(req, st, peer, &client).await) }
     });
     let r = hyper::server::conn::http1::Builder::new()
         .keep_alive(false)
@@ -258,10 +269,24 @@ async fn request(
     req: hyper::Request<Incoming>,
     state: Arc<MgmtState>,
     peer: SocketAddr,
+    client: &ManagementClient,
 ) -> hyper::Response<Full<Bytes>> {
     let method = qre::Method::from_name(req.method().as_str());
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
+    let access = Access::of(req.method());
+    if let Err(why) = client.allows(access) {
+        state.stats.forbidden[why.index()].fetch_add(1, Ordering::Relaxed);
+        warn!(
+            %peer, client = %client.name, roles = %client.roles_text(), path,
+            reason = why.as_str(), "management request refused: role"
+        );
+        // Read (and drop) what the client sends, within the usual bound, so it
+        // sees the 403 rather than a connection reset in the middle of an upload.
+        let mut body = Limited::new(req.into_body(), qre::api::MAX_BODY);
+        while let Some(Ok(_)) = body.frame().await {}
+        return respond(&state, authz::refusal(client, access, why), &path, peer);
+    }
     let body = match Limited::new(req.into_body(), qre::api::MAX_BODY)
         .collect()
         .await
