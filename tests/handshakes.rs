@@ -288,11 +288,12 @@ fn silent_connections_lock_out_neither_peers_nor_operators() {
         return;
     }
     let lab = lab_with_management();
-    for peer in ["ops.lab", "site-c.lab"] {
+    // The operator needs the operator role for queries; the extra site is a router.
+    for (peer, role) in [("ops.lab", "operator"), ("site-c.lab", "router")] {
         let o = pronto()
             .args(["ca", "issue-peer", "--dir"])
             .arg(lab.dir.join("ca"))
-            .args(["--name", peer])
+            .args(["--name", peer, "--role", role])
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
