@@ -12,11 +12,11 @@
 )]
 
 use router_core::packet::HEADROOM;
-use router_core::synth::PacketSpec;
+use router_core::synth::workload::{self, flow_packet};
 use router_core::wire::TcpFlags;
-use router_core::{Candidate, Engine, EngineConfig, Instant, Level, PacketBuf, RouterApi, Verdict};
+use router_core::{Engine, EngineConfig, Instant, Level, PacketBuf, RouterApi, Verdict};
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 
 const FLOWS: u32 = 100_000;
 
@@ -30,33 +30,11 @@ fn engine() -> Engine {
         },
         ..EngineConfig::default()
     });
-    for i in 0..16u8 {
-        let sid = e
-            .add_subnet(format!("10.{i}.0.0/16").parse().unwrap())
-            .unwrap();
-        let cands = (0..16u8)
-            .map(|h| Candidate {
-                addr: IpAddr::V4(Ipv4Addr::new(198, 51, i, h + 1)),
-                load: f64::from(h) / 10.0,
-                route_cost: 0.0,
-                up: true,
-            })
-            .collect();
+    for (s, cands) in workload::subnets() {
+        let sid = e.add_subnet(s).unwrap();
         e.set_candidates(sid, cands).unwrap();
     }
     e
-}
-
-fn flow_packet(i: u32, flags: TcpFlags) -> Vec<u8> {
-    let src = SocketAddr::new(
-        IpAddr::V4(Ipv4Addr::from(0xcb00_0000 | (i >> 12))),
-        1024 + (i & 0xfff) as u16,
-    );
-    let dst = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, (i % 16) as u8, 1, 1)), 80);
-    let spec = PacketSpec::tcp(src, dst, flags).with_payload(64);
-    let mut buf = vec![0u8; HEADROOM + spec.len()];
-    spec.write(&mut buf[HEADROOM..]).unwrap();
-    buf
 }
 
 fn send(e: &mut Engine, pkt: &[u8], scratch: &mut Vec<u8>, now: Instant) -> Verdict {

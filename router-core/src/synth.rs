@@ -218,3 +218,48 @@ impl PacketSpec {
         Ok(need)
     }
 }
+
+/// The workload the benches and instruction counts share: 16 virtual subnets
+/// `10.i.0.0/16`, each with 16 next hops `198.51.i.(h+1)` at loads `h / 10`.
+pub mod workload {
+    use super::PacketSpec;
+    use crate::classify::VirtualSubnet;
+    use crate::packet::HEADROOM;
+    use crate::policy::Candidate;
+    use crate::wire::TcpFlags;
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+    /// The 16 subnets with their candidates.
+    pub fn subnets() -> Vec<(VirtualSubnet, Vec<Candidate>)> {
+        (0..16u8)
+            .filter_map(|i| {
+                let s = VirtualSubnet::new(IpAddr::V4(Ipv4Addr::new(10, i, 0, 0)), 16).ok()?;
+                let cands = (0..16u8)
+                    .map(|h| Candidate {
+                        addr: IpAddr::V4(Ipv4Addr::new(198, 51, i, h + 1)),
+                        load: f64::from(h) / 10.0,
+                        route_cost: 0.0,
+                        up: true,
+                    })
+                    .collect();
+                Some((s, cands))
+            })
+            .collect()
+    }
+
+    /// Flow `i`'s TCP segment with `flags` and 64 payload bytes, after
+    /// [`HEADROOM`] bytes of headroom: flows spread over clients, ports and the
+    /// 16 subnets.
+    pub fn flow_packet(i: u32, flags: TcpFlags) -> Vec<u8> {
+        let src = SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::from(0xcb00_0000 | (i >> 12))),
+            1024 + (i & 0xfff) as u16,
+        );
+        let dst = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, (i % 16) as u8, 1, 1)), 80);
+        let spec = PacketSpec::tcp(src, dst, flags).with_payload(64);
+        let mut buf = vec![0u8; HEADROOM + spec.len()];
+        // A fixed-size TCP packet always fits the buffer sized for it.
+        let _ = spec.write(&mut buf[HEADROOM..]);
+        buf
+    }
+}

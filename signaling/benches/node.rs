@@ -9,17 +9,17 @@
     reason = "bench setup: a failure is a bug in the bench itself"
 )]
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput, black_box, criterion_group, criterion_main};
 use router_core::api::RouterApi;
-use router_core::classify::{FlowKey, VirtualSubnet};
+use router_core::classify::FlowKey;
 use router_core::engine::{Engine, EngineConfig, Verdict};
 use router_core::flow::FlowConfig;
 use router_core::packet::{HEADROOM, PacketBuf};
-use router_core::policy::{Candidate, LeastCost, Level};
-use router_core::synth::PacketSpec;
+use router_core::policy::{LeastCost, Level};
+use router_core::synth::workload::{self, flow_packet};
 use router_core::time::Instant;
 use router_core::wire::TcpFlags;
 use signaling::SlrConfig;
@@ -39,26 +39,9 @@ fn engine_config() -> EngineConfig {
     }
 }
 
-fn subnets() -> Vec<(VirtualSubnet, Vec<Candidate>)> {
-    (0..16u8)
-        .map(|i| {
-            let s = format!("10.{i}.0.0/16").parse().unwrap();
-            let cands = (0..16u8)
-                .map(|h| Candidate {
-                    addr: IpAddr::V4(Ipv4Addr::new(198, 51, i, h + 1)),
-                    load: f64::from(h) / 10.0,
-                    route_cost: 0.0,
-                    up: true,
-                })
-                .collect();
-            (s, cands)
-        })
-        .collect()
-}
-
 fn engine() -> Engine {
     let mut e = Engine::new(engine_config());
-    for (s, c) in subnets() {
+    for (s, c) in workload::subnets() {
         let id = e.add_subnet(s).unwrap();
         e.set_candidates(id, c).unwrap();
     }
@@ -71,20 +54,8 @@ fn node() -> Node {
     // it is counted as unsent), the site level's full per-flow work.
     slr.shortcuts = true;
     let mut cfg = NodeConfig::new(engine_config(), slr, Arc::new(LeastCost));
-    cfg.static_subnets = subnets();
+    cfg.static_subnets = workload::subnets();
     Node::new(cfg, Instant::ZERO).unwrap()
-}
-
-fn flow_packet(i: u32, flags: TcpFlags) -> Vec<u8> {
-    let src = SocketAddr::new(
-        IpAddr::V4(Ipv4Addr::from(0xcb00_0000 | (i >> 12))),
-        1024 + (i & 0xfff) as u16,
-    );
-    let dst = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, (i % 16) as u8, 1, 1)), 80);
-    let spec = PacketSpec::tcp(src, dst, flags).with_payload(64);
-    let mut buf = vec![0u8; HEADROOM + spec.len()];
-    spec.write(&mut buf[HEADROOM..]).unwrap();
-    buf
 }
 
 /// Something that takes a packet: the engine or the node.
