@@ -137,7 +137,7 @@ pub(crate) fn announce(spare: &SpareSettings) -> bool {
     let mut ok = true;
     for (a, _) in &spare.take_over {
         if let IpAddr::V4(v4) = a
-            && let Err(e) = router_core::linux::dataplane::announce_ipv4(&spare.interface, *v4)
+            && let Err(e) = router_core::linux::garp::announce_ipv4(&spare.interface, *v4)
         {
             warn!(addr = %a, error = %e, "takeover: gratuitous ARP failed");
             ok = false;

@@ -28,7 +28,6 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::net::IpAddr;
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -223,95 +222,8 @@ impl DataplaneNode for EngineNode {
     }
 }
 
-/// Shell counters, shared with handles; one per fault.
-#[derive(Debug, Default)]
-struct ShellCounters {
-    rx_tun: AtomicU64,
-    rx_tunnel: AtomicU64,
-    rx_truncated: AtomicU64,
-    rx_errors: AtomicU64,
-    tx_packets: AtomicU64,
-    tx_failed: AtomicU64,
-    tx_fragments: AtomicU64,
-    punted: AtomicU64,
-    punt_dropped: AtomicU64,
-    new_flows: AtomicU64,
-    new_flow_dropped: AtomicU64,
-    injected: AtomicU64,
-    inject_failed: AtomicU64,
-    batches: AtomicU64,
-    polls: AtomicU64,
-    commands: AtomicU64,
-}
-
-/// A snapshot of the shell counters (engine counters are separate:
-/// [`DataplaneHandle::counters`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ShellStats {
-    /// Packets read from the TUN (served-subnet traffic).
-    pub rx_tun: u64,
-    /// Tunnel packets read from the raw sockets.
-    pub rx_tunnel: u64,
-    /// Packets longer than a slot, dropped before the engine.
-    pub rx_truncated: u64,
-    /// Receive calls that failed.
-    pub rx_errors: u64,
-    /// Packets (and fragments) handed to the kernel for transmission.
-    pub tx_packets: u64,
-    /// Packets the kernel refused to send (no route, too big, no socket).
-    pub tx_failed: u64,
-    /// Fragments sent for `Forward { fragment: true }`.
-    pub tx_fragments: u64,
-    /// Packets handed to the control plane.
-    pub punted: u64,
-    /// Punted packets dropped because the channel was full.
-    pub punt_dropped: u64,
-    /// [`NewFlow`] notices sent.
-    pub new_flows: u64,
-    /// [`NewFlow`] notices dropped (channel full or closed, key unreadable).
-    pub new_flow_dropped: u64,
-    /// Packets the control plane had tunnelled and sent
-    /// ([`DataplaneHandle::encapsulate_and_send`]).
-    pub injected: u64,
-    /// Such packets not sent: too long, refused by the engine or the kernel.
-    pub inject_failed: u64,
-    /// Non-empty receive batches.
-    pub batches: u64,
-    /// Times the loop slept in `poll`.
-    pub polls: u64,
-    /// Control commands applied.
-    pub commands: u64,
-}
-
-impl ShellCounters {
-    fn snapshot(&self) -> ShellStats {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        ShellStats {
-            rx_tun: g(&self.rx_tun),
-            rx_tunnel: g(&self.rx_tunnel),
-            rx_truncated: g(&self.rx_truncated),
-            rx_errors: g(&self.rx_errors),
-            tx_packets: g(&self.tx_packets),
-            tx_failed: g(&self.tx_failed),
-            tx_fragments: g(&self.tx_fragments),
-            punted: g(&self.punted),
-            punt_dropped: g(&self.punt_dropped),
-            new_flows: g(&self.new_flows),
-            new_flow_dropped: g(&self.new_flow_dropped),
-            injected: g(&self.injected),
-            inject_failed: g(&self.inject_failed),
-            batches: g(&self.batches),
-            polls: g(&self.polls),
-            commands: g(&self.commands),
-        }
-    }
-}
-
-fn bump(a: &AtomicU64, n: u64) {
-    if n > 0 {
-        a.fetch_add(n, Ordering::Relaxed);
-    }
-}
+pub use super::shell_counters::ShellStats;
+use super::shell_counters::{ShellCounters, bump};
 
 type NodeFn = Box<dyn FnOnce(&mut dyn DataplaneNode, Instant) + Send>;
 
@@ -917,112 +829,5 @@ fn punt(
         Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
             bump(&stats.punt_dropped, 1);
         }
-    }
-}
-
-/// Announce that this machine now owns `addr` on link `dev`: one gratuitous ARP
-/// request (RFC 5227 §3 "ARP Announcement": sender and target address both
-/// `addr`) broadcast from the link's MAC address, so neighbours replace a cached
-/// entry of the previous owner at once (a hot spare taking over its primary's
-/// addresses, DESIGN.md §5). Needs `CAP_NET_RAW`.
-pub fn announce_ipv4(dev: &str, addr: std::net::Ipv4Addr) -> Result<(), SyscallError> {
-    use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, sendto, socket};
-    use std::os::fd::AsRawFd;
-    let read = |what: &str| {
-        std::fs::read_to_string(format!("/sys/class/net/{dev}/{what}"))
-            .map_err(|e| SyscallError::new("read /sys/class/net/DEV", e))
-    };
-    let index: i32 = read("ifindex")?
-        .trim()
-        .parse()
-        .map_err(|_| SyscallError::new("parse ifindex", std::io::ErrorKind::InvalidData.into()))?;
-    let mac = parse_mac(read("address")?.trim()).ok_or_else(|| {
-        SyscallError::new("parse MAC address", std::io::ErrorKind::InvalidData.into())
-    })?;
-    let fd = socket(
-        AddressFamily::Packet,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(|e| SyscallError::errno("socket(AF_PACKET, SOCK_DGRAM)", e))?;
-    let frame = garp_payload(mac, addr);
-    let to = broadcast_link_addr(index)
-        .ok_or_else(|| SyscallError::new("sockaddr_ll", std::io::ErrorKind::InvalidInput.into()))?;
-    sendto(fd.as_raw_fd(), &frame, &to, MsgFlags::empty())
-        .map(|_| ())
-        .map_err(|e| SyscallError::errno("sendto(AF_PACKET, ARP)", e))
-}
-
-/// `aa:bb:cc:dd:ee:ff` as bytes.
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut mac {
-        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
-/// The ARP packet (RFC 826) of an announcement of `addr` by `mac`; the kernel
-/// adds the Ethernet header (SOCK_DGRAM).
-fn garp_payload(mac: [u8; 6], addr: std::net::Ipv4Addr) -> [u8; 28] {
-    let mut p = [0u8; 28];
-    p[0..2].copy_from_slice(&1u16.to_be_bytes()); // hardware: Ethernet
-    p[2..4].copy_from_slice(&0x0800u16.to_be_bytes()); // protocol: IPv4
-    p[4] = 6;
-    p[5] = 4;
-    p[6..8].copy_from_slice(&1u16.to_be_bytes()); // request
-    p[8..14].copy_from_slice(&mac);
-    p[14..18].copy_from_slice(&addr.octets());
-    // Target hardware address stays zero; target protocol address = sender's.
-    p[24..28].copy_from_slice(&addr.octets());
-    p
-}
-
-/// Link-layer broadcast on interface `index`, ARP ethertype.
-#[allow(
-    unsafe_code,
-    reason = "nix has no safe constructor for a sockaddr_ll (LinkAddr)"
-)]
-fn broadcast_link_addr(index: i32) -> Option<nix::sys::socket::SockaddrStorage> {
-    use nix::libc;
-    use nix::sys::socket::SockaddrLike;
-    let sll = libc::sockaddr_ll {
-        sll_family: libc::AF_PACKET as libc::c_ushort,
-        sll_protocol: (libc::ETH_P_ARP as u16).to_be(),
-        sll_ifindex: index,
-        sll_hatype: 0,
-        sll_pkttype: 0,
-        sll_halen: 6,
-        sll_addr: [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0],
-    };
-    let len = libc::socklen_t::try_from(size_of::<libc::sockaddr_ll>()).ok()?;
-    // SAFETY: `sll` is a fully initialised sockaddr_ll that lives across the
-    // call, and `len` is exactly its size; from_raw copies it out.
-    unsafe {
-        nix::sys::socket::SockaddrStorage::from_raw(
-            (&raw const sll).cast::<libc::sockaddr>(),
-            Some(len),
-        )
-    }
-}
-
-#[cfg(test)]
-mod announce_tests {
-    use super::*;
-
-    #[test]
-    fn an_announcement_names_the_address_twice_and_the_mac_once() {
-        let mac = parse_mac("02:00:5e:10:00:01").unwrap();
-        assert_eq!(mac, [2, 0, 0x5e, 0x10, 0, 1]);
-        assert!(parse_mac("02:00:5e:10:00").is_none());
-        assert!(parse_mac("02:00:5e:10:00:01:02").is_none());
-        let p = garp_payload(mac, std::net::Ipv4Addr::new(10, 1, 0, 2));
-        let want: [u8; 28] = [
-            0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0x5e, 0x10, 0, 1, 10, 1, 0, 2, 0, 0, 0, 0, 0, 0, 10, 1,
-            0, 2,
-        ];
-        assert_eq!(p, want);
     }
 }

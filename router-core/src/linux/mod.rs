@@ -25,10 +25,12 @@
 //! makes no syscall beyond the batched I/O itself.
 
 pub mod dataplane;
+pub mod garp;
 pub mod host;
 pub mod netlink;
 pub mod netns;
 pub mod raw;
+mod shell_counters;
 pub mod sysctl;
 pub mod tc;
 pub mod tun;
