@@ -10,8 +10,8 @@
 //! flow advertisements), and the router [`node`]: one sans-IO type owning the
 //! engine, the control side, recovery and policy bindings, driven by every shell.
 //!
-//! It must never: read a clock, a socket or randomness inside [`Peer`] or the codec
-//! (the shell hands those in); allocate for a frame or list beyond its limit before
+//! It must never: read a clock, a socket or randomness inside [`Peer`], the codec
+//! or the [`node`] (the shell hands those in; only [`transport`] does I/O); allocate for a frame or list beyond its limit before
 //! checking it; panic on bytes from the network; or accept a peer whose certificate
 //! does not chain to the configured trust anchors or does not carry the name it
 //! claims.
