@@ -204,12 +204,13 @@ fn an_slr_drops_a_lost_flows_packet_while_whohas_asks_upstream() {
     assert_eq!(n.control().recovery_stats().queries, 1);
 }
 
-#[test]
-fn a_spare_takes_over_the_mirrored_table_when_its_primary_falls_silent() {
+/// A spare (dead after `dead_after`) registered with its primary on session 9
+/// at 10 ms.
+fn spare(dead_after: Duration) -> (Node, SessionId) {
     let mut c = config(Level::Site);
     c.static_subnets = vec![(vips(), vec![hop(H1, 0.0)])];
     c.spare = Some(SpareConfig {
-        dead_after: Duration::from_millis(300),
+        dead_after,
         take_over: vec![ip(Ipv4Addr::new(10, 1, 1, 2))],
         mirror_capacity: 64,
     });
@@ -221,6 +222,12 @@ fn a_spare_takes_over_the_mirrored_table_when_its_primary_falls_silent() {
         primary,
         registered("site.example", Level::Site, Role::Site),
     );
+    (n, primary)
+}
+
+#[test]
+fn a_spare_takes_over_the_mirrored_table_when_its_primary_falls_silent() {
+    let (mut n, primary) = spare(Duration::from_millis(300));
     let flow = FlowEntry {
         key: key(4),
         next_hop: ip(H2),
@@ -270,21 +277,7 @@ fn a_spare_takes_over_the_mirrored_table_when_its_primary_falls_silent() {
 
 #[test]
 fn a_spare_takes_over_at_once_when_its_session_declares_the_primary_dead() {
-    let mut c = config(Level::Site);
-    c.static_subnets = vec![(vips(), vec![hop(H1, 0.0)])];
-    c.spare = Some(SpareConfig {
-        dead_after: Duration::from_secs(5),
-        take_over: vec![ip(Ipv4Addr::new(10, 1, 1, 2))],
-        mirror_capacity: 64,
-    });
-    let mut n = Node::new(c, Instant::ZERO).unwrap();
-    let primary = SessionId(9);
-    n.session_opened(primary, SessionKind::Primary);
-    n.handle_event(
-        Instant::from_millis(10),
-        primary,
-        registered("site.example", Level::Site, Role::Site),
-    );
+    let (mut n, primary) = spare(Duration::from_secs(5));
     n.primary_heard(Instant::from_millis(300));
     // A reset is not a death: the spare leaves room to reconnect.
     let reset = PeerEvent::PeerDown {
