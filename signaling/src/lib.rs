@@ -37,7 +37,8 @@ pub use message::{
     WhoHasAnswer,
 };
 pub use peer::{
-    DownReason, LocalNode, Outgoing, Peer, PeerAuth, PeerConfig, PeerEvent, PeerStats, SendError,
+    DownReason, LocalNode, MIN_SPARE_KEEPALIVE, Outgoing, Peer, PeerAuth, PeerConfig, PeerEvent,
+    PeerStats, SendError,
 };
 pub use progress::{
     MAX_ADVERTS_PER_SEC, ProgressConfig, ProgressError, ProgressMonitor, ProgressStats,

@@ -24,6 +24,10 @@ use crate::message::{
 /// How many earlier epochs of a peer are remembered to refuse their replay.
 pub const RETIRED_EPOCHS: usize = 16;
 
+/// The shortest keepalive interval a hot spare may ask of its primary (20
+/// small frames a second on one session).
+pub const MIN_SPARE_KEEPALIVE: Duration = Duration::from_millis(50);
+
 /// Timers and bounds of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerConfig {
@@ -305,6 +309,21 @@ impl Ctx {
         self.retired.push_back(e);
     }
 
+    /// A hot spare detects our death by our keepalives' absence, so it asks
+    /// for them at its own pace by announcing a shorter interval (as BFD's
+    /// required-min-rx does): the acceptor sends at that pace on this session
+    /// only, never faster than [`MIN_SPARE_KEEPALIVE`]. Other roles keep ours.
+    fn adopt_spare_keepalive(&mut self, remote: &Registration) {
+        if remote.role != Role::Spare {
+            return;
+        }
+        let asked = Duration::from_millis(u64::from(remote.keepalive_ms)).max(MIN_SPARE_KEEPALIVE);
+        if asked < self.config.keepalive_interval {
+            debug!(peer = %remote.node, keepalive_ms = asked.as_millis() as u64, "keepalives at the spare's pace");
+            self.config.keepalive_interval = asked;
+        }
+    }
+
     fn dead_after(&self, remote: &Registration) -> Duration {
         let announced = Duration::from_millis(u64::from(remote.keepalive_ms)).saturating_mul(3);
         self.config
@@ -423,6 +442,7 @@ impl Registered {
             ctx.stats.identity_mismatches += 1;
             return Err(DownReason::IdentityMismatch { claimed: reg.node });
         }
+        ctx.adopt_spare_keepalive(&reg);
         let ack = HelloAck {
             registration: ctx.registration(),
             your_epoch: epoch,

@@ -497,3 +497,81 @@ fn input_split_at_every_byte_gives_the_same_events() {
         assert_eq!(events(&mut p), expected, "split at {split}");
     }
 }
+
+/// A pair whose lower side has `role` and announces `keepalive`, registered at `now`.
+fn pair_asking(now: Instant, role: Role, keepalive: Duration) -> (Peer, Peer) {
+    let mut up = upper(now);
+    let mut low = Peer::connect(
+        PeerConfig {
+            keepalive_interval: keepalive,
+            dead_interval: keepalive.saturating_mul(3),
+            ..cfg()
+        },
+        LocalNode {
+            name: name(LOWER),
+            level: Level::Site,
+            role,
+        },
+        PeerAuth::Name(name(UPPER)),
+        Epoch(0xCCCC),
+        now,
+    );
+    transfer(&mut low, &mut up, now);
+    transfer(&mut up, &mut low, now);
+    assert!(up.is_registered() && low.is_registered());
+    (up, low)
+}
+
+/// Runs only the upper side's timers for `span`, delivering what it sends to
+/// `low` (which stays quiet), and returns how many keepalives `low` received.
+fn upper_keepalives_over(up: &mut Peer, low: &mut Peer, now: &mut Instant, span: Duration) -> u64 {
+    let before = low.stats().keepalives_in;
+    let end = *now + span;
+    while let Some(next) = up.poll_timeout().filter(|&t| t <= end) {
+        *now = next;
+        up.handle_timeout(*now);
+        transfer(up, low, *now);
+    }
+    *now = end;
+    low.stats().keepalives_in - before
+}
+
+#[test]
+fn a_hot_spare_gets_keepalives_at_its_pace_and_detects_silence_at_three_of_them() {
+    let mut now = Instant::from_secs(10);
+    let (mut up, mut low) = pair_asking(now, Role::Spare, Duration::from_millis(100));
+    // The primary's own interval is 1 s; for its spare it sends every 100 ms.
+    let got = upper_keepalives_over(&mut up, &mut low, &mut now, Duration::from_secs(2));
+    assert!((19..=21).contains(&got), "{got} keepalives in 2 s");
+    // The primary goes silent: the spare's session ends 300 ms later.
+    let silent_since = now;
+    while !low.is_down() {
+        now = low.poll_timeout().unwrap();
+        low.handle_timeout(now);
+        let mut sink = Vec::new();
+        let _ = low.poll_transmit(&mut sink);
+    }
+    assert!(
+        now.saturating_since(silent_since) <= Duration::from_millis(300),
+        "{:?}",
+        now.saturating_since(silent_since)
+    );
+    assert!(events(&mut low).contains(&PeerEvent::PeerDown {
+        reason: DownReason::Timeout
+    }));
+}
+
+#[test]
+fn only_a_spare_sets_the_pace_and_never_below_the_floor() {
+    let mut now = Instant::from_secs(10);
+    // A site router asking for 100 ms keepalives gets the upper level's 1 s
+    // (over less than the upper's 3 s dead interval of the quiet lower side).
+    let (mut up, mut low) = pair_asking(now, Role::Site, Duration::from_millis(100));
+    let got = upper_keepalives_over(&mut up, &mut low, &mut now, Duration::from_millis(2500));
+    assert_eq!(got, 2, "keepalives in 2.5 s");
+    // A spare asking for 1 ms gets the floor.
+    let (mut up, mut low) = pair_asking(now, Role::Spare, Duration::from_millis(1));
+    let got = upper_keepalives_over(&mut up, &mut low, &mut now, Duration::from_secs(1));
+    let most = (Duration::from_secs(1).as_millis() / MIN_SPARE_KEEPALIVE.as_millis()) as u64;
+    assert!((most - 1..=most).contains(&got), "{got} keepalives in 1 s");
+}
