@@ -162,10 +162,13 @@ pub(crate) fn start_sessions(
         let (identity, anchors) = cfg.tls.load()?;
         let mut peer = cfg.peer;
         if let (Role::Spare, Some(s)) = (role, &cfg.spare) {
-            // Watch the primary as tightly as its keepalives allow (the
-            // session stretches this to three of them): its end is the first
-            // sign of the primary's death.
+            // The session's end is the first sign of the primary's death.
+            // Ask the primary for keepalives at a third of `dead_after` (it
+            // adopts a spare's pace, down to `MIN_SPARE_KEEPALIVE`), so three
+            // missed ones end the session after `dead_after`, not after three
+            // of the primary's ordinary intervals.
             peer.dead_interval = peer.dead_interval.min(s.dead_after);
+            peer.keepalive_interval = (s.dead_after / 3).max(signaling::MIN_SPARE_KEEPALIVE);
         }
         Connector::new(TransportConfig {
             identity,

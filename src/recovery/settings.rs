@@ -276,9 +276,9 @@ pub(crate) struct SpareSettings {
     pub(crate) interface: String,
     /// The primary's addresses with their prefix lengths.
     pub(crate) take_over: Vec<(IpAddr, u8)>,
-    /// Silence after which the primary is declared dead: its session's dead
-    /// interval (stretched by the session to three of the primary's
-    /// keepalives), then as long again for a reconnect before the takeover.
+    /// Silence after which the primary is declared dead and the spare takes
+    /// over at once: the dead interval of its session to the primary, which
+    /// asks the primary for keepalives every third of it (three missed ones).
     pub(crate) dead_after: Duration,
     /// First reconnect delay toward the primary.
     pub(crate) reconnect: Duration,
@@ -333,7 +333,8 @@ pub(crate) fn spare_settings(f: &SpareFile, has_upstream: bool) -> Result<SpareS
         dead_after: Duration::from_millis(in_range(
             "spare.dead_after_ms",
             f.dead_after_ms,
-            50,
+            // Three of the shortest keepalive a spare may ask for.
+            3 * u64::try_from(signaling::MIN_SPARE_KEEPALIVE.as_millis()).unwrap_or(50),
             600_000,
         )?),
         reconnect: Duration::from_millis(in_range(
