@@ -310,3 +310,116 @@ fn a_spare_takes_over_at_once_when_its_session_declares_the_primary_dead() {
         "no second wait of dead_after (5 s)"
     );
 }
+
+#[test]
+fn a_lost_flows_packet_is_held_and_sent_on_the_moment_its_flow_is_recreated() {
+    let mut n = site();
+    n.session_opened(UP, SessionKind::Upstream);
+    n.handle_event(
+        Instant::from_millis(1),
+        UP,
+        registered("sys.example", Level::System, Role::System),
+    );
+    events(&mut n);
+    let mut buf = vec![0u8; HEADROOM + 1500];
+    // Nothing is released before anything was held.
+    assert!(
+        n.poll_released(Instant::from_millis(1), &mut buf, HEADROOM)
+            .is_none()
+    );
+    let v = send(&mut n, key(3), TcpFlags::ACK, Instant::from_millis(2));
+    assert!(matches!(v, Verdict::Recover { .. }), "{v:?}");
+    let query_id = events(&mut n)
+        .into_iter()
+        .find_map(|e| match e {
+            NodeEvent::Send {
+                message: Outgoing::WhoHas(q),
+                ..
+            } => Some(q.query_id),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(n.counters().hold.held, 1);
+    // Still unknown: nothing to release.
+    assert!(
+        n.poll_released(Instant::from_millis(3), &mut buf, HEADROOM)
+            .is_none()
+    );
+    // The upper level knows the flow: pinned to H1.
+    let record = FlowRecord {
+        key: key(3),
+        next_hop: ip(H1),
+        label: 7,
+        level: Level::Site,
+        state: FlowPhase::Established,
+        age_ms: 5_000,
+        idle_ms: 10,
+        packets: 40,
+        bytes: 40_000,
+    };
+    n.handle_event(
+        Instant::from_millis(20),
+        UP,
+        PeerEvent::WhoHasAnswer(WhoHasAnswer {
+            query_id,
+            entry: Some(record),
+        }),
+    );
+    let (v, pkt) = n
+        .poll_released(Instant::from_millis(20), &mut buf, HEADROOM)
+        .expect("the held packet is released");
+    assert_eq!(
+        v,
+        Verdict::Forward {
+            next_hop: ip(H1),
+            fragment: false
+        }
+    );
+    // Tunnelled: an IP-in-IP packet to H1 carrying the client's packet.
+    let outer = pkt.data();
+    assert_eq!(outer[9], 4, "IP-in-IP");
+    assert_eq!(&outer[16..20], &H1.octets());
+    assert!(
+        n.poll_released(Instant::from_millis(20), &mut buf, HEADROOM)
+            .is_none()
+    );
+    assert_eq!(n.counters().hold.released, 1);
+}
+
+#[test]
+fn a_held_packet_older_than_the_hold_time_is_dropped_not_released() {
+    let mut n = site();
+    n.session_opened(UP, SessionKind::Upstream);
+    n.handle_event(
+        Instant::from_millis(1),
+        UP,
+        registered("sys.example", Level::System, Role::System),
+    );
+    events(&mut n);
+    let _ = send(&mut n, key(4), TcpFlags::ACK, Instant::from_millis(2));
+    let query_id = events(&mut n)
+        .into_iter()
+        .find_map(|e| match e {
+            NodeEvent::Send {
+                message: Outgoing::WhoHas(q),
+                ..
+            } => Some(q.query_id),
+            _ => None,
+        })
+        .unwrap();
+    // The answer comes 2 s later (the query itself may have expired too):
+    // whatever happens to the flow, the stale packet is not sent.
+    let late = Instant::from_millis(2_100);
+    n.handle_event(
+        late,
+        UP,
+        PeerEvent::WhoHasAnswer(WhoHasAnswer {
+            query_id,
+            entry: None,
+        }),
+    );
+    let _ = send(&mut n, key(5), TcpFlags::ACK, late);
+    let mut buf = vec![0u8; HEADROOM + 1500];
+    assert!(n.poll_released(late, &mut buf, HEADROOM).is_none());
+    assert_eq!(n.counters().hold.expired, 1);
+}

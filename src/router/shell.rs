@@ -75,6 +75,9 @@ pub(crate) struct Takeover {
     pub(crate) go: Option<oneshot::Sender<()>>,
     /// Milliseconds the address takeover took; bit 63 set when a step failed.
     pub(crate) done: Arc<AtomicU64>,
+    /// Wall-clock time the takeover fired (Unix ms; 0 before), for operators
+    /// correlating it with the primary's end.
+    pub(crate) at_unix_ms: u64,
 }
 
 /// See the module documentation.
@@ -237,6 +240,9 @@ impl RouterShell {
         let go = t.go.take();
         let done = Arc::clone(&t.done);
         let started = std::time::Instant::now();
+        t.at_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         info!(
             silent_ms = report.silent_for.as_millis() as u64,
             "taking over the primary's addresses"
@@ -376,6 +382,15 @@ impl DataplaneNode for RouterShell {
 
     fn poll_timeout(&self) -> Option<Instant> {
         self.node.poll_timeout()
+    }
+
+    fn poll_released<'b>(
+        &mut self,
+        now: Instant,
+        buf: &'b mut [u8],
+        headroom: usize,
+    ) -> Option<(Verdict, PacketBuf<'b>)> {
+        self.node.poll_released(now, buf, headroom)
     }
 
     fn flush(&mut self) {

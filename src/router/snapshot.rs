@@ -85,8 +85,7 @@ struct ShellSnapshot {
     punt_dropped: u64,
     new_flows: u64,
     new_flow_dropped: u64,
-    injected: u64,
-    inject_failed: u64,
+    released: u64,
 }
 
 impl From<ShellStats> for ShellSnapshot {
@@ -103,8 +102,7 @@ impl From<ShellStats> for ShellSnapshot {
             punt_dropped: s.punt_dropped,
             new_flows: s.new_flows,
             new_flow_dropped: s.new_flow_dropped,
-            injected: s.injected,
-            inject_failed: s.inject_failed,
+            released: s.released,
         }
     }
 }
@@ -144,6 +142,12 @@ pub(crate) struct ControlSnapshot {
     /// Connections closed at once: too many handshakes in progress from their
     /// source address.
     tls_refused_per_source_limit: u64,
+    /// Mid-flow packets of lost flows held until their flow was re-created.
+    pub(crate) held_packets: u64,
+    pub(crate) held_released: u64,
+    pub(crate) held_expired: u64,
+    pub(crate) held_refused_full: u64,
+    pub(crate) held_replaced: u64,
 }
 
 /// The TLS shell's counters, listener and connector summed.
@@ -242,6 +246,11 @@ impl ControlSnapshot {
             tls_timeouts: tls.timeouts,
             tls_refused_pending_limit: tls.refused_pending_limit,
             tls_refused_per_source_limit: tls.refused_per_source_limit,
+            held_packets: nc.hold.held,
+            held_released: nc.hold.released,
+            held_expired: nc.hold.expired,
+            held_refused_full: nc.hold.refused_full,
+            held_replaced: nc.hold.replaced,
         }
     }
 }
@@ -387,6 +396,7 @@ pub(crate) struct RecoverySnapshot {
     taken_over: bool,
     takeover_silent_ms: u64,
     takeover_addresses_ms: u64,
+    takeover_unix_ms: u64,
     takeover_errors: u64,
     key_reloads: u64,
 }
@@ -472,6 +482,7 @@ pub(crate) fn recovery_snapshot(shell: &RouterShell) -> RecoverySnapshot {
             u64::try_from(t.silent_for.as_millis()).unwrap_or(u64::MAX)
         }),
         takeover_addresses_ms: done & !(1 << 63),
+        takeover_unix_ms: shell.takeover.as_ref().map_or(0, |t| t.at_unix_ms),
         takeover_errors: shell.counters.takeover_errors
             + u64::from(done >> 63 == 1)
             + cc.local_addr_refused,

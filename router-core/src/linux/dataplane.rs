@@ -19,7 +19,7 @@ use super::{Clock, SyscallError, sysctl};
 use crate::api::{ApiError, RouterApi};
 use crate::classify::{FlowKey, VirtualSubnet};
 use crate::engine::{Engine, EngineConfig, EngineCounters, Verdict};
-use crate::packet::PacketBuf;
+use crate::packet::{HEADROOM, PacketBuf};
 use crate::policy::SubnetId;
 use crate::time::Instant;
 use crate::tunnel::fragment_ipv4;
@@ -182,6 +182,18 @@ pub trait DataplaneNode: Send + 'static {
     fn poll_timeout(&self) -> Option<Instant>;
     /// After each batch of packets: hand what the node queued to the outside.
     fn flush(&mut self) {}
+    /// A packet the node held (its flow was being re-created) and releases
+    /// now: written into `buf` after `headroom` bytes, with the verdict the
+    /// shell acts on as for [`DataplaneNode::handle_packet`]. Polled until `None`
+    /// after each batch and timer.
+    fn poll_released<'b>(
+        &mut self,
+        _now: Instant,
+        _buf: &'b mut [u8],
+        _headroom: usize,
+    ) -> Option<(Verdict, PacketBuf<'b>)> {
+        None
+    }
     /// The engine, for counters and control changes.
     fn engine(&self) -> &Engine;
     /// The engine, mutably.
@@ -370,6 +382,8 @@ struct Io {
     meta: [RxMeta; MAX_BATCH],
     txq: Vec<TxItem>,
     scratch: Vec<u8>,
+    /// Where a released held packet is encapsulated (headroom + largest packet).
+    release_buf: Vec<u8>,
     mtu: usize,
     batch: usize,
     punt_tx: SyncSender<PuntedPacket>,
@@ -434,6 +448,7 @@ impl Dataplane {
                 meta: [RxMeta::default(); MAX_BATCH],
                 txq: Vec::with_capacity(MAX_BATCH),
                 scratch: vec![0; cfg.max_packet],
+                release_buf: vec![0; HEADROOM + cfg.max_packet],
                 mtu,
                 batch: cfg.batch,
                 punt_tx,
@@ -532,6 +547,7 @@ impl Dataplane {
             if let Some(t) = self.node.poll_timeout() {
                 next_timer = next_timer.min(t);
             }
+            self.io.send_released(&mut *self.node, now);
             self.node.flush();
             if got == 0 {
                 let wait = next_timer.saturating_since(clock.now()).min(tick);
@@ -689,6 +705,45 @@ impl Io {
         bump(&self.stats.rx_tunnel, n as u64);
         self.process(n, node, now);
         n
+    }
+
+    /// Send what the node releases of the packets it held (a handful, rarely:
+    /// the first packets of flows re-created after a failure).
+    fn send_released(&mut self, node: &mut dyn DataplaneNode, now: Instant) {
+        let mut buf = std::mem::take(&mut self.release_buf);
+        while let Some((verdict, pkt)) = node.poll_released(now, &mut buf, HEADROOM) {
+            bump(&self.stats.released, 1);
+            let next_hop = match verdict {
+                Verdict::Forward {
+                    next_hop,
+                    fragment: false,
+                }
+                | Verdict::Reply { to: next_hop } => next_hop,
+                Verdict::Forward {
+                    next_hop,
+                    fragment: true,
+                } => {
+                    let (tx, stats) = (&self.tx, &self.stats);
+                    let r = fragment_ipv4(pkt.data(), self.mtu, &mut self.scratch, |frag| match tx
+                        .send_one(frag, next_hop)
+                    {
+                        Ok(()) => bump(&stats.tx_packets, 1),
+                        Err(_) => bump(&stats.tx_failed, 1),
+                    });
+                    if r.is_err() {
+                        bump(&self.stats.tx_failed, 1);
+                    }
+                    continue;
+                }
+                // Counted by the node and engine.
+                _ => continue,
+            };
+            match self.tx.send_one(pkt.data(), next_hop) {
+                Ok(()) => bump(&self.stats.tx_packets, 1),
+                Err(_) => bump(&self.stats.tx_failed, 1),
+            }
+        }
+        self.release_buf = buf;
     }
 
     /// Tunnel one control-plane packet to `next_hop` and send it now.

@@ -17,8 +17,7 @@ pub(crate) struct ShellCounters {
     pub(crate) punt_dropped: AtomicU64,
     pub(crate) new_flows: AtomicU64,
     pub(crate) new_flow_dropped: AtomicU64,
-    pub(crate) injected: AtomicU64,
-    pub(crate) inject_failed: AtomicU64,
+    pub(crate) released: AtomicU64,
     pub(crate) batches: AtomicU64,
     pub(crate) polls: AtomicU64,
     pub(crate) commands: AtomicU64,
@@ -50,11 +49,9 @@ pub struct ShellStats {
     pub new_flows: u64,
     /// [`NewFlow`] notices dropped (channel full or closed, key unreadable).
     pub new_flow_dropped: u64,
-    /// Packets the control plane had tunnelled and sent
-    /// ([`DataplaneHandle::encapsulate_and_send`]).
-    pub injected: u64,
-    /// Such packets not sent: too long, refused by the engine or the kernel.
-    pub inject_failed: u64,
+    /// Packets the node had held while their flow was re-created, released
+    /// once it was (sent or failed: see `tx_packets` / `tx_failed`).
+    pub released: u64,
     /// Non-empty receive batches.
     pub batches: u64,
     /// Times the loop slept in `poll`.
@@ -78,8 +75,7 @@ impl ShellCounters {
             punt_dropped: g(&self.punt_dropped),
             new_flows: g(&self.new_flows),
             new_flow_dropped: g(&self.new_flow_dropped),
-            injected: g(&self.injected),
-            inject_failed: g(&self.inject_failed),
+            released: g(&self.released),
             batches: g(&self.batches),
             polls: g(&self.polls),
             commands: g(&self.commands),

@@ -135,6 +135,11 @@ impl Node {
             self.control_action(a);
         }
         self.sync_routes(false);
+        if !self.held.is_empty() {
+            let (engine, now) = (&self.engine, self.now);
+            self.held
+                .release_pinned(now, |k| engine.lookup_flow(k, now).is_some());
+        }
     }
 
     fn control_action(&mut self, a: SlrAction) {

@@ -26,6 +26,8 @@ pub struct NodeCounters {
     pub shortcut_lag: [u64; LAG_BUCKETS],
     /// Recovery outcomes.
     pub recovery: RecoveryCounters,
+    /// Packets of lost flows held until their flow was re-created.
+    pub hold: super::HoldCounters,
 }
 
 /// Recovery outcomes decided by the node.

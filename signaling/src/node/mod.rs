@@ -21,10 +21,12 @@
 
 mod control;
 mod counters;
+mod held;
 mod packet;
 mod recovery;
 
 pub use counters::{NodeCounters, RecoveryCounters};
+pub use held::{HoldConfig, HoldCounters};
 pub use recovery::{SpareConfig, TakeoverReport};
 
 use crate::message::{NodeName, TunnelObject};
@@ -88,6 +90,8 @@ pub struct NodeConfig {
     pub sweep_every: Duration,
     /// Buckets per sweep.
     pub sweep_buckets: usize,
+    /// Mid-flow packets of lost flows kept until the flow is re-created.
+    pub hold: HoldConfig,
 }
 
 impl NodeConfig {
@@ -109,6 +113,7 @@ impl NodeConfig {
             unix_ms_at_zero: 0,
             sweep_every: Duration::from_millis(100),
             sweep_buckets: 4096,
+            hold: HoldConfig::default(),
         }
     }
 }
@@ -214,6 +219,7 @@ pub struct Node {
     /// The latest instant handed in (inputs without one act at it).
     now: Instant,
     counters: NodeCounters,
+    held: held::HoldQueue,
 }
 
 /// The parts of the configuration the node keeps.
@@ -274,6 +280,7 @@ impl Node {
             next_sweep: now + cfg.sweep_every,
             now,
             counters: NodeCounters::default(),
+            held: held::HoldQueue::new(cfg.hold),
         };
         node.sync_routes(true);
         Ok(node)
@@ -304,6 +311,7 @@ impl Node {
     pub fn counters(&self) -> NodeCounters {
         let mut c = self.counters;
         c.recovery = self.recovery.counters();
+        c.hold = self.held.counters();
         c
     }
 

@@ -71,10 +71,47 @@ impl Node {
                 })
             }
         };
+        if to.is_none() {
+            // Dropped here, but a copy waits for the flow's re-creation
+            // (WHOHAS answer, advertisement) to be sent on at once.
+            self.held.hold(now, key, pkt.data());
+        }
         self.after_control();
         match to {
             Some(to) => self.engine.encapsulate_to(pkt, to, now),
             None => Verdict::Recover { key },
+        }
+    }
+
+    /// The next held packet whose flow was re-created meanwhile: copied into
+    /// `buf` after `headroom` bytes and tunnelled along the flow's pin there.
+    /// The shell sends what the verdict says, as for [`Node::handle_packet`];
+    /// `None` when nothing is released. A packet whose pin vanished again is
+    /// dropped (counted as expired).
+    pub fn poll_released<'b>(
+        &mut self,
+        now: Instant,
+        buf: &'b mut [u8],
+        headroom: usize,
+    ) -> Option<(Verdict, PacketBuf<'b>)> {
+        loop {
+            let (key, bytes) = self.held.pop_ready()?;
+            let Some(entry) = self.engine.lookup_flow(&key, now) else {
+                self.held.count_lost();
+                continue;
+            };
+            let end = headroom + bytes.len();
+            let Some(room) = buf.get_mut(headroom..end) else {
+                self.held.count_lost();
+                continue;
+            };
+            room.copy_from_slice(&bytes);
+            let Ok(mut pkt) = PacketBuf::new(buf, headroom, bytes.len()) else {
+                self.held.count_lost();
+                return None;
+            };
+            let v = self.engine.encapsulate_to(&mut pkt, entry.next_hop, now);
+            return Some((v, pkt));
         }
     }
 
