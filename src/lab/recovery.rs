@@ -168,11 +168,13 @@ pub(super) fn router_section(dir: &Path, site: Option<u8>) -> String {
     s
 }
 
-/// `[recovery]` of every host: advertise connections stalled for 800 ms.
+/// `[recovery]` of every host: advertise connections stalled for 200 ms (one
+/// retransmission timeout), again every 300 ms while they stay stalled, so a
+/// flow the spare did not mirror is re-pinned before TCP's second backoff.
 pub(super) fn host_section(dir: &Path) -> String {
     format!(
-        "\n[recovery]\nadvert_keys = {:?}\nkey_id = {ADVERT_KEY_ID}\nstall_after_ms = 800\n\
-         readvertise_after_ms = 1000\nscan_interval_ms = 100\n",
+        "\n[recovery]\nadvert_keys = {:?}\nkey_id = {ADVERT_KEY_ID}\nstall_after_ms = 200\n\
+         readvertise_after_ms = 300\nscan_interval_ms = 100\n",
         keys_path(dir).display().to_string()
     )
 }
@@ -189,7 +191,7 @@ pub(super) fn spare_config(dir: &Path, o: &UpOptions) -> String {
     text.push_str(&format!(
         "\n[spare]\nprimary = \"site-a.lab\"\naddress = \"10.1.0.2:{SIGNAL_PORT}\"\n\
          interface = \"up\"\ntake_over = [\"10.1.0.2/24\", \"10.1.1.1/24\", \"10.1.2.1/24\"]\n\
-         dead_after_ms = 500\nreconnect_ms = 100\n"
+         dead_after_ms = 300\nreconnect_ms = 100\n"
     ));
     text
 }
