@@ -388,6 +388,7 @@ fn run_router(path: &Path) -> Result<()> {
         rt: rt.handle().clone(),
         go,
         done: Arc::new(AtomicU64::new(0)),
+        at_unix_ms: 0,
     });
     let stats = cfg
         .stats
