@@ -102,11 +102,13 @@ pub enum DropReason {
     NoHeadroom,
     /// An echo reply that claims to carry a flow advertisement but is malformed.
     BadAdvert,
+    /// A tunnel to us from a source not admitted ([`Engine::set_tunnel_sources`]).
+    TunnelSource,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 17;
 
     /// Every reason, in counter order.
     pub const ALL: [Self; Self::COUNT] = [
@@ -126,6 +128,7 @@ impl DropReason {
         Self::FlowTableFull,
         Self::NoHeadroom,
         Self::BadAdvert,
+        Self::TunnelSource,
     ];
 
     /// Stable snake_case name for logs and metrics.
@@ -147,6 +150,7 @@ impl DropReason {
             Self::FlowTableFull => "flow_table_full",
             Self::NoHeadroom => "no_headroom",
             Self::BadAdvert => "bad_advert",
+            Self::TunnelSource => "tunnel_source",
         }
     }
 }
@@ -277,10 +281,13 @@ pub struct Engine<T: Tunnel = IpIpTunnel> {
     next_label: u32,
     counters: EngineCounters,
     icmp: TokenBucket,
+    /// None: tunnels from anyone (a bare engine, tests).
+    tunnel_sources: Option<crate::tunnel::TunnelSources>,
 }
 
 /// Quick facts of the outermost header, enough to decide on termination.
 struct Outer {
+    src: IpAddr,
     dst: IpAddr,
     is_tunnel: bool,
 }
@@ -311,8 +318,19 @@ impl<T: Tunnel> Engine<T> {
             next_label: 0,
             counters: EngineCounters::default(),
             icmp,
+            tunnel_sources: None,
             cfg,
         }
+    }
+
+    /// Admit tunnels to us only from these sources (`None`: from anyone).
+    pub fn set_tunnel_sources(&mut self, sources: Option<crate::tunnel::TunnelSources>) {
+        self.tunnel_sources = sources;
+    }
+
+    /// The admitted tunnel sources (`None`: anyone).
+    pub fn tunnel_sources(&self) -> Option<&crate::tunnel::TunnelSources> {
+        self.tunnel_sources.as_ref()
     }
 
     /// The configuration.
@@ -418,6 +436,13 @@ impl<T: Tunnel> Engine<T> {
         if self.is_local(outer.dst) {
             if !outer.is_tunnel {
                 return Verdict::Deliver;
+            }
+            if self
+                .tunnel_sources
+                .as_ref()
+                .is_some_and(|s| !s.admits(outer.src))
+            {
+                return Verdict::Drop(DropReason::TunnelSource);
             }
             if let Err(e) = self.tunnel.decapsulate(pkt) {
                 return Verdict::Drop(tunnel_drop(&e));
@@ -662,6 +687,7 @@ fn outer_facts(data: &[u8]) -> Result<Outer, DropReason> {
             }
             let proto = p.protocol();
             Ok(Outer {
+                src: IpAddr::V4(p.src_addr()),
                 dst: IpAddr::V4(p.dst_addr()),
                 is_tunnel: proto == ip_proto::IPV4 || proto == ip_proto::IPV6,
             })
@@ -671,6 +697,7 @@ fn outer_facts(data: &[u8]) -> Result<Outer, DropReason> {
             let upper = wire::walk_extensions(p.next_header(), p.payload())
                 .map_err(|_| DropReason::Malformed)?;
             Ok(Outer {
+                src: IpAddr::V6(p.src_addr()),
                 dst: IpAddr::V6(p.dst_addr()),
                 is_tunnel: upper.protocol == ip_proto::IPV4 || upper.protocol == ip_proto::IPV6,
             })

@@ -329,3 +329,47 @@ pub fn fragment_ipv4(
     }
     Ok(count)
 }
+
+/// Most prefixes a [`TunnelSources`] holds.
+pub const MAX_TUNNEL_SOURCES: usize = 256;
+
+/// Which outer sources may send tunnels to this router (issue 14): the level
+/// above, same-level neighbours and entry routers. Anything else tunnelled to
+/// us, for instance a client wrapping a spoofed inner source to have it placed
+/// as a new flow past the edge's anti-spoofing, is dropped and counted
+/// ([`crate::engine::DropReason::TunnelSource`]). Prefixes, at most
+/// [`MAX_TUNNEL_SOURCES`]; a lookup is a scan, as the list is a handful of peers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TunnelSources {
+    prefixes: Vec<crate::classify::VirtualSubnet>,
+}
+
+/// A [`TunnelSources`] over its bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("more than {MAX_TUNNEL_SOURCES} tunnel source prefixes")]
+pub struct TooManySources;
+
+impl TunnelSources {
+    /// Admit `prefix` (a repeat is kept once).
+    pub fn allow(&mut self, prefix: crate::classify::VirtualSubnet) -> Result<(), TooManySources> {
+        if self.prefixes.contains(&prefix) {
+            return Ok(());
+        }
+        if self.prefixes.len() >= MAX_TUNNEL_SOURCES {
+            return Err(TooManySources);
+        }
+        self.prefixes.push(prefix);
+        Ok(())
+    }
+
+    /// Whether `src` may tunnel to us.
+    #[inline]
+    pub fn admits(&self, src: IpAddr) -> bool {
+        self.prefixes.iter().any(|p| p.contains(src))
+    }
+
+    /// The admitted prefixes.
+    pub fn prefixes(&self) -> &[crate::classify::VirtualSubnet] {
+        &self.prefixes
+    }
+}

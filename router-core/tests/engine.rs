@@ -360,6 +360,50 @@ fn tunnels_to_us_are_terminated_and_forwarded_down_the_hierarchy() {
 }
 
 #[test]
+fn tunnels_from_sources_not_admitted_are_dropped_and_counted() {
+    let (mut e, _, _) = engine();
+    let mut admitted = router_core::tunnel::TunnelSources::default();
+    admitted
+        .allow(VirtualSubnet::new(ip("198.18.0.0"), 24).unwrap())
+        .unwrap();
+    e.set_tunnel_sources(Some(admitted));
+    // A client wraps a spoofed inner source and tunnels it to us: dropped
+    // before decapsulation, no flow placed.
+    let spoofed = packet_bytes(&tcp("192.0.2.66:40000", "10.1.2.3:80", TcpFlags::SYN));
+    let from_client = ipip4(Ipv4Addr::new(203, 0, 113, 9), LOCAL4, &spoofed, 0);
+    assert_eq!(
+        Frame::from_bytes(&from_client).run(&mut e, T0).0,
+        Verdict::Drop(DropReason::TunnelSource)
+    );
+    assert_eq!(e.counters().dropped(DropReason::TunnelSource), 1);
+    assert_eq!(e.counters().decapsulated, 0);
+    assert_eq!(e.flows().len(), 0);
+    // The upper level (inside the admitted prefix) is served as before.
+    let from_upper = ipip4(Ipv4Addr::new(198, 18, 0, 1), LOCAL4, &spoofed, 0);
+    assert!(matches!(
+        Frame::from_bytes(&from_upper).run(&mut e, T0).0,
+        Verdict::Forward { .. }
+    ));
+    // Plain packets to the VIPs are not tunnels: the check does not apply.
+    let plain = packet_bytes(&tcp("203.0.113.9:40001", "10.1.2.3:80", TcpFlags::SYN));
+    assert!(matches!(
+        Frame::from_bytes(&plain).run(&mut e, T0).0,
+        Verdict::Forward { .. }
+    ));
+    // Bounded.
+    let mut many = router_core::tunnel::TunnelSources::default();
+    for i in 0..router_core::tunnel::MAX_TUNNEL_SOURCES {
+        let a = Ipv4Addr::from(0x0a00_0000 + i as u32);
+        many.allow(VirtualSubnet::new(IpAddr::V4(a), 32).unwrap())
+            .unwrap();
+    }
+    assert!(
+        many.allow(VirtualSubnet::new(ip("192.0.2.1"), 32).unwrap())
+            .is_err()
+    );
+}
+
+#[test]
 fn ecn_is_combined_on_decapsulation_per_rfc_6040() {
     let (mut e, _, _) = engine();
     let mut spec = tcp("203.0.113.9:40000", "10.1.2.3:80", TcpFlags::SYN);
