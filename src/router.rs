@@ -319,6 +319,18 @@ fn build_node(
     ncfg.static_subnets = cfg.static_subnets.clone();
     crate::recovery::configure_node(cfg, &mut ncfg)?;
     let mut node = Node::new(ncfg, Instant::ZERO).context("building the router node")?;
+    let admitted: Vec<String> = cfg
+        .tunnel_sources
+        .prefixes()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    info!(
+        admitted = %admitted.join(","),
+        "tunnels to this router admitted only from these sources; others dropped (tunnel_source)"
+    );
+    node.engine_mut()
+        .set_tunnel_sources(Some(cfg.tunnel_sources.clone()));
     if let Some(m) = modules
         && let Some(p) = &m.policy
     {

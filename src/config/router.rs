@@ -10,6 +10,7 @@ use router_core::engine::{EngineConfig, MAX_CANDIDATES};
 use router_core::flow::{FlowConfig, Timeouts};
 use router_core::linux::{DataplaneConfig, TunnelPath};
 use router_core::policy::{Candidate, Level};
+use router_core::tunnel::TunnelSources;
 use serde::Deserialize;
 use signaling::{NodeName, PeerConfig, SlrConfig, TableConfig};
 
@@ -39,6 +40,10 @@ struct TunnelFile {
     path: PathName,
     #[serde(default = "default_ttl")]
     ttl: u8,
+    /// More sources admitted to tunnel to us (ADDR/LEN), beside the upper
+    /// level, the WHOHAS neighbours and a spare's primary.
+    #[serde(default)]
+    accept_from: Vec<String>,
 }
 
 fn default_tunnel_mtu() -> u16 {
@@ -248,6 +253,8 @@ pub(crate) struct RouterConfig {
     pub(crate) recovery: Option<crate::recovery::RecoverySettings>,
     /// This router is a hot spare.
     pub(crate) spare: Option<crate::recovery::SpareSettings>,
+    /// Who may tunnel packets to this router.
+    pub(crate) tunnel_sources: TunnelSources,
 }
 
 /// Read and validate a router configuration file.
@@ -319,6 +326,13 @@ pub(super) fn router_from_file(path: &Path, f: RouterFile) -> Result<RouterConfi
         new_flow_queue: if slr.shortcuts || mirrors { 4096 } else { 0 },
         ..DataplaneConfig::default()
     };
+    let tunnel_sources = tunnel_sources(
+        &c,
+        &f.tunnel.accept_from,
+        upstream.as_ref(),
+        recovery.as_ref(),
+        spare.as_ref(),
+    )?;
     let tls = TlsFiles::from_file(&c, &f.tls)?;
     let management = f
         .management
@@ -357,6 +371,7 @@ pub(super) fn router_from_file(path: &Path, f: RouterFile) -> Result<RouterConfi
         management,
         recovery,
         spare,
+        tunnel_sources,
     })
 }
 
@@ -381,6 +396,51 @@ impl TunnelFile {
             tun_name: c.tun_name("tunnel.tun_name", &self.tun_name)?,
         })
     }
+}
+
+/// Who may tunnel to this router: the upper level's tunnel endpoint (its
+/// `tunnel`, else its signalling address), the WHOHAS neighbours and a spare's
+/// primary at their signalling addresses, and `tunnel.accept_from`. Entry
+/// routers, other upper-level routers with static next hops to us, and peers
+/// whose tunnel endpoint differs from their signalling address go in
+/// `accept_from`.
+fn tunnel_sources(
+    c: &Check<'_>,
+    accept_from: &[String],
+    upstream: Option<&Upstream>,
+    recovery: Option<&crate::recovery::RecoverySettings>,
+    spare: Option<&crate::recovery::SpareSettings>,
+) -> Result<TunnelSources, ConfigError> {
+    let host = |a: IpAddr| {
+        let len = if a.is_ipv4() { 32 } else { 128 };
+        VirtualSubnet::new(a, len).map_err(|e| c.err("tunnel.accept_from", e.to_string()))
+    };
+    let mut prefixes = Vec::new();
+    for (i, p) in accept_from.iter().enumerate() {
+        let field = format!("tunnel.accept_from[{i}]");
+        prefixes.push(match p.parse::<IpAddr>() {
+            Ok(a) => host(a)?,
+            Err(_) => c.subnet(&field, p)?,
+        });
+    }
+    if let Some(u) = upstream {
+        prefixes.push(host(u.tunnel.unwrap_or(u.address.ip()))?);
+    }
+    for n in recovery.iter().flat_map(|r| &r.neighbours) {
+        if let Some(a) = n.address {
+            prefixes.push(host(a.ip())?);
+        }
+    }
+    if let Some(s) = spare {
+        prefixes.push(host(s.address.ip())?);
+    }
+    let mut sources = TunnelSources::default();
+    for p in prefixes {
+        sources
+            .allow(p)
+            .map_err(|e| c.err("tunnel.accept_from", e.to_string()))?;
+    }
+    Ok(sources)
 }
 
 /// `[[downstream]]`: known lower-level peers, each named once.

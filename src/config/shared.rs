@@ -1,7 +1,7 @@
 //! Sections shared by the router and host files: level, `[tls]`, the level
 //! above, `[session]`, `[stats]`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -114,6 +114,8 @@ pub(super) struct UpstreamFile {
     /// First reconnect delay (doubles up to 8 s).
     #[serde(default = "default_reconnect_ms")]
     reconnect_ms: u64,
+    /// Its tunnel endpoint, when not its signalling address.
+    tunnel: Option<IpAddr>,
 }
 
 fn default_reconnect_ms() -> u64 {
@@ -129,6 +131,8 @@ pub(crate) struct Upstream {
     pub(crate) name: NodeName,
     /// First reconnect delay.
     pub(crate) reconnect: Duration,
+    /// Its tunnel endpoint, when not its signalling address.
+    pub(crate) tunnel: Option<IpAddr>,
 }
 
 impl Upstream {
@@ -138,6 +142,7 @@ impl Upstream {
         u: &UpstreamFile,
     ) -> Result<Self, ConfigError> {
         Ok(Self {
+            tunnel: u.tunnel,
             address: u.address,
             name: c.name(&format!("{section}.name"), &u.name)?,
             reconnect: Duration::from_millis(c.range(

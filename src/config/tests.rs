@@ -360,3 +360,41 @@ fn management_role_lists_are_dns_names() {
     let e = err_text(router(&format!("{ok}operators = [\"\"]\n")));
     assert!(e.contains("management.operators"), "{e}");
 }
+
+#[test]
+fn tunnel_sources_are_the_upper_level_and_accept_from_and_bad_ones_are_named() {
+    let admitted = |cfg: &RouterConfig| -> Vec<String> {
+        cfg.tunnel_sources
+            .prefixes()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    // Default: the upper level at its signalling address.
+    let cfg = router(ROUTER).unwrap();
+    assert_eq!(admitted(&cfg), ["10.1.0.1/32"]);
+    // Its tunnel endpoint when named, and accept_from (address or prefix).
+    let text = ROUTER
+        .replace(
+            "name = \"sys.lab\"\n",
+            "name = \"sys.lab\"\ntunnel = \"10.0.0.1\"\n",
+        )
+        .replace(
+            "mtu = 1600\n",
+            "mtu = 1600\naccept_from = [\"10.0.0.2\", \"10.8.0.0/16\"]\n",
+        );
+    let cfg = router(&text).unwrap();
+    assert_eq!(
+        admitted(&cfg),
+        ["10.0.0.2/32", "10.8.0.0/16", "10.0.0.1/32"]
+    );
+    let bad = ROUTER.replace(
+        "mtu = 1600\n",
+        "mtu = 1600\naccept_from = [\"10.0.0.0/33\"]\n",
+    );
+    assert!(
+        err_text(router(&bad)).contains("tunnel.accept_from[0]"),
+        "{}",
+        err_text(router(&bad))
+    );
+}
