@@ -1282,3 +1282,73 @@ fn shaping_from_the_router_config_is_applied_and_updated_on_sighup() {
     // The router kept forwarding throughout.
     assert!(curl(&lab, 20).iter().all(|a| a.ends_with(".lab")));
 }
+
+/// Whether `pid` runs (not a zombie).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st != "Z"))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn lab_restart_of_a_large_router_fifty_times_either_succeeds_or_says_it_failed() {
+    if !root_or_skip("lab_restart_of_a_large_router_fifty_times_either_succeeds_or_says_it_failed")
+    {
+        return;
+    }
+    // A large flow table: its router takes longest to tear down, which used to
+    // leave the old TUN device in place when the new daemon asked for it.
+    let lab = lab_up(&["--flow-capacity", "262144"]);
+    let mut ok = 0;
+    let mut honest_failures = Vec::new();
+    for i in 0..50 {
+        let out = pronto()
+            .args(["lab", "restart", "--dir"])
+            .arg(&lab.dir)
+            .arg("site-a")
+            .output()
+            .expect("run pronto lab restart");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            // "site-a restarted: pid OLD -> NEW": NEW must really run.
+            let new: u32 = stdout
+                .trim()
+                .rsplit_once("-> ")
+                .and_then(|(_, p)| p.trim().parse().ok())
+                .unwrap_or_else(|| panic!("restart {i}: no new pid in {stdout:?}"));
+            // ...and has started: its own stats, and still running after.
+            wait_for(
+                &format!("restart {i}: pid {new} writing its stats"),
+                Duration::from_secs(10),
+                || int(&lab.stats("site-a"), &["pid"]) == i64::from(new),
+            );
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(
+                running(new),
+                "restart {i} reported success but pid {new} does not run:\n{stdout}"
+            );
+            ok += 1;
+        } else {
+            assert!(
+                stderr.contains("did not restart"),
+                "restart {i} failed without saying why:\n{stderr}"
+            );
+            honest_failures.push(stderr.into_owned());
+        }
+    }
+    println!(
+        "lab restart of site-a: {ok}/50 succeeded, {} reported failure",
+        honest_failures.len()
+    );
+    // Waiting for the old TUN to go makes every one succeed.
+    assert_eq!(ok, 50, "{honest_failures:#?}");
+    // The restarted router serves: a request through site a's hosts works.
+    wait_for("site a back in the table", Duration::from_secs(20), || {
+        curl(&lab, 10).iter().all(|a| a.ends_with(".lab"))
+    });
+}

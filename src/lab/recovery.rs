@@ -31,7 +31,8 @@ use anyhow::{Context, Result, bail};
 
 use super::configs::{SESSION, router_config, tls_section};
 use super::process::{
-    LabState, alive, is_our_daemon, read_state, signal, spawn_daemon, stats_of, tail, write_state,
+    DaemonState, LabState, alive, is_our_daemon, read_state, signal, spawn_daemon, stats_of, tail,
+    write_state,
 };
 use super::topology::{HostNode, Names, UpOptions, addr, hosts, ip, ns_set_sysctl, route, veth};
 use super::{SIGNAL_PORT, TUNNEL_MTU, VIP_SUBNET};
@@ -332,8 +333,12 @@ pub(super) fn kill(dir: &Path, node: &str, link_down: bool) -> Result<()> {
     Ok(())
 }
 
-/// `pronto lab restart NODE`: SIGKILL, then the same command again (log in
-/// `logs/NODE.N.log`).
+/// `pronto lab restart NODE`: SIGKILL, wait until the old daemon's TUN device
+/// is gone too (the kernel removes it after the process, and a new daemon
+/// asking for the same name meanwhile gets EBUSY), then the same command again
+/// (log in `logs/NODE.N.log`). Succeeds only once the new daemon runs and has
+/// written its stats; a daemon that exits at start is reported with its log,
+/// after at most [`RESTART_TRIES`] tries when it lost a race for its TUN.
 pub(super) fn restart(dir: &Path, node: &str) -> Result<()> {
     let Some(mut state) = read_state(dir)? else {
         bail!("no lab in {}", dir.display());
@@ -343,25 +348,120 @@ pub(super) fn restart(dir: &Path, node: &str) -> Result<()> {
     if is_our_daemon(&old) {
         sigkill_and_wait(old.pid)?;
     }
+    wait_tun_gone(&old.namespace, Duration::from_secs(10))?;
     let kind = if hosts().iter().any(|h| h.short == node) {
         "host"
     } else {
         "router"
     };
+    let exe = std::env::current_exe().context("locating the pronto binary")?;
+    for attempt in 1..=RESTART_TRIES {
+        let log = next_log(dir, node);
+        let since = std::time::SystemTime::now();
+        let mut d = spawn_daemon(&exe, node, &old.namespace, kind, &old.config, &log, dir)?;
+        d.stats = old.stats.clone();
+        let pid = d.pid;
+        state.daemons[i] = d;
+        write_state(dir, &state)?;
+        match wait_started(&state.daemons[i], since, Duration::from_secs(20)) {
+            Ok(()) => {
+                println!("{node} restarted: pid {} -> {pid}", old.pid);
+                return Ok(());
+            }
+            Err(why) => {
+                let text = tail(&log, 20);
+                if attempt < RESTART_TRIES && text.contains("Device or resource busy") {
+                    eprintln!("{node}: its TUN device was still busy; trying again");
+                    std::thread::sleep(Duration::from_millis(300));
+                    continue;
+                }
+                if alive(pid) {
+                    signal(pid, nix::sys::signal::Signal::SIGKILL);
+                }
+                bail!(
+                    "{node} did not restart: {why}; see {}:\n{text}",
+                    log.display()
+                );
+            }
+        }
+    }
+    bail!("{node} did not restart in {RESTART_TRIES} tries")
+}
+
+/// Starts of a restarted daemon that lost the race for its TUN device.
+const RESTART_TRIES: u32 = 3;
+
+/// `logs/NODE.N.log` with the first unused N.
+fn next_log(dir: &Path, node: &str) -> std::path::PathBuf {
     let mut n = 1;
-    let log = loop {
+    loop {
         let l = dir.join("logs").join(format!("{node}.{n}.log"));
         if !l.exists() {
-            break l;
+            return l;
         }
         n += 1;
-    };
-    let exe = std::env::current_exe().context("locating the pronto binary")?;
-    let mut d = spawn_daemon(&exe, node, &old.namespace, kind, &old.config, &log, dir)?;
-    d.stats = old.stats.clone();
-    println!("{node} restarted: pid {} -> {}", old.pid, d.pid);
-    state.daemons[i] = d;
-    write_state(dir, &state)
+    }
+}
+
+/// The TUN devices of namespace `ns` (a lab namespace runs one daemon).
+fn tun_devices(ns: &str) -> Result<Vec<String>> {
+    let out = std::process::Command::new("ip")
+        .args(["-n", ns, "-o", "link", "show", "type", "tun"])
+        .output()
+        .context("running ip")?;
+    if !out.status.success() {
+        bail!(
+            "ip -n {ns} link show type tun failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+        .collect())
+}
+
+fn wait_tun_gone(ns: &str, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = tun_devices(ns)?;
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the old daemon's TUN device ({}) is still in {ns} after {} s",
+                left.join(", "),
+                timeout.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Running: alive, with its stats file written after `since`.
+fn wait_started(d: &DaemonState, since: std::time::SystemTime, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if !alive(d.pid) {
+            bail!("it exited at start (pid {})", d.pid);
+        }
+        let fresh = std::fs::metadata(&d.stats)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t > since);
+        if fresh {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "it wrote no stats to {} within {} s",
+                d.stats.display(),
+                timeout.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[cfg(test)]
