@@ -16,7 +16,9 @@
 
 use crate::api::{ApiError, RouterApi};
 use crate::classify::{self, FlowKey, PrefixTable, VirtualSubnet};
-use crate::flow::{FlowConfig, FlowEntry, FlowError, FlowState, FlowTable, Inserted};
+use crate::flow::{
+    FlowActivity, FlowChange, FlowConfig, FlowEntry, FlowError, FlowState, FlowTable, Inserted,
+};
 use crate::icmp::{self, IcmpBuildError, IcmpError};
 use crate::packet::PacketBuf;
 use crate::policy::{Candidate, Decision, FlowRequest, LeastCost, Level, Policy, SubnetId};
@@ -367,6 +369,28 @@ impl<T: Tunnel> Engine<T> {
     /// Remove timed-out flows; bounded work (see [`FlowTable::sweep`]).
     pub fn sweep(&mut self, now: Instant, max_buckets: usize) -> usize {
         self.flows.sweep(now, max_buckets)
+    }
+
+    /// Journal pins and unpins for a kernel fast path that mirrors the flow
+    /// table (see [`FlowTable::set_journal`]); 0 turns it off.
+    pub fn set_flow_journal(&mut self, capacity: usize) {
+        self.flows.set_journal(capacity);
+    }
+
+    /// Hand the journaled pins and unpins to `f`; true when some were lost and
+    /// the consumer must resync from [`FlowTable::export`].
+    pub fn drain_flow_changes(&mut self, f: impl FnMut(FlowChange)) -> bool {
+        self.flows.drain_changes(f)
+    }
+
+    /// Settle the flows the sweep found idle with what the fast path saw of
+    /// them ([`FlowTable::resolve_due`]); returns how many expired.
+    pub fn resolve_idle_flows(
+        &mut self,
+        now: Instant,
+        activity: impl FnMut(&FlowKey) -> Option<FlowActivity>,
+    ) -> usize {
+        self.flows.resolve_due(now, activity)
     }
 
     /// The virtual subnet with id `id`, if any.

@@ -18,6 +18,16 @@
 //! Idle timeouts follow the TCP state seen from the client side (the only side an
 //! SLR sees, since servers answer directly): SYN-only flows expire fast, established
 //! ones slowly, flows that saw FIN or RST soon.
+//!
+//! A kernel fast path that forwards pinned flows itself mirrors the table
+//! through its **journal** ([`FlowTable::set_journal`]): every pin (new flow,
+//! replaced or imported entry) and every unpin (removal, expiry, eviction) is
+//! recorded, bounded, for the shell to drain ([`FlowTable::drain_changes`]); an
+//! overflow says "resync from [`FlowTable::export`]". The fast path's packets
+//! never reach the table, so with the journal on an idle entry is not expired
+//! where the table alone sees it idle: the sweep lists it as *due*
+//! ([`FlowTable::resolve_due`]) and the shell settles it with the activity the
+//! fast path recorded (last packet, TCP state), so timeouts stay TCP-aware.
 
 use crate::policy::Level;
 use crate::time::Instant;
@@ -162,6 +172,59 @@ pub struct FlowEntry {
     pub packets: u64,
     /// Bytes forwarded.
     pub bytes: u64,
+}
+
+/// A change to the set of pinned flows, journaled for a fast path that
+/// mirrors the table ([`FlowTable::set_journal`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowChange {
+    /// `key` is pinned to `next_hop` now (a new flow, a replaced or an
+    /// imported entry).
+    Pinned {
+        /// The flow.
+        key: FlowKey,
+        /// Where it goes.
+        next_hop: IpAddr,
+    },
+    /// `key` is no longer pinned (removed, expired or evicted).
+    Unpinned {
+        /// The flow.
+        key: FlowKey,
+    },
+}
+
+/// What a fast path saw of a pinned flow the table did not see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowActivity {
+    /// When it forwarded the flow's last packet (`None`: no packet yet).
+    pub last_seen: Option<Instant>,
+    /// TCP: a segment without SYN (the handshake is done).
+    pub established: bool,
+    /// TCP: FIN or RST.
+    pub closing: bool,
+}
+
+/// Most due keys listed between two [`FlowTable::resolve_due`] calls; the
+/// sweep leaves the rest for its next pass.
+const MAX_DUE: usize = 4096;
+
+/// The journal of changes and the due list (see the module docs).
+#[derive(Debug)]
+struct Journal {
+    changes: std::collections::VecDeque<FlowChange>,
+    capacity: usize,
+    overflowed: bool,
+    due: Vec<FlowKey>,
+}
+
+impl Journal {
+    fn record(&mut self, c: FlowChange) {
+        if self.changes.len() >= self.capacity {
+            self.overflowed = true;
+        } else {
+            self.changes.push_back(c);
+        }
+    }
 }
 
 /// What a hit tells the forwarding path.
@@ -483,6 +546,7 @@ pub struct FlowTable {
     hasher: RandomState,
     timeouts: Timeouts,
     stats: FlowStats,
+    journal: Option<Journal>,
 }
 
 enum Family {
@@ -572,6 +636,7 @@ impl FlowTable {
             hasher: RandomState::new(),
             timeouts: cfg.timeouts,
             stats: FlowStats::default(),
+            journal: None,
         }
     }
 
@@ -633,6 +698,10 @@ impl FlowTable {
         let hasher = &self.hasher;
         let stats = &mut self.stats;
         let next_hops = &mut self.next_hops;
+        // With a fast path the table's idle time is stale: a packet here proves
+        // the flow alive, and only the sweep, told the fast path's activity,
+        // expires entries.
+        let lazy_expiry = self.journal.is_none();
         with_family!(
             self,
             key,
@@ -641,7 +710,7 @@ impl FlowTable {
                 let i = t.find(p, &k)?;
                 let meta = &mut t.slots[i].meta;
                 let limit = timeout_of(&timeouts, meta.state);
-                if Self::idle_ms(meta, now) > limit {
+                if lazy_expiry && Self::idle_ms(meta, now) > limit {
                     let old = t.clear(i);
                     next_hops.release(old.meta.next_hop);
                     stats.expired += 1;
@@ -716,7 +785,7 @@ impl FlowTable {
                     now,
                     key_v4,
                 );
-                self.account(r)
+                self.account(r, &e.key, e.next_hop)
             }
             Some(Family::V6(k)) => {
                 let r = insert_into(
@@ -728,7 +797,7 @@ impl FlowTable {
                     now,
                     key_v6,
                 );
-                self.account(r)
+                self.account(r, &e.key, e.next_hop)
             }
             None => Err(FlowError::NoCapacity),
         };
@@ -738,8 +807,22 @@ impl FlowTable {
         result
     }
 
-    fn account(&mut self, r: Result<Outcome, FlowError>) -> Result<Inserted, FlowError> {
+    fn account(
+        &mut self,
+        r: Result<Outcome, FlowError>,
+        key: &FlowKey,
+        next_hop: IpAddr,
+    ) -> Result<Inserted, FlowError> {
         let o = r?;
+        if let Some(j) = &mut self.journal {
+            if let Some(gone) = o.unpinned {
+                j.record(FlowChange::Unpinned { key: gone });
+            }
+            j.record(FlowChange::Pinned {
+                key: *key,
+                next_hop,
+            });
+        }
         for released in o.released.into_iter().flatten() {
             self.next_hops.release(released);
         }
@@ -770,6 +853,9 @@ impl FlowTable {
             None
         )?;
         self.stats.removed += 1;
+        if let Some(j) = &mut self.journal {
+            j.record(FlowChange::Unpinned { key: removed.0 });
+        }
         let entry = self.entry(&removed.0, &removed.1, now);
         self.next_hops.release(removed.1.next_hop);
         Some(entry)
@@ -816,7 +902,29 @@ impl FlowTable {
     /// Remove timed-out entries, visiting at most `max_buckets` buckets per family
     /// from where the previous sweep stopped. Returns how many were removed.
     /// Bounded work, so the shell can call it between packet batches.
+    ///
+    /// With the journal on, idle entries are listed as due instead (see
+    /// [`FlowTable::resolve_due`]) and the count is 0.
     pub fn sweep(&mut self, now: Instant, max_buckets: usize) -> usize {
+        if let Some(j) = &mut self.journal {
+            due_in(
+                &mut self.v4,
+                &self.timeouts,
+                now,
+                max_buckets,
+                key_v4,
+                &mut j.due,
+            );
+            due_in(
+                &mut self.v6,
+                &self.timeouts,
+                now,
+                max_buckets,
+                key_v6,
+                &mut j.due,
+            );
+            return 0;
+        }
         let mut released = Vec::new();
         let n4 = sweep_table(
             &mut self.v4,
@@ -837,6 +945,156 @@ impl FlowTable {
         }
         self.stats.expired += (n4 + n6) as u64;
         n4 + n6
+    }
+}
+
+impl FlowTable {
+    /// Journal pins and unpins for a fast path, at most `capacity` between two
+    /// drains (0: no journal, and idle entries expire by the table's own view
+    /// again). Turning it on over a non-empty table reports an overflow, so the
+    /// consumer starts with a full sync.
+    pub fn set_journal(&mut self, capacity: usize) {
+        if capacity == 0 {
+            self.journal = None;
+            return;
+        }
+        self.journal = Some(Journal {
+            changes: std::collections::VecDeque::with_capacity(capacity),
+            capacity,
+            overflowed: !self.is_empty(),
+            due: Vec::with_capacity(MAX_DUE),
+        });
+    }
+
+    /// Whether the journal is on.
+    pub fn journal_on(&self) -> bool {
+        self.journal.is_some()
+    }
+
+    /// Hand every journaled change to `f`, oldest first. Returns true when
+    /// changes were lost since the last drain (the journal was full): the
+    /// consumer must then resync from [`FlowTable::export`].
+    pub fn drain_changes(&mut self, mut f: impl FnMut(FlowChange)) -> bool {
+        let Some(j) = &mut self.journal else {
+            return false;
+        };
+        while let Some(c) = j.changes.pop_front() {
+            f(c);
+        }
+        std::mem::take(&mut j.overflowed)
+    }
+
+    /// Settle the entries the sweep found idle (journal on): `activity` tells
+    /// what the fast path saw of each; an entry active since is refreshed (last
+    /// packet, TCP state), one still idle past its state's timeout is removed
+    /// (counted as expired, journaled as unpinned). Returns how many expired.
+    pub fn resolve_due(
+        &mut self,
+        now: Instant,
+        mut activity: impl FnMut(&FlowKey) -> Option<FlowActivity>,
+    ) -> usize {
+        let Some(j) = &mut self.journal else {
+            return 0;
+        };
+        let mut due = std::mem::take(&mut j.due);
+        let mut expired = 0;
+        for key in &due {
+            let act = activity(key);
+            let timeouts = self.timeouts;
+            let hasher = &self.hasher;
+            let idle = with_family!(
+                self,
+                key,
+                |t, k, _conv| {
+                    let Some(i) = t.find(t.probe(hasher.hash_one(k)), &k) else {
+                        continue;
+                    };
+                    let meta = &mut t.slots[i].meta;
+                    if let Some(a) = act {
+                        refresh(meta, &a, now);
+                    }
+                    Self::idle_ms(meta, now) > timeout_of(&timeouts, meta.state)
+                },
+                continue
+            );
+            if idle && self.remove(key, now).is_some() {
+                // Counted as expired, not as a removal on request.
+                self.stats.removed -= 1;
+                self.stats.expired += 1;
+                expired += 1;
+            }
+        }
+        due.clear();
+        if let Some(j) = &mut self.journal {
+            j.due = due;
+        }
+        expired
+    }
+}
+
+/// Fold a fast path's activity into an entry.
+fn refresh(meta: &mut Meta, a: &FlowActivity, now: Instant) {
+    if let Some(seen) = a.last_seen {
+        let seen_ms = seen.min(now).as_millis() as u32;
+        // Wrapping millisecond stamps: newer when the difference is "positive".
+        if seen_ms.wrapping_sub(meta.last_seen_ms) < u32::MAX / 2 {
+            meta.last_seen_ms = seen_ms;
+        }
+    }
+    let state = FlowState::from_u8(meta.state);
+    if matches!(
+        state,
+        FlowState::SynSeen | FlowState::Established | FlowState::Closing
+    ) {
+        // Established without closing after a close means the fast path saw
+        // a new connection on the same ports (it restarts its state then).
+        let next = if a.closing {
+            FlowState::Closing
+        } else if a.established {
+            FlowState::Established
+        } else {
+            state
+        };
+        meta.state = next as u8;
+    }
+}
+
+/// List the idle entries of up to `max_buckets` buckets (from the sweep cursor)
+/// as due, without removing them.
+fn due_in<K: SlotKey>(
+    t: &mut Table<K>,
+    timeouts: &Timeouts,
+    now: Instant,
+    max_buckets: usize,
+    conv: fn(&K) -> FlowKey,
+    due: &mut Vec<FlowKey>,
+) {
+    let n = t.buckets();
+    if n == 0 {
+        return;
+    }
+    for _ in 0..max_buckets.min(n) {
+        let b = t.sweep_cursor;
+        let idle: usize = (0..WAYS)
+            .filter(|&way| {
+                let s = &t.slots[b * WAYS + way];
+                tag_of(t.tags[b], way) != 0
+                    && FlowTable::idle_ms(&s.meta, now) > timeout_of(timeouts, s.meta.state)
+            })
+            .count();
+        if due.len() + idle > MAX_DUE {
+            // This bucket first on the next pass.
+            return;
+        }
+        for way in 0..WAYS {
+            let s = &t.slots[b * WAYS + way];
+            if tag_of(t.tags[b], way) != 0
+                && FlowTable::idle_ms(&s.meta, now) > timeout_of(timeouts, s.meta.state)
+            {
+                due.push(conv(&s.key));
+            }
+        }
+        t.sweep_cursor = if b + 1 == n { 0 } else { b + 1 };
     }
 }
 
@@ -890,6 +1148,8 @@ fn sweep_table<K: SlotKey>(
 
 struct Outcome {
     inserted: Inserted,
+    /// A different flow that lost its slot (expired or evicted).
+    unpinned: Option<FlowKey>,
     /// Next-hop references dropped by replaced, expired or evicted entries.
     released: [Option<u32>; 1],
     expired: bool,
@@ -914,6 +1174,7 @@ fn insert_into<K: SlotKey>(
         let old = core::mem::replace(&mut t.slots[i], slot);
         return Ok(Outcome {
             inserted: Inserted::Replaced,
+            unpinned: None,
             released: [Some(old.meta.next_hop)],
             expired: false,
             displaced: 0,
@@ -923,6 +1184,7 @@ fn insert_into<K: SlotKey>(
         t.place(i, p.tag, slot);
         return Ok(Outcome {
             inserted: Inserted::Fresh,
+            unpinned: None,
             released: [None],
             expired: false,
             displaced: 0,
@@ -941,6 +1203,7 @@ fn insert_into<K: SlotKey>(
                 t.place(i, p.tag, slot);
                 return Ok(Outcome {
                     inserted: Inserted::Fresh,
+                    unpinned: Some(conv(&old.key)),
                     released: [Some(old.meta.next_hop)],
                     expired: true,
                     displaced: 0,
@@ -964,6 +1227,7 @@ fn insert_into<K: SlotKey>(
         t.place(i, p.tag, slot);
         return Ok(Outcome {
             inserted: Inserted::Fresh,
+            unpinned: None,
             released: [None],
             expired: false,
             displaced: 1,
@@ -976,6 +1240,7 @@ fn insert_into<K: SlotKey>(
     t.place(i, p.tag, slot);
     Ok(Outcome {
         inserted: Inserted::Evicted(conv(&old.key)),
+        unpinned: Some(conv(&old.key)),
         released: [Some(old.meta.next_hop)],
         expired: false,
         displaced: 0,
@@ -1021,6 +1286,145 @@ mod tests {
     }
 
     const T0: Instant = Instant::from_secs(1000);
+
+    fn before(t: Instant, ms: u64) -> Instant {
+        Instant::from_millis(t.as_millis() - ms)
+    }
+
+    fn drained(t: &mut FlowTable) -> (Vec<FlowChange>, bool) {
+        let mut v = Vec::new();
+        let lost = t.drain_changes(|c| v.push(c));
+        (v, lost)
+    }
+
+    #[test]
+    fn journal_records_every_pin_and_unpin() {
+        let mut t = table(16);
+        t.set_journal(64);
+        let syn = FlowState::SynSeen;
+        t.insert(&key(1), hop(1), 1, Level::Site, syn, T0).unwrap();
+        // Replaced with another next hop (a shortcut, a WHOHAS answer).
+        t.insert(&key(1), hop(2), 1, Level::Site, syn, T0).unwrap();
+        t.insert(&key6(1), hop(3), 2, Level::Site, syn, T0).unwrap();
+        t.remove(&key(1), T0).unwrap();
+        let (changes, lost) = drained(&mut t);
+        assert!(!lost);
+        assert_eq!(
+            changes,
+            vec![
+                FlowChange::Pinned {
+                    key: key(1),
+                    next_hop: hop(1)
+                },
+                FlowChange::Pinned {
+                    key: key(1),
+                    next_hop: hop(2)
+                },
+                FlowChange::Pinned {
+                    key: key6(1),
+                    next_hop: hop(3)
+                },
+                FlowChange::Unpinned { key: key(1) },
+            ]
+        );
+        // Evictions are unpins too: fill a tiny table past capacity.
+        let mut t = table(16);
+        t.set_journal(1024);
+        let cap = t.capacity().0;
+        for i in 0..(cap as u32 + 8) {
+            t.insert(&key(i), hop(1), i, Level::Site, syn, T0).unwrap();
+        }
+        let (changes, _) = drained(&mut t);
+        let pinned: std::collections::HashSet<_> =
+            changes
+                .iter()
+                .fold(std::collections::HashSet::new(), |mut set, c| {
+                    match c {
+                        FlowChange::Pinned { key, .. } => set.insert(*key),
+                        FlowChange::Unpinned { key } => set.remove(key),
+                    };
+                    set
+                });
+        let table: std::collections::HashSet<_> = t.export(T0).map(|e| e.key).collect();
+        assert_eq!(pinned, table, "replaying the journal gives the table");
+    }
+
+    #[test]
+    fn journal_overflow_asks_for_a_resync() {
+        let mut t = table(64);
+        t.insert(&key(0), hop(1), 0, Level::Site, FlowState::Udp, T0)
+            .unwrap();
+        t.set_journal(2);
+        // Turned on over a non-empty table: resync first.
+        assert!(drained(&mut t).1);
+        for i in 1..=3 {
+            t.insert(&key(i), hop(1), i, Level::Site, FlowState::Udp, T0)
+                .unwrap();
+        }
+        let (changes, lost) = drained(&mut t);
+        assert_eq!(changes.len(), 2);
+        assert!(lost);
+        assert!(!drained(&mut t).1, "reported once");
+        t.set_journal(0);
+        assert!(!t.journal_on());
+    }
+
+    #[test]
+    fn with_a_fast_path_idle_flows_expire_only_as_its_activity_says() {
+        let mut t = table(64);
+        t.set_journal(64);
+        let to = Timeouts::default();
+        t.insert(&key(1), hop(1), 1, Level::Site, FlowState::SynSeen, T0)
+            .unwrap();
+        t.insert(&key(2), hop(1), 2, Level::Site, FlowState::SynSeen, T0)
+            .unwrap();
+        t.insert(&key(3), hop(1), 3, Level::Site, FlowState::Udp, T0)
+            .unwrap();
+        let _ = drained(&mut t);
+        let later = T0 + to.syn + Duration::from_secs(1);
+        // No lazy expiry on a hit: the fast path carried the flow meanwhile.
+        assert!(t.touch(&key(3), None, 1, later).is_some());
+        assert_eq!(t.sweep(later, 1 << 20), 0, "the sweep only lists them");
+        let seen = before(later, 10);
+        let expired = t.resolve_due(later, |k| {
+            (*k == key(1)).then_some(FlowActivity {
+                last_seen: Some(seen),
+                established: true,
+                closing: false,
+            })
+        });
+        // key(1) went on in the kernel and completed its handshake; key(2)
+        // saw nothing since its SYN; key(3) was touched above.
+        assert_eq!(expired, 1);
+        let e = t.get(&key(1), later).unwrap();
+        assert_eq!(e.state, FlowState::Established);
+        assert_eq!(e.last_seen, seen);
+        assert!(t.get(&key(2), later).is_none());
+        assert_eq!(
+            drained(&mut t).0,
+            vec![FlowChange::Unpinned { key: key(2) }]
+        );
+        assert_eq!(t.stats().expired, 1);
+        // Much later the kernel saw FIN: the closing timeout runs from the
+        // flow's last packet there, not from what the table saw.
+        let check = seen + to.established + Duration::from_secs(1);
+        assert_eq!(t.sweep(check, 1 << 20), 0);
+        let closing = |ago: u64| {
+            move |_: &FlowKey| {
+                Some(FlowActivity {
+                    last_seen: Some(before(check, ago * 1000)),
+                    established: true,
+                    closing: true,
+                })
+            }
+        };
+        assert_eq!(t.resolve_due(check, closing(1)), 0);
+        assert_eq!(t.get(&key(1), check).unwrap().state, FlowState::Closing);
+        let check2 = check + to.closing;
+        assert_eq!(t.sweep(check2, 1 << 20), 0);
+        assert_eq!(t.resolve_due(check2, |_| None), 1);
+        assert!(t.get(&key(1), check2).is_none());
+    }
 
     #[test]
     fn slot_sizes_meet_the_memory_budget() {

@@ -34,7 +34,7 @@ pub mod wire;
 pub use api::{ApiError, RouterApi};
 pub use classify::{FlowKey, PrefixTable, VirtualSubnet};
 pub use engine::{DropReason, Engine, EngineConfig, EngineCounters, Verdict};
-pub use flow::{FlowEntry, FlowState, FlowTable};
+pub use flow::{FlowActivity, FlowChange, FlowEntry, FlowState, FlowTable};
 pub use packet::{HEADROOM, PacketBuf};
 pub use policy::{
     Candidate, CostModel, Decision, FlowRequest, Level, Policy, PolicyError, SubnetId,
