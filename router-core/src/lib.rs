@@ -8,7 +8,10 @@
 //! [`policy::SubnetPolicies`]). Everything but `linux` is sans-IO: bytes and a
 //! timestamp in, a verdict out. The Linux shell (`linux`, a feature only the
 //! daemon turns on) drives any `linux::dataplane::DataplaneNode` (the bare
-//! engine, or the router node the daemon builds around it) against the kernel.
+//! engine, or the router node the daemon builds around it) against the kernel,
+//! and loads the kernel fast path (`linux::fastpath`: eBPF programs built from
+//! `bpf/`, fed from the flow table's journal) that forwards pinned flows
+//! without crossing into userspace.
 //!
 //! It must never: know a service (service choices arrive through [`policy::Policy`]),
 //! perform I/O or read the clock, allocate or make a syscall per packet on the

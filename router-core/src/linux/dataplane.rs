@@ -11,7 +11,14 @@
 //! When asked to (`new_flow_queue > 0`), it also reports every flow the engine pins
 //! on its first packet ([`NewFlow`]): a site SLR's control plane turns these into
 //! shortcuts (tunnel objects) upstream, and needs them before the flow's next packet.
+//!
+//! With a kernel fast path ([`Dataplane::set_fast_path`]) the same thread keeps
+//! its maps in step with the engine's flow table: once per turn it applies what
+//! the table journaled (every pin and unpin, whoever made it), and after each
+//! timer it settles the flows the sweep found idle with what the program saw
+//! of them ([`super::fastpath::FastPathSync`]).
 
+use super::fastpath::{FastPathInfo, FastPathStatus, FastPathSync, RouterFastPath};
 use super::netlink::{Netlink, NetlinkError};
 use super::raw::{Family, MAX_BATCH, RawRx, RawTx, RxMeta, Slots, TxItem};
 use super::tun::TunDevice;
@@ -254,6 +261,7 @@ pub struct DataplaneHandle {
     stats: Arc<ShellCounters>,
     netlink: Arc<Mutex<Netlink>>,
     tun_index: u32,
+    fast_path: Arc<std::sync::OnceLock<FastPathInfo>>,
 }
 
 impl std::fmt::Debug for Command {
@@ -346,6 +354,12 @@ impl DataplaneHandle {
         self.stats.snapshot()
     }
 
+    /// The fast path's status and counter readers, once
+    /// [`Dataplane::set_fast_path`] ran.
+    pub fn fast_path(&self) -> Option<&FastPathInfo> {
+        self.fast_path.get()
+    }
+
     /// Ask the dataplane to stop after the current batch.
     pub fn stop(&self) -> Result<(), DataplaneError> {
         self.send(Command::Stop)
@@ -361,6 +375,7 @@ pub struct Dataplane {
     new_flows: Option<Receiver<NewFlow>>,
     handle: DataplaneHandle,
     tunnel_path_used: &'static str,
+    fast_path: Option<FastPathSync>,
 }
 
 /// Everything the packet loop touches besides the engine.
@@ -434,6 +449,7 @@ impl Dataplane {
             stats: Arc::clone(&stats),
             netlink: Arc::new(Mutex::new(nl)),
             tun_index,
+            fast_path: Arc::new(std::sync::OnceLock::new()),
         };
         Ok(Self {
             node: Box::new(EngineNode {
@@ -462,6 +478,7 @@ impl Dataplane {
             new_flows,
             handle,
             tunnel_path_used,
+            fast_path: None,
         })
     }
 
@@ -510,6 +527,23 @@ impl Dataplane {
         self
     }
 
+    /// Forward pinned flows with `fp` (a loaded, attached router program), or
+    /// record that the userspace path runs (`None`) and why. Once only; the
+    /// maps are filled from the node's flow table when the loop starts.
+    pub fn set_fast_path(&mut self, fp: Option<RouterFastPath>, status: FastPathStatus) {
+        let sync = fp.map(FastPathSync::new);
+        let info = FastPathInfo {
+            status,
+            reader: sync.as_ref().map(|s| s.fast_path().reader()),
+            sync: sync.as_ref().map(FastPathSync::counters),
+        };
+        if self.handle.fast_path.set(info).is_err() {
+            tracing::warn!("the fast path was set twice; keeping the first");
+            return;
+        }
+        self.fast_path = sync;
+    }
+
     /// Run on a new thread named `pronto-dataplane`.
     pub fn spawn(self) -> std::io::Result<std::thread::JoinHandle<Result<(), DataplaneError>>> {
         std::thread::Builder::new()
@@ -522,6 +556,10 @@ impl Dataplane {
         let clock = Clock::new();
         let tick = Duration::from_millis(100);
         let mut next_timer = clock.now() + tick;
+        if let Some(fp) = &mut self.fast_path {
+            fp.start(self.node.engine_mut());
+            fp.sync(self.node.engine_mut(), clock.now());
+        }
         loop {
             let now = clock.now();
             while let Ok(cmd) = self.commands.try_recv() {
@@ -540,7 +578,8 @@ impl Dataplane {
             for i in 0..self.io.raw.len() {
                 got += self.io.pump_raw(i, &mut *self.node, now);
             }
-            if now >= next_timer {
+            let timer = now >= next_timer;
+            if timer {
                 self.node.handle_timeout(now);
                 next_timer = now + tick;
             }
@@ -549,6 +588,15 @@ impl Dataplane {
             }
             self.io.send_released(&mut *self.node, now);
             self.node.flush();
+            // Every pin and unpin of this turn (packets, commands, timers)
+            // reaches the kernel's maps before the next batch is read.
+            if let Some(fp) = &mut self.fast_path {
+                if timer {
+                    fp.resolve_idle(self.node.engine_mut(), now, &clock);
+                } else {
+                    fp.sync(self.node.engine_mut(), now);
+                }
+            }
             if got == 0 {
                 let wait = next_timer.saturating_since(clock.now()).min(tick);
                 self.io.wait(wait.max(Duration::from_millis(1)));

@@ -21,10 +21,15 @@
 //! server's side: it terminates tunnels and injects the inner packet into the local
 //! stack through a TUN so the host's own TCP answers the client directly from the VIP.
 //!
+//! [`fastpath`] loads the eBPF programs that forward pinned flows (router) and
+//! decapsulate tunnels (host) in the kernel; the dataplane keeps the router
+//! program's maps in step with the engine's flow table.
+//!
 //! Buffers are allocated once per shell; the pinned-flow path allocates nothing and
 //! makes no syscall beyond the batched I/O itself.
 
 pub mod dataplane;
+pub mod fastpath;
 pub mod garp;
 pub mod host;
 pub mod netlink;
@@ -78,14 +83,29 @@ impl SyscallError {
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
     epoch: std::time::Instant,
+    /// CLOCK_MONOTONIC at the epoch (the clock of `bpf_ktime_get_ns`).
+    kernel_epoch_ns: u64,
 }
 
 impl Clock {
     /// A clock whose epoch is now.
     pub fn new() -> Self {
+        let kernel_epoch_ns = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map(|t| {
+                u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+                    + u64::try_from(t.tv_nsec()).unwrap_or(0)
+            })
+            .unwrap_or(0);
         Self {
             epoch: std::time::Instant::now(),
+            kernel_epoch_ns,
         }
+    }
+
+    /// The engine instant of a kernel CLOCK_MONOTONIC time (a BPF program's
+    /// `bpf_ktime_get_ns`); times before the epoch map to it.
+    pub fn from_kernel_ns(&self, ns: u64) -> crate::Instant {
+        crate::Instant::from_nanos(ns.saturating_sub(self.kernel_epoch_ns))
     }
 
     /// The engine's view of now.

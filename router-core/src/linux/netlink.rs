@@ -345,6 +345,29 @@ impl Netlink {
         }
     }
 
+    /// The names of the namespace's Ethernet links (veth, physical NICs): where
+    /// a tc fast path attaches by default. Loopback, TUN and tunnel devices are
+    /// not Ethernet.
+    pub fn ethernet_links(&self) -> Result<Vec<String>, NetlinkError> {
+        let req = self.handle.link().get().execute();
+        let msgs: Vec<_> = self
+            .rt
+            .block_on(req.try_collect())
+            .map_err(|e| NetlinkError::request("dump links", "all", e))?;
+        Ok(msgs
+            .into_iter()
+            .filter(|m| {
+                m.header.link_layer_type == netlink_packet_route::link::LinkLayerType::Ether
+            })
+            .filter_map(|m| {
+                m.attributes.into_iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
     /// The MTU of link `index`.
     pub fn mtu(&self, index: u32) -> Result<u32, NetlinkError> {
         let req = self.handle.link().get().match_index(index).execute();
