@@ -63,7 +63,11 @@ pub(crate) fn print_summary(s: &RouterSummary) {
         }
     );
     println!("modules     {}", s.modules);
-    println!("packets     {}", s.packets);
+    println!("packets     {} (engine)", s.packets);
+    println!(
+        "fast path   {}, {} packets forwarded in the kernel",
+        s.fast_path, s.fast_path_forwarded
+    );
 }
 
 fn print_groups(title: &str, g: &GroupCounts) {

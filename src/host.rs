@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use router_core::linux::fastpath::{self, FastPathInfo, HostFastPath, HostFastPathConfig};
 use router_core::linux::{Clock, HostTunnelEndpoint, HostTunnelHandle};
 use serde::Serialize;
 use signaling::{Connector, HostAgent, PeerEvent, SubnetPrefix, TransportConfig};
@@ -104,8 +105,17 @@ fn run_host(path: &Path) -> Result<()> {
     let ep = HostTunnelEndpoint::new(tunnel_cfg).context("starting the tunnel endpoint")?;
     let tunnel = ep.handle();
     let ep_thread = ep.spawn().context("spawning the tunnel endpoint")?;
+    // Decapsulation in the kernel; the endpoint above gets what it passes on.
+    // Detached when `_fast_path` drops at the end of this function.
+    let (_fast_path, fast_path) = start_fast_path(&cfg, rt.handle())?;
     info!(name = %cfg.name, subnets = ?cfg.subnets, site = %cfg.site.name, "host agent starting");
-    let result = rt.block_on(agent_main(cfg, identity, anchors, tunnel.clone()));
+    let result = rt.block_on(agent_main(
+        cfg,
+        identity,
+        anchors,
+        tunnel.clone(),
+        fast_path,
+    ));
     tunnel.stop();
     // The endpoint removes its routes over netlink, which the runtime drives:
     // join it before the runtime goes.
@@ -117,6 +127,30 @@ fn run_host(path: &Path) -> Result<()> {
     rt.shutdown_timeout(Duration::from_secs(2));
     info!("host agent stopped");
     result
+}
+
+/// The host's fast path as `fast_path` says, with one log line.
+fn start_fast_path(
+    cfg: &HostDaemonConfig,
+    rt: &tokio::runtime::Handle,
+) -> Result<(Option<HostFastPath>, FastPathInfo)> {
+    let mode = cfg.fast_path.mode;
+    let (fp, status) = fastpath::start(mode, || {
+        let links = crate::router::fast_path_links(&cfg.fast_path, rt)?;
+        HostFastPath::start(&HostFastPathConfig {
+            links,
+            subnets: cfg.tunnel.subnets.clone(),
+        })
+    })
+    .map_err(|e| anyhow::anyhow!(e))
+    .context("fast_path = \"bpf\": the eBPF decapsulation cannot start (set fast_path = \"auto\" to fall back to userspace)")?;
+    crate::router::log_fast_path(mode, &status);
+    let info = FastPathInfo {
+        status,
+        reader: fp.as_ref().map(HostFastPath::reader),
+        sync: None,
+    };
+    Ok((fp, info))
 }
 
 /// What the stats writer shows of the agent.
@@ -157,6 +191,8 @@ struct HostSnapshot {
     agent: AgentView,
     tunnel: TunnelSnapshot,
     adverts: Option<adverts::AdvertCounters>,
+    /// Which path decapsulates, and the kernel program's counters.
+    fast_path: Option<crate::router::FastPathFile>,
 }
 
 async fn agent_main(
@@ -164,6 +200,7 @@ async fn agent_main(
     identity: signaling::TlsIdentity,
     anchors: Vec<rustls_pki_types::CertificateDer<'static>>,
     tunnel: HostTunnelHandle,
+    fast_path: FastPathInfo,
 ) -> Result<()> {
     let connector = Connector::new(TransportConfig {
         identity,
@@ -203,6 +240,7 @@ async fn agent_main(
             tunnel.clone(),
             cfg.name.to_string(),
             advert_view,
+            fast_path,
         );
     }
 
@@ -273,6 +311,7 @@ fn spawn_snapshots(
     tunnel: HostTunnelHandle,
     name: String,
     advert_view: Option<Arc<Mutex<adverts::AdvertCounters>>>,
+    fast_path: FastPathInfo,
 ) {
     tokio::spawn(async move {
         let mut t = tokio::time::interval(stats.interval);
@@ -282,10 +321,14 @@ fn spawn_snapshots(
             let adverts = advert_view
                 .as_ref()
                 .map(|a| a.lock().map(|c| *c).unwrap_or_default());
-            write_snapshot(
-                &stats.file,
-                &host_snapshot(&name, agent, &http, &tunnel, adverts),
-            );
+            let mut snap = host_snapshot(&name, agent, &http, &tunnel, adverts);
+            // A few map reads, on the runtime's blocking pool.
+            let fp = fast_path.clone();
+            snap.fast_path = tokio::task::spawn_blocking(move || fp.snapshot())
+                .await
+                .ok()
+                .map(crate::router::FastPathFile::from);
+            write_snapshot(&stats.file, &snap);
         }
     });
 }
@@ -405,6 +448,7 @@ fn host_snapshot(
             rx_errors: t.rx_errors,
         },
         adverts,
+        fast_path: None,
     }
 }
 

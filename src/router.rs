@@ -42,6 +42,7 @@ pub(crate) use modules::policy_for;
 use modules::{LoadedModules, load_modules};
 
 use shell::{RouteKeeper, RouterShell, ShellInput, Takeover, TlsCounters};
+pub(crate) use snapshot::FastPathFile;
 use snapshot::StatsSink;
 
 use crate::config::{self, RouterConfig, Upstream};
@@ -367,6 +368,8 @@ fn run_router(path: &Path) -> Result<()> {
     let mut dp_cfg = cfg.dataplane.clone();
     dp_cfg.runtime = Some(rt.handle().clone());
     let mut dp = Dataplane::new(dp_cfg).context("starting the dataplane")?;
+    let (fast_path, fast_path_status) = start_fast_path(&cfg, rt.handle())?;
+    dp.set_fast_path(fast_path, fast_path_status);
     if cfg.management.is_some() {
         // New-flow decision latency; one clock read per packet, so only when
         // someone can read it.
@@ -452,6 +455,68 @@ fn run_router(path: &Path) -> Result<()> {
     }
     info!("router stopped");
     result
+}
+
+/// The kernel fast path as `fast_path` says, with one log line saying which
+/// path forwards pinned flows and why. `bpf` that cannot start is an error.
+fn start_fast_path(
+    cfg: &RouterConfig,
+    rt: &tokio::runtime::Handle,
+) -> Result<(
+    Option<router_core::linux::fastpath::RouterFastPath>,
+    router_core::linux::fastpath::FastPathStatus,
+)> {
+    use router_core::linux::fastpath::{self, FastPathError, RouterFastPath, RouterFastPathConfig};
+    let e = &cfg.dataplane.engine;
+    let mode = cfg.fast_path.mode;
+    let (fp, status) = fastpath::start(mode, || {
+        let links = fast_path_links(&cfg.fast_path, rt)?;
+        RouterFastPath::start(&RouterFastPathConfig {
+            links,
+            local_v4: e.local_v4,
+            local_v6: e.local_v6,
+            tunnel_ttl: e.tunnel_ttl,
+            tunnel_mtu: u16::try_from(e.tunnel_mtu).unwrap_or(u16::MAX),
+            tunnel_sources: Some(cfg.tunnel_sources.clone()),
+            capacity_v4: e.flows.capacity_v4,
+            capacity_v6: e.flows.capacity_v6,
+        })
+    })
+    .map_err(|e: FastPathError| anyhow::anyhow!(e))
+    .context("fast_path = \"bpf\": the eBPF fast path cannot start (set fast_path = \"auto\" to fall back to userspace)")?;
+    log_fast_path(mode, &status);
+    Ok((fp, status))
+}
+
+/// The links a fast path attaches to: the configured ones, else every
+/// Ethernet link of the namespace.
+pub(crate) fn fast_path_links(
+    choice: &config::FastPathChoice,
+    rt: &tokio::runtime::Handle,
+) -> Result<Vec<String>, router_core::linux::fastpath::FastPathError> {
+    use router_core::linux::fastpath::FastPathError;
+    if !choice.links.is_empty() {
+        return Ok(choice.links.clone());
+    }
+    Netlink::open_on(rt)
+        .and_then(|nl| nl.ethernet_links())
+        .map_err(|e| FastPathError::NoLinks {
+            reason: format!("listing the links: {e}"),
+        })
+}
+
+/// One line: which path forwards pinned flows, and why.
+pub(crate) fn log_fast_path(
+    mode: router_core::linux::fastpath::FastPathMode,
+    status: &router_core::linux::fastpath::FastPathStatus,
+) {
+    use router_core::linux::fastpath::{FastPathMode, FastPathStatus};
+    match status {
+        FastPathStatus::Userspace { .. } if mode == FastPathMode::Auto => {
+            warn!(fast_path = %status, "pinned flows take the userspace path");
+        }
+        _ => info!(fast_path = %status, mode = mode.as_str(), "forwarding path for pinned flows"),
+    }
 }
 
 /// SIGHUP re-applies `[shaping]` (the shaper thread re-reads the file).

@@ -363,6 +363,8 @@ mod tests {
                 upstream_registered: false,
                 modules: 1,
                 packets: 9,
+                fast_path: "userspace (test)".into(),
+                fast_path_forwarded: 0,
             })
         }
         fn flows(&self, q: &FlowQuery) -> Result<FlowsResponse, StateError> {

@@ -36,6 +36,14 @@ pub struct RouterSummary {
     pub modules: u64,
     /// Engine packets processed.
     pub packets: u64,
+    /// Which path forwards pinned flows, and why: `bpf (tc ingress of ...)`
+    /// or `userspace (reason)`.
+    #[serde(default)]
+    pub fast_path: String,
+    /// Packets of pinned flows the kernel fast path forwarded (the engine's
+    /// own are in `packets`).
+    #[serde(default)]
+    pub fast_path_forwarded: u64,
 }
 
 /// One pinned flow.

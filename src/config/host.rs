@@ -8,7 +8,10 @@ use router_core::linux::HostConfig as TunnelHostConfig;
 use serde::Deserialize;
 use signaling::{NodeName, PeerConfig, SubnetPrefix};
 
-use super::shared::{SessionFile, Stats, StatsFile, TlsFile, TlsFiles, Upstream, UpstreamFile};
+use super::shared::{
+    FastPathChoice, FastPathName, SessionFile, Stats, StatsFile, TlsFile, TlsFiles, Upstream,
+    UpstreamFile,
+};
 use super::{Check, ConfigError, parse_file};
 
 /// `[tunnel]` of a host.
@@ -195,6 +198,10 @@ impl HostRecovery {
 #[serde(deny_unknown_fields)]
 pub(super) struct HostFile {
     name: String,
+    #[serde(default)]
+    fast_path: FastPathName,
+    #[serde(default)]
+    fast_path_links: Vec<String>,
     site: UpstreamFile,
     tls: TlsFile,
     subnets: Vec<String>,
@@ -260,6 +267,8 @@ pub(crate) struct HostDaemonConfig {
     pub(crate) http_demo: Option<HttpDemo>,
     /// Server flow advertisements (`None`: no `[recovery]`, or disabled).
     pub(crate) recovery: Option<HostRecovery>,
+    /// The kernel fast path (decapsulation in a tc program).
+    pub(crate) fast_path: FastPathChoice,
 }
 
 /// Read and validate a host configuration file.
@@ -321,6 +330,7 @@ pub(super) fn host_from_file(path: &Path, f: HostFile) -> Result<HostDaemonConfi
         }),
     };
     Ok(HostDaemonConfig {
+        fast_path: FastPathChoice::from_file(&c, f.fast_path, &f.fast_path_links)?,
         site: Upstream::from_file(&c, "site", &f.site)?,
         tls: TlsFiles::from_file(&c, &f.tls)?,
         subnets,

@@ -25,7 +25,7 @@ pub(crate) use management::Management;
 pub(crate) use modules::ModulesConfig;
 pub(crate) use router::{PolicyName, RouterConfig, load_router};
 pub(crate) use shaping::Shaping;
-pub(crate) use shared::{Stats, Upstream};
+pub(crate) use shared::{FastPathChoice, Stats, Upstream};
 
 /// Largest configuration file read.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;

@@ -18,8 +18,8 @@ use super::management::{Management, ManagementFile};
 use super::modules::{ModulesConfig, ModulesFile};
 use super::shaping::{Shaping, ShapingFile};
 use super::shared::{
-    HandshakesFile, LevelName, SessionFile, Stats, StatsFile, TlsFile, TlsFiles, Upstream,
-    UpstreamFile,
+    FastPathChoice, FastPathName, HandshakesFile, LevelName, SessionFile, Stats, StatsFile,
+    TlsFile, TlsFiles, Upstream, UpstreamFile,
 };
 use super::{Check, ConfigError, parse_file};
 
@@ -180,6 +180,10 @@ struct PolicyFile {
 pub(super) struct RouterFile {
     level: LevelName,
     name: String,
+    #[serde(default)]
+    fast_path: FastPathName,
+    #[serde(default)]
+    fast_path_links: Vec<String>,
     tunnel: TunnelFile,
     tls: TlsFile,
     listen: Option<SocketAddr>,
@@ -255,6 +259,8 @@ pub(crate) struct RouterConfig {
     pub(crate) spare: Option<crate::recovery::SpareSettings>,
     /// Who may tunnel packets to this router.
     pub(crate) tunnel_sources: TunnelSources,
+    /// The kernel fast path for pinned flows.
+    pub(crate) fast_path: FastPathChoice,
 }
 
 /// Read and validate a router configuration file.
@@ -372,6 +378,7 @@ pub(super) fn router_from_file(path: &Path, f: RouterFile) -> Result<RouterConfi
         recovery,
         spare,
         tunnel_sources,
+        fast_path: FastPathChoice::from_file(&c, f.fast_path, &f.fast_path_links)?,
     })
 }
 

@@ -278,3 +278,48 @@ impl Stats {
         })
     }
 }
+
+/// `fast_path = "auto" | "bpf" | "userspace"` (routers and hosts).
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum FastPathName {
+    #[default]
+    Auto,
+    Bpf,
+    Userspace,
+}
+
+/// Which forwarding path a daemon uses, and where the programs attach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FastPathChoice {
+    /// `fast_path`.
+    pub(crate) mode: router_core::linux::fastpath::FastPathMode,
+    /// `fast_path_links` (empty: every Ethernet link of the namespace).
+    pub(crate) links: Vec<String>,
+}
+
+impl FastPathChoice {
+    pub(super) fn from_file(
+        c: &Check<'_>,
+        mode: FastPathName,
+        links: &[String],
+    ) -> Result<Self, ConfigError> {
+        use router_core::linux::fastpath::FastPathMode;
+        if links.len() > 64 {
+            return Err(c.err("fast_path_links", "at most 64 links"));
+        }
+        let links = links
+            .iter()
+            .enumerate()
+            .map(|(i, l)| c.tun_name(&format!("fast_path_links[{i}]"), l))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            mode: match mode {
+                FastPathName::Auto => FastPathMode::Auto,
+                FastPathName::Bpf => FastPathMode::Bpf,
+                FastPathName::Userspace => FastPathMode::Userspace,
+            },
+            links,
+        })
+    }
+}

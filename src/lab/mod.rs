@@ -83,6 +83,27 @@ impl LabPolicy {
     }
 }
 
+/// Which path forwards pinned flows in every daemon of the lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LabFastPath {
+    /// The eBPF fast path where the kernel takes it, else userspace.
+    Auto,
+    /// The eBPF fast path; a daemon that cannot start it fails.
+    Bpf,
+    /// Userspace only (the engine forwards every packet).
+    Userspace,
+}
+
+impl LabFastPath {
+    fn config_name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Bpf => "bpf",
+            Self::Userspace => "userspace",
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum LabCommand {
     /// Build the namespaces, certificates and configurations, start the daemons
@@ -129,6 +150,10 @@ enum LabCommand {
         /// other mechanisms recover alone).
         #[arg(long, requires = "recovery")]
         no_adverts: bool,
+        /// Which path forwards pinned flows in every router and host: the
+        /// kernel's eBPF fast path (tc ingress) or the userspace engine.
+        #[arg(long, value_enum, default_value_t = LabFastPath::Auto)]
+        fast_path: LabFastPath,
     },
     /// Kill one daemon with SIGKILL (recovery tests).
     Kill {
@@ -183,6 +208,7 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
             recovery,
             entry_router,
             no_adverts,
+            fast_path,
         } => {
             need_root()?;
             let opts = UpOptions {
@@ -196,6 +222,7 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
                 recovery: *recovery,
                 entry_router: *entry_router,
                 adverts: !no_adverts,
+                fast_path: *fast_path,
             };
             up(dir, &opts)
         }
@@ -248,11 +275,16 @@ mod tests {
             recovery: false,
             entry_router: false,
             adverts: true,
+            fast_path: LabFastPath::Userspace,
         };
         let p = dir.join("conf/x.toml");
         let parse = |text: &str| text.parse::<toml::Table>().unwrap();
         let sys = crate::config::parse_router_text(&p, &router_config(dir, &o, None)).unwrap();
         assert!(!sys.slr.shortcuts, "the top originates none");
+        assert_eq!(
+            sys.fast_path.mode,
+            router_core::linux::fastpath::FastPathMode::Userspace
+        );
         let m = sys.modules.unwrap();
         assert_eq!(m.policy.as_deref(), Some("consistent_hash"));
         assert_eq!(m.files, vec![signed_module_path(dir, "consistent_hash")]);

@@ -20,6 +20,18 @@ pub(super) fn status(dir: &Path) -> Result<()> {
             .and_then(toml::Value::as_integer)
             .unwrap_or(0)
     };
+    let path = |t: &toml::Table| {
+        let fp = t.get("fast_path");
+        let name = fp
+            .and_then(|f| f.get("path"))
+            .and_then(toml::Value::as_str)
+            .unwrap_or("userspace");
+        let n = fp
+            .and_then(|f| f.get("forwarded"))
+            .and_then(toml::Value::as_integer)
+            .unwrap_or(0);
+        format!("fast path {name:<9} kernel {n:>9}")
+    };
     for d in &state.daemons {
         let up = if alive(d.pid) { "running" } else { "STOPPED" };
         let Some(t) = stats_of(d) else {
@@ -29,9 +41,10 @@ pub(super) fn status(dir: &Path) -> Result<()> {
         if t.contains_key("engine") {
             let _ = writeln!(
                 out,
-                "{:<7} pid {:<7} {up:<8} packets {:>8}  new flows {:>6}  pinned {:>8}  drops {:>6}  shortcuts in/out {}/{}  next hops up {}  rss {} KiB",
+                "{:<7} pid {:<7} {up:<8} {}  packets {:>8}  new flows {:>6}  pinned {:>8}  drops {:>6}  shortcuts in/out {}/{}  next hops up {}  rss {} KiB",
                 d.name,
                 d.pid,
+                path(&t),
                 get(&t, "engine", "packets"),
                 get(&t, "engine", "forwarded_new"),
                 get(&t, "engine", "forwarded_pinned"),
@@ -51,9 +64,10 @@ pub(super) fn status(dir: &Path) -> Result<()> {
                 .unwrap_or(0.0);
             let _ = writeln!(
                 out,
-                "{:<7} pid {:<7} {up:<8} http requests {:>6}  tunnel packets {:>8}  drops {:>4}  load {load:.2}",
+                "{:<7} pid {:<7} {up:<8} {}  http requests {:>6}  tunnel packets {:>8}  drops {:>4}  load {load:.2}",
                 d.name,
                 d.pid,
+                path(&t),
                 t.get("http_requests")
                     .and_then(toml::Value::as_integer)
                     .unwrap_or(0),

@@ -68,6 +68,8 @@ pub(super) struct UpOptions {
     pub(super) entry_router: bool,
     /// With `recovery`: hosts advertise stalled connections.
     pub(super) adverts: bool,
+    /// Every daemon's `fast_path`.
+    pub(super) fast_path: super::LabFastPath,
 }
 
 pub(super) fn parse_loads(items: &[String]) -> Result<Vec<(String, f64)>> {

@@ -20,6 +20,7 @@ impl MgmtState {
         let mut b = MetricsBuilder::new();
         self.process_metrics(&mut b, flows, capacity);
         engine_metrics(&mut b, &c);
+        fast_path_metrics(&mut b, &c, self.dataplane.fast_path());
         b.flatten("pronto_shell", &self.shell_counters(), &[]);
         control_metrics(&mut b, &view);
         if let Some(env) = &self.env {
@@ -210,6 +211,83 @@ fn engine_metrics(b: &mut MetricsBuilder, c: &EngineCounters) {
             &[("reason", r.as_str())],
             c.dropped(r),
         );
+    }
+}
+
+/// `pronto_fastpath_*`: the kernel program's verdicts and map upkeep, and
+/// the pinned-flow packets of both paths in one family, so nobody adds the
+/// engine's and the kernel's by hand.
+fn fast_path_metrics(
+    b: &mut MetricsBuilder,
+    c: &EngineCounters,
+    info: Option<&router_core::linux::fastpath::FastPathInfo>,
+) {
+    use router_core::linux::fastpath::FastPathCounter;
+    let snap = info.map(router_core::linux::fastpath::FastPathInfo::snapshot);
+    let path = snap.as_ref().map_or("userspace", |s| s.status.path());
+    b.gauge(
+        "pronto_fastpath_info",
+        "1, labelled with the path that forwards pinned flows (bpf or userspace)",
+        &[("path", path)],
+        1.0,
+    );
+    let kernel = snap
+        .as_ref()
+        .and_then(|s| s.counters)
+        .map_or(0, |k| k.forwarded());
+    for (p, v) in [("engine", c.forwarded_pinned), ("kernel", kernel)] {
+        b.counter(
+            "pronto_forwarded_pinned_total",
+            "Packets of pinned flows forwarded, by the path that forwarded them",
+            &[("path", p)],
+            v,
+        );
+    }
+    let Some(s) = snap else {
+        return;
+    };
+    if let Some(k) = s.counters {
+        for (counter, v) in k.iter() {
+            if counter == FastPathCounter::FwdBytes {
+                b.counter(
+                    "pronto_fastpath_bytes_total",
+                    "Bytes of the packets the kernel program forwarded",
+                    &[],
+                    v,
+                );
+            } else {
+                b.counter(
+                    "pronto_fastpath_packets_total",
+                    "Packets the kernel program saw, by verdict (fwd_*: forwarded; pass_*: handed to the engine, by reason; drop_*: dropped)",
+                    &[("verdict", counter.as_str())],
+                    v,
+                );
+            }
+        }
+    }
+    if let Some(m) = s.sync {
+        for (n, v, help) in [
+            ("pins", m.pins, "Fast path map entries written (pins)"),
+            (
+                "unpins",
+                m.unpins,
+                "Fast path map entries removed (unpins, expiries, evictions)",
+            ),
+            ("errors", m.errors, "Fast path map operations that failed"),
+            ("resyncs", m.resyncs, "Full resyncs of the fast path maps"),
+            (
+                "idle_checked",
+                m.idle_checked,
+                "Idle flows checked against the kernel's activity",
+            ),
+            (
+                "idle_expired",
+                m.idle_expired,
+                "Idle flows expired after that check",
+            ),
+        ] {
+            b.counter(&format!("pronto_fastpath_map_{n}_total"), help, &[], v);
+        }
     }
 }
 

@@ -103,6 +103,7 @@ impl RouterState for MgmtState {
     fn summary(&self) -> Result<RouterSummary, StateError> {
         let (counters, flows, capacity) = self.engine_figures()?;
         let view = self.control_view()?;
+        let fast = self.dataplane.fast_path().map(|f| f.snapshot());
         Ok(RouterSummary {
             name: self.name.clone(),
             level: self.level.to_owned(),
@@ -120,6 +121,11 @@ impl RouterState for MgmtState {
             upstream_registered: view.upstream_registered,
             modules: self.env.as_ref().map_or(0, |e| e.list().len() as u64),
             packets: counters.packets,
+            fast_path: fast.as_ref().map_or_else(
+                || "userspace (not started)".into(),
+                |f| f.status.to_string(),
+            ),
+            fast_path_forwarded: fast.and_then(|f| f.counters).map_or(0, |c| c.forwarded()),
         })
     }
 

@@ -342,6 +342,11 @@ impl RouterShell {
         let _ = req.reply.try_send(view);
     }
 
+    /// The Linux shell's handle (its counters, the fast path).
+    pub(crate) fn io_handle(&self) -> &DataplaneHandle {
+        &self.io
+    }
+
     fn maybe_write_stats(&mut self, now: Instant) {
         let Some(sink) = &self.stats else {
             return;

@@ -164,6 +164,11 @@ pub(crate) struct TlsTotals {
 
 #[derive(Debug, Serialize)]
 pub(crate) struct RouterSnapshot {
+    /// Read by the writer thread (map reads stay off the dataplane thread).
+    #[serde(skip)]
+    fast_path_info: Option<router_core::linux::fastpath::FastPathInfo>,
+    /// Which path forwards pinned flows and the kernel program's counters.
+    fast_path: Option<FastPathFile>,
     name: String,
     level: &'static str,
     pid: u32,
@@ -284,6 +289,8 @@ pub(crate) fn router_snapshot(shell: &RouterShell, io: ShellStats, now: Instant)
     let node = &shell.node;
     let e = node.engine();
     RouterSnapshot {
+        fast_path_info: shell.io_handle().fast_path().cloned(),
+        fast_path: None,
         name: String::new(),
         level: level_name(node.level()),
         pid: std::process::id(),
@@ -296,6 +303,55 @@ pub(crate) fn router_snapshot(shell: &RouterShell, io: ShellStats, now: Instant)
         recovery: recovery_snapshot(shell),
         flows: flow_sample(e, now),
         modules: Vec::new(),
+    }
+}
+
+/// `[fast_path]` of a stats file (routers and hosts): which path, why, and
+/// the kernel program's counters and map upkeep.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct FastPathFile {
+    /// `bpf` or `userspace`.
+    pub(crate) path: &'static str,
+    /// The path and why (links, or the reason for userspace).
+    pub(crate) status: String,
+    /// Packets the kernel program forwarded (router) or decapsulated (host).
+    pub(crate) forwarded: u64,
+    /// Every counter of the program by name.
+    pub(crate) counters: BTreeMap<&'static str, u64>,
+    /// The router's map upkeep.
+    pub(crate) maps: Option<FastPathMapsFile>,
+}
+
+/// `[fast_path.maps]`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct FastPathMapsFile {
+    pins: u64,
+    unpins: u64,
+    errors: u64,
+    resyncs: u64,
+    idle_checked: u64,
+    idle_expired: u64,
+}
+
+impl From<router_core::linux::fastpath::FastPathSnapshot> for FastPathFile {
+    fn from(s: router_core::linux::fastpath::FastPathSnapshot) -> Self {
+        Self {
+            path: s.status.path(),
+            status: s.status.to_string(),
+            forwarded: s.counters.map_or(0, |c| c.forwarded()),
+            counters: s
+                .counters
+                .map(|c| c.iter().map(|(k, v)| (k.as_str(), v)).collect())
+                .unwrap_or_default(),
+            maps: s.sync.map(|m| FastPathMapsFile {
+                pins: m.pins,
+                unpins: m.unpins,
+                errors: m.errors,
+                resyncs: m.resyncs,
+                idle_checked: m.idle_checked,
+                idle_expired: m.idle_expired,
+            }),
+        }
     }
 }
 
@@ -320,6 +376,10 @@ impl StatsSink {
             .name("pronto-stats".into())
             .spawn(move || {
                 for mut snap in rx {
+                    snap.fast_path = snap
+                        .fast_path_info
+                        .take()
+                        .map(|i| FastPathFile::from(i.snapshot()));
                     snap.name.clone_from(&name);
                     snap.uptime_ms =
                         u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);

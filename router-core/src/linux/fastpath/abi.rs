@@ -270,12 +270,7 @@ mod tests {
         let names: Vec<String> = body
             .lines()
             .filter_map(|l| l.trim().strip_prefix("FP_"))
-            .map(|l| {
-                l.split([',', ' '])
-                    .next()
-                    .unwrap()
-                    .to_ascii_lowercase()
-            })
+            .map(|l| l.split([',', ' ']).next().unwrap().to_ascii_lowercase())
             .collect();
         let (last, list) = names.split_last().unwrap();
         assert_eq!(last, "counters", "FP_COUNTERS closes the list");
