@@ -149,6 +149,7 @@ fn start_fast_path(
         status,
         reader: fp.as_ref().map(HostFastPath::reader),
         sync: None,
+        flow_maps: None,
     };
     Ok((fp, info))
 }

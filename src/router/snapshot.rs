@@ -331,6 +331,10 @@ pub(crate) struct FastPathMapsFile {
     resyncs: u64,
     idle_checked: u64,
     idle_expired: u64,
+    /// Kernel id of the IPv4 flow map (`bpftool map dump id N`).
+    flows_v4_id: u32,
+    /// Kernel id of the IPv6 flow map.
+    flows_v6_id: u32,
 }
 
 impl From<router_core::linux::fastpath::FastPathSnapshot> for FastPathFile {
@@ -344,6 +348,8 @@ impl From<router_core::linux::fastpath::FastPathSnapshot> for FastPathFile {
                 .map(|c| c.iter().map(|(k, v)| (k.as_str(), v)).collect())
                 .unwrap_or_default(),
             maps: s.sync.map(|m| FastPathMapsFile {
+                flows_v4_id: s.flow_maps.map_or(0, |i| i[0]),
+                flows_v6_id: s.flow_maps.map_or(0, |i| i[1]),
                 pins: m.pins,
                 unpins: m.unpins,
                 errors: m.errors,

@@ -58,11 +58,18 @@ impl Lab {
             prefix: prefix.clone(),
             _serial: serial,
         };
+        // PRONTO_LAB_FAST_PATH=userspace|bpf|auto runs a suite on that path
+        // (CI runs the lab suites on the fast path and on userspace).
+        let fast_path: Vec<String> = match std::env::var("PRONTO_LAB_FAST_PATH") {
+            Ok(p) if !args.contains(&"--fast-path") => vec!["--fast-path".into(), p],
+            _ => Vec::new(),
+        };
         let out = pronto()
             .args(["lab", "up", "--dir"])
             .arg(&dir)
             .args(["--prefix", &prefix, "--timeout-secs", "60"])
             .args(args)
+            .args(&fast_path)
             .env("RUST_LOG", rust_log)
             .output()
             .expect("run pronto lab up");

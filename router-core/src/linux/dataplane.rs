@@ -536,6 +536,7 @@ impl Dataplane {
             status,
             reader: sync.as_ref().map(|s| s.fast_path().reader()),
             sync: sync.as_ref().map(FastPathSync::counters),
+            flow_maps: sync.as_ref().map(|s| s.fast_path().map_ids()),
         };
         if self.handle.fast_path.set(info).is_err() {
             tracing::warn!("the fast path was set twice; keeping the first");

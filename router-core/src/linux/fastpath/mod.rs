@@ -372,6 +372,8 @@ pub struct FastPathSnapshot {
     pub counters: Option<FastPathCounters>,
     /// The router's map upkeep (none on a host or the userspace path).
     pub sync: Option<SyncSnapshot>,
+    /// The kernel ids of the router's flow maps (IPv4, IPv6).
+    pub flow_maps: Option<[u32; 2]>,
 }
 
 /// A daemon's fast path as other threads see it: the status, and readers of
@@ -384,6 +386,8 @@ pub struct FastPathInfo {
     pub reader: Option<FastPathReader>,
     /// The router's map upkeep.
     pub sync: Option<Arc<SyncCounters>>,
+    /// The kernel ids of the router's flow maps (IPv4, IPv6).
+    pub flow_maps: Option<[u32; 2]>,
 }
 
 impl FastPathInfo {
@@ -393,6 +397,7 @@ impl FastPathInfo {
             status: self.status.clone(),
             counters: self.reader.as_ref().map(FastPathReader::counters),
             sync: self.sync.as_ref().map(|s| s.snapshot()),
+            flow_maps: self.flow_maps,
         }
     }
 }

@@ -52,6 +52,7 @@ pub struct RouterFastPath {
     local_v4: Option<Ipv4Addr>,
     local_v6: Option<Ipv6Addr>,
     links: Vec<String>,
+    map_ids: [u32; 2],
 }
 
 impl std::fmt::Debug for RouterFastPath {
@@ -83,9 +84,10 @@ impl RouterFastPath {
         write_config(&mut ebpf, cfg)?;
         write_sources(&mut ebpf, cfg.tunnel_sources.as_ref())?;
         let reader = take_counters(&mut ebpf, PROGRAM)?;
-        let flows_v4 = take_hash(&mut ebpf, "flows_v4")?;
-        let flows_v6 = take_hash(&mut ebpf, "flows_v6")?;
+        let (flows_v4, id4) = take_hash(&mut ebpf, "flows_v4")?;
+        let (flows_v6, id6) = take_hash(&mut ebpf, "flows_v6")?;
         Ok(Self {
+            map_ids: [id4, id6],
             ebpf,
             flows_v4,
             flows_v6,
@@ -121,6 +123,11 @@ impl RouterFastPath {
     /// The links attached to.
     pub fn links(&self) -> &[String] {
         &self.links
+    }
+
+    /// The kernel's ids of the flow maps (IPv4, IPv6): `bpftool map dump id N`.
+    pub fn map_ids(&self) -> [u32; 2] {
+        self.map_ids
     }
 
     /// A reader of the program's counters.
@@ -287,15 +294,23 @@ fn upsert<K: aya::Pod>(
         .map_err(|e| FastPathError::map(name, e))
 }
 
+/// A flow map and its kernel id.
 fn take_hash<K: aya::Pod>(
     ebpf: &mut aya::Ebpf,
     name: &'static str,
-) -> Result<HashMap<MapData, K, Flow>, FastPathError> {
+) -> Result<(HashMap<MapData, K, Flow>, u32), FastPathError> {
     let map = ebpf.take_map(name).ok_or(FastPathError::Missing {
         program: PROGRAM,
         what: "flow map",
     })?;
-    HashMap::try_from(map).map_err(|e| FastPathError::map(name, e))
+    let id = match &map {
+        aya::maps::Map::LruHashMap(d) | aya::maps::Map::HashMap(d) => {
+            d.info().map(|i| i.id()).unwrap_or(0)
+        }
+        _ => 0,
+    };
+    let map = HashMap::try_from(map).map_err(|e| FastPathError::map(name, e))?;
+    Ok((map, id))
 }
 
 fn write_config(ebpf: &mut aya::Ebpf, cfg: &RouterFastPathConfig) -> Result<(), FastPathError> {
