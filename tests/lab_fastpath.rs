@@ -256,9 +256,11 @@ fn the_kernel_forwards_pinned_flows_and_the_engine_keeps_the_rest() {
         Duration::from_secs(10),
         || !flow_map(&lab, "sys").0.contains(&spoofed),
     );
-    let t = lab.stats("sys");
-    assert!(maps(&t, "idle_expired") > maps(&before, "idle_expired"));
-    assert!(maps(&t, "unpins") > maps(&before, "unpins"));
+    wait_for("the expiry counted", Duration::from_secs(2), || {
+        let t = lab.stats("sys");
+        maps(&t, "idle_expired") > maps(&before, "idle_expired")
+            && maps(&t, "unpins") > maps(&before, "unpins")
+    });
 
     // Not the program's: fragments of the pinned UDP flow, a TCP header cut
     // short, IP options. Each reaches the engine and is counted there.
@@ -317,7 +319,7 @@ fn the_kernel_forwards_pinned_flows_and_the_engine_keeps_the_rest() {
     // A SYN flood from more sources than the flow table holds: the engine
     // evicts, every eviction is an unpin, and the LRU map never holds more
     // than the table's capacity.
-    const FLOOD: usize = 6000;
+    const FLOOD: usize = 20_000;
     let flood: Vec<Vec<u8>> = (0..FLOOD)
         .map(|i| {
             let src = Ipv4Addr::new(198, 51, 100, (i % 250) as u8 + 1);
@@ -329,9 +331,22 @@ fn the_kernel_forwards_pinned_flows_and_the_engine_keeps_the_rest() {
         send_raw(&lab, chunk);
         std::thread::sleep(Duration::from_millis(2));
     }
-    wait_for("the flood pinned", Duration::from_secs(20), || {
-        maps(&lab.stats("sys"), "pins") - maps(&before, "pins") >= CAPACITY
-    });
+    // A debug build reads part of a flood (the kernel drops the rest at the
+    // TUN queue): wait until the pins stop, then check it overflowed.
+    let mut last = -1;
+    wait_for(
+        "the flood's pins to settle",
+        Duration::from_secs(30),
+        || {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = maps(&lab.stats("sys"), "pins");
+            std::mem::replace(&mut last, now) == now
+        },
+    );
+    assert!(
+        maps(&lab.stats("sys"), "pins") - maps(&before, "pins") > CAPACITY,
+        "the flood must exceed the flow table"
+    );
     let entries = flow_map(&lab, "sys").0.len();
     let after = lab.stats("sys");
     println!(
