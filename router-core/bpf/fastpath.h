@@ -13,7 +13,7 @@
 #include <linux/types.h>
 
 /* Bumped on any change of a struct or of the counter list. */
-#define FP_ABI_VERSION 1
+#define FP_ABI_VERSION 2
 
 /* A pinned IPv4 flow's 5-tuple, client side (the only side an SLR sees). */
 struct fp_key_v4 {
@@ -50,6 +50,18 @@ struct fp_flow {
 	__u64 last_seen_ns; /* bpf_ktime_get_ns() of the last packet forwarded */
 	__u64 packets;	    /* forwarded by the program */
 	__u64 bytes;	    /* forwarded by the program (without the outer header) */
+};
+
+/* A change of what the program saw of a TCP flow (fp_flow.seen), sent to
+ * userspace through the `events` ring buffer so the engine's TCP state (and
+ * with it eviction and timeouts) follows connections it no longer sees. At
+ * most a few per connection: established, closing, a reused port. */
+struct fp_event {
+	__u8 family; /* of the key: 4 (struct fp_key_v4 in key[0..16]) or 6 */
+	__u8 seen;   /* FP_SEEN_* now */
+	__u8 pad[6];
+	__u64 at_ns; /* bpf_ktime_get_ns() */
+	__u8 key[40];
 };
 
 /* The router's parameters: one entry, written before the program is attached. */
@@ -101,6 +113,7 @@ enum fp_counter {
 	FP_HOST_DECAP,		/* host: decapsulated and handed to the local stack */
 	FP_HOST_NOT_SERVED,	/* host: inner destination not a served subnet */
 	FP_HOST_NESTED,		/* host: the inner packet is a tunnel again */
+	FP_EVENTS_LOST,		/* state changes not sent: the ring buffer was full */
 	FP_COUNTERS,		/* number of counters */
 };
 

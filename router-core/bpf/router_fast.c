@@ -23,7 +23,8 @@
  * On every packet it forwards it records in the flow's entry the time
  * (bpf_ktime_get_ns), packets, bytes and what it saw of TCP (a segment without
  * SYN: established; FIN or RST: closing), so the engine's idle timeouts stay
- * TCP-aware. A pure SYN on an entry that saw FIN/RST (port reuse) follows the
+ * TCP-aware; a change of the TCP state also goes to the engine at once through
+ * the `events` ring buffer (its eviction prefers SYN-only flows). A pure SYN on an entry that saw FIN/RST (port reuse) follows the
  * same pin and starts the state afresh.
  */
 #include "common.h"
@@ -50,6 +51,12 @@ struct {
 	__type(key, __u32);
 	__type(value, struct fp_config);
 } config SEC(".maps");
+
+/* TCP state changes for the engine (struct fp_event). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -78,6 +85,7 @@ struct pkt {
 	__u8 tcp_flags; /* 0 for UDP */
 	__u8 is_tcp;
 	__u8 ttl;
+	__u8 key[40];	/* its key (struct fp_key_v4 or fp_key_v6), for events */
 };
 
 static __always_inline __u8 tclass6(const struct ipv6hdr *ip6)
@@ -183,6 +191,8 @@ static __always_inline struct fp_flow *lookup_v4(struct __sk_buff *skb, __u32 l3
 	f = bpf_map_lookup_elem(&flows_v4, &k);
 	if (!f)
 		*why = FP_PASS_MISS;
+	else
+		__builtin_memcpy(p->key, &k, sizeof(k));
 	return f;
 }
 
@@ -231,6 +241,8 @@ static __always_inline struct fp_flow *lookup_v6(struct __sk_buff *skb, __u32 l3
 	f = bpf_map_lookup_elem(&flows_v6, &k);
 	if (!f)
 		*why = FP_PASS_MISS;
+	else
+		__builtin_memcpy(p->key, &k, sizeof(k));
 	return f;
 }
 
@@ -350,9 +362,24 @@ static __always_inline void outer_v6(struct ipv6hdr *o, const struct fp_flow *f,
 	__builtin_memcpy(&o->daddr, f->next_hop, 16);
 }
 
+/* Tell the engine what the program now knows of a TCP flow. */
+static __always_inline void state_changed(const struct pkt *p, __u8 seen, __u64 now)
+{
+	struct fp_event ev = {};
+
+	ev.family = p->family;
+	ev.seen = seen;
+	ev.at_ns = now;
+	__builtin_memcpy(ev.key, p->key, sizeof(ev.key));
+	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), 0))
+		count(FP_EVENTS_LOST, 1);
+}
+
 /* Account the packet in the flow's entry. */
 static __always_inline void touch(struct fp_flow *f, const struct pkt *p)
 {
+	__u64 now = bpf_ktime_get_ns();
+
 	if (p->is_tcp) {
 		__u8 fl = p->tcp_flags;
 		__u8 seen = f->seen;
@@ -363,10 +390,12 @@ static __always_inline void touch(struct fp_flow *f, const struct pkt *p)
 			seen |= FP_SEEN_CLOSING; /* FIN or RST */
 		else if (!(fl & 0x02))
 			seen |= FP_SEEN_ESTABLISHED;
-		if (seen != f->seen)
+		if (seen != f->seen) {
 			f->seen = seen;
+			state_changed(p, seen, now);
+		}
 	}
-	f->last_seen_ns = bpf_ktime_get_ns();
+	f->last_seen_ns = now;
 	f->packets += 1;
 	f->bytes += p->ip_len;
 }

@@ -383,6 +383,12 @@ impl<T: Tunnel> Engine<T> {
         self.flows.drain_changes(f)
     }
 
+    /// Fold what the fast path saw of a flow into its entry (a TCP state
+    /// change); false if it is not pinned.
+    pub fn refresh_flow(&mut self, key: &FlowKey, activity: &FlowActivity, now: Instant) -> bool {
+        self.flows.refresh(key, activity, now)
+    }
+
     /// Settle the flows the sweep found idle with what the fast path saw of
     /// them ([`FlowTable::resolve_due`]); returns how many expired.
     pub fn resolve_idle_flows(

@@ -984,6 +984,24 @@ impl FlowTable {
         std::mem::take(&mut j.overflowed)
     }
 
+    /// Fold what a fast path saw of `key` (a TCP state change it reports as it
+    /// happens) into its entry; false if the flow is not pinned.
+    pub fn refresh(&mut self, key: &FlowKey, activity: &FlowActivity, now: Instant) -> bool {
+        let hasher = &self.hasher;
+        with_family!(
+            self,
+            key,
+            |t, k, _conv| {
+                let Some(i) = t.find(t.probe(hasher.hash_one(k)), &k) else {
+                    return false;
+                };
+                refresh(&mut t.slots[i].meta, activity, now);
+                true
+            },
+            false
+        )
+    }
+
     /// Settle the entries the sweep found idle (journal on): `activity` tells
     /// what the fast path saw of each; an entry active since is refreshed (last
     /// packet, TCP state), one still idle past its state's timeout is removed

@@ -331,6 +331,7 @@ pub(crate) struct FastPathMapsFile {
     resyncs: u64,
     idle_checked: u64,
     idle_expired: u64,
+    state_events: u64,
     /// Kernel id of the IPv4 flow map (`bpftool map dump id N`).
     flows_v4_id: u32,
     /// Kernel id of the IPv6 flow map.
@@ -356,6 +357,7 @@ impl From<router_core::linux::fastpath::FastPathSnapshot> for FastPathFile {
                 resyncs: m.resyncs,
                 idle_checked: m.idle_checked,
                 idle_expired: m.idle_expired,
+                state_events: m.state_events,
             }),
         }
     }

@@ -559,7 +559,7 @@ impl Dataplane {
         let mut next_timer = clock.now() + tick;
         if let Some(fp) = &mut self.fast_path {
             fp.start(self.node.engine_mut());
-            fp.sync(self.node.engine_mut(), clock.now());
+            fp.sync(self.node.engine_mut(), clock.now(), &clock);
         }
         loop {
             let now = clock.now();
@@ -595,7 +595,7 @@ impl Dataplane {
                 if timer {
                     fp.resolve_idle(self.node.engine_mut(), now, &clock);
                 } else {
-                    fp.sync(self.node.engine_mut(), now);
+                    fp.sync(self.node.engine_mut(), now, &clock);
                 }
             }
             if got == 0 {

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 /// `FP_ABI_VERSION` of the header these structs mirror.
 #[cfg(test)]
-pub(crate) const ABI_VERSION: u32 = 1;
+pub(crate) const ABI_VERSION: u32 = 2;
 
 /// `struct fp_key_v4`.
 #[repr(C)]
@@ -79,6 +79,49 @@ unsafe impl aya::Pod for KeyV6 {}
 unsafe impl aya::Pod for Flow {}
 #[expect(unsafe_code, reason = "aya's Pod marker for map keys and values")]
 unsafe impl aya::Pod for Config {}
+
+/// `struct fp_event`, decoded: a TCP flow's state as the program now sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Event {
+    pub(crate) key: FlowKey,
+    pub(crate) seen: u8,
+    pub(crate) at_ns: u64,
+}
+
+/// Size of `struct fp_event`.
+pub(crate) const EVENT_LEN: usize = 56;
+
+impl Event {
+    /// Decode a ring buffer record (`None` if it is not one).
+    pub(crate) fn parse(b: &[u8]) -> Option<Self> {
+        let b = b.get(..EVENT_LEN)?;
+        let at_ns = u64::from_ne_bytes(b.get(8..16)?.try_into().ok()?);
+        let key = b.get(16..56)?;
+        let port = |i: usize| u16::from_be_bytes([key[i], key[i + 1]]);
+        let key = match b[0] {
+            4 => FlowKey {
+                src: IpAddr::from(<[u8; 4]>::try_from(&key[0..4]).ok()?),
+                dst: IpAddr::from(<[u8; 4]>::try_from(&key[4..8]).ok()?),
+                src_port: port(8),
+                dst_port: port(10),
+                proto: key[12],
+            },
+            6 => FlowKey {
+                src: IpAddr::from(<[u8; 16]>::try_from(&key[0..16]).ok()?),
+                dst: IpAddr::from(<[u8; 16]>::try_from(&key[16..32]).ok()?),
+                src_port: port(32),
+                dst_port: port(34),
+                proto: key[36],
+            },
+            _ => return None,
+        };
+        Some(Self {
+            key,
+            seen: b[1],
+            at_ns,
+        })
+    }
+}
 
 /// A flow key in the map's layout, by family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,11 +239,13 @@ pub enum FastPathCounter {
     HostNotServed,
     /// Host: the inner packet is a tunnel again.
     HostNested,
+    /// TCP state changes not sent to the engine (its ring buffer was full).
+    EventsLost,
 }
 
 impl FastPathCounter {
     /// Number of counters (`FP_COUNTERS`).
-    pub const COUNT: usize = 22;
+    pub const COUNT: usize = 23;
 
     /// Every counter, in map order.
     pub const ALL: [Self; Self::COUNT] = [
@@ -226,6 +271,7 @@ impl FastPathCounter {
         Self::HostDecap,
         Self::HostNotServed,
         Self::HostNested,
+        Self::EventsLost,
     ];
 
     /// Stable snake_case name (metrics, stats file): the C name without `FP_`.
@@ -253,6 +299,7 @@ impl FastPathCounter {
             Self::HostDecap => "host_decap",
             Self::HostNotServed => "host_not_served",
             Self::HostNested => "host_nested",
+            Self::EventsLost => "events_lost",
         }
     }
 }
@@ -297,6 +344,36 @@ mod tests {
                 "{flag}"
             );
         }
+    }
+
+    #[test]
+    fn events_decode_both_families() {
+        let k4 = KeyV4 {
+            src: [172, 16, 0, 2],
+            dst: [192, 200, 0, 10],
+            sport: 40000u16.to_be_bytes(),
+            dport: [0, 80],
+            proto: 6,
+            pad: [0; 3],
+        };
+        let mut rec = vec![0u8; EVENT_LEN];
+        rec[0] = 4;
+        rec[1] = SEEN_ESTABLISHED;
+        rec[8..16].copy_from_slice(&123u64.to_ne_bytes());
+        let raw: Vec<u8> = [&k4.src[..], &k4.dst, &k4.sport, &k4.dport, &[6, 0, 0, 0]].concat();
+        rec[16..16 + raw.len()].copy_from_slice(&raw);
+        let e = Event::parse(&rec).unwrap();
+        assert_eq!(
+            (e.key, e.seen, e.at_ns),
+            (k4.flow_key(), SEEN_ESTABLISHED, 123)
+        );
+        rec[0] = 6;
+        let k6 = Event::parse(&rec).unwrap().key;
+        assert!(k6.src.is_ipv6());
+        rec[0] = 9;
+        assert!(Event::parse(&rec).is_none());
+        assert!(Event::parse(&rec[..20]).is_none());
+        assert!(HEADER.contains("struct fp_event {"));
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub struct RouterFastPath {
     ebpf: aya::Ebpf,
     flows_v4: HashMap<MapData, KeyV4, Flow>,
     flows_v6: HashMap<MapData, KeyV6, Flow>,
+    events: aya::maps::RingBuf<MapData>,
     reader: FastPathReader,
     local_v4: Option<Ipv4Addr>,
     local_v6: Option<Ipv6Addr>,
@@ -86,7 +87,14 @@ impl RouterFastPath {
         let reader = take_counters(&mut ebpf, PROGRAM)?;
         let (flows_v4, id4) = take_hash(&mut ebpf, "flows_v4")?;
         let (flows_v6, id6) = take_hash(&mut ebpf, "flows_v6")?;
+        let events = ebpf.take_map("events").ok_or(FastPathError::Missing {
+            program: PROGRAM,
+            what: "events ring buffer",
+        })?;
+        let events =
+            aya::maps::RingBuf::try_from(events).map_err(|e| FastPathError::map("events", e))?;
         Ok(Self {
+            events,
             map_ids: [id4, id6],
             ebpf,
             flows_v4,
@@ -215,6 +223,30 @@ impl RouterFastPath {
             established: f.seen & abi::SEEN_ESTABLISHED != 0,
             closing: f.seen & abi::SEEN_CLOSING != 0,
         })
+    }
+
+    /// Hand each TCP state change the program reported to `f` (flow, what it
+    /// saw, when); returns how many.
+    pub fn drain_events(
+        &mut self,
+        clock: &Clock,
+        mut f: impl FnMut(&FlowKey, FlowActivity),
+    ) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.events.next() {
+            if let Some(e) = abi::Event::parse(&item) {
+                f(
+                    &e.key,
+                    FlowActivity {
+                        last_seen: Some(clock.from_kernel_ns(e.at_ns)),
+                        established: e.seen & abi::SEEN_ESTABLISHED != 0,
+                        closing: e.seen & abi::SEEN_CLOSING != 0,
+                    },
+                );
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Every flow with an entry (a full walk: tests and resyncs).
@@ -394,6 +426,8 @@ pub struct SyncCounters {
     pub idle_checked: AtomicU64,
     /// Of those, expired (no activity in the kernel either).
     pub idle_expired: AtomicU64,
+    /// TCP state changes the program reported and the engine folded in.
+    pub state_events: AtomicU64,
 }
 
 /// A copy of [`SyncCounters`].
@@ -411,6 +445,8 @@ pub struct SyncSnapshot {
     pub idle_checked: u64,
     /// Of those, expired.
     pub idle_expired: u64,
+    /// TCP state changes folded in.
+    pub state_events: u64,
 }
 
 impl SyncCounters {
@@ -424,6 +460,7 @@ impl SyncCounters {
             resyncs: r(&self.resyncs),
             idle_checked: r(&self.idle_checked),
             idle_expired: r(&self.idle_expired),
+            state_events: r(&self.state_events),
         }
     }
 }
@@ -467,8 +504,15 @@ impl FastPathSync {
         &self.fp
     }
 
-    /// Apply what the engine journaled since the last call.
-    pub fn sync(&mut self, engine: &mut Engine, now: Instant) {
+    /// Fold the TCP state changes the program reported into the engine, then
+    /// apply what the engine journaled since the last call.
+    pub fn sync(&mut self, engine: &mut Engine, now: Instant, clock: &Clock) {
+        let events = self.fp.drain_events(clock, |key, act| {
+            engine.refresh_flow(key, &act, now);
+        });
+        self.counters
+            .state_events
+            .fetch_add(events as u64, Ordering::Relaxed);
         let (fp, c) = (&mut self.fp, &self.counters);
         let lost = engine.drain_flow_changes(|change| {
             let r = match change {
@@ -512,6 +556,6 @@ impl FastPathSync {
             fp.activity(k, clock)
         });
         c.idle_expired.fetch_add(expired as u64, Ordering::Relaxed);
-        self.sync(engine, now);
+        self.sync(engine, now, clock);
     }
 }
