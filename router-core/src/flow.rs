@@ -1445,6 +1445,36 @@ mod tests {
     }
 
     #[test]
+    fn a_fast_path_state_change_makes_a_syn_only_flow_established() {
+        let mut t = table(16);
+        t.set_journal(16);
+        t.insert(&key(1), hop(1), 1, Level::Site, FlowState::SynSeen, T0)
+            .unwrap();
+        let later = T0 + Duration::from_secs(2);
+        let act = FlowActivity {
+            last_seen: Some(later),
+            established: true,
+            closing: false,
+        };
+        assert!(t.refresh(&key(1), &act, later));
+        let e = t.get(&key(1), later).unwrap();
+        assert_eq!((e.state, e.last_seen), (FlowState::Established, later));
+        // An older report does not move the last packet back.
+        let old = FlowActivity {
+            last_seen: Some(T0),
+            ..act
+        };
+        assert!(t.refresh(&key(1), &old, later));
+        assert_eq!(t.get(&key(1), later).unwrap().last_seen, later);
+        assert!(!t.refresh(&key(2), &act, later), "not pinned");
+        // UDP flows keep their state whatever the report says.
+        t.insert(&key(3), hop(1), 3, Level::Site, FlowState::Udp, T0)
+            .unwrap();
+        t.refresh(&key(3), &act, later);
+        assert_eq!(t.get(&key(3), later).unwrap().state, FlowState::Udp);
+    }
+
+    #[test]
     fn slot_sizes_meet_the_memory_budget() {
         assert_eq!(size_of::<Slot<KeyV4>>(), 52);
         assert_eq!(size_of::<Slot<KeyV6>>(), 76);
