@@ -13,7 +13,7 @@
 #include <linux/types.h>
 
 /* Bumped on any change of a struct or of the counter list. */
-#define FP_ABI_VERSION 2
+#define FP_ABI_VERSION 3
 
 /* A pinned IPv4 flow's 5-tuple, client side (the only side an SLR sees). */
 struct fp_key_v4 {
@@ -108,6 +108,7 @@ enum fp_counter {
 	FP_PASS_NO_ROUTE,	/* no usable route or neighbour to the next hop */
 	FP_PASS_ECN,		/* an ECN combination the engine must settle */
 	FP_PASS_FAMILY,		/* the next hop's family differs from the outer header's */
+	FP_PASS_REUSE,		/* a SYN on a closed flow's ports: the engine places it anew */
 	FP_PASS_HELPER,		/* a helper refused before the packet was changed */
 	FP_DROP_ERROR,		/* a helper failed after the packet was changed */
 	FP_HOST_DECAP,		/* host: decapsulated and handed to the local stack */

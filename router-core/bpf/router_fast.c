@@ -17,14 +17,16 @@
  * programmable engine: misses, fragments, IP options and extension headers,
  * ICMP and other protocols, tunnels from sources not admitted, TTL expiry, what
  * exceeds the tunnel MTU (the engine fragments or answers frag-needed), ECN
- * combinations RFC 6040 wants settled, next hops of the other family. Each
- * outcome has a per-CPU counter.
+ * combinations RFC 6040 wants settled, next hops of the other family, a new
+ * connection (pure SYN) on the ports of a flow that saw FIN or RST (the engine
+ * places it anew). Each outcome has a per-CPU counter.
  *
  * On every packet it forwards it records in the flow's entry the time
  * (bpf_ktime_get_ns), packets, bytes and what it saw of TCP (a segment without
  * SYN: established; FIN or RST: closing), so the engine's idle timeouts stay
  * TCP-aware; a change of the TCP state also goes to the engine at once through
- * the `events` ring buffer (its eviction prefers SYN-only flows). A pure SYN on an entry that saw FIN/RST (port reuse) follows the
+ * the `events` ring buffer (its eviction prefers SYN-only flows, and it places
+ * a new connection on a closed flow's ports anew). A pure SYN on an entry that saw FIN/RST (port reuse) follows the
  * same pin and starts the state afresh.
  */
 #include "common.h"
@@ -384,8 +386,6 @@ static __always_inline void touch(struct fp_flow *f, const struct pkt *p)
 		__u8 fl = p->tcp_flags;
 		__u8 seen = f->seen;
 
-		if ((fl & 0x02) && !(fl & 0x10) && (seen & FP_SEEN_CLOSING))
-			seen = 0; /* a new connection on a closed flow's ports */
 		if (fl & 0x05)
 			seen |= FP_SEEN_CLOSING; /* FIN or RST */
 		else if (!(fl & 0x02))
@@ -402,8 +402,13 @@ static __always_inline void touch(struct fp_flow *f, const struct pkt *p)
 
 /* Checks common to both paths before the packet is changed. */
 static __always_inline int forwardable(struct __sk_buff *skb, const struct pkt *p,
-				       const struct fp_config *cfg, __u32 wire_len)
+				       const struct fp_flow *f, const struct fp_config *cfg,
+				       __u32 wire_len)
 {
+	/* A pure SYN on a closed flow's ports is a new connection: the
+	 * engine's to place (it unpins the old flow first). */
+	if (p->is_tcp && (p->tcp_flags & 0x12) == 0x02 && (f->seen & FP_SEEN_CLOSING))
+		return FP_PASS_REUSE;
 	if (p->ttl <= 1)
 		return FP_PASS_TTL;
 	if (wire_len > 0xffff)
@@ -424,7 +429,7 @@ static __always_inline int encapsulate(struct __sk_buff *skb, const struct fp_co
 	long rc;
 	int why;
 
-	why = forwardable(skb, p, cfg, wire_len);
+	why = forwardable(skb, p, f, cfg, wire_len);
 	if (why >= 0)
 		return pass(why);
 	rc = route(skb, f, wire_len, &fib);
@@ -482,7 +487,7 @@ static __always_inline int retunnel(struct __sk_buff *skb, const struct fp_confi
 	/* RFC 6040 decapsulation changes the inner ECN only in these cases. */
 	if (outer_ecn == ECN_CE || (outer_ecn == ECN_ECT1 && inner_ecn == ECN_ECT0))
 		return pass(FP_PASS_ECN);
-	why = forwardable(skb, p, cfg, p->outer_len);
+	why = forwardable(skb, p, f, cfg, p->outer_len);
 	if (why >= 0)
 		return pass(why);
 	rc = route(skb, f, p->outer_len, &fib);

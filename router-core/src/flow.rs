@@ -1064,11 +1064,11 @@ fn refresh(meta: &mut Meta, a: &FlowActivity, now: Instant) {
         state,
         FlowState::SynSeen | FlowState::Established | FlowState::Closing
     ) {
-        // Established without closing after a close means the fast path saw
-        // a new connection on the same ports (it restarts its state then).
+        // A new connection on a closed flow's ports is the engine's to place
+        // (the program hands its SYN on), so the kernel never reopens a flow.
         let next = if a.closing {
             FlowState::Closing
-        } else if a.established {
+        } else if a.established && state == FlowState::SynSeen {
             FlowState::Established
         } else {
             state

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 /// `FP_ABI_VERSION` of the header these structs mirror.
 #[cfg(test)]
-pub(crate) const ABI_VERSION: u32 = 2;
+pub(crate) const ABI_VERSION: u32 = 3;
 
 /// `struct fp_key_v4`.
 #[repr(C)]
@@ -229,6 +229,8 @@ pub enum FastPathCounter {
     PassEcn,
     /// The next hop's family differs from the outer header's.
     PassFamily,
+    /// A SYN on a closed flow's ports: the engine places it anew.
+    PassReuse,
     /// A helper refused before the packet was changed.
     PassHelper,
     /// A helper failed after the packet was changed (dropped).
@@ -245,7 +247,7 @@ pub enum FastPathCounter {
 
 impl FastPathCounter {
     /// Number of counters (`FP_COUNTERS`).
-    pub const COUNT: usize = 23;
+    pub const COUNT: usize = 24;
 
     /// Every counter, in map order.
     pub const ALL: [Self; Self::COUNT] = [
@@ -266,6 +268,7 @@ impl FastPathCounter {
         Self::PassNoRoute,
         Self::PassEcn,
         Self::PassFamily,
+        Self::PassReuse,
         Self::PassHelper,
         Self::DropError,
         Self::HostDecap,
@@ -294,6 +297,7 @@ impl FastPathCounter {
             Self::PassNoRoute => "pass_no_route",
             Self::PassEcn => "pass_ecn",
             Self::PassFamily => "pass_family",
+            Self::PassReuse => "pass_reuse",
             Self::PassHelper => "pass_helper",
             Self::DropError => "drop_error",
             Self::HostDecap => "host_decap",
