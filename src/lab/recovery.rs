@@ -484,10 +484,15 @@ mod tests {
             recovery: true,
             entry_router: true,
             adverts: true,
+            fast_path: crate::lab::LabFastPath::Bpf,
         };
         let p = dir.join("conf/x.toml");
         let parse = |text: &str| crate::config::parse_router_text(&p, text).unwrap();
         let sys = parse(&router_config(dir, &o, None));
+        assert_eq!(
+            sys.fast_path.mode,
+            router_core::linux::fastpath::FastPathMode::Bpf
+        );
         let r = sys.recovery.unwrap();
         assert_eq!(r.neighbours[0].name.as_str(), "sys2.lab");
         assert_eq!(r.neighbours[0].address, None, "sys2 dials sys");
