@@ -500,8 +500,9 @@ fn site_router_restart_loses_no_download_hosts_advertise_their_flows() {
     eprintln!(
         "  {through_a} of them through site a; hosts' advertisements sent {hosts_adverts}, \
          relayed by sys {sys_relayed}, flows re-created at the restarted site-a {a_installed}, \
-         site-a WHOHAS answers refused as pointing at itself {}",
-        lab.rec("site-a", "answer_points_at_us")
+         site-a WHOHAS answers refused as pointing at itself {}, installed {}",
+        lab.rec("site-a", "answer_points_at_us"),
+        lab.rec("site-a", "answers_installed")
     );
     assert_all_survived(
         "site router restart",
