@@ -23,6 +23,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use router_core::Instant;
+use router_core::linux::fastpath::FastPathMode;
 use router_core::linux::{Dataplane, DataplaneHandle, Netlink};
 use router_core::policy::{CostModel, Level, SumCost};
 use serde::Serialize;
@@ -368,8 +369,19 @@ fn run_router(path: &Path) -> Result<()> {
     let mut dp_cfg = cfg.dataplane.clone();
     dp_cfg.runtime = Some(rt.handle().clone());
     let mut dp = Dataplane::new(dp_cfg).context("starting the dataplane")?;
-    let (fast_path, fast_path_status) = start_fast_path(&cfg, rt.handle())?;
-    dp.set_fast_path(fast_path, fast_path_status);
+    // `bpf`: the program loads before anything else starts, or the start
+    // fails naming why. `auto`: it loads once the control plane is up (the
+    // verifier takes a good part of a second of CPU on a busy machine, longer
+    // than a hot spare waits for a restarted primary to answer) and takes
+    // over the pinned flows once attached; until then, or if it fails, the
+    // engine forwards them.
+    let pending_fast_path = if cfg.fast_path.mode == FastPathMode::Auto {
+        Some(spawn_fast_path(&cfg, rt.handle(), dp.handle())?)
+    } else {
+        let (fast_path, fast_path_status) = start_fast_path(&cfg, rt.handle())?;
+        dp.set_fast_path(fast_path, fast_path_status);
+        None
+    };
     if cfg.management.is_some() {
         // New-flow decision latency; one clock read per packet, so only when
         // someone can read it.
@@ -453,6 +465,11 @@ fn run_router(path: &Path) -> Result<()> {
         Ok(Err(e)) => warn!(error = %e, "dataplane ended with an error"),
         Err(_) => warn!("dataplane thread panicked"),
     }
+    if let Some(t) = pending_fast_path
+        && t.join().is_err()
+    {
+        warn!("the fast path loader panicked");
+    }
     info!("router stopped");
     result
 }
@@ -488,6 +505,35 @@ fn start_fast_path(
     Ok((fp, status))
 }
 
+/// How long after the start `fast_path = "auto"` loads the program: the
+/// sessions (a spare's among them) are re-established first.
+const FAST_PATH_DELAY: Duration = Duration::from_secs(1);
+
+/// `fast_path = "auto"`: load and attach the program on a thread of its own,
+/// [`FAST_PATH_DELAY`] after the start, and install it into the running
+/// dataplane.
+fn spawn_fast_path(
+    cfg: &RouterConfig,
+    rt: &tokio::runtime::Handle,
+    dp: DataplaneHandle,
+) -> Result<std::thread::JoinHandle<()>> {
+    let cfg = cfg.clone();
+    let rt = rt.clone();
+    std::thread::Builder::new()
+        .name("pronto-fastpath".into())
+        .spawn(move || {
+            std::thread::sleep(FAST_PATH_DELAY);
+            // Auto never fails: a refusal is the userspace path with its reason.
+            let Ok((fp, status)) = start_fast_path(&cfg, &rt) else {
+                return;
+            };
+            if let Err(e) = dp.install_fast_path(fp, status) {
+                warn!(error = %e, "the fast path could not be installed; pinned flows take the userspace path");
+            }
+        })
+        .context("spawning the fast path loader")
+}
+
 /// The links a fast path attaches to: the configured ones, else every
 /// Ethernet link of the namespace.
 pub(crate) fn fast_path_links(
@@ -507,10 +553,10 @@ pub(crate) fn fast_path_links(
 
 /// One line: which path forwards pinned flows, and why.
 pub(crate) fn log_fast_path(
-    mode: router_core::linux::fastpath::FastPathMode,
+    mode: FastPathMode,
     status: &router_core::linux::fastpath::FastPathStatus,
 ) {
-    use router_core::linux::fastpath::{FastPathMode, FastPathStatus};
+    use router_core::linux::fastpath::FastPathStatus;
     match status {
         FastPathStatus::Userspace { .. } if mode == FastPathMode::Auto => {
             warn!(fast_path = %status, "pinned flows take the userspace path");

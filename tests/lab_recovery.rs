@@ -500,9 +500,15 @@ fn site_router_restart_loses_no_download_hosts_advertise_their_flows() {
     eprintln!(
         "  {through_a} of them through site a; hosts' advertisements sent {hosts_adverts}, \
          relayed by sys {sys_relayed}, flows re-created at the restarted site-a {a_installed}, \
-         site-a WHOHAS answers refused as pointing at itself {}, installed {}",
+         site-a WHOHAS answers refused as pointing at itself {}, installed {}; site-a adverts \
+         punted {} verified {} current {} not found {} rejected {}",
         lab.rec("site-a", "answer_points_at_us"),
-        lab.rec("site-a", "answers_installed")
+        lab.rec("site-a", "answers_installed"),
+        lab.rec("site-a", "punts_advert"),
+        lab.rec("site-a", "adverts_verified"),
+        lab.rec("site-a", "adverts_current"),
+        lab.rec("site-a", "adverts_not_found"),
+        lab.rec("site-a", "adverts_rejected"),
     );
     assert_all_survived(
         "site router restart",

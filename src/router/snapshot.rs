@@ -338,6 +338,20 @@ pub(crate) struct FastPathMapsFile {
     flows_v6_id: u32,
 }
 
+impl FastPathFile {
+    /// Before the fast path is up (`auto` loads it beside the start): the
+    /// engine forwards everything meanwhile.
+    fn loading() -> Self {
+        Self {
+            path: "userspace",
+            status: "userspace (the eBPF fast path is loading)".into(),
+            forwarded: 0,
+            counters: BTreeMap::new(),
+            maps: None,
+        }
+    }
+}
+
 impl From<router_core::linux::fastpath::FastPathSnapshot> for FastPathFile {
     fn from(s: router_core::linux::fastpath::FastPathSnapshot) -> Self {
         Self {
@@ -384,10 +398,13 @@ impl StatsSink {
             .name("pronto-stats".into())
             .spawn(move || {
                 for mut snap in rx {
-                    snap.fast_path = snap
-                        .fast_path_info
-                        .take()
-                        .map(|i| FastPathFile::from(i.snapshot()));
+                    snap.fast_path = Some(
+                        snap.fast_path_info
+                            .take()
+                            .map_or_else(FastPathFile::loading, |i| {
+                                FastPathFile::from(i.snapshot())
+                            }),
+                    );
                     snap.name.clone_from(&name);
                     snap.uptime_ms =
                         u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);

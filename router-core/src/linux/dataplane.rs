@@ -249,6 +249,8 @@ type NodeFn = Box<dyn FnOnce(&mut dyn DataplaneNode, Instant) + Send>;
 enum Command {
     /// Run a closure with the node between two batches.
     Apply(NodeFn),
+    /// Start forwarding pinned flows with this fast path.
+    FastPath(Box<FastPathSync>),
     /// End the thread.
     Stop,
 }
@@ -268,6 +270,7 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::Apply(_) => "Apply",
+            Self::FastPath(_) => "FastPath",
             Self::Stop => "Stop",
         })
     }
@@ -355,9 +358,38 @@ impl DataplaneHandle {
     }
 
     /// The fast path's status and counter readers, once
-    /// [`Dataplane::set_fast_path`] ran.
+    /// [`Dataplane::set_fast_path`] or [`DataplaneHandle::install_fast_path`]
+    /// ran.
     pub fn fast_path(&self) -> Option<&FastPathInfo> {
         self.fast_path.get()
+    }
+
+    /// As [`Dataplane::set_fast_path`], into a running dataplane: a daemon
+    /// loads the program (the verifier takes a good part of a second on a
+    /// busy machine) while it already forwards and signals, and hands it over
+    /// here; the flows pinned meanwhile are written into the maps at once.
+    pub fn install_fast_path(
+        &self,
+        fp: Option<RouterFastPath>,
+        status: FastPathStatus,
+    ) -> Result<(), DataplaneError> {
+        let sync = fp.map(FastPathSync::new);
+        let info = FastPathInfo {
+            status,
+            reader: sync.as_ref().map(|s| s.fast_path().reader()),
+            sync: sync.as_ref().map(FastPathSync::counters),
+            flow_maps: sync.as_ref().map(|s| s.fast_path().map_ids()),
+        };
+        if self.fast_path.set(info).is_err() {
+            return Err(DataplaneError::Config {
+                field: "fast_path",
+                reason: "a fast path is installed already".into(),
+            });
+        }
+        match sync {
+            Some(s) => self.send(Command::FastPath(Box::new(s))),
+            None => Ok(()),
+        }
     }
 
     /// Ask the dataplane to stop after the current batch.
@@ -568,6 +600,13 @@ impl Dataplane {
                     Command::Apply(f) => {
                         f(&mut *self.node, now);
                         bump(&self.io.stats.commands, 1);
+                    }
+                    Command::FastPath(mut fp) => {
+                        // The table's pins so far reach the maps at the end
+                        // of this turn (a full sync: the journal starts
+                        // "overflowed" over a non-empty table).
+                        fp.start(self.node.engine_mut());
+                        self.fast_path = Some(*fp);
                     }
                     Command::Stop => {
                         tracing::info!("dataplane stopping");
