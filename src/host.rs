@@ -9,7 +9,8 @@
 //! `load = background + background_file + cpu_weight * cpu + connections / capacity`
 //!
 //! where `connections` counts the ESTABLISHED TCP connections on the served VIPs
-//! (`/proc/net/tcp`, `/proc/net/tcp6` of the host's namespace) and `cpu` is the
+//! (netlink sock_diag with a kernel-side state filter, `/proc/net/tcp*` where the
+//! kernel lacks it; see `tcp_sockets`) and `cpu` is the
 //! busy fraction of `/proc/stat` since the last update. Optionally it runs a tiny
 //! HTTP server answering every request with the host's name (`[http_demo]`).
 //!
@@ -18,6 +19,7 @@
 
 mod adverts;
 mod proc_tcp;
+mod tcp_sockets;
 
 use std::io::BufRead;
 use std::net::IpAddr;
@@ -424,6 +426,7 @@ struct LoadMeter {
     subnets: Vec<SubnetPrefix>,
     last_cpu: Option<CpuTimes>,
     file_warned: bool,
+    sockets: tcp_sockets::TcpSockets,
 }
 
 impl LoadMeter {
@@ -432,13 +435,17 @@ impl LoadMeter {
             cfg,
             subnets,
             last_cpu: None,
+            sockets: tcp_sockets::TcpSockets::open(),
             file_warned: false,
         }
     }
 
     /// Bring the agent's connection count and background load up to date.
     fn refresh(&mut self, agent: &mut HostAgent) -> Reading {
-        let conns = established_on(&self.subnets);
+        let conns = self
+            .sockets
+            .established_on(&self.subnets)
+            .unwrap_or_else(|| established_on(&self.subnets));
         while agent.active_connections() < conns {
             agent.connection_opened();
         }
@@ -482,7 +489,8 @@ impl LoadMeter {
     }
 }
 
-/// ESTABLISHED TCP connections whose local address is in `subnets`.
+/// ESTABLISHED TCP connections whose local address is in `subnets`, from
+/// `/proc/net/tcp*` text (the fallback without sock_diag).
 fn established_on(subnets: &[SubnetPrefix]) -> u32 {
     let mut n = 0u32;
     for (file, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
