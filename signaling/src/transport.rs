@@ -34,6 +34,8 @@ use tokio::task::JoinHandle;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
 
+use router_core::time::UtcDate;
+
 use crate::message::{Epoch, NodeName};
 use crate::peer::{
     DownReason, LocalNode, Outgoing, Peer, PeerAuth, PeerConfig, PeerEvent, SendError,
@@ -103,9 +105,9 @@ pub enum TransportError {
     UntrustedCertificate {
         /// Remote address.
         peer: SocketAddr,
-        /// rustls' verdict.
+        /// rustls' verdict, validity times written as dates.
         #[source]
-        source: rustls::Error,
+        source: CertificateVerdict,
     },
     /// The TLS handshake failed for another reason (or timed out).
     #[error("TLS handshake with {peer} failed")]
@@ -132,6 +134,39 @@ pub enum TransportError {
     #[error("message refused")]
     Send(#[from] SendError),
 }
+
+/// rustls' verdict on a peer's certificate. Its `Display` writes validity times
+/// as UTC dates (`certificate expired at 2026-01-31T00:00:00Z (now ...)`) where
+/// rustls writes seconds since the epoch.
+#[derive(Debug, Clone)]
+pub struct CertificateVerdict(pub rustls::Error);
+
+impl std::fmt::Display for CertificateVerdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use rustls::CertificateError as C;
+        use rustls_pki_types::UnixTime;
+        let date = |t: &UnixTime| UtcDate(i64::try_from(t.as_secs()).unwrap_or(i64::MAX));
+        match &self.0 {
+            rustls::Error::InvalidCertificate(C::ExpiredContext { time, not_after }) => write!(
+                f,
+                "certificate expired at {} (now {})",
+                date(not_after),
+                date(time)
+            ),
+            rustls::Error::InvalidCertificate(C::NotValidYetContext { time, not_before }) => {
+                write!(
+                    f,
+                    "certificate not valid before {} (now {})",
+                    date(not_before),
+                    date(time)
+                )
+            }
+            other => other.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for CertificateVerdict {}
 
 /// Shell counters, shared with the session tasks.
 #[derive(Debug, Default)]
@@ -210,6 +245,7 @@ fn handshake_error(peer: SocketAddr, e: std::io::Error, stats: &TransportStats) 
             @ (rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented),
         ) => {
             TransportStats::bump(&stats.untrusted_certificates);
+            let source = CertificateVerdict(source);
             warn!(%peer, error = %source, "peer refused: untrusted certificate");
             TransportError::UntrustedCertificate { peer, source }
         }
@@ -344,7 +380,7 @@ impl Listener {
             TransportStats::bump(&self.stats.untrusted_certificates);
             return Err(TransportError::UntrustedCertificate {
                 peer,
-                source: rustls::Error::NoCertificatesPresented,
+                source: CertificateVerdict(rustls::Error::NoCertificatesPresented),
             });
         };
         TransportStats::bump(&self.stats.handshakes);

@@ -384,3 +384,36 @@ async fn silent_connections_are_bounded_and_never_hold_up_a_valid_peer() -> Resu
     assert_eq!(get(&stats.untrusted_certificates), 0);
     Ok(())
 }
+
+/// Certificate validity refusals name dates, not seconds since the epoch.
+#[test]
+fn certificate_verdicts_print_dates() {
+    use rustls::CertificateError as C;
+    use rustls_pki_types::UnixTime;
+    let t = |s: u64| UnixTime::since_unix_epoch(Duration::from_secs(s));
+    let expired = CertificateVerdict(rustls::Error::InvalidCertificate(C::ExpiredContext {
+        time: t(1_700_000_000),
+        not_after: t(951_782_400),
+    }));
+    assert_eq!(
+        expired.to_string(),
+        "certificate expired at 2000-02-29T00:00:00Z (now 2023-11-14T22:13:20Z)"
+    );
+    let early = CertificateVerdict(rustls::Error::InvalidCertificate(C::NotValidYetContext {
+        time: t(951_782_400),
+        not_before: t(1_700_000_000),
+    }));
+    assert_eq!(
+        early.to_string(),
+        "certificate not valid before 2023-11-14T22:13:20Z (now 2000-02-29T00:00:00Z)"
+    );
+    let err = TransportError::UntrustedCertificate {
+        peer: SocketAddr::from(([127, 0, 0, 1], 7800)),
+        source: expired,
+    };
+    let source = std::error::Error::source(&err).map(ToString::to_string);
+    assert_eq!(
+        source.as_deref(),
+        Some("certificate expired at 2000-02-29T00:00:00Z (now 2023-11-14T22:13:20Z)")
+    );
+}
