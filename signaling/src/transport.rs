@@ -190,6 +190,13 @@ pub struct TransportStats {
     pub refused_sessions: AtomicU64,
     /// Sessions ended.
     pub sessions_down: AtomicU64,
+    /// Authenticated sessions closed because the peer sent bytes that are not a
+    /// valid frame (bad magic or version, oversize, undecodable body): garbage
+    /// after the handshake. The first bad frame closes the session.
+    pub garbage_frames: AtomicU64,
+    /// Authenticated sessions closed because the peer sent a valid frame its
+    /// state does not allow (e.g. a state update before its hello).
+    pub protocol_violations: AtomicU64,
 }
 
 impl TransportStats {
@@ -663,6 +670,18 @@ impl Drop for Session {
     }
 }
 
+/// Counts a session the peer's input ended (garbage, a forbidden message); the
+/// peer state machine has logged why.
+fn count_refusal(reason: &DownReason, stats: &TransportStats, remote: SocketAddr) {
+    let counter = match reason {
+        DownReason::Codec(_) => &stats.garbage_frames,
+        DownReason::Protocol { .. } => &stats.protocol_violations,
+        _ => return,
+    };
+    TransportStats::bump(counter);
+    debug!(%remote, %reason, "session closed on the peer's input");
+}
+
 fn core_now(clock: tokio::time::Instant) -> router_core::time::Instant {
     let nanos = u64::try_from(clock.elapsed().as_nanos()).unwrap_or(u64::MAX);
     router_core::time::Instant::from_nanos(nanos)
@@ -696,7 +715,13 @@ async fn run<S>(
             }
         }
         while let Some(ev) = peer.poll_event() {
-            let down = matches!(ev, PeerEvent::PeerDown { .. });
+            let down = match &ev {
+                PeerEvent::PeerDown { reason } => {
+                    count_refusal(reason, &stats, remote);
+                    true
+                }
+                _ => false,
+            };
             if ev_tx.send(ev).await.is_err() {
                 // Nobody listens any more: end the session.
                 peer.close();

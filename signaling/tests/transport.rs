@@ -385,6 +385,73 @@ async fn silent_connections_are_bounded_and_never_hold_up_a_valid_peer() -> Resu
     Ok(())
 }
 
+/// A peer with a trusted certificate completes TLS and then sends bytes that
+/// are not a frame: the session is closed and the listener counts it, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_after_the_handshake_closes_the_session_and_is_counted() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let ca = Ca::new("pronto test CA")?;
+    let listener = Listener::bind(
+        "127.0.0.1:0".parse()?,
+        config(
+            ca.issue(UPPER)?,
+            ca.anchor(),
+            UPPER,
+            Level::System,
+            Role::System,
+        )?,
+    )
+    .await?;
+    let addr = listener.local_addr()?;
+    let stats = listener.stats().clone();
+    let mut incoming = listener.incoming();
+
+    // An authenticated client that speaks raw TLS rather than signalling.
+    let me = ca.issue(LOWER)?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.anchor())?;
+    let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(me.cert_chain, me.key)?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let server = rustls_pki_types::ServerName::try_from(UPPER)?;
+    let mut tls = tokio::time::timeout(
+        STEP,
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(client)).connect(server, tcp),
+    )
+    .await??;
+    let mut session = tokio::time::timeout(STEP, incoming.next_session())
+        .await?
+        .context("accept loop ended")?;
+    assert_eq!(TransportStats::get(&stats.handshakes), 1);
+    assert_eq!(TransportStats::get(&stats.garbage_frames), 0);
+
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: sys1\r\n\r\n")
+        .await?;
+    tls.flush().await?;
+    match next(&mut session).await? {
+        PeerEvent::PeerDown {
+            reason: DownReason::Codec(_),
+        } => {}
+        other => bail!("expected a codec error, got {other:?}"),
+    }
+    // Counted when the session task reports its end.
+    let deadline = tokio::time::Instant::now() + STEP;
+    while TransportStats::get(&stats.garbage_frames) == 0 {
+        if tokio::time::Instant::now() > deadline {
+            bail!("garbage_frames not counted");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(TransportStats::get(&stats.garbage_frames), 1);
+    assert_eq!(TransportStats::get(&stats.protocol_violations), 0);
+    assert_eq!(TransportStats::get(&stats.untrusted_certificates), 0);
+    Ok(())
+}
+
 /// Certificate validity refusals name dates, not seconds since the epoch.
 #[test]
 fn certificate_verdicts_print_dates() {

@@ -144,6 +144,12 @@ pub(crate) struct ControlSnapshot {
     /// Connections closed at once: too many handshakes in progress from their
     /// source address.
     tls_refused_per_source_limit: u64,
+    /// Authenticated sessions closed because the peer sent bytes that are not a
+    /// signalling frame.
+    tls_garbage_frames: u64,
+    /// Authenticated sessions closed because the peer sent a message its state
+    /// does not allow.
+    tls_protocol_violations: u64,
 }
 
 /// The TLS shell's counters, listener and connector summed.
@@ -156,6 +162,8 @@ pub(crate) struct TlsTotals {
     pub(crate) refused_per_source_limit: u64,
     pub(crate) untrusted: u64,
     pub(crate) failures: u64,
+    pub(crate) garbage_frames: u64,
+    pub(crate) protocol_violations: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -242,6 +250,8 @@ impl ControlSnapshot {
             tls_timeouts: tls.timeouts,
             tls_refused_pending_limit: tls.refused_pending_limit,
             tls_refused_per_source_limit: tls.refused_per_source_limit,
+            tls_garbage_frames: tls.garbage_frames,
+            tls_protocol_violations: tls.protocol_violations,
         }
     }
 }
