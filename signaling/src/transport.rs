@@ -90,6 +90,13 @@ pub enum TransportError {
         #[source]
         source: rustls::Error,
     },
+    /// Our private key is not the key of our certificate (the first of the
+    /// chain): most often another node's key file.
+    #[error(
+        "our private key does not belong to our certificate (is it another node's key?); \
+         give the key issued with this certificate"
+    )]
+    KeyMismatch,
     /// A socket operation failed.
     #[error("{op} failed")]
     Io {
@@ -240,6 +247,81 @@ fn fresh_epoch(p: &CryptoProvider) -> Result<Epoch, TransportError> {
     Ok(Epoch(u64::from_le_bytes(b)))
 }
 
+impl TransportConfig {
+    /// Everything [`Listener::bind`] and [`Connector::new`] check before they
+    /// touch a socket: the trust anchors, and that our key is the private key of
+    /// our certificate (a key of another node is [`TransportError::KeyMismatch`]).
+    /// `pronto router check` runs it so that it refuses what `run` would.
+    pub fn validate(&self) -> Result<(), TransportError> {
+        let provider = provider();
+        server_config(self, &provider)?;
+        client_config(self, &provider)?;
+        Ok(())
+    }
+}
+
+/// What rustls said of our certificate and key.
+fn identity_error(source: rustls::Error) -> TransportError {
+    match source {
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+            TransportError::KeyMismatch
+        }
+        source => TransportError::Config {
+            what: "our certificate",
+            source,
+        },
+    }
+}
+
+/// The listener's TLS: 1.3 only, client certificates required and verified
+/// against the trust anchors, our identity.
+fn server_config(
+    config: &TransportConfig,
+    provider: &Arc<CryptoProvider>,
+) -> Result<ServerConfig, TransportError> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        roots(&config.trust_anchors)?,
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| TransportError::Config {
+        what: "client verifier",
+        source: rustls::Error::General(e.to_string()),
+    })?;
+    ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|source| TransportError::Config {
+            what: "protocol versions",
+            source,
+        })?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            config.identity.cert_chain.clone(),
+            config.identity.key.clone_key(),
+        )
+        .map_err(identity_error)
+}
+
+/// The connector's TLS: 1.3 only, servers verified against the trust anchors,
+/// our identity as the client certificate.
+fn client_config(
+    config: &TransportConfig,
+    provider: &Arc<CryptoProvider>,
+) -> Result<ClientConfig, TransportError> {
+    ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|source| TransportError::Config {
+            what: "protocol versions",
+            source,
+        })?
+        .with_root_certificates(roots(&config.trust_anchors)?)
+        .with_client_auth_cert(
+            config.identity.cert_chain.clone(),
+            config.identity.key.clone_key(),
+        )
+        .map_err(identity_error)
+}
+
 /// Classifies a handshake failure: untrusted certificates get their own error.
 fn handshake_error(peer: SocketAddr, e: std::io::Error, stats: &TransportStats) -> TransportError {
     let tls = e
@@ -285,27 +367,7 @@ impl Listener {
     /// Binds `addr` and prepares mutual TLS 1.3.
     pub async fn bind(addr: SocketAddr, config: TransportConfig) -> Result<Self, TransportError> {
         let provider = provider();
-        let verifier = WebPkiClientVerifier::builder_with_provider(
-            roots(&config.trust_anchors)?,
-            provider.clone(),
-        )
-        .build()
-        .map_err(|e| TransportError::Config {
-            what: "client verifier",
-            source: rustls::Error::General(e.to_string()),
-        })?;
-        let server = ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|source| TransportError::Config {
-                what: "protocol versions",
-                source,
-            })?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(config.identity.cert_chain, config.identity.key)
-            .map_err(|source| TransportError::Config {
-                what: "our certificate",
-                source,
-            })?;
+        let server = server_config(&config, &provider)?;
         let tcp = TcpListener::bind(addr)
             .await
             .map_err(|source| TransportError::Io { op: "bind", source })?;
@@ -508,18 +570,7 @@ impl Connector {
     /// Prepares mutual TLS 1.3 with our identity and trust anchors.
     pub fn new(config: TransportConfig) -> Result<Self, TransportError> {
         let provider = provider();
-        let client = ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|source| TransportError::Config {
-                what: "protocol versions",
-                source,
-            })?
-            .with_root_certificates(roots(&config.trust_anchors)?)
-            .with_client_auth_cert(config.identity.cert_chain, config.identity.key)
-            .map_err(|source| TransportError::Config {
-                what: "our certificate",
-                source,
-            })?;
+        let client = client_config(&config, &provider)?;
         Ok(Self {
             client: Arc::new(client),
             provider,

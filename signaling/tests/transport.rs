@@ -452,6 +452,48 @@ async fn garbage_after_the_handshake_closes_the_session_and_is_counted() -> Resu
     Ok(())
 }
 
+/// `TransportConfig::validate` refuses, without a socket, what `Listener::bind`
+/// and `Connector::new` refuse: here another node's key.
+#[tokio::test]
+async fn another_nodes_key_is_refused_before_any_socket() -> Result<()> {
+    let ca = Ca::new("pronto test CA")?;
+    let mine = ca.issue(LOWER)?;
+    let theirs = ca.issue(UPPER)?;
+    let good = config(
+        ca.issue(LOWER)?,
+        ca.anchor(),
+        LOWER,
+        Level::Site,
+        Role::Site,
+    )?;
+    good.validate()?;
+    let wrong = || {
+        config(
+            TlsIdentity {
+                cert_chain: mine.cert_chain.clone(),
+                key: theirs.key.clone_key(),
+            },
+            ca.anchor(),
+            LOWER,
+            Level::Site,
+            Role::Site,
+        )
+    };
+    assert!(matches!(
+        wrong()?.validate(),
+        Err(TransportError::KeyMismatch)
+    ));
+    assert!(matches!(
+        Connector::new(wrong()?),
+        Err(TransportError::KeyMismatch)
+    ));
+    assert!(matches!(
+        Listener::bind("127.0.0.1:0".parse()?, wrong()?).await,
+        Err(TransportError::KeyMismatch)
+    ));
+    Ok(())
+}
+
 /// Certificate validity refusals name dates, not seconds since the epoch.
 #[test]
 fn certificate_verdicts_print_dates() {
