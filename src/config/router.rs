@@ -17,8 +17,8 @@ use super::management::{Management, ManagementFile};
 use super::modules::{ModulesConfig, ModulesFile};
 use super::shaping::{Shaping, ShapingFile};
 use super::shared::{
-    HandshakesFile, LevelName, SessionFile, Stats, StatsFile, TlsFile, TlsFiles, Upstream,
-    UpstreamFile,
+    HandshakesFile, LevelName, SecurityFile, SessionFile, Stats, StatsFile, TlsFile, TlsFiles,
+    Upstream, UpstreamFile,
 };
 use super::{Check, ConfigError, parse_file};
 
@@ -177,6 +177,8 @@ pub(super) struct RouterFile {
     name: String,
     tunnel: TunnelFile,
     tls: TlsFile,
+    #[serde(default)]
+    security: SecurityFile,
     listen: Option<SocketAddr>,
     upstream: Option<UpstreamFile>,
     #[serde(default = "default_route_cost")]
@@ -319,7 +321,7 @@ pub(super) fn router_from_file(path: &Path, f: RouterFile) -> Result<RouterConfi
         new_flow_queue: if slr.shortcuts || mirrors { 4096 } else { 0 },
         ..DataplaneConfig::default()
     };
-    let tls = TlsFiles::from_file(&c, &f.tls)?;
+    let tls = TlsFiles::from_file(&c, &f.tls, &f.security)?;
     let management = f
         .management
         .as_ref()
