@@ -1,7 +1,8 @@
 //! `pronto`: the router daemon and operator CLI. Wires the crates together; all
 //! packet and protocol logic lives in the libraries.
 
-use anyhow::Result;
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
 
 mod cli_module;
@@ -44,7 +45,7 @@ enum Command {
     Lab(lab::LabArgs),
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -53,7 +54,7 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Ca(args) => cli_module::run_ca(&args),
         Command::Module(args) => cli_module::run_module(&args),
@@ -61,13 +62,56 @@ fn main() -> Result<()> {
         Command::Router(args) => router::run(&args),
         Command::Host(args) => host::run(&args),
         Command::Lab(args) => lab::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // An error is the user's to act on: what failed and why, on one line,
+        // never a backtrace (RUST_BACKTRACE=1 keeps its meaning for panics).
+        Err(e) => {
+            eprintln!("error: {}", error_text(&e));
+            ExitCode::FAILURE
+        }
     }
+}
+
+/// `err` and its causes, outermost first, as `context: cause: root cause`. A
+/// cause whose text is already there (an error that prints its source in its
+/// own message) is not repeated.
+fn error_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if part.is_empty() || text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn errors_print_their_causes_once_on_one_line() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = anyhow::Error::new(config::FileError::Open {
+            path: "/etc/pronto/router.toml".into(),
+            source: io,
+        })
+        .context("tls.cert");
+        assert_eq!(
+            error_text(&e),
+            "tls.cert: cannot open /etc/pronto/router.toml: No such file"
+        );
+        let e = anyhow::anyhow!("root").context("middle").context("top");
+        assert_eq!(error_text(&e), "top: middle: root");
+    }
 
     #[test]
     fn one_clap_tree_whose_module_help_lists_the_router_operations() {

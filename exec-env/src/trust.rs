@@ -679,31 +679,15 @@ fn from_timestamp(secs: i64) -> SystemTime {
     }
 }
 
-/// `t` as `YYYY-MM-DDTHH:MM:SSZ` (UTC, proleptic Gregorian; Howard Hinnant's
-/// civil-from-days), the form certificate errors and `pronto module inspect`
-/// print instead of a raw `SystemTime`.
+/// `t` as `YYYY-MM-DDTHH:MM:SSZ` (UTC; [`router_core::time::UtcDate`]), the
+/// form certificate errors and `pronto module inspect` print instead of a raw
+/// `SystemTime`.
 pub fn utc(t: SystemTime) -> String {
     let secs = match t.duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
     };
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    router_core::time::UtcDate(secs).to_string()
 }
 
 /// `t` (seconds since the Unix epoch, as rustls and webpki carry times) as

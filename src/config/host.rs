@@ -8,7 +8,9 @@ use router_core::linux::HostConfig as TunnelHostConfig;
 use serde::Deserialize;
 use signaling::{NodeName, PeerConfig, SubnetPrefix};
 
-use super::shared::{SessionFile, Stats, StatsFile, TlsFile, TlsFiles, Upstream, UpstreamFile};
+use super::shared::{
+    SecurityFile, SessionFile, Stats, StatsFile, TlsFile, TlsFiles, Upstream, UpstreamFile,
+};
 use super::{Check, ConfigError, parse_file};
 
 /// `[tunnel]` of a host.
@@ -197,6 +199,8 @@ pub(super) struct HostFile {
     name: String,
     site: UpstreamFile,
     tls: TlsFile,
+    #[serde(default)]
+    security: SecurityFile,
     subnets: Vec<String>,
     #[serde(default)]
     tunnel: HostTunnelFile,
@@ -322,7 +326,7 @@ pub(super) fn host_from_file(path: &Path, f: HostFile) -> Result<HostDaemonConfi
     };
     Ok(HostDaemonConfig {
         site: Upstream::from_file(&c, "site", &f.site)?,
-        tls: TlsFiles::from_file(&c, &f.tls)?,
+        tls: TlsFiles::from_file(&c, &f.tls, &f.security)?,
         subnets,
         tunnel,
         load,

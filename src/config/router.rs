@@ -18,8 +18,8 @@ use super::management::{Management, ManagementFile};
 use super::modules::{ModulesConfig, ModulesFile};
 use super::shaping::{Shaping, ShapingFile};
 use super::shared::{
-    HandshakesFile, LevelName, SessionFile, Stats, StatsFile, TlsFile, TlsFiles, Upstream,
-    UpstreamFile,
+    HandshakesFile, LevelName, SecurityFile, SessionFile, Stats, StatsFile, TlsFile, TlsFiles,
+    Upstream, UpstreamFile,
 };
 use super::{Check, ConfigError, parse_file};
 
@@ -182,6 +182,8 @@ pub(super) struct RouterFile {
     name: String,
     tunnel: TunnelFile,
     tls: TlsFile,
+    #[serde(default)]
+    security: SecurityFile,
     listen: Option<SocketAddr>,
     upstream: Option<UpstreamFile>,
     #[serde(default = "default_route_cost")]
@@ -333,7 +335,7 @@ pub(super) fn router_from_file(path: &Path, f: RouterFile) -> Result<RouterConfi
         recovery.as_ref(),
         spare.as_ref(),
     )?;
-    let tls = TlsFiles::from_file(&c, &f.tls)?;
+        let tls = TlsFiles::from_file(&c, &f.tls, &f.security)?;
     let management = f
         .management
         .as_ref()

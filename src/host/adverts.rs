@@ -32,11 +32,11 @@ use router_core::linux::raw::RawTx;
 use router_core::time::Instant;
 use router_core::wire::flowad::AdvertFields;
 use serde::Serialize;
-use signaling::{AdvertAuth, AdvertAuthConfig, ProgressMonitor, SubnetPrefix};
+use signaling::{AdvertAuth, AdvertAuthConfig, AdvertKey, ProgressMonitor, SubnetPrefix};
 use tracing::{debug, info, warn};
 
 use super::proc_tcp::TcpSocketLine;
-use crate::config::HostRecovery;
+use crate::config::{HostRecovery, KeyPermissions};
 
 /// Most lines of each `/proc/net/tcp*` file read per scan.
 const MAX_SCAN_LINES: usize = 1 << 20;
@@ -311,11 +311,14 @@ impl Drop for AdvertHandle {
     }
 }
 
-/// Read the key file and check that it holds the signing key (`pronto host
-/// check`).
-pub(super) fn check_keys(cfg: &HostRecovery) -> Result<()> {
-    let keys = signaling::read_advert_keys(&cfg.advert_keys)
-        .with_context(|| format!("recovery.advert_keys = {}", cfg.advert_keys.display()))?;
+/// Read the key file (a secret, judged by `permissions`) and check that it
+/// holds the signing key; `host run` and `host check` alike.
+pub(super) fn signing_keys(
+    cfg: &HostRecovery,
+    permissions: KeyPermissions,
+) -> Result<Vec<AdvertKey>> {
+    let keys =
+        crate::config::read_advert_keys("recovery.advert_keys", &cfg.advert_keys, permissions)?;
     if !keys.iter().any(|k| k.id == cfg.key_id) {
         bail!(
             "recovery.key_id = {}: no such key in {}",
@@ -323,19 +326,18 @@ pub(super) fn check_keys(cfg: &HostRecovery) -> Result<()> {
             cfg.advert_keys.display()
         );
     }
-    Ok(())
+    Ok(keys)
 }
 
-/// Start advertising: read the key file, open the raw sockets, pick the server
-/// addresses (configured, or the address this host uses toward `site`), and scan
-/// on a thread of its own (the `/proc` reads block).
+/// Start advertising with `keys` (from [`signing_keys`]): open the raw sockets,
+/// pick the server addresses (configured, or the address this host uses toward
+/// `site`), and scan on a thread of its own (the `/proc` reads block).
 pub(super) fn start(
     cfg: &HostRecovery,
+    keys: Vec<AdvertKey>,
     subnets: &[SubnetPrefix],
     site: SocketAddr,
 ) -> Result<AdvertHandle> {
-    let keys = signaling::read_advert_keys(&cfg.advert_keys)
-        .with_context(|| format!("recovery.advert_keys = {}", cfg.advert_keys.display()))?;
     let auth = AdvertAuth::new(keys, AdvertAuthConfig::default());
     // Configured addresses first; the family of the site session defaults to the
     // address the site router sees this host come from (and so tunnels to).
@@ -465,7 +467,6 @@ mod tests {
     use router_core::wire::{
         Icmpv4Packet, Icmpv6Packet, Ipv4Packet, Ipv6Packet, icmpv4_type, icmpv6_type,
     };
-    use signaling::AdvertKey;
     use std::path::PathBuf;
     use std::time::Duration;
 
