@@ -335,7 +335,7 @@ pub(super) fn router_from_file(path: &Path, f: RouterFile) -> Result<RouterConfi
         recovery.as_ref(),
         spare.as_ref(),
     )?;
-        let tls = TlsFiles::from_file(&c, &f.tls, &f.security)?;
+    let tls = TlsFiles::from_file(&c, &f.tls, &f.security)?;
     let management = f
         .management
         .as_ref()
