@@ -2,8 +2,8 @@
 //! packet and protocol logic lives in the libraries.
 //!
 //! A library with a thin binary (`src/main.rs`) so the fuzz targets (`fuzz/`)
-//! reach the parsers of untrusted bytes that live here. [`Cli`] is what the
-//! binary runs; everything else is private to the crate.
+//! reach the parsers of untrusted bytes that live here through [`fuzz`]. [`Cli`]
+//! is what the binary runs; everything else is private to the crate.
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -19,6 +19,8 @@ mod lab;
 mod mgmt;
 mod recovery;
 mod router;
+
+pub mod fuzz;
 
 /// Pronto: a programmable router for service level routing.
 #[derive(Debug, Parser)]
