@@ -12,12 +12,14 @@
 //! (netlink sock_diag with a kernel-side state filter, `/proc/net/tcp*` where the
 //! kernel lacks it; see `tcp_sockets`) and `cpu` is the
 //! busy fraction of `/proc/stat` since the last update. Optionally it runs a tiny
-//! HTTP server answering every request with the host's name (`[http_demo]`).
+//! HTTP server answering every request with the host's name (`[http_demo]`;
+//! [`http`] reads the requests).
 //!
 //! With `[recovery]` it also watches its connections for lack of progress and
 //! sends authenticated server flow advertisements ([`adverts`], DESIGN.md §5).
 
 mod adverts;
+pub(crate) mod http;
 mod proc_tcp;
 mod tcp_sockets;
 
@@ -45,8 +47,6 @@ use crate::router::{rss_kib, shutdown_signal, write_snapshot};
 const MAX_BACKGROUND_FILE: u64 = 4096;
 /// Most lines of `/proc/net/tcp*` read per update.
 const MAX_TCP_LINES: usize = 1 << 20;
-/// Longest HTTP request head the demo server reads.
-const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// How long the demo server waits for a request.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for the site router to answer a connection.
@@ -626,14 +626,13 @@ async fn http_demo(listener: TcpListener, demo: HttpDemo, counters: Arc<HttpCoun
         tokio::spawn(async move {
             let _permit = permit;
             let served = tokio::time::timeout(HTTP_TIMEOUT, async {
-                let mut head = Vec::with_capacity(512);
+                let mut head = http::RequestHead::new();
                 let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_HEAD {
+                loop {
                     let n = stream.read(&mut buf).await?;
-                    if n == 0 {
+                    if n == 0 || head.feed(&buf[..n]) != http::HeadProgress::NeedMore {
                         break;
                     }
-                    head.extend_from_slice(&buf[..n]);
                 }
                 stream.write_all(&response).await?;
                 stream.shutdown().await
