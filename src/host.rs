@@ -9,15 +9,19 @@
 //! `load = background + background_file + cpu_weight * cpu + connections / capacity`
 //!
 //! where `connections` counts the ESTABLISHED TCP connections on the served VIPs
-//! (`/proc/net/tcp`, `/proc/net/tcp6` of the host's namespace) and `cpu` is the
+//! (netlink sock_diag with a kernel-side state filter, `/proc/net/tcp*` where the
+//! kernel lacks it; see `tcp_sockets`) and `cpu` is the
 //! busy fraction of `/proc/stat` since the last update. Optionally it runs a tiny
-//! HTTP server answering every request with the host's name (`[http_demo]`).
+//! HTTP server answering every request with the host's name (`[http_demo]`;
+//! [`http`] reads the requests).
 //!
 //! With `[recovery]` it also watches its connections for lack of progress and
 //! sends authenticated server flow advertisements ([`adverts`], DESIGN.md §5).
 
 mod adverts;
+pub(crate) mod http;
 mod proc_tcp;
+mod tcp_sockets;
 
 use std::io::BufRead;
 use std::net::IpAddr;
@@ -40,10 +44,10 @@ use tracing::{debug, info, warn};
 use crate::config::{self, HostDaemonConfig, HttpDemo, LoadConfig};
 use crate::router::{rss_kib, shutdown_signal, write_snapshot};
 
+/// Largest `load.background_file` read (it holds one number).
+const MAX_BACKGROUND_FILE: u64 = 4096;
 /// Most lines of `/proc/net/tcp*` read per update.
 const MAX_TCP_LINES: usize = 1 << 20;
-/// Longest HTTP request head the demo server reads.
-const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// How long the demo server waits for a request.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for the site router to answer a connection.
@@ -66,7 +70,8 @@ enum HostCommand {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Validate a configuration file and load its certificates, then exit.
+    /// Everything `run` checks before it opens a device or a socket
+    /// (configuration, certificates and key, advertisement keys), then exit.
     Check {
         /// The configuration file (TOML).
         #[arg(long)]
@@ -79,20 +84,56 @@ pub(crate) fn run(args: &HostArgs) -> Result<()> {
     match &args.command {
         HostCommand::Run { config } => run_host(config),
         HostCommand::Check { config } => {
-            let c = config::load_host(config)?;
-            c.tls.load()?;
-            if let Some(r) = &c.recovery {
-                adverts::check_keys(r)?;
-            }
-            println!("{}: host {} is valid", config.display(), c.name);
+            let p = prepare(config)?;
+            println!("{}: host {} is valid", config.display(), p.cfg.name);
             Ok(())
         }
     }
 }
 
-fn run_host(path: &Path) -> Result<()> {
+/// What `host run` reads and checks before it opens a device or a socket;
+/// `host check` is this and nothing more.
+struct PreparedHost {
+    cfg: HostDaemonConfig,
+    /// TLS set up with our identity (key checked against the certificate).
+    connector: Connector,
+    agent: HostAgent,
+    /// `[recovery]`'s keys, the signing key among them.
+    advert_keys: Option<Vec<signaling::AdvertKey>>,
+}
+
+fn prepare(path: &Path) -> Result<PreparedHost> {
     let cfg = config::load_host(path)?;
     let (identity, anchors) = cfg.tls.load()?;
+    let connector = Connector::new(TransportConfig {
+        identity,
+        trust_anchors: anchors,
+        local: HostAgent::local_node(cfg.name.clone()),
+        peer: cfg.peer,
+    })
+    .context("[tls]: TLS configuration")?;
+    let agent = HostAgent::new(signaling::HostConfig {
+        subnets: cfg.subnets.clone(),
+        update_interval: cfg.load.update_interval,
+        capacity: cfg.load.capacity,
+    })
+    .context("[load]")?;
+    let advert_keys = cfg
+        .recovery
+        .as_ref()
+        .map(|r| adverts::signing_keys(r, cfg.tls.key_permissions))
+        .transpose()?;
+    Ok(PreparedHost {
+        cfg,
+        connector,
+        agent,
+        advert_keys,
+    })
+}
+
+fn run_host(path: &Path) -> Result<()> {
+    let prepared = prepare(path)?;
+    let cfg = &prepared.cfg;
     // The agent's one runtime; the endpoint's netlink connection runs on it too.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -107,15 +148,9 @@ fn run_host(path: &Path) -> Result<()> {
     let ep_thread = ep.spawn().context("spawning the tunnel endpoint")?;
     // Decapsulation in the kernel; the endpoint above gets what it passes on.
     // Detached when `_fast_path` drops at the end of this function.
-    let (_fast_path, fast_path) = start_fast_path(&cfg, rt.handle())?;
+    let (_fast_path, fast_path) = start_fast_path(cfg, rt.handle())?;
     info!(name = %cfg.name, subnets = ?cfg.subnets, site = %cfg.site.name, "host agent starting");
-    let result = rt.block_on(agent_main(
-        cfg,
-        identity,
-        anchors,
-        tunnel.clone(),
-        fast_path,
-    ));
+    let result = rt.block_on(agent_main(prepared, tunnel.clone(), fast_path));
     tunnel.stop();
     // The endpoint removes its routes over netlink, which the runtime drives:
     // join it before the runtime goes.
@@ -197,25 +232,16 @@ struct HostSnapshot {
 }
 
 async fn agent_main(
-    cfg: HostDaemonConfig,
-    identity: signaling::TlsIdentity,
-    anchors: Vec<rustls_pki_types::CertificateDer<'static>>,
+    prepared: PreparedHost,
     tunnel: HostTunnelHandle,
     fast_path: FastPathInfo,
 ) -> Result<()> {
-    let connector = Connector::new(TransportConfig {
-        identity,
-        trust_anchors: anchors,
-        local: HostAgent::local_node(cfg.name.clone()),
-        peer: cfg.peer,
-    })
-    .context("[tls]: TLS configuration")?;
-    let mut agent = HostAgent::new(signaling::HostConfig {
-        subnets: cfg.subnets.clone(),
-        update_interval: cfg.load.update_interval,
-        capacity: cfg.load.capacity,
-    })
-    .context("[load]")?;
+    let PreparedHost {
+        cfg,
+        connector,
+        mut agent,
+        advert_keys,
+    } = prepared;
     let http = Arc::new(HttpCounters::default());
     if let Some(demo) = &cfg.http_demo {
         let listener = TcpListener::bind(demo.listen)
@@ -225,9 +251,9 @@ async fn agent_main(
         tokio::spawn(http_demo(listener, demo.clone(), Arc::clone(&http)));
     }
     // Stopped and joined when agent_main returns (the handle drops).
-    let advertiser = match &cfg.recovery {
-        Some(r) => Some(adverts::start(r, &cfg.subnets, cfg.site.address)?),
-        None => None,
+    let advertiser = match (&cfg.recovery, advert_keys) {
+        (Some(r), Some(keys)) => Some(adverts::start(r, keys, &cfg.subnets, cfg.site.address)?),
+        _ => None,
     };
     let view = Arc::new(Mutex::new(AgentView::default()));
     if let Some(stats) = cfg.stats.clone() {
@@ -469,6 +495,7 @@ struct LoadMeter {
     subnets: Vec<SubnetPrefix>,
     last_cpu: Option<CpuTimes>,
     file_warned: bool,
+    sockets: tcp_sockets::TcpSockets,
 }
 
 impl LoadMeter {
@@ -477,13 +504,17 @@ impl LoadMeter {
             cfg,
             subnets,
             last_cpu: None,
+            sockets: tcp_sockets::TcpSockets::open(),
             file_warned: false,
         }
     }
 
     /// Bring the agent's connection count and background load up to date.
     fn refresh(&mut self, agent: &mut HostAgent) -> Reading {
-        let conns = established_on(&self.subnets);
+        let conns = self
+            .sockets
+            .established_on(&self.subnets)
+            .unwrap_or_else(|| established_on(&self.subnets));
         while agent.active_connections() < conns {
             agent.connection_opened();
         }
@@ -510,7 +541,11 @@ impl LoadMeter {
         let Some(path) = &self.cfg.background_file else {
             return 0.0;
         };
-        let text = std::fs::read_to_string(path).unwrap_or_default();
+        // Non-blocking and regular files only: a FIFO here must not stall the
+        // agent's loop. An unreadable file counts as a bad value.
+        let text = config::read_file(path, MAX_BACKGROUND_FILE)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
         match text.trim().parse::<f64>() {
             Ok(v) if v.is_finite() && v >= 0.0 => {
                 self.file_warned = false;
@@ -527,7 +562,8 @@ impl LoadMeter {
     }
 }
 
-/// ESTABLISHED TCP connections whose local address is in `subnets`.
+/// ESTABLISHED TCP connections whose local address is in `subnets`, from
+/// `/proc/net/tcp*` text (the fallback without sock_diag).
 fn established_on(subnets: &[SubnetPrefix]) -> u32 {
     let mut n = 0u32;
     for (file, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
@@ -632,14 +668,13 @@ async fn http_demo(listener: TcpListener, demo: HttpDemo, counters: Arc<HttpCoun
         tokio::spawn(async move {
             let _permit = permit;
             let served = tokio::time::timeout(HTTP_TIMEOUT, async {
-                let mut head = Vec::with_capacity(512);
+                let mut head = http::RequestHead::new();
                 let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_HEAD {
+                loop {
                     let n = stream.read(&mut buf).await?;
-                    if n == 0 {
+                    if n == 0 || head.feed(&buf[..n]) != http::HeadProgress::NeedMore {
                         break;
                     }
-                    head.extend_from_slice(&buf[..n]);
                 }
                 stream.write_all(&response).await?;
                 stream.shutdown().await
@@ -718,6 +753,92 @@ mod tests {
         assert!((agent.load() - 0.75).abs() < 1e-9);
         std::fs::write(&file, "NaN").unwrap();
         assert!((m.refresh(&mut agent).background - 0.25).abs() < 1e-9);
+        // A FIFO would block a plain read until someone writes to it.
+        let fifo = dir.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        m.cfg.background_file = Some(fifo);
+        let t = std::time::Instant::now();
+        assert!((m.refresh(&mut agent).background - 0.25).abs() < 1e-9);
+        assert!(t.elapsed() < Duration::from_secs(2));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `host check` refuses what `host run` refuses before its devices and
+    /// sockets: another node's key, a FIFO, key files others may read (when
+    /// asked), an advertisement key file without the signing key.
+    #[test]
+    fn host_check_refuses_what_run_refuses() {
+        use crate::router::check_tests::{Fixture, tls};
+        let f = Fixture::new("host");
+        let base = |key: &str| {
+            format!(
+                "name = \"site-a.lab\"\nsubnets = [\"192.200.0.0/24\"]\n\n[site]\naddress = \"10.1.0.1:7800\"\nname = \"site-a.lab\"\n\n{}",
+                tls(key)
+            )
+        };
+        let check = |text: &str| {
+            let path = f.write("host.toml", text);
+            prepare(&path).map(drop).map_err(|e| format!("{e:#}"))
+        };
+        let no_recovery = "\n[recovery]\nenabled = false\n";
+        check(&format!("{}{no_recovery}", base("ca/peer-site-a.lab.key"))).unwrap();
+
+        let e = check(&format!("{}{no_recovery}", base("ca/peer-other.lab.key"))).unwrap_err();
+        assert!(
+            e.contains("tls.key") && e.contains("not the private key"),
+            "{e}"
+        );
+
+        f.write("advert.keys", &format!("1:{}\n", "ab".repeat(32)));
+        f.chmod("advert.keys", 0o600);
+        let recovery =
+            |id: u32| format!("\n[recovery]\nadvert_keys = \"advert.keys\"\nkey_id = {id}\n");
+        check(&format!(
+            "{}{}",
+            base("ca/peer-site-a.lab.key"),
+            recovery(1)
+        ))
+        .unwrap();
+        let e = check(&format!(
+            "{}{}",
+            base("ca/peer-site-a.lab.key"),
+            recovery(2)
+        ))
+        .unwrap_err();
+        assert!(e.contains("recovery.key_id = 2"), "{e}");
+
+        f.chmod("advert.keys", 0o644);
+        let strict = "\n[security]\nkey_permissions = \"refuse\"\n";
+        check(&format!(
+            "{}{}",
+            base("ca/peer-site-a.lab.key"),
+            recovery(1)
+        ))
+        .unwrap();
+        let e = check(&format!(
+            "{}{}{strict}",
+            base("ca/peer-site-a.lab.key"),
+            recovery(1)
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("recovery.advert_keys") && e.contains("readable by"),
+            "{e}"
+        );
+
+        f.fifo("advert.keys");
+        let t = std::time::Instant::now();
+        let e = check(&format!(
+            "{}{}",
+            base("ca/peer-site-a.lab.key"),
+            recovery(1)
+        ))
+        .unwrap_err();
+        assert!(e.contains("advert.keys is a FIFO"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(2));
+
+        let config = f.fifo("fifo.toml");
+        let e = prepare(&config).map(drop).unwrap_err();
+        assert!(format!("{e:#}").contains("fifo.toml is a FIFO"), "{e:#}");
     }
 }

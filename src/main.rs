@@ -1,50 +1,11 @@
-//! `pronto`: the router daemon and operator CLI. Wires the crates together; all
-//! packet and protocol logic lives in the libraries.
+//! `pronto`: the router daemon and operator CLI (the `pronto` library's [`Cli`]).
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use std::process::ExitCode;
 
-mod cli_module;
-mod cli_query;
-mod cli_tables;
-mod config;
-mod demo;
-mod demo_hierarchy;
-mod host;
-mod lab;
-mod mgmt;
-mod recovery;
-mod router;
+use clap::Parser;
+use pronto::Cli;
 
-/// Pronto: a programmable router for service level routing.
-#[derive(Debug, Parser)]
-#[command(name = "pronto", version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Run the engine in-process on synthetic traffic and print where flows went.
-    Demo(demo::DemoArgs),
-    /// Certificate authority for module signers and signalling peers.
-    Ca(cli_module::CaArgs),
-    /// Signed module files: sign, inspect, verify; on a running router
-    /// (`--router URL`): load, swap, rollback, remove.
-    Module(cli_module::ModuleArgs),
-    /// Ask a running router (`--router URL`): summary, flows, table, peers,
-    /// modules, queues, counters, metrics.
-    Query(cli_query::QueryArgs),
-    /// The SLR daemon: `pronto router run --config FILE`.
-    Router(router::RouterArgs),
-    /// The host server agent: `pronto host run --config FILE`.
-    Host(host::HostArgs),
-    /// A namespace lab of the whole hierarchy (root): up, down, status.
-    Lab(lab::LabArgs),
-}
-
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -52,58 +13,65 @@ fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Demo(args) => demo::run(&args),
-        Command::Ca(args) => cli_module::run_ca(&args),
-        Command::Module(args) => cli_module::run_module(&args),
-        Command::Query(args) => cli_query::run_query(&args),
-        Command::Router(args) => router::run(&args),
-        Command::Host(args) => host::run(&args),
-        Command::Lab(args) => lab::run(&args),
+    match Cli::parse().run() {
+        Ok(()) => ExitCode::SUCCESS,
+        // An error is the user's to act on: what failed and why, on one line,
+        // never a backtrace (RUST_BACKTRACE=1 keeps its meaning for panics).
+        Err(e) => {
+            eprintln!("error: {}", error_text(&e));
+            ExitCode::FAILURE
+        }
     }
+}
+
+/// `err` and its causes, outermost first, as `context: cause: root cause`. A
+/// cause whose text is already there (an error that prints its source in its
+/// own message) is not repeated.
+fn error_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if part.is_empty() || text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
+
+    /// An error whose message already names its source, as the config's file
+    /// errors do.
+    #[derive(Debug)]
+    struct Open(std::io::Error);
+
+    impl std::fmt::Display for Open {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot open /etc/pronto/router.toml: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Open {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
 
     #[test]
-    fn one_clap_tree_whose_module_help_lists_the_router_operations() {
-        Cli::command().debug_assert();
-        let mut cli = Cli::command();
-        let module = cli
-            .find_subcommand_mut("module")
-            .expect("pronto module exists");
-        let help = module.render_help().to_string();
-        for op in [
-            "sign", "inspect", "verify", "load", "swap", "rollback", "remove",
-        ] {
-            assert!(
-                module.find_subcommand(op).is_some(),
-                "pronto module {op} is missing:\n{help}"
-            );
-            assert!(help.contains(op), "{help}");
-        }
-        // Router operations take the connection flags they always took.
-        let swap = Cli::try_parse_from([
-            "pronto",
-            "module",
-            "swap",
-            "--router",
-            "https://sys.lab:7900",
-            "--ca",
-            "ca.pem",
-            "--cert",
-            "c.pem",
-            "--key",
-            "k.pem",
-            "--json",
-            "m.wasm",
-        ]);
-        assert!(swap.is_ok(), "{swap:?}");
-        let missing = Cli::try_parse_from(["pronto", "module", "rollback", "least_load"]);
-        assert!(missing.is_err(), "--router and --ca are required");
+    fn errors_print_their_causes_once_on_one_line() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = anyhow::Error::new(Open(io)).context("tls.cert");
+        assert_eq!(
+            error_text(&e),
+            "tls.cert: cannot open /etc/pronto/router.toml: No such file"
+        );
+        let e = anyhow::anyhow!("root").context("middle").context("top");
+        assert_eq!(error_text(&e), "top: middle: root");
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use router_core::policy::Level;
-use signaling::recovery::{AdvertAuth, AdvertAuthConfig, RecoveryScope, read_advert_keys};
+use signaling::recovery::{AdvertAuth, AdvertAuthConfig, RecoveryScope};
 use signaling::{Connector, DownReason, LocalNode, NodeName, Role, SessionId, TransportConfig};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -44,8 +44,11 @@ pub(crate) fn configure_node(cfg: &RouterConfig, node: &mut NodeConfig) -> Resul
     let rs = cfg.recovery.as_ref();
     node.advert_auth = match rs.and_then(|r| r.advert_keys.as_ref().map(|p| (r, p))) {
         Some((r, p)) => {
-            let keys = read_advert_keys(p)
-                .with_context(|| format!("recovery.advert_keys: {}", p.display()))?;
+            let keys = crate::config::read_advert_keys(
+                "recovery.advert_keys",
+                p,
+                cfg.tls.key_permissions,
+            )?;
             let c = AdvertAuthConfig {
                 max_skew: r.max_skew,
                 ..AdvertAuthConfig::default()
@@ -189,6 +192,7 @@ pub(crate) fn start_sessions(
         .filter(|_| adverts_on)
     {
         let ctl = ctl.clone();
+        let permissions = cfg.tls.key_permissions;
         rt.spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};
             let Ok(mut hup) = signal(SignalKind::hangup()) else {
@@ -197,7 +201,7 @@ pub(crate) fn start_sessions(
             };
             while hup.recv().await.is_some() {
                 // A bad file keeps the keys in use.
-                match read_advert_keys(&path) {
+                match crate::config::read_advert_keys("recovery.advert_keys", &path, permissions) {
                     Ok(keys) => {
                         if ctl
                             .send(Input::Shell(ShellInput::AdvertKeys(keys)))
@@ -207,7 +211,7 @@ pub(crate) fn start_sessions(
                             return;
                         }
                     }
-                    Err(e) => warn!(file = %path.display(), error = %e,
+                    Err(e) => warn!(file = %path.display(), error = format!("{e:#}"),
                         "SIGHUP: advertisement keys not reloaded; the old ones stay"),
                 }
             }

@@ -35,6 +35,8 @@ use signaling::{
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+#[cfg(test)]
+pub(crate) mod check_tests;
 mod modules;
 pub(crate) mod shell;
 mod snapshot;
@@ -72,7 +74,9 @@ enum RouterCommand {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Validate a configuration file and load its certificates, then exit.
+    /// Everything `run` checks before it opens a device or binds a socket
+    /// (configuration, certificates and keys, modules, management TLS, the
+    /// node), then exit.
     Check {
         /// The configuration file (TOML).
         #[arg(long)]
@@ -85,13 +89,12 @@ pub(crate) fn run(args: &RouterArgs) -> Result<()> {
     match &args.command {
         RouterCommand::Run { config } => run_router(config),
         RouterCommand::Check { config } => {
-            let c = config::load_router(config)?;
-            c.tls.load()?;
+            let p = prepare(config)?;
             println!(
                 "{}: {} router {} is valid",
                 config.display(),
-                level_name(c.level),
-                c.name
+                level_name(p.cfg.level),
+                p.cfg.name
             );
             Ok(())
         }
@@ -343,7 +346,27 @@ fn build_node(
     Ok((node, cost))
 }
 
-fn run_router(path: &Path) -> Result<()> {
+/// What `router run` reads, verifies and builds before it opens a device or
+/// binds a socket; `router check` is this and nothing more, so it refuses what
+/// `run` would refuse at start short of the TUN, netlink and sockets.
+struct Prepared {
+    cfg: RouterConfig,
+    /// Our identity (the key checked against the certificate) and the trust
+    /// anchors, as the signalling TLS set-up accepts them.
+    identity: signaling::TlsIdentity,
+    anchors: Vec<rustls_pki_types::CertificateDer<'static>>,
+    local: LocalNode,
+    /// `[modules]`: verified against their anchors and compiled.
+    modules: Option<LoadedModules>,
+    /// Latency histograms of the management API (module calls are timed).
+    hooks: Arc<crate::mgmt::Hooks>,
+    node: Node,
+    cost: Arc<dyn CostModel>,
+    /// `[management]`'s TLS, its files read and checked.
+    management_tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+fn prepare(path: &Path) -> Result<Prepared> {
     let cfg = config::load_router(path)?;
     let (identity, anchors) = cfg.tls.load()?;
     let local = LocalNode {
@@ -351,10 +374,51 @@ fn run_router(path: &Path) -> Result<()> {
         level: cfg.level,
         role: role_of(cfg.level),
     };
+    // What the listener and the connectors will refuse, without their sockets.
+    TransportConfig {
+        identity: signaling::TlsIdentity {
+            cert_chain: identity.cert_chain.clone(),
+            key: identity.key.clone_key(),
+        },
+        trust_anchors: anchors.clone(),
+        local: local.clone(),
+        peer: cfg.peer,
+    }
+    .validate()
+    .context("[tls]: TLS configuration")?;
     let modules = cfg.modules.as_ref().map(load_modules).transpose()?;
-    // Latency histograms of the management API (module calls are timed).
     let hooks = Arc::new(crate::mgmt::Hooks::default());
     let (node, cost) = build_node(&cfg, modules.as_ref(), &hooks)?;
+    let management_tls = cfg
+        .management
+        .as_ref()
+        .map(|m| crate::mgmt::server_tls(m).map(Arc::new))
+        .transpose()?;
+    Ok(Prepared {
+        cfg,
+        identity,
+        anchors,
+        local,
+        modules,
+        hooks,
+        node,
+        cost,
+        management_tls,
+    })
+}
+
+fn run_router(path: &Path) -> Result<()> {
+    let Prepared {
+        cfg,
+        identity,
+        anchors,
+        local,
+        modules,
+        hooks,
+        node,
+        cost,
+        management_tls,
+    } = prepare(path)?;
     let adverts_on = node.recovery().auth_stats().is_some();
     // The daemon's one runtime: signalling sessions, the management server and
     // every netlink connection (the blocking shells wait on it from their own
@@ -441,8 +505,16 @@ fn run_router(path: &Path) -> Result<()> {
         .with_node(shell)
         .spawn()
         .context("spawning the dataplane thread")?;
-    let mgmt_server =
-        start_management(&rt, &cfg, &handle, &ctl_tx, modules.as_ref(), cost, &hooks)?;
+    let mgmt_server = start_management(
+        &rt,
+        &cfg,
+        management_tls,
+        &handle,
+        &ctl_tx,
+        modules.as_ref(),
+        cost,
+        &hooks,
+    )?;
     // The control loop runs on the runtime's worker, beside the session tasks
     // that feed it: a tunnel object goes from its session to the node without
     // waking another thread first.
@@ -579,17 +651,23 @@ async fn forward_sighup(reshape: std::sync::mpsc::Sender<()>) {
     }
 }
 
-/// The management API on the daemon's runtime, when `[management]` is set.
+/// The management API on the daemon's runtime, when `[management]` is set
+/// (`tls` is its prepared TLS configuration).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "wiring, each part named at the one call site"
+)]
 fn start_management(
     rt: &tokio::runtime::Runtime,
     cfg: &RouterConfig,
+    tls: Option<Arc<rustls::ServerConfig>>,
     handle: &DataplaneHandle,
     ctl: &mpsc::Sender<Input>,
     modules: Option<&LoadedModules>,
     cost: Arc<dyn CostModel>,
     hooks: &Arc<crate::mgmt::Hooks>,
 ) -> Result<Option<crate::mgmt::MgmtServer>> {
-    let Some(m) = &cfg.management else {
+    let (Some(m), Some(tls)) = (&cfg.management, tls) else {
         return Ok(None);
     };
     let tx = ctl.clone();
@@ -605,7 +683,7 @@ fn start_management(
         static_subnets: cfg.static_subnets.iter().map(|(s, _)| *s).collect(),
         hooks: Arc::clone(hooks),
     });
-    Ok(Some(crate::mgmt::spawn(rt, m, Arc::new(state))?))
+    Ok(Some(crate::mgmt::spawn(rt, m, tls, Arc::new(state))?))
 }
 
 /// The role a router of `level` registers with.

@@ -49,6 +49,8 @@ use crate::verified::{SignerInfo, VerifiedModule};
 pub const EKU_CODE_SIGNING: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x03];
 /// URI SAN prefix naming a virtual subnet a signer may govern.
 pub const SUBNET_URI_PREFIX: &str = "urn:pronto:subnet:";
+/// Context tag of a uniformResourceIdentifier GeneralName (RFC 5280 §4.2.1.6).
+const URI_SAN_TAG: u32 = 6;
 /// Most trust anchors per environment.
 pub const MAX_ANCHORS: usize = 64;
 /// Most CRLs per environment.
@@ -637,8 +639,21 @@ fn signer_info(cert: &X509Certificate<'_>) -> Result<SignerInfo, VerifyError> {
         })?;
     if let Some(sans) = sans {
         for name in &sans.value.general_names {
-            let GeneralName::URI(uri) = name else {
-                continue;
+            let uri = match name {
+                GeneralName::URI(uri) => *uri,
+                // x509-parser keeps a URI that is not UTF-8 as bytes; one that
+                // claims to name a subnet is a malformed scope like any other.
+                GeneralName::Invalid(tag, bytes)
+                    if tag.0 == URI_SAN_TAG && bytes.starts_with(SUBNET_URI_PREFIX.as_bytes()) =>
+                {
+                    return Err(VerifyError::InvalidCertificate {
+                        reason: format!(
+                            "subnet SAN {:?} is not text",
+                            String::from_utf8_lossy(bytes)
+                        ),
+                    });
+                }
+                _ => continue,
             };
             let Some(cidr) = uri.strip_prefix(SUBNET_URI_PREFIX) else {
                 continue;
@@ -679,31 +694,15 @@ fn from_timestamp(secs: i64) -> SystemTime {
     }
 }
 
-/// `t` as `YYYY-MM-DDTHH:MM:SSZ` (UTC, proleptic Gregorian; Howard Hinnant's
-/// civil-from-days), the form certificate errors and `pronto module inspect`
-/// print instead of a raw `SystemTime`.
+/// `t` as `YYYY-MM-DDTHH:MM:SSZ` (UTC; [`router_core::time::UtcDate`]), the
+/// form certificate errors and `pronto module inspect` print instead of a raw
+/// `SystemTime`.
 pub fn utc(t: SystemTime) -> String {
     let secs = match t.duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
     };
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    router_core::time::UtcDate(secs).to_string()
 }
 
 /// `t` (seconds since the Unix epoch, as rustls and webpki carry times) as
@@ -742,6 +741,36 @@ mod tests {
             utc(UNIX_EPOCH - Duration::from_secs(1)),
             "1969-12-31T23:59:59Z"
         );
+    }
+
+    /// Found by the `cert_san` fuzz target: a subnet URI SAN that is not UTF-8
+    /// was skipped, so a signer whose only scope was malformed read as "no
+    /// restriction from the certificate" instead of being refused.
+    #[test]
+    fn a_subnet_san_that_is_not_text_refuses_the_certificate() {
+        use crate::ca::{CertificateAuthority, KeyAlgorithm, SignerRequest, Validity};
+        let v = Validity::days_from(SystemTime::now(), 1).unwrap();
+        let ca = CertificateAuthority::generate("SAN CA", v, KeyAlgorithm::Ed25519).unwrap();
+        let mut req = SignerRequest::new("tenant", v);
+        req.tenant_subnets = vec!["10.0.0.0/8".to_owned()];
+        let der = ca.issue_signer(&req).unwrap().cert_der.to_vec();
+        let info = describe_certificate(&der).unwrap();
+        assert_eq!(info.subnets, vec!["10.0.0.0/8".to_owned()]);
+
+        // The same certificate with one byte of the CIDR no longer UTF-8 (the
+        // signature breaks, which describing does not check).
+        let san = b"urn:pronto:subnet:10.0.0.0/8";
+        let at = der.windows(san.len()).position(|w| w == san).unwrap();
+        let mut bad = der.clone();
+        bad[at + SUBNET_URI_PREFIX.len()] = 0xff;
+        let e = describe_certificate(&bad).unwrap_err();
+        assert!(
+            matches!(&e, VerifyError::InvalidCertificate { reason } if reason.contains("not text")),
+            "{e}"
+        );
+        // Text that is not a subnet was already refused.
+        bad[at + SUBNET_URI_PREFIX.len()] = b'x';
+        assert!(describe_certificate(&bad).is_err());
     }
 
     #[test]

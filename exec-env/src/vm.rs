@@ -671,33 +671,7 @@ impl Vm {
     ) -> Result<CompiledModule, VmError> {
         let config = &self.shared.config;
         let manifest = &module.manifest;
-        if manifest.kind != expected {
-            return Err(VmError::UnsupportedKind {
-                kind: manifest.kind,
-                expected,
-            });
-        }
-        if module.wasm.len() > config.max_module_len {
-            return Err(VmError::ModuleTooLarge {
-                len: module.wasm.len(),
-                limit: config.max_module_len,
-            });
-        }
-        // Every cap on what drives compile memory, before anything else reads
-        // more than section headers and long before Cranelift sees a byte.
-        limits::check(&module.wasm, &config.bounds()).map_err(|e| match e {
-            CheckError::Limit(limit) => VmError::Limit(limit),
-            CheckError::Malformed { reason } => VmError::Malformed { reason },
-        })?;
-        let interface = check_interface(&module.wasm, manifest, granted)?;
-        if interface.initial_memory > config.memory_limit as u64 {
-            return Err(VmError::Memory {
-                reason: format!(
-                    "initial memory of {} bytes exceeds the {} byte cap",
-                    interface.initial_memory, config.memory_limit
-                ),
-            });
-        }
+        let interface = precheck(config, module, granted, expected)?;
         // from_binary, not new: never parse WAT text even if the `wat` feature is
         // unified in from a dev-dependency.
         let compiled = Module::from_binary(&self.shared.engine, &module.wasm).map_err(|e| {
@@ -738,6 +712,50 @@ impl Vm {
     ) -> Result<PolicyInstance, VmError> {
         self.compile(module, granted)?.instantiate()
     }
+}
+
+/// Every check [`Vm::compile`] makes before Cranelift sees a byte of `module`:
+/// its kind is `expected`, its size and every load-time cap ([`limits::check`],
+/// which reads little more than section headers), its imports and exports
+/// against ABI v1 with `granted` ([`check_interface`]), and its initial memory
+/// against `config`. wasmparser only, so cheap enough for a fuzz loop (the
+/// `module_verify` target runs untrusted bytes through [`crate::trust::verify`]
+/// and this).
+pub fn precheck(
+    config: &VmConfig,
+    module: &VerifiedModule,
+    granted: &[Capability],
+    expected: ModuleKind,
+) -> Result<Interface, VmError> {
+    let manifest = &module.manifest;
+    if manifest.kind != expected {
+        return Err(VmError::UnsupportedKind {
+            kind: manifest.kind,
+            expected,
+        });
+    }
+    if module.wasm.len() > config.max_module_len {
+        return Err(VmError::ModuleTooLarge {
+            len: module.wasm.len(),
+            limit: config.max_module_len,
+        });
+    }
+    // Every cap on what drives compile memory, before anything else reads more
+    // than section headers and long before Cranelift sees a byte.
+    limits::check(&module.wasm, &config.bounds()).map_err(|e| match e {
+        CheckError::Limit(limit) => VmError::Limit(limit),
+        CheckError::Malformed { reason } => VmError::Malformed { reason },
+    })?;
+    let interface = check_interface(&module.wasm, manifest, granted)?;
+    if interface.initial_memory > config.memory_limit as u64 {
+        return Err(VmError::Memory {
+            reason: format!(
+                "initial memory of {} bytes exceeds the {} byte cap",
+                interface.initial_memory, config.memory_limit
+            ),
+        });
+    }
+    Ok(interface)
 }
 
 /// A wasm function signature as wasmparser sees it, for comparisons and messages.

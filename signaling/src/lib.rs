@@ -58,6 +58,6 @@ pub use table::{
     TableError, TableStats, TableUpdate, UpdateReport,
 };
 pub use transport::{
-    Connector, HandshakeLimits, Incoming, Listener, Session, TlsIdentity, TransportConfig,
-    TransportError, TransportStats,
+    CertificateVerdict, Connector, HandshakeLimits, Incoming, Listener, Session, TlsIdentity,
+    TransportConfig, TransportError, TransportStats,
 };

@@ -34,6 +34,8 @@ use tokio::task::JoinHandle;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
 
+use router_core::time::UtcDate;
+
 use crate::message::{Epoch, NodeName};
 use crate::peer::{
     DownReason, LocalNode, Outgoing, Peer, PeerAuth, PeerConfig, PeerEvent, SendError,
@@ -88,6 +90,13 @@ pub enum TransportError {
         #[source]
         source: rustls::Error,
     },
+    /// Our private key is not the key of our certificate (the first of the
+    /// chain): most often another node's key file.
+    #[error(
+        "our private key does not belong to our certificate (is it another node's key?); \
+         give the key issued with this certificate"
+    )]
+    KeyMismatch,
     /// A socket operation failed.
     #[error("{op} failed")]
     Io {
@@ -103,9 +112,9 @@ pub enum TransportError {
     UntrustedCertificate {
         /// Remote address.
         peer: SocketAddr,
-        /// rustls' verdict.
+        /// rustls' verdict, validity times written as dates.
         #[source]
-        source: rustls::Error,
+        source: CertificateVerdict,
     },
     /// The TLS handshake failed for another reason (or timed out).
     #[error("TLS handshake with {peer} failed")]
@@ -133,6 +142,39 @@ pub enum TransportError {
     Send(#[from] SendError),
 }
 
+/// rustls' verdict on a peer's certificate. Its `Display` writes validity times
+/// as UTC dates (`certificate expired at 2026-01-31T00:00:00Z (now ...)`) where
+/// rustls writes seconds since the epoch.
+#[derive(Debug, Clone)]
+pub struct CertificateVerdict(pub rustls::Error);
+
+impl std::fmt::Display for CertificateVerdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use rustls::CertificateError as C;
+        use rustls_pki_types::UnixTime;
+        let date = |t: &UnixTime| UtcDate(i64::try_from(t.as_secs()).unwrap_or(i64::MAX));
+        match &self.0 {
+            rustls::Error::InvalidCertificate(C::ExpiredContext { time, not_after }) => write!(
+                f,
+                "certificate expired at {} (now {})",
+                date(not_after),
+                date(time)
+            ),
+            rustls::Error::InvalidCertificate(C::NotValidYetContext { time, not_before }) => {
+                write!(
+                    f,
+                    "certificate not valid before {} (now {})",
+                    date(not_before),
+                    date(time)
+                )
+            }
+            other => other.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for CertificateVerdict {}
+
 /// Shell counters, shared with the session tasks.
 #[derive(Debug, Default)]
 pub struct TransportStats {
@@ -155,6 +197,13 @@ pub struct TransportStats {
     pub refused_sessions: AtomicU64,
     /// Sessions ended.
     pub sessions_down: AtomicU64,
+    /// Authenticated sessions closed because the peer sent bytes that are not a
+    /// valid frame (bad magic or version, oversize, undecodable body): garbage
+    /// after the handshake. The first bad frame closes the session.
+    pub garbage_frames: AtomicU64,
+    /// Authenticated sessions closed because the peer sent a valid frame its
+    /// state does not allow (e.g. a state update before its hello).
+    pub protocol_violations: AtomicU64,
 }
 
 impl TransportStats {
@@ -198,6 +247,81 @@ fn fresh_epoch(p: &CryptoProvider) -> Result<Epoch, TransportError> {
     Ok(Epoch(u64::from_le_bytes(b)))
 }
 
+impl TransportConfig {
+    /// Everything [`Listener::bind`] and [`Connector::new`] check before they
+    /// touch a socket: the trust anchors, and that our key is the private key of
+    /// our certificate (a key of another node is [`TransportError::KeyMismatch`]).
+    /// `pronto router check` runs it so that it refuses what `run` would.
+    pub fn validate(&self) -> Result<(), TransportError> {
+        let provider = provider();
+        server_config(self, &provider)?;
+        client_config(self, &provider)?;
+        Ok(())
+    }
+}
+
+/// What rustls said of our certificate and key.
+fn identity_error(source: rustls::Error) -> TransportError {
+    match source {
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+            TransportError::KeyMismatch
+        }
+        source => TransportError::Config {
+            what: "our certificate",
+            source,
+        },
+    }
+}
+
+/// The listener's TLS: 1.3 only, client certificates required and verified
+/// against the trust anchors, our identity.
+fn server_config(
+    config: &TransportConfig,
+    provider: &Arc<CryptoProvider>,
+) -> Result<ServerConfig, TransportError> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        roots(&config.trust_anchors)?,
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| TransportError::Config {
+        what: "client verifier",
+        source: rustls::Error::General(e.to_string()),
+    })?;
+    ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|source| TransportError::Config {
+            what: "protocol versions",
+            source,
+        })?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            config.identity.cert_chain.clone(),
+            config.identity.key.clone_key(),
+        )
+        .map_err(identity_error)
+}
+
+/// The connector's TLS: 1.3 only, servers verified against the trust anchors,
+/// our identity as the client certificate.
+fn client_config(
+    config: &TransportConfig,
+    provider: &Arc<CryptoProvider>,
+) -> Result<ClientConfig, TransportError> {
+    ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|source| TransportError::Config {
+            what: "protocol versions",
+            source,
+        })?
+        .with_root_certificates(roots(&config.trust_anchors)?)
+        .with_client_auth_cert(
+            config.identity.cert_chain.clone(),
+            config.identity.key.clone_key(),
+        )
+        .map_err(identity_error)
+}
+
 /// Classifies a handshake failure: untrusted certificates get their own error.
 fn handshake_error(peer: SocketAddr, e: std::io::Error, stats: &TransportStats) -> TransportError {
     let tls = e
@@ -210,6 +334,7 @@ fn handshake_error(peer: SocketAddr, e: std::io::Error, stats: &TransportStats) 
             @ (rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented),
         ) => {
             TransportStats::bump(&stats.untrusted_certificates);
+            let source = CertificateVerdict(source);
             warn!(%peer, error = %source, "peer refused: untrusted certificate");
             TransportError::UntrustedCertificate { peer, source }
         }
@@ -242,27 +367,7 @@ impl Listener {
     /// Binds `addr` and prepares mutual TLS 1.3.
     pub async fn bind(addr: SocketAddr, config: TransportConfig) -> Result<Self, TransportError> {
         let provider = provider();
-        let verifier = WebPkiClientVerifier::builder_with_provider(
-            roots(&config.trust_anchors)?,
-            provider.clone(),
-        )
-        .build()
-        .map_err(|e| TransportError::Config {
-            what: "client verifier",
-            source: rustls::Error::General(e.to_string()),
-        })?;
-        let server = ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|source| TransportError::Config {
-                what: "protocol versions",
-                source,
-            })?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(config.identity.cert_chain, config.identity.key)
-            .map_err(|source| TransportError::Config {
-                what: "our certificate",
-                source,
-            })?;
+        let server = server_config(&config, &provider)?;
         let tcp = TcpListener::bind(addr)
             .await
             .map_err(|source| TransportError::Io { op: "bind", source })?;
@@ -344,7 +449,7 @@ impl Listener {
             TransportStats::bump(&self.stats.untrusted_certificates);
             return Err(TransportError::UntrustedCertificate {
                 peer,
-                source: rustls::Error::NoCertificatesPresented,
+                source: CertificateVerdict(rustls::Error::NoCertificatesPresented),
             });
         };
         TransportStats::bump(&self.stats.handshakes);
@@ -465,18 +570,7 @@ impl Connector {
     /// Prepares mutual TLS 1.3 with our identity and trust anchors.
     pub fn new(config: TransportConfig) -> Result<Self, TransportError> {
         let provider = provider();
-        let client = ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|source| TransportError::Config {
-                what: "protocol versions",
-                source,
-            })?
-            .with_root_certificates(roots(&config.trust_anchors)?)
-            .with_client_auth_cert(config.identity.cert_chain, config.identity.key)
-            .map_err(|source| TransportError::Config {
-                what: "our certificate",
-                source,
-            })?;
+        let client = client_config(&config, &provider)?;
         Ok(Self {
             client: Arc::new(client),
             provider,
@@ -627,6 +721,18 @@ impl Drop for Session {
     }
 }
 
+/// Counts a session the peer's input ended (garbage, a forbidden message); the
+/// peer state machine has logged why.
+fn count_refusal(reason: &DownReason, stats: &TransportStats, remote: SocketAddr) {
+    let counter = match reason {
+        DownReason::Codec(_) => &stats.garbage_frames,
+        DownReason::Protocol { .. } => &stats.protocol_violations,
+        _ => return,
+    };
+    TransportStats::bump(counter);
+    debug!(%remote, %reason, "session closed on the peer's input");
+}
+
 fn core_now(clock: tokio::time::Instant) -> router_core::time::Instant {
     let nanos = u64::try_from(clock.elapsed().as_nanos()).unwrap_or(u64::MAX);
     router_core::time::Instant::from_nanos(nanos)
@@ -660,7 +766,13 @@ async fn run<S>(
             }
         }
         while let Some(ev) = peer.poll_event() {
-            let down = matches!(ev, PeerEvent::PeerDown { .. });
+            let down = match &ev {
+                PeerEvent::PeerDown { reason } => {
+                    count_refusal(reason, &stats, remote);
+                    true
+                }
+                _ => false,
+            };
             if ev_tx.send(ev).await.is_err() {
                 // Nobody listens any more: end the session.
                 peer.close();

@@ -294,6 +294,10 @@ fn key_file_is_read_from_disk() {
         read_advert_keys(&dir.join("missing")).unwrap_err(),
         KeyFileError::Io { .. }
     ));
+    assert!(matches!(
+        read_advert_keys(&dir).unwrap_err(),
+        KeyFileError::NotRegular { .. }
+    ));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

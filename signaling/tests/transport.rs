@@ -384,3 +384,145 @@ async fn silent_connections_are_bounded_and_never_hold_up_a_valid_peer() -> Resu
     assert_eq!(get(&stats.untrusted_certificates), 0);
     Ok(())
 }
+
+/// A peer with a trusted certificate completes TLS and then sends bytes that
+/// are not a frame: the session is closed and the listener counts it, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_after_the_handshake_closes_the_session_and_is_counted() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let ca = Ca::new("pronto test CA")?;
+    let listener = Listener::bind(
+        "127.0.0.1:0".parse()?,
+        config(
+            ca.issue(UPPER)?,
+            ca.anchor(),
+            UPPER,
+            Level::System,
+            Role::System,
+        )?,
+    )
+    .await?;
+    let addr = listener.local_addr()?;
+    let stats = listener.stats().clone();
+    let mut incoming = listener.incoming();
+
+    // An authenticated client that speaks raw TLS rather than signalling.
+    let me = ca.issue(LOWER)?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.anchor())?;
+    let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(me.cert_chain, me.key)?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let server = rustls_pki_types::ServerName::try_from(UPPER)?;
+    let mut tls = tokio::time::timeout(
+        STEP,
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(client)).connect(server, tcp),
+    )
+    .await??;
+    let mut session = tokio::time::timeout(STEP, incoming.next_session())
+        .await?
+        .context("accept loop ended")?;
+    assert_eq!(TransportStats::get(&stats.handshakes), 1);
+    assert_eq!(TransportStats::get(&stats.garbage_frames), 0);
+
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: sys1\r\n\r\n")
+        .await?;
+    tls.flush().await?;
+    match next(&mut session).await? {
+        PeerEvent::PeerDown {
+            reason: DownReason::Codec(_),
+        } => {}
+        other => bail!("expected a codec error, got {other:?}"),
+    }
+    // Counted when the session task reports its end.
+    let deadline = tokio::time::Instant::now() + STEP;
+    while TransportStats::get(&stats.garbage_frames) == 0 {
+        if tokio::time::Instant::now() > deadline {
+            bail!("garbage_frames not counted");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(TransportStats::get(&stats.garbage_frames), 1);
+    assert_eq!(TransportStats::get(&stats.protocol_violations), 0);
+    assert_eq!(TransportStats::get(&stats.untrusted_certificates), 0);
+    Ok(())
+}
+
+/// `TransportConfig::validate` refuses, without a socket, what `Listener::bind`
+/// and `Connector::new` refuse: here another node's key.
+#[tokio::test]
+async fn another_nodes_key_is_refused_before_any_socket() -> Result<()> {
+    let ca = Ca::new("pronto test CA")?;
+    let mine = ca.issue(LOWER)?;
+    let theirs = ca.issue(UPPER)?;
+    let good = config(
+        ca.issue(LOWER)?,
+        ca.anchor(),
+        LOWER,
+        Level::Site,
+        Role::Site,
+    )?;
+    good.validate()?;
+    let wrong = || {
+        config(
+            TlsIdentity {
+                cert_chain: mine.cert_chain.clone(),
+                key: theirs.key.clone_key(),
+            },
+            ca.anchor(),
+            LOWER,
+            Level::Site,
+            Role::Site,
+        )
+    };
+    assert!(matches!(
+        wrong()?.validate(),
+        Err(TransportError::KeyMismatch)
+    ));
+    assert!(matches!(
+        Connector::new(wrong()?),
+        Err(TransportError::KeyMismatch)
+    ));
+    assert!(matches!(
+        Listener::bind("127.0.0.1:0".parse()?, wrong()?).await,
+        Err(TransportError::KeyMismatch)
+    ));
+    Ok(())
+}
+
+/// Certificate validity refusals name dates, not seconds since the epoch.
+#[test]
+fn certificate_verdicts_print_dates() {
+    use rustls::CertificateError as C;
+    use rustls_pki_types::UnixTime;
+    let t = |s: u64| UnixTime::since_unix_epoch(Duration::from_secs(s));
+    let expired = CertificateVerdict(rustls::Error::InvalidCertificate(C::ExpiredContext {
+        time: t(1_700_000_000),
+        not_after: t(951_782_400),
+    }));
+    assert_eq!(
+        expired.to_string(),
+        "certificate expired at 2000-02-29T00:00:00Z (now 2023-11-14T22:13:20Z)"
+    );
+    let early = CertificateVerdict(rustls::Error::InvalidCertificate(C::NotValidYetContext {
+        time: t(951_782_400),
+        not_before: t(1_700_000_000),
+    }));
+    assert_eq!(
+        early.to_string(),
+        "certificate not valid before 2023-11-14T22:13:20Z (now 2000-02-29T00:00:00Z)"
+    );
+    let err = TransportError::UntrustedCertificate {
+        peer: SocketAddr::from(([127, 0, 0, 1], 7800)),
+        source: expired,
+    };
+    let source = std::error::Error::source(&err).map(ToString::to_string);
+    assert_eq!(
+        source.as_deref(),
+        Some("certificate expired at 2000-02-29T00:00:00Z (now 2023-11-14T22:13:20Z)")
+    );
+}

@@ -9,8 +9,8 @@ use serde::Deserialize;
 use signaling::{NodeName, PeerConfig, SubnetPrefix};
 
 use super::shared::{
-    FastPathChoice, FastPathName, SessionFile, Stats, StatsFile, TlsFile, TlsFiles, Upstream,
-    UpstreamFile,
+    FastPathChoice, FastPathName, SecurityFile, SessionFile, Stats, StatsFile, TlsFile,
+    TlsFiles, Upstream, UpstreamFile,
 };
 use super::{Check, ConfigError, parse_file};
 
@@ -204,6 +204,8 @@ pub(super) struct HostFile {
     fast_path_links: Vec<String>,
     site: UpstreamFile,
     tls: TlsFile,
+    #[serde(default)]
+    security: SecurityFile,
     subnets: Vec<String>,
     #[serde(default)]
     tunnel: HostTunnelFile,
@@ -332,7 +334,7 @@ pub(super) fn host_from_file(path: &Path, f: HostFile) -> Result<HostDaemonConfi
     Ok(HostDaemonConfig {
         fast_path: FastPathChoice::from_file(&c, f.fast_path, &f.fast_path_links)?,
         site: Upstream::from_file(&c, "site", &f.site)?,
-        tls: TlsFiles::from_file(&c, &f.tls)?,
+        tls: TlsFiles::from_file(&c, &f.tls, &f.security)?,
         subnets,
         tunnel,
         load,

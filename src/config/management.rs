@@ -49,6 +49,8 @@ pub(crate) struct Management {
     pub(crate) cert: PathBuf,
     /// Server key, PEM.
     pub(crate) key: PathBuf,
+    /// `[security] key_permissions`, for `key`.
+    pub(crate) key_permissions: super::KeyPermissions,
     /// CA certificates a client's certificate must chain to.
     pub(crate) trust_anchors: Vec<PathBuf>,
     /// Requests served at once (after their handshake); more wait for a slot
@@ -119,6 +121,7 @@ impl Management {
                 .key
                 .as_ref()
                 .map_or_else(|| tls.key.clone(), |p| c.resolve(p)),
+            key_permissions: tls.key_permissions,
             trust_anchors,
             max_connections: c.range("management.max_connections", m.max_connections, 1, 1024)?,
             request_timeout: Duration::from_millis(c.range(

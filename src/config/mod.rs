@@ -11,6 +11,7 @@ use router_core::VirtualSubnet;
 use serde::Deserialize;
 use signaling::NodeName;
 
+mod files;
 mod host;
 mod management;
 mod modules;
@@ -20,30 +21,27 @@ mod shared;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use files::{FileError, KeyPermissions, read_file};
 pub(crate) use host::{HostDaemonConfig, HostRecovery, HttpDemo, LoadConfig, load_host};
 pub(crate) use management::Management;
 pub(crate) use modules::ModulesConfig;
 pub(crate) use router::{PolicyName, RouterConfig, load_router};
 pub(crate) use shaping::Shaping;
-pub(crate) use shared::{FastPathChoice, Stats, Upstream};
+pub(crate) use shared::{
+    FastPathChoice, Stats, Upstream, load_anchors, load_identity, read_advert_keys,
+};
 
 /// Largest configuration file read.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// Largest PEM file read (a certificate chain or a key).
-const MAX_PEM_BYTES: u64 = 1 << 20;
+pub(crate) const MAX_PEM_BYTES: u64 = 1 << 20;
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The file could not be read (absent, not a regular file, too large).
+    #[error(transparent)]
+    Read(#[from] FileError),
     /// Not valid TOML, an unknown key, or a value of the wrong type (the message
     /// names the key and the line).
     #[error("{path}: {source}")]
@@ -137,25 +135,8 @@ impl Check<'_> {
     }
 }
 
-fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, std::io::Error> {
-    use std::io::Read;
-    let f = std::fs::File::open(path)?;
-    let mut buf = Vec::new();
-    f.take(limit + 1).read_to_end(&mut buf)?;
-    if buf.len() as u64 > limit {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("larger than {limit} bytes"),
-        ));
-    }
-    Ok(buf)
-}
-
 fn parse_file<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
-    let bytes = read_bounded(path, MAX_CONFIG_BYTES).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let bytes = read_file(path, MAX_CONFIG_BYTES)?;
     let text = String::from_utf8(bytes).map_err(|_| ConfigError::Invalid {
         path: path.to_owned(),
         field: "(file)".into(),

@@ -18,8 +18,8 @@ use super::management::{Management, ManagementFile};
 use super::modules::{ModulesConfig, ModulesFile};
 use super::shaping::{Shaping, ShapingFile};
 use super::shared::{
-    FastPathChoice, FastPathName, HandshakesFile, LevelName, SessionFile, Stats, StatsFile,
-    TlsFile, TlsFiles, Upstream, UpstreamFile,
+    FastPathChoice, FastPathName, HandshakesFile, LevelName, SecurityFile, SessionFile, Stats,
+    StatsFile, TlsFile, TlsFiles, Upstream, UpstreamFile,
 };
 use super::{Check, ConfigError, parse_file};
 
@@ -186,6 +186,8 @@ pub(super) struct RouterFile {
     fast_path_links: Vec<String>,
     tunnel: TunnelFile,
     tls: TlsFile,
+    #[serde(default)]
+    security: SecurityFile,
     listen: Option<SocketAddr>,
     upstream: Option<UpstreamFile>,
     #[serde(default = "default_route_cost")]
@@ -339,7 +341,7 @@ pub(super) fn router_from_file(path: &Path, f: RouterFile) -> Result<RouterConfi
         recovery.as_ref(),
         spare.as_ref(),
     )?;
-    let tls = TlsFiles::from_file(&c, &f.tls)?;
+    let tls = TlsFiles::from_file(&c, &f.tls, &f.security)?;
     let management = f
         .management
         .as_ref()

@@ -11,7 +11,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use signaling::{HandshakeLimits, NodeName, PeerConfig, TlsIdentity};
 
-use super::{Check, ConfigError, MAX_PEM_BYTES, read_bounded};
+use super::files::{KeyPermissions, read_file, read_private};
+use super::{Check, ConfigError, MAX_PEM_BYTES};
 
 /// `level = "network" | "system" | "site"`.
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -44,6 +45,15 @@ pub(super) struct TlsFile {
     key: PathBuf,
 }
 
+/// `[security]`: how private key files are judged.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct SecurityFile {
+    /// A private key file its group or others may read: `"warn"` (default) or
+    /// `"refuse"`.
+    pub(super) key_permissions: KeyPermissions,
+}
+
 /// The TLS files, resolved; loaded when the daemon starts.
 #[derive(Debug, Clone)]
 pub(crate) struct TlsFiles {
@@ -53,10 +63,16 @@ pub(crate) struct TlsFiles {
     pub(crate) cert: PathBuf,
     /// Our key.
     pub(crate) key: PathBuf,
+    /// `[security] key_permissions`, for every private key file of the daemon.
+    pub(crate) key_permissions: KeyPermissions,
 }
 
 impl TlsFiles {
-    pub(super) fn from_file(c: &Check<'_>, t: &TlsFile) -> Result<Self, ConfigError> {
+    pub(super) fn from_file(
+        c: &Check<'_>,
+        t: &TlsFile,
+        security: &SecurityFile,
+    ) -> Result<Self, ConfigError> {
         if t.trust_anchors.is_empty() {
             return Err(c.err(
                 "tls.trust_anchors",
@@ -67,40 +83,106 @@ impl TlsFiles {
             trust_anchors: t.trust_anchors.iter().map(|p| c.resolve(p)).collect(),
             cert: c.resolve(&t.cert),
             key: c.resolve(&t.key),
+            key_permissions: security.key_permissions,
         })
     }
 
-    /// Read and parse the PEM files; errors name the field and the file.
+    /// Read and parse the PEM files, and check that the key is the
+    /// certificate's; errors name the field and the file.
     pub(crate) fn load(&self) -> anyhow::Result<(TlsIdentity, Vec<CertificateDer<'static>>)> {
-        use anyhow::Context;
-        let pem = |field: &str, p: &Path| {
-            read_bounded(p, MAX_PEM_BYTES)
-                .with_context(|| format!("{field}: cannot read {}", p.display()))
-        };
-        let mut anchors = Vec::new();
-        for (i, p) in self.trust_anchors.iter().enumerate() {
-            let field = format!("tls.trust_anchors[{i}]");
-            let bytes = pem(&field, p)?;
-            let before = anchors.len();
-            for c in CertificateDer::pem_slice_iter(&bytes) {
-                anchors.push(c.with_context(|| format!("{field}: bad PEM in {}", p.display()))?);
-            }
-            if anchors.len() == before {
-                anyhow::bail!("{field}: no certificate in {}", p.display());
-            }
-        }
-        let bytes = pem("tls.cert", &self.cert)?;
-        let cert_chain = CertificateDer::pem_slice_iter(&bytes)
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("tls.cert: bad PEM in {}", self.cert.display()))?;
-        if cert_chain.is_empty() {
-            anyhow::bail!("tls.cert: no certificate in {}", self.cert.display());
-        }
-        let bytes = pem("tls.key", &self.key)?;
-        let key = PrivateKeyDer::from_pem_slice(&bytes)
-            .with_context(|| format!("tls.key: no private key in {}", self.key.display()))?;
-        Ok((TlsIdentity { cert_chain, key }, anchors))
+        let anchors = load_anchors("tls.trust_anchors", &self.trust_anchors)?;
+        let identity = load_identity(
+            ("tls.cert", &self.cert),
+            ("tls.key", &self.key),
+            self.key_permissions,
+        )?;
+        Ok((identity, anchors))
     }
+}
+
+/// The CA certificates of the PEM files `paths` (`field` names them in
+/// errors); each file holds at least one.
+pub(crate) fn load_anchors(
+    field: &str,
+    paths: &[PathBuf],
+) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    use anyhow::Context;
+    let mut anchors = Vec::new();
+    for (i, p) in paths.iter().enumerate() {
+        let field = format!("{field}[{i}]");
+        let bytes = read_file(p, MAX_PEM_BYTES).with_context(|| field.clone())?;
+        let before = anchors.len();
+        for c in CertificateDer::pem_slice_iter(&bytes) {
+            anchors.push(c.with_context(|| format!("{field}: bad PEM in {}", p.display()))?);
+        }
+        if anchors.len() == before {
+            anyhow::bail!("{field}: no certificate in {}", p.display());
+        }
+    }
+    Ok(anchors)
+}
+
+/// A certificate chain and its private key from PEM files, given as (field,
+/// path); the key file is judged by `permissions`, and must be the private key
+/// of the chain's first certificate (another node's key is refused here, with
+/// both files named, rather than by the TLS set-up).
+pub(crate) fn load_identity(
+    (cert_field, cert): (&str, &Path),
+    (key_field, key): (&str, &Path),
+    permissions: KeyPermissions,
+) -> anyhow::Result<TlsIdentity> {
+    use anyhow::Context;
+    let bytes = read_file(cert, MAX_PEM_BYTES).context(cert_field.to_owned())?;
+    let cert_chain = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{cert_field}: bad PEM in {}", cert.display()))?;
+    if cert_chain.is_empty() {
+        anyhow::bail!("{cert_field}: no certificate in {}", cert.display());
+    }
+    let bytes = read_private(key, MAX_PEM_BYTES, permissions).context(key_field.to_owned())?;
+    let key_der = PrivateKeyDer::from_pem_slice(&bytes)
+        .with_context(|| format!("{key_field}: no private key in {}", key.display()))?;
+    let provider = rustls::crypto::ring::default_provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(key_der.clone_key())
+        .with_context(|| format!("{key_field}: {} is not a usable private key", key.display()))?;
+    match rustls::sign::CertifiedKey::new(cert_chain.clone(), signing).keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(rustls::Error::InconsistentKeys(_)) => anyhow::bail!(
+            "{key_field}: {} is not the private key of {cert_field} {} (another node's key?); \
+             give the key issued with that certificate",
+            key.display(),
+            cert.display()
+        ),
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "{cert_field}: {} is not a usable certificate",
+                    cert.display()
+                )
+            });
+        }
+    }
+    Ok(TlsIdentity {
+        cert_chain,
+        key: key_der,
+    })
+}
+
+/// The advertisement keys of `path` (`field` names it in errors), a secret
+/// file judged by `permissions`.
+pub(crate) fn read_advert_keys(
+    field: &str,
+    path: &Path,
+    permissions: KeyPermissions,
+) -> anyhow::Result<Vec<signaling::recovery::AdvertKey>> {
+    use anyhow::Context;
+    let limit = signaling::recovery::MAX_KEY_FILE_LEN as u64;
+    let bytes = read_private(path, limit, permissions).context(field.to_owned())?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("{field}: {} is not UTF-8 text", path.display()))?;
+    signaling::parse_advert_keys(&text).with_context(|| format!("{field}: {}", path.display()))
 }
 
 /// `[upstream]` (router) or `[site]` (host): the level above.

@@ -1,7 +1,8 @@
 //! Server flow advertisements of the host agent (DESIGN.md §5, issue 7).
 //!
-//! Every `scan_interval` (200 ms by default) the agent reads `/proc/net/tcp` and
-//! `/proc/net/tcp6` and reports each connection on a served VIP to signaling's
+//! Every `scan_interval` (200 ms by default) the agent lists its open TCP
+//! sockets (sock_diag, `/proc/net/tcp*` as the fallback: `super::tcp_sockets`)
+//! and reports each connection on a served VIP to signaling's
 //! [`ProgressMonitor`]. A connection makes *no progress* when it is ESTABLISHED
 //! (or FIN_WAIT1 / CLOSE_WAIT / LAST_ACK / CLOSING with data queued) and its
 //! retransmit counter (`retrnsmt`, the kernel's `icsk_retransmits`: RTOs in a row
@@ -31,11 +32,11 @@ use router_core::linux::raw::RawTx;
 use router_core::time::Instant;
 use router_core::wire::flowad::AdvertFields;
 use serde::Serialize;
-use signaling::{AdvertAuth, AdvertAuthConfig, ProgressMonitor, SubnetPrefix};
+use signaling::{AdvertAuth, AdvertAuthConfig, AdvertKey, ProgressMonitor, SubnetPrefix};
 use tracing::{debug, info, warn};
 
 use super::proc_tcp::TcpSocketLine;
-use crate::config::HostRecovery;
+use crate::config::{HostRecovery, KeyPermissions};
 
 /// Most lines of each `/proc/net/tcp*` file read per scan.
 const MAX_SCAN_LINES: usize = 1 << 20;
@@ -178,9 +179,9 @@ impl Advertiser {
         }
     }
 
-    /// One scan over `files` (each: lines, and whether it is the IPv6 file), then
-    /// the advertisements due. `now` is monotonic, `unix_ms` the wall clock the
-    /// advertisements carry.
+    /// One scan over `/proc/net/tcp*` text (`files`: each its lines, and
+    /// whether it is the IPv6 file): the fallback where sock_diag is missing,
+    /// and the tests' way in. See [`Advertiser::scan_sockets`].
     pub(super) fn scan<L, S>(
         &mut self,
         files: impl IntoIterator<Item = (bool, L)>,
@@ -190,7 +191,7 @@ impl Advertiser {
         L: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let (mut conns, mut stalled) = (0u64, 0u64);
+        let mut sockets = Vec::new();
         for (v6, lines) in files {
             let mut read = 0usize;
             for line in lines {
@@ -204,18 +205,32 @@ impl Advertiser {
                 if read == 1 && line.trim_start().starts_with("sl") {
                     continue;
                 }
-                let Some(t) = TcpSocketLine::parse(line, v6) else {
-                    self.counters.malformed_lines += 1;
-                    continue;
-                };
-                if !t.is_open() || !self.subnets.iter().any(|s| s.contains(t.local.ip())) {
-                    continue;
+                match TcpSocketLine::parse(line, v6) {
+                    Some(t) => sockets.push(t),
+                    None => self.counters.malformed_lines += 1,
                 }
-                conns += 1;
-                let no_progress = t.no_progress();
-                stalled += u64::from(no_progress);
-                self.monitor.observe(t.flow_key(), no_progress, now);
             }
+        }
+        self.scan_sockets(sockets, now, unix_ms);
+    }
+
+    /// One scan over the TCP sockets of the host, then the advertisements
+    /// due. `now` is monotonic, `unix_ms` the wall clock the advertisements carry.
+    pub(super) fn scan_sockets(
+        &mut self,
+        sockets: impl IntoIterator<Item = TcpSocketLine>,
+        now: Instant,
+        unix_ms: u64,
+    ) {
+        let (mut conns, mut stalled) = (0u64, 0u64);
+        for t in sockets {
+            if !t.is_open() || !self.subnets.iter().any(|s| s.contains(t.local.ip())) {
+                continue;
+            }
+            conns += 1;
+            let no_progress = t.no_progress();
+            stalled += u64::from(no_progress);
+            self.monitor.observe(t.flow_key(), no_progress, now);
         }
         self.monitor.end_scan(now);
         self.counters.scans += 1;
@@ -296,11 +311,14 @@ impl Drop for AdvertHandle {
     }
 }
 
-/// Read the key file and check that it holds the signing key (`pronto host
-/// check`).
-pub(super) fn check_keys(cfg: &HostRecovery) -> Result<()> {
-    let keys = signaling::read_advert_keys(&cfg.advert_keys)
-        .with_context(|| format!("recovery.advert_keys = {}", cfg.advert_keys.display()))?;
+/// Read the key file (a secret, judged by `permissions`) and check that it
+/// holds the signing key; `host run` and `host check` alike.
+pub(super) fn signing_keys(
+    cfg: &HostRecovery,
+    permissions: KeyPermissions,
+) -> Result<Vec<AdvertKey>> {
+    let keys =
+        crate::config::read_advert_keys("recovery.advert_keys", &cfg.advert_keys, permissions)?;
     if !keys.iter().any(|k| k.id == cfg.key_id) {
         bail!(
             "recovery.key_id = {}: no such key in {}",
@@ -308,19 +326,18 @@ pub(super) fn check_keys(cfg: &HostRecovery) -> Result<()> {
             cfg.advert_keys.display()
         );
     }
-    Ok(())
+    Ok(keys)
 }
 
-/// Start advertising: read the key file, open the raw sockets, pick the server
-/// addresses (configured, or the address this host uses toward `site`), and scan
-/// on a thread of its own (the `/proc` reads block).
+/// Start advertising with `keys` (from [`signing_keys`]): open the raw sockets,
+/// pick the server addresses (configured, or the address this host uses toward
+/// `site`), and scan on a thread of its own (the `/proc` reads block).
 pub(super) fn start(
     cfg: &HostRecovery,
+    keys: Vec<AdvertKey>,
     subnets: &[SubnetPrefix],
     site: SocketAddr,
 ) -> Result<AdvertHandle> {
-    let keys = signaling::read_advert_keys(&cfg.advert_keys)
-        .with_context(|| format!("recovery.advert_keys = {}", cfg.advert_keys.display()))?;
     let auth = AdvertAuth::new(keys, AdvertAuthConfig::default());
     // Configured addresses first; the family of the site session defaults to the
     // address the site router sees this host come from (and so tunnels to).
@@ -372,16 +389,12 @@ pub(super) fn start(
             .name("pronto-adverts".into())
             .spawn(move || {
                 let clock = Clock::new();
+                let mut diag = super::tcp_sockets::TcpSockets::open();
                 while !stop.load(Ordering::Relaxed) {
-                    let files = [("/proc/net/tcp", false), ("/proc/net/tcp6", true)]
-                        .into_iter()
-                        .filter_map(|(path, v6)| {
-                            let f = std::fs::File::open(path).ok()?;
-                            let lines = std::io::BufReader::new(f).lines().map_while(Result::ok);
-                            Some((v6, Box::new(lines) as Box<dyn Iterator<Item = String>>))
-                        })
-                        .collect::<Vec<_>>();
-                    adv.scan(files, clock.now(), unix_ms());
+                    match diag.open_sockets(MAX_SCAN_LINES) {
+                        Some(sockets) => adv.scan_sockets(sockets, clock.now(), unix_ms()),
+                        None => adv.scan(proc_tcp_files(), clock.now(), unix_ms()),
+                    }
                     if let Ok(mut c) = counters.lock() {
                         *c = adv.counters();
                     }
@@ -395,6 +408,18 @@ pub(super) fn start(
         counters,
         thread: Some(thread),
     })
+}
+
+/// `/proc/net/tcp{,6}` as line iterators (the fallback without sock_diag).
+fn proc_tcp_files() -> Vec<(bool, Box<dyn Iterator<Item = String>>)> {
+    [("/proc/net/tcp", false), ("/proc/net/tcp6", true)]
+        .into_iter()
+        .filter_map(|(path, v6)| {
+            let f = std::fs::File::open(path).ok()?;
+            let lines = std::io::BufReader::new(f).lines().map_while(Result::ok);
+            Some((v6, Box::new(lines) as Box<dyn Iterator<Item = String>>))
+        })
+        .collect()
 }
 
 /// The source address the kernel picks toward `site`: the address the site
@@ -442,7 +467,6 @@ mod tests {
     use router_core::wire::{
         Icmpv4Packet, Icmpv6Packet, Ipv4Packet, Ipv6Packet, icmpv4_type, icmpv6_type,
     };
-    use signaling::AdvertKey;
     use std::path::PathBuf;
     use std::time::Duration;
 

@@ -231,6 +231,24 @@ pub(super) fn refusal(client: &ManagementClient, access: Access, why: Forbidden)
     )
 }
 
+/// What the server decides about a request before reading its body, from the
+/// same pieces it uses: may the client holding `leaf` (DER, the certificate TLS
+/// verified) use `method` on a router whose allow-lists are `operators` and
+/// `viewers`? `Err` is the 403 it answers. For the fuzz targets
+/// ([`crate::fuzz::management_admission`]).
+pub(crate) fn admission(
+    operators: &[String],
+    viewers: &[String],
+    leaf: Option<&[u8]>,
+    method: &hyper::Method,
+) -> Result<(), qre::Response> {
+    let client = Authorizer::new(operators, viewers).client(leaf);
+    let access = Access::of(method);
+    client
+        .allows(access)
+        .map_err(|why| refusal(&client, access, why))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

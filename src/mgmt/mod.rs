@@ -47,8 +47,10 @@ use router_core::policy::CostModel;
 
 use crate::config;
 
+pub(crate) use authz::admission;
 pub(crate) use hooks::Hooks;
-pub(crate) use server::{MgmtServer, spawn};
+pub(crate) use modules::answer_module_op;
+pub(crate) use server::{MgmtServer, server_tls, spawn};
 pub(crate) use state::{ControlLink, ControlRequest, SessionInfo, control_view};
 
 /// Counters of the management server itself.

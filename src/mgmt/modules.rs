@@ -21,7 +21,7 @@ impl MgmtState {
             return Err(Self::no_environment());
         };
         let _one = self.ops.lock().unwrap_or_else(PoisonError::into_inner);
-        let r = module_op(env, op).map_err(|e| manager_error(&e));
+        let r = answer_module_op(env, op);
         match &r {
             Ok(rep) => {
                 self.stats.module_ops.fetch_add(1, Ordering::Relaxed);
@@ -44,6 +44,16 @@ impl MgmtState {
             "add a [modules] section (trust_anchors, files, subnet, policy) to its configuration and restart it",
         )
     }
+}
+
+/// The API's answer to `op`: the environment's report or its refusal as a
+/// typed [`StateError`] (without the server's lock, counters and log, which
+/// [`MgmtState::run_module_op`] adds).
+pub(crate) fn answer_module_op(
+    env: &Environment,
+    op: ModuleOp<'_>,
+) -> Result<ModuleOpReport, StateError> {
+    module_op(env, op).map_err(|e| manager_error(&e))
 }
 
 /// The environment's operation for `op`, its report in the API's schema.

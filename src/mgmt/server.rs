@@ -14,8 +14,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::{debug, info, warn};
 
 use signaling::transport::{HandshakeGate, HandshakeLimits, HandshakeRefusal};
@@ -39,29 +37,18 @@ impl Drop for MgmtServer {
     }
 }
 
-fn read_pem(field: &str, p: &std::path::Path) -> Result<Vec<u8>> {
-    std::fs::read(p).with_context(|| format!("{field}: cannot read {}", p.display()))
-}
-
 /// The server's TLS configuration: TLS 1.3, ring, client certificates required
-/// and verified against the trust anchors.
-fn server_tls(cfg: &config::Management) -> Result<rustls::ServerConfig> {
+/// and verified against the trust anchors. Reads and checks every file of
+/// `[management]` (the daemon does this before it binds anything, and `router
+/// check` does it too).
+pub(crate) fn server_tls(cfg: &config::Management) -> Result<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    for (i, p) in cfg.trust_anchors.iter().enumerate() {
-        let field = format!("management.trust_anchors[{i}]");
-        let bytes = read_pem(&field, p)?;
-        let mut n = 0;
-        for c in CertificateDer::pem_slice_iter(&bytes) {
-            let c = c.with_context(|| format!("{field}: bad PEM in {}", p.display()))?;
-            roots
-                .add(c)
-                .with_context(|| format!("{field}: {} is not a usable CA", p.display()))?;
-            n += 1;
-        }
-        if n == 0 {
-            anyhow::bail!("{field}: no certificate in {}", p.display());
-        }
+    let anchors = config::load_anchors("management.trust_anchors", &cfg.trust_anchors)?;
+    for c in anchors {
+        roots
+            .add(c)
+            .context("management.trust_anchors: a certificate is not a usable CA")?;
     }
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
@@ -69,30 +56,29 @@ fn server_tls(cfg: &config::Management) -> Result<rustls::ServerConfig> {
     )
     .build()
     .context("management: client certificate verifier")?;
-    let bytes = read_pem("management.cert", &cfg.cert)?;
-    let chain = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("management.cert: bad PEM in {}", cfg.cert.display()))?;
-    let bytes = read_pem("management.key", &cfg.key)?;
-    let key = PrivateKeyDer::from_pem_slice(&bytes)
-        .with_context(|| format!("management.key: no private key in {}", cfg.key.display()))?;
+    let identity = config::load_identity(
+        ("management.cert", &cfg.cert),
+        ("management.key", &cfg.key),
+        cfg.key_permissions,
+    )?;
     rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("management: TLS 1.3")?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
+        .with_single_cert(identity.cert_chain, identity.key)
         .context("management.cert / management.key do not form a usable identity")
 }
 
 /// Start serving `state` on `cfg.listen` as a task of the daemon's runtime
-/// `rt` (requests that wait for the dataplane run on its blocking pool). Errors
-/// (bind, certificates) are returned before anything runs.
+/// `rt` (requests that wait for the dataplane run on its blocking pool), with
+/// the TLS configuration [`server_tls`] made. Errors (bind) are returned before
+/// anything runs.
 pub(crate) fn spawn(
     rt: &tokio::runtime::Runtime,
     cfg: &config::Management,
+    tls: Arc<rustls::ServerConfig>,
     state: Arc<MgmtState>,
 ) -> Result<MgmtServer> {
-    let tls = Arc::new(server_tls(cfg)?);
     let listener = std::net::TcpListener::bind(cfg.listen)
         .with_context(|| format!("management.listen = {}: cannot listen", cfg.listen))?;
     listener

@@ -2,7 +2,6 @@
 //! policy by name, and the signed modules of `[modules]` loaded into the
 //! operator environment.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -12,7 +11,6 @@ use exec_env::trust::TrustAnchors;
 use router_core::VirtualSubnet;
 use router_core::policy::{CostModel, FlowHash, LeastCost, Policy};
 use signaling::FollowTable;
-use std::io::Read;
 use tracing::info;
 
 use crate::config::{self, PolicyName};
@@ -40,8 +38,8 @@ pub(crate) struct LoadedModules {
 pub(crate) fn load_modules(m: &config::ModulesConfig) -> Result<LoadedModules> {
     let mut anchors = TrustAnchors::empty();
     for (i, p) in m.trust_anchors.iter().enumerate() {
-        let pem = std::fs::read(p)
-            .with_context(|| format!("modules.trust_anchors[{i}]: cannot read {}", p.display()))?;
+        let pem = config::read_file(p, config::MAX_PEM_BYTES)
+            .with_context(|| format!("modules.trust_anchors[{i}]"))?;
         anchors
             .add_pem(&pem)
             .with_context(|| format!("modules.trust_anchors[{i}]: {}", p.display()))?;
@@ -49,8 +47,8 @@ pub(crate) fn load_modules(m: &config::ModulesConfig) -> Result<LoadedModules> {
     let env = Environment::new(EnvironmentConfig::operator("operator"), anchors)
         .context("[modules]: creating the operator environment")?;
     for (i, p) in m.files.iter().enumerate() {
-        let bytes = read_module_file(p)
-            .with_context(|| format!("modules.files[{i}]: cannot read {}", p.display()))?;
+        let bytes = config::read_file(p, MAX_MODULE_LEN as u64)
+            .with_context(|| format!("modules.files[{i}]"))?;
         let report = env.install(&bytes).with_context(|| {
             format!(
                 "modules.files[{i}]: {} refused (is it signed by a CA in modules.trust_anchors?)",
@@ -83,17 +81,4 @@ pub(crate) fn load_modules(m: &config::ModulesConfig) -> Result<LoadedModules> {
         policy,
         cost,
     })
-}
-
-fn read_module_file(p: &Path) -> std::io::Result<Vec<u8>> {
-    let f = std::fs::File::open(p)?;
-    let mut bytes = Vec::new();
-    f.take(MAX_MODULE_LEN as u64 + 1).read_to_end(&mut bytes)?;
-    if bytes.len() > MAX_MODULE_LEN {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("larger than {MAX_MODULE_LEN} bytes"),
-        ));
-    }
-    Ok(bytes)
 }

@@ -297,6 +297,8 @@ impl RouterShell {
                 refused_per_source_limit: tls(|s| &s.refused_per_source_limit),
                 untrusted: tls(|s| &s.untrusted_certificates),
                 failures: tls(|s| &s.handshake_failures),
+                garbage_frames: tls(|s| &s.garbage_frames),
+                protocol_violations: tls(|s| &s.protocol_violations),
             },
         )
     }

@@ -148,6 +148,12 @@ pub(crate) struct ControlSnapshot {
     pub(crate) held_expired: u64,
     pub(crate) held_refused_full: u64,
     pub(crate) held_replaced: u64,
+    /// Authenticated sessions closed because the peer sent bytes that are not a
+    /// signalling frame.
+    tls_garbage_frames: u64,
+    /// Authenticated sessions closed because the peer sent a message its state
+    /// does not allow.
+    tls_protocol_violations: u64,
 }
 
 /// The TLS shell's counters, listener and connector summed.
@@ -160,6 +166,8 @@ pub(crate) struct TlsTotals {
     pub(crate) refused_per_source_limit: u64,
     pub(crate) untrusted: u64,
     pub(crate) failures: u64,
+    pub(crate) garbage_frames: u64,
+    pub(crate) protocol_violations: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -256,6 +264,8 @@ impl ControlSnapshot {
             held_expired: nc.hold.expired,
             held_refused_full: nc.hold.refused_full,
             held_replaced: nc.hold.replaced,
+            tls_garbage_frames: tls.garbage_frames,
+            tls_protocol_violations: tls.protocol_violations,
         }
     }
 }

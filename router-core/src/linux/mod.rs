@@ -36,6 +36,7 @@ pub mod netlink;
 pub mod netns;
 pub mod raw;
 mod shell_counters;
+pub mod sock_diag;
 pub mod sysctl;
 pub mod tc;
 pub mod tun;

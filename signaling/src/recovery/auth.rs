@@ -86,6 +86,13 @@ pub enum KeyFileError {
         #[source]
         source: std::io::Error,
     },
+    /// The path is a FIFO, socket, device or directory (a FIFO would block the
+    /// read until someone writes to it).
+    #[error("advertisement key file {} is not a regular file", path.display())]
+    NotRegular {
+        /// The file.
+        path: PathBuf,
+    },
     /// The file is larger than [`MAX_KEY_FILE_LEN`].
     #[error("key file is {len} bytes; the limit is {limit}")]
     TooLarge {
@@ -200,13 +207,20 @@ pub fn parse_advert_keys(text: &str) -> Result<Vec<AdvertKey>, KeyFileError> {
     Ok(keys)
 }
 
-/// Reads and parses a key file (at most [`MAX_KEY_FILE_LEN`] bytes).
+/// Reads and parses a key file (a regular file of at most [`MAX_KEY_FILE_LEN`]
+/// bytes).
 pub fn read_advert_keys(path: &Path) -> Result<Vec<AdvertKey>, KeyFileError> {
     let io = |source| KeyFileError::Io {
         path: path.to_owned(),
         source,
     };
-    let len = std::fs::metadata(path).map_err(io)?.len();
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(KeyFileError::NotRegular {
+            path: path.to_owned(),
+        });
+    }
+    let len = meta.len();
     if len > MAX_KEY_FILE_LEN as u64 {
         return Err(KeyFileError::TooLarge {
             len,
