@@ -9,8 +9,8 @@ use serde::Deserialize;
 use signaling::{NodeName, PeerConfig, SubnetPrefix};
 
 use super::shared::{
-    FastPathChoice, FastPathName, SecurityFile, SessionFile, Stats, StatsFile, TlsFile,
-    TlsFiles, Upstream, UpstreamFile,
+    FastPathChoice, FastPathName, SecurityFile, SessionFile, Stats, StatsFile, TlsFile, TlsFiles,
+    Upstream, UpstreamFile,
 };
 use super::{Check, ConfigError, parse_file};
 
