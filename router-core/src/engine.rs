@@ -478,6 +478,9 @@ impl<T: Tunnel> Engine<T> {
                 return Verdict::Drop(tunnel_drop(&e));
             }
             self.counters.decapsulated += 1;
+            // A sender's unfinished checksum that a kernel fast path carried
+            // here without finishing it (only such a checksum is touched).
+            wire::checksum::complete_partial(pkt.data_mut());
             let inner = match outer_facts(pkt.data()) {
                 Ok(o) => o,
                 Err(r) => return Verdict::Drop(r),

@@ -93,6 +93,9 @@ impl HostDecap {
         let Some((dst, proto)) = inner_dst(pkt.data()) else {
             return HostVerdict::Drop(HostDrop::BadTunnel);
         };
+        // Injected through a TUN, the packet's checksum is verified: finish
+        // one its sender left partial (see `wire::checksum::complete_partial`).
+        wire::checksum::complete_partial(pkt.data_mut());
         if proto == ip_proto::IPV4 || proto == ip_proto::IPV6 {
             return HostVerdict::Drop(HostDrop::Nested);
         }

@@ -82,10 +82,132 @@ pub fn pseudo_header_v6(src: &Ipv6Addr, dst: &Ipv6Addr, proto: u8, len: u32) -> 
     addrs + (len >> 16) + (len & 0xffff) + u32::from(proto)
 }
 
+/// Complete, in place, a TCP or UDP checksum its sender left partial: the
+/// pseudo-header sum alone, for the NIC or the kernel to finish (Linux's
+/// CHECKSUM_PARTIAL). A kernel that forwards such a packet without finishing
+/// it (a tc program redirecting it between namespaces) can deliver it, inside
+/// a tunnel, to a userspace router's raw socket, which sees the unfinished
+/// field; sent on as it is, the server's stack drops it. Only a checksum that
+/// fails to verify and holds exactly the pseudo-header sum is completed; IP
+/// fragments, IPv6 extension headers and other protocols are left alone.
+/// Returns whether it completed one.
+pub fn complete_partial(packet: &mut [u8]) -> bool {
+    let Some(&first) = packet.first() else {
+        return false;
+    };
+    let (l4_start, l4_len, proto, pseudo) = match first >> 4 {
+        4 if packet.len() >= 20 => {
+            let ihl = usize::from(first & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
+            let frag = u16::from_be_bytes([packet[6], packet[7]]) & 0x3fff;
+            if ihl < 20 || total < ihl || total > packet.len() || frag != 0 {
+                return false;
+            }
+            let proto = packet[9];
+            let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
+            let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+            let Ok(len) = u16::try_from(total - ihl) else {
+                return false;
+            };
+            (
+                ihl,
+                total - ihl,
+                proto,
+                pseudo_header_v4(src, dst, proto, len),
+            )
+        }
+        6 if packet.len() >= 40 => {
+            let payload = usize::from(u16::from_be_bytes([packet[4], packet[5]]));
+            if 40 + payload > packet.len() {
+                return false;
+            }
+            let proto = packet[6];
+            let addr = |at: usize| {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(&packet[at..at + 16]);
+                Ipv6Addr::from(a)
+            };
+            let Ok(len) = u32::try_from(payload) else {
+                return false;
+            };
+            (
+                40,
+                payload,
+                proto,
+                pseudo_header_v6(&addr(8), &addr(24), proto, len),
+            )
+        }
+        _ => return false,
+    };
+    let field = match proto {
+        super::ip_proto::TCP if l4_len >= 20 => 16,
+        super::ip_proto::UDP if l4_len >= 8 => 6,
+        _ => return false,
+    };
+    let l4 = &mut packet[l4_start..l4_start + l4_len];
+    let stored = u16::from_be_bytes([l4[field], l4[field + 1]]);
+    // The sender's seed: the folded pseudo-header sum, not complemented.
+    if stored != !fold(pseudo) || fold(sum(l4, pseudo)) == 0 {
+        return false;
+    }
+    l4[field..field + 2].copy_from_slice(&[0, 0]);
+    let mut c = fold(sum(l4, pseudo));
+    if proto == super::ip_proto::UDP && c == 0 {
+        c = 0xffff;
+    }
+    l4[field..field + 2].copy_from_slice(&c.to_be_bytes());
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn partial_checksums_are_completed_and_nothing_else_is_touched() {
+        // IPv4/TCP 10.0.0.1:1000 -> 192.200.0.10:80 with 4 payload bytes.
+        let mut p = vec![0u8; 20 + 24];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&44u16.to_be_bytes());
+        p[8] = 64;
+        p[9] = 6;
+        p[12..16].copy_from_slice(&[10, 0, 0, 1]);
+        p[16..20].copy_from_slice(&[192, 200, 0, 10]);
+        p[20..22].copy_from_slice(&1000u16.to_be_bytes());
+        p[22..24].copy_from_slice(&80u16.to_be_bytes());
+        p[32] = 0x50;
+        p[33] = 0x18;
+        p[40..44].copy_from_slice(b"GET ");
+        let pseudo = pseudo_header_v4(
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(192, 200, 0, 10),
+            6,
+            24,
+        );
+        let good = fold(sum(&p[20..], pseudo));
+        let mut full = p.clone();
+        full[36..38].copy_from_slice(&good.to_be_bytes());
+        // As a sender's kernel leaves it for the NIC.
+        let mut partial = p.clone();
+        partial[36..38].copy_from_slice(&(!fold(pseudo)).to_be_bytes());
+        assert!(complete_partial(&mut partial));
+        assert_eq!(partial, full);
+        assert_eq!(fold(sum(&partial[20..], pseudo)), 0, "it verifies");
+        // A correct checksum, a corrupt one, a fragment: untouched.
+        let before = full.clone();
+        assert!(!complete_partial(&mut full));
+        assert_eq!(full, before);
+        let mut corrupt = before.clone();
+        corrupt[37] ^= 0x55;
+        assert!(!complete_partial(&mut corrupt));
+        let mut frag = partial.clone();
+        frag[36..38].copy_from_slice(&(!fold(pseudo)).to_be_bytes());
+        frag[6] = 0x20;
+        assert!(!complete_partial(&mut frag));
+        assert!(!complete_partial(&mut []));
+        assert!(!complete_partial(&mut [0x45, 0, 0]));
+    }
 
     /// The textbook loop of RFC 1071 §4.1, as an oracle for the fast path.
     fn reference(data: &[u8], initial: u32) -> u16 {
