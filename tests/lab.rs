@@ -575,12 +575,17 @@ fn curl_is_spread_over_every_server_replies_bypass_the_slrs_and_shortcuts_skip_t
         sys_pkts as f64 / N as f64,
         site_pkts as f64 / N as f64,
     );
-    assert!(
-        // Typically about half (debug build) to 40% (release); the held
-        // connection below checks the shortcut path exactly.
-        site_pkts * 100 <= sys_pkts * 85,
-        "shortcuts took no effect: {site_pkts} site packets of {sys_pkts}"
-    );
+    // Only comparable when sys's engine read every packet: the kernel fast
+    // path counts GSO super-packets (up to 64 KB) where the sites' engines count
+    // wire-sized ones, so on it the share says nothing (the held connection
+    // below checks the shortcut path exactly, on either path).
+    if delta(&after, &before, "sys", &["fast_path", "forwarded"]) == 0 {
+        assert!(
+            // Typically about half (debug build) to 40% (release).
+            site_pkts * 100 <= sys_pkts * 85,
+            "shortcuts took no effect: {site_pkts} site packets of {sys_pkts}"
+        );
+    }
 
     // A connection held open: once the system SLR has its shortcut, not one of its
     // later packets passes a site SLR.

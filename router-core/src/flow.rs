@@ -370,11 +370,23 @@ fn fastrange(x: u32, n: usize) -> usize {
     ((u64::from(x) * n as u64) >> 32) as usize
 }
 
+/// Buckets of a family's table asked to hold `capacity` flows.
+fn buckets_for(capacity: usize) -> usize {
+    let buckets = capacity.div_ceil(WAYS);
+    // Two distinct candidate buckets need at least two buckets.
+    if buckets == 0 { 0 } else { buckets.max(2) }
+}
+
+/// Slots a family's table has when configured for `capacity` flows (what
+/// [`FlowTable::capacity`] reports): the most flows it ever holds, so what a
+/// mirror of it (the kernel fast path's maps) must hold.
+pub fn hard_capacity(capacity: usize) -> usize {
+    buckets_for(capacity) * WAYS
+}
+
 impl<K: SlotKey> Table<K> {
     fn new(capacity: usize) -> Self {
-        let buckets = capacity.div_ceil(WAYS);
-        // Two distinct candidate buckets need at least two buckets.
-        let buckets = if buckets == 0 { 0 } else { buckets.max(2) };
+        let buckets = buckets_for(capacity);
         Self {
             tags: vec![0; buckets],
             slots: vec![Slot::default(); buckets * WAYS],
@@ -978,9 +990,13 @@ impl FlowTable {
         let Some(j) = &mut self.journal else {
             return false;
         };
-        while let Some(c) = j.changes.pop_front() {
+        for c in j.changes.drain(..) {
             f(c);
         }
+        // Back to the front of the ring: popping alone moves its head on, so
+        // a steady trickle of changes would walk (and make resident) every
+        // page of the preallocated ring, which a SYN flood showed as RSS.
+        j.changes.clear();
         std::mem::take(&mut j.overflowed)
     }
 
@@ -1563,6 +1579,14 @@ mod tests {
         assert!(t.len() == 250, "left {}", t.len());
         assert!(removed <= 250);
         assert!((0..250).all(|i| t.get(&key(i), later).is_some()));
+    }
+
+    #[test]
+    fn hard_capacity_is_what_the_table_allocates() {
+        for n in [1, 7, 8, 9, 16, 1000, 16_384, 65_537] {
+            assert_eq!(super::hard_capacity(n), table(n).capacity().0, "{n}");
+            assert!(super::hard_capacity(n) >= n);
+        }
     }
 
     #[test]
