@@ -325,7 +325,7 @@ fn the_kernel_forwards_pinned_flows_and_the_engine_keeps_the_rest() {
     assert_eq!(fp(&after, "drop_error"), 0);
 
     // A SYN flood from more sources than the flow table holds: the engine
-    // evicts, every eviction is an unpin, and the LRU map never holds more
+    // evicts, every eviction is an unpin, and the flow map never holds more
     // than the table's capacity.
     const FLOOD: usize = 20_000;
     let flood: Vec<Vec<u8>> = (0..FLOOD)

@@ -33,15 +33,22 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+/*
+ * Plain hash maps, not LRU: only the engine writes and removes entries (this
+ * program updates them in place), mirroring its flow table, which never holds
+ * more than the map's size (the loader sets it to the table's slots). An LRU
+ * map evicts on its own before it is full (per-CPU free lists), and a flow it
+ * dropped would stay on the engine's path for good.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384); /* the loader sets the flow table's capacity */
 	__type(key, struct fp_key_v4);
 	__type(value, struct fp_flow);
 } flows_v4 SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct fp_key_v6);
 	__type(value, struct fp_flow);

@@ -8,7 +8,7 @@
 //! - [`RouterFastPath`] (`router_fast.c`): a packet of a pinned flow is
 //!   encapsulated (or, a tunnel to us from the level above, re-addressed) toward
 //!   the flow's next hop and redirected; everything else goes on to the stack
-//!   and the engine. The shell mirrors the engine's flow table into its LRU maps
+//!   and the engine. The shell mirrors the engine's flow table into its hash maps
 //!   from the table's journal ([`crate::flow::FlowChange`]) and reads the
 //!   activity the program records back before idle flows expire.
 //! - [`HostFastPath`] (`host_decap.c`): IP-in-IP to a served subnet is
@@ -189,7 +189,7 @@ fn load_object(
         loader.map_max_entries(map, (*n).max(1));
     }
     let mut ebpf = loader.load(bytes).map_err(|e| match e {
-        // Map creation refused (e.g. no BPF at all, or no LRU maps).
+        // Map creation refused (e.g. no BPF at all).
         aya::EbpfError::MapError(m) => FastPathError::Refused {
             program,
             reason: m.to_string(),

@@ -78,8 +78,10 @@ impl RouterFastPath {
             PROGRAM,
             OBJECT,
             &[
-                ("flows_v4", cap(cfg.capacity_v4)),
-                ("flows_v6", cap(cfg.capacity_v6)),
+                // Exactly what the table can hold: it is mirrored, never
+                // outgrown (the maps are plain hashes; router_fast.c).
+                ("flows_v4", cap(crate::flow::hard_capacity(cfg.capacity_v4))),
+                ("flows_v6", cap(crate::flow::hard_capacity(cfg.capacity_v6))),
             ],
         )?;
         write_config(&mut ebpf, cfg)?;
