@@ -104,6 +104,36 @@ impl LabFastPath {
     }
 }
 
+/// How often the lab's daemons report load, update their next-hop tables and
+/// write their stats snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LabPace {
+    /// Every 100 ms (table hold 1.5 s): loads and counters follow within a
+    /// tenth of a second, what the test suites rely on.
+    Fast,
+    /// Every second (table hold 10 s), the daemons' own defaults: what an
+    /// operator would run; the idle lab then costs what idle daemons cost.
+    Normal,
+}
+
+impl LabPace {
+    /// Load reports, table updates and stats snapshots, in ms.
+    pub(super) fn interval_ms(self) -> u64 {
+        match self {
+            Self::Fast => 100,
+            Self::Normal => 1000,
+        }
+    }
+
+    /// How long a next hop's advertisement holds, in ms.
+    pub(super) fn hold_ms(self) -> u64 {
+        match self {
+            Self::Fast => 1500,
+            Self::Normal => 10_000,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum LabCommand {
     /// Build the namespaces, certificates and configurations, start the daemons
@@ -154,6 +184,9 @@ enum LabCommand {
         /// kernel's eBPF fast path (tc ingress) or the userspace engine.
         #[arg(long, value_enum, default_value_t = LabFastPath::Auto)]
         fast_path: LabFastPath,
+        /// How often daemons report load, update tables and write stats.
+        #[arg(long, value_enum, default_value_t = LabPace::Fast)]
+        pace: LabPace,
     },
     /// Kill one daemon with SIGKILL (recovery tests).
     Kill {
@@ -209,6 +242,7 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
             entry_router,
             no_adverts,
             fast_path,
+            pace,
         } => {
             need_root()?;
             let opts = UpOptions {
@@ -223,6 +257,7 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
                 entry_router: *entry_router,
                 adverts: !no_adverts,
                 fast_path: *fast_path,
+                pace: *pace,
             };
             up(dir, &opts)
         }
@@ -276,6 +311,7 @@ mod tests {
             entry_router: false,
             adverts: true,
             fast_path: LabFastPath::Userspace,
+            pace: LabPace::Fast,
         };
         let p = dir.join("conf/x.toml");
         let parse = |text: &str| text.parse::<toml::Table>().unwrap();
@@ -284,6 +320,12 @@ mod tests {
         assert_eq!(
             sys.fast_path.mode,
             router_core::linux::fastpath::FastPathMode::Userspace
+        );
+        // --pace fast: what the test suites rely on.
+        assert_eq!(sys.slr.table.interval, Duration::from_millis(100));
+        assert_eq!(
+            sys.stats.as_ref().map(|s| s.interval),
+            Some(Duration::from_millis(100))
         );
         let m = sys.modules.unwrap();
         assert_eq!(m.policy.as_deref(), Some("consistent_hash"));

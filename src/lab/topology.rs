@@ -70,6 +70,8 @@ pub(super) struct UpOptions {
     pub(super) adverts: bool,
     /// Every daemon's `fast_path`.
     pub(super) fast_path: super::LabFastPath,
+    /// Load reports, table updates, stats snapshots.
+    pub(super) pace: super::LabPace,
 }
 
 pub(super) fn parse_loads(items: &[String]) -> Result<Vec<(String, f64)>> {
@@ -173,12 +175,36 @@ pub(super) fn all_namespaces(p: &str) -> Vec<String> {
     v
 }
 
+/// TCP hash buckets of each lab namespace (`net.ipv4.tcp_child_ehash_entries`).
+const CHILD_EHASH: &str = "16384";
+
+/// Run `f` (which creates namespaces) with `net.ipv4.tcp_child_ehash_entries`
+/// set, so each namespace gets a TCP hash table of its own, as each machine the
+/// lab stands for has. Sharing the machine's (262,144 buckets here) made every
+/// host's sock_diag dump walk all of it, whatever the host held: two thirds of
+/// an idle host agent's CPU. An operator's own setting (non-zero) is kept, and
+/// the old value is restored after.
+fn with_own_tcp_hash<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    const KEY: &str = "net/ipv4/tcp_child_ehash_entries";
+    let old = router_core::linux::sysctl::read(KEY).ok();
+    let set = old.as_deref().map(str::trim) == Some("0")
+        && router_core::linux::sysctl::write(KEY, CHILD_EHASH).is_ok();
+    let r = f();
+    if set {
+        let _ = router_core::linux::sysctl::write(KEY, "0");
+    }
+    r
+}
+
 pub(super) fn network(p: &str, with_recovery: bool) -> Result<()> {
     let n = Names::new(p);
-    for ns in lab_namespaces(p, with_recovery) {
-        ip(&["netns", "add", &ns])?;
-        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-    }
+    with_own_tcp_hash(|| {
+        for ns in lab_namespaces(p, with_recovery) {
+            ip(&["netns", "add", &ns])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(())
+    })?;
     // Client <-> system SLR, and the direct-return bridge.
     veth(&n.client, "up", &n.sys, "client", None)?;
     addr(&n.client, "up", "172.16.0.2/24")?;
