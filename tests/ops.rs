@@ -53,6 +53,8 @@ impl OpsLab {
             .arg(&dir)
             .args(["--prefix", &prefix, "--timeout-secs", "60"])
             .args(["--policy-module", "least_load"])
+            // The swaps below happen with pinned packets on the kernel's path.
+            .args(["--fast-path", "bpf"])
             .env("RUST_LOG", "warn")
             .output()
             .unwrap();
@@ -687,6 +689,12 @@ fn operators_load_swap_roll_back_and_query_a_running_router_while_packets_flow()
             .unwrap_or_else(|| panic!("no sample {name} {label:?}"))
     };
     assert!(value("pronto_engine_packets_total", None) > 0.0);
+    // The stream's pinned packets crossed the kernel fast path meanwhile, so
+    // the swaps above happened with it on.
+    assert!(
+        value("pronto_forwarded_pinned_total", Some(("path", "kernel"))) > 0.0,
+        "the fast path forwarded nothing"
+    );
     assert!(value("pronto_engine_forwarded_new_total", None) > 0.0);
     assert!(
         value("pronto_new_flow_decision_seconds", None) > 0.0,
