@@ -1584,8 +1584,8 @@ mod tests {
     #[test]
     fn hard_capacity_is_what_the_table_allocates() {
         for n in [1, 7, 8, 9, 16, 1000, 16_384, 65_537] {
-            assert_eq!(super::hard_capacity(n), table(n).capacity().0, "{n}");
-            assert!(super::hard_capacity(n) >= n);
+            assert_eq!(hard_capacity(n), table(n).capacity().0, "{n}");
+            assert!(hard_capacity(n) >= n);
         }
     }
 
