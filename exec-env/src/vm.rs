@@ -1283,14 +1283,26 @@ impl Live {
         })
     }
 
-    /// Makes the guest's candidate region hold `candidates` (ABI form, no
-    /// operator tags), writing it only if it does not already.
-    fn place_candidates(&mut self, candidates: &[Candidate]) -> Result<(), Fault> {
-        if self.resident.holds(candidates) {
+    /// Writes `request` (when given) and makes the guest's candidate region hold
+    /// `candidates` (ABI form, no operator tags), rewriting the region only if
+    /// it does not already; guest memory is looked up once.
+    fn place(
+        &mut self,
+        request: Option<&sdk::FlowRequest>,
+        candidates: &[Candidate],
+    ) -> Result<(), Fault> {
+        let unchanged = self.resident.holds(candidates);
+        if !unchanged {
+            self.resident.forget();
+        }
+        let buffer = io_buffer(&self.memory, &mut self.store, self.io)?;
+        if let Some(request) = request {
+            write_request(buffer, request)?;
+        }
+        if unchanged {
             return Ok(());
         }
-        self.resident.forget();
-        let region = candidate_region(&self.memory, &mut self.store, self.io, candidates.len())?;
+        let region = candidate_region(buffer, candidates.len())?;
         for (candidate, chunk) in candidates
             .iter()
             .zip(region.chunks_exact_mut(sdk::Candidate::SIZE))
@@ -1303,11 +1315,17 @@ impl Live {
         Ok(())
     }
 
-    /// Writes ABI candidates (operator tags included) to the guest's candidate
-    /// region; the router-form copy no longer describes it.
-    fn place_abi_candidates(&mut self, candidates: &[sdk::Candidate]) -> Result<(), Fault> {
+    /// Writes `request` and ABI candidates (operator tags included); the
+    /// router-form copy no longer describes the region.
+    fn place_abi(
+        &mut self,
+        request: &sdk::FlowRequest,
+        candidates: &[sdk::Candidate],
+    ) -> Result<(), Fault> {
         self.resident.forget();
-        let region = candidate_region(&self.memory, &mut self.store, self.io, candidates.len())?;
+        let buffer = io_buffer(&self.memory, &mut self.store, self.io)?;
+        write_request(buffer, request)?;
+        let region = candidate_region(buffer, candidates.len())?;
         for (candidate, chunk) in candidates
             .iter()
             .zip(region.chunks_exact_mut(sdk::Candidate::SIZE))
@@ -1373,20 +1391,22 @@ fn io_buffer<'a>(
         })
 }
 
-/// The first `n` candidate slots of the I/O buffer at guest address `io`.
-fn candidate_region<'a>(
-    memory: &Memory,
-    store: &'a mut Store<HostState>,
-    io: usize,
-    n: usize,
-) -> Result<&'a mut [u8], Fault> {
+/// The first `n` candidate slots of an I/O buffer.
+fn candidate_region(buffer: &mut [u8], n: usize) -> Result<&mut [u8], Fault> {
     if n > MAX_CANDIDATES {
         return Err(unavailable("more candidates than ABI v1 allows"));
     }
     let start = layout::IO_CANDIDATES_OFFSET;
-    io_buffer(memory, store, io)?
+    buffer
         .get_mut(start..start + n * sdk::Candidate::SIZE)
         .ok_or_else(|| unavailable("I/O buffer too short for the candidates"))
+}
+
+/// Writes `request` at the start of an I/O buffer.
+fn write_request(buffer: &mut [u8], request: &sdk::FlowRequest) -> Result<(), Fault> {
+    request.encode(buffer).map_err(|e| Fault::Unavailable {
+        reason: e.to_string(),
+    })
 }
 
 /// The mutable part of a [`PolicyInstance`].
@@ -1572,8 +1592,8 @@ impl PolicyInstance {
         }
         let request = abi_request(req, now_unix_secs);
         self.run(fuel_limit, |live| {
-            live.place_candidates(candidates)?;
-            Self::select_on(live, &request, candidates.len(), |i| {
+            live.place(Some(&request), candidates)?;
+            Self::select_on(live, candidates.len(), |i| {
                 candidates.get(i).is_some_and(|c| c.up)
             })
         })
@@ -1594,39 +1614,27 @@ impl PolicyInstance {
             };
         }
         self.run(fuel_limit, |live| {
-            live.place_abi_candidates(candidates)?;
-            Self::select_on(live, req, candidates.len(), |i| {
+            live.place_abi(req, candidates)?;
+            Self::select_on(live, candidates.len(), |i| {
                 candidates.get(i).is_some_and(sdk::Candidate::is_up)
             })
         })
     }
 
-    /// Writes the request, calls `pronto_select(n)` on the `n` candidates already
-    /// in the guest's candidate region, and validates the answer (`is_up` says
-    /// whether the host's candidate `i` is UP).
+    /// Calls `pronto_select(n)` on the request and `n` candidates already in the
+    /// guest's I/O buffer, and validates the answer (`is_up` says whether the
+    /// host's candidate `i` is UP).
     fn select_on(
         live: &mut Live,
-        request: &sdk::FlowRequest,
         n: usize,
         is_up: impl Fn(usize) -> bool,
     ) -> Result<Decision, Step> {
         // Borrow the handles in place: cloning a TypedFunc touches wasmtime's type
         // registry (atomics and a lock), a third of a call's time.
-        let Live {
-            store,
-            memory,
-            io,
-            select,
-            ..
-        } = live;
+        let Live { store, select, .. } = live;
         let select = select
             .as_ref()
             .ok_or_else(|| unavailable("module exports no pronto_select"))?;
-        let buffer = io_buffer(memory, store, *io)?;
-        let region = buffer.get_mut(layout::IO_REQUEST).unwrap_or_default();
-        request.encode(region).map_err(|e| Fault::Unavailable {
-            reason: e.to_string(),
-        })?;
         // n <= MAX_CANDIDATES was checked by the caller.
         let raw = select
             .call(&mut *store, i32::try_from(n).unwrap_or(i32::MAX))
@@ -1710,7 +1718,7 @@ impl PolicyInstance {
             };
         }
         self.run(fuel_limit, |live| {
-            live.place_candidates(candidates)?;
+            live.place(None, candidates)?;
             let Live {
                 store, aggregate, ..
             } = live;

@@ -508,6 +508,7 @@ impl FlowRequest {
     /// a constant inside it, so nothing can panic) and copied out in one go by
     /// [`FlowRequest::encode`].
     #[must_use]
+    #[inline]
     pub fn to_bytes(&self) -> [u8; layout::request::SIZE] {
         use layout::request as r;
         let mut out = [0; r::SIZE];
@@ -639,6 +640,7 @@ impl Candidate {
     /// offsets inside it, so nothing can panic) and copied out in one go by
     /// [`Candidate::encode`].
     #[must_use]
+    #[inline]
     pub fn to_bytes(&self) -> [u8; layout::candidate::SIZE] {
         use layout::candidate as c;
         let mut out = [0; c::SIZE];
