@@ -14,7 +14,9 @@
 //!   of the capabilities the module requested and the environment granted.
 //! * A [`PolicyInstance`] is one instance in its own `Store` with a memory cap,
 //!   one table, one instance; each call gets a fresh fuel budget and epoch
-//!   deadline. It implements [`Policy`] and [`CostModel`].
+//!   deadline. It implements [`Policy`] and [`CostModel`]. A select writes the
+//!   56-byte request into the guest's I/O buffer and rewrites the candidates
+//!   only when they differ from the ones the last call left there.
 //!
 //! Faults map to [`PolicyError`] as follows: a trap (including a host function
 //! refusing a bad pointer and a stack overflow) is `Trap`; fuel or epoch
