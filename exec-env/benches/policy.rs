@@ -9,6 +9,9 @@
 //! and epoch armed, call, answer checked); `wasm_changing` alternates two
 //! candidate sets that differ in one load, so every call also rewrites the
 //! candidates (the worst case: a load report between every two new flows);
+//! `wasm_epoch_only` is `wasm_instance` in a VM with fuel off (the epoch
+//! deadline alone bounds a call, CPU is charged in wall-clock time), to show what
+//! fuel accounting costs;
 //! `module_policy` adds what the engine really calls, a manager `ModulePolicy`
 //! (active-version load, quarantine check, CPU admission and charge, counters).
 //! The ratio to report is `wasm_instance / native_least_cost` at n = 16.
@@ -97,6 +100,8 @@ fn candidates(n: usize) -> Vec<Candidate> {
 fn select(c: &mut Criterion) {
     let vm = Vm::new(VmConfig::default()).unwrap();
     let instance = vm.load(&least_load_module("0.1.0"), &[]).unwrap();
+    let epoch_vm = Vm::new(VmConfig::default().with_fuel_per_call(None)).unwrap();
+    let epoch_only = epoch_vm.load(&least_load_module("0.1.0"), &[]).unwrap();
     // A budget the bench cannot exhaust: this measures the call path, not the
     // throttling (a module called flat out would be throttled by the default).
     let mut config = EnvironmentConfig::operator("bench");
@@ -135,6 +140,9 @@ fn select(c: &mut Criterion) {
         });
         g.bench_function("wasm_instance", |b| {
             b.iter(|| instance.select(black_box(&req), black_box(&cands)))
+        });
+        g.bench_function("wasm_epoch_only", |b| {
+            b.iter(|| epoch_only.select(black_box(&req), black_box(&cands)))
         });
         let mut other = cands.clone();
         other[0].load += 0.5;
