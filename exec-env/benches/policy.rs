@@ -3,11 +3,22 @@
 //! Group `select/<n>` (n = 4, 8, 16, 64 up candidates): `native_least_cost` is the
 //! engine's built-in `LeastCost` through `&dyn Policy` (the baseline);
 //! `native_least_load` is the shipped least_load policy compiled natively, on
-//! ABI candidates; `wasm_instance` is the least_load module through
-//! `PolicyInstance` (encode into guest memory, fuel and epoch armed, call,
-//! decode); `module_policy` adds what the engine really calls, a manager
-//! `ModulePolicy` (active-version load, quarantine check, CPU admission and
-//! charge, counters). The ratio to report is `wasm / native_least_cost` at n = 8.
+//! ABI candidates (the same code as the module); `wasm_instance` is the
+//! least_load module through `PolicyInstance` (lock, request written into guest
+//! memory, candidates compared with the ones left there by the last call, fuel
+//! and epoch armed, call, answer checked); `wasm_changing` alternates two
+//! candidate sets that differ in one load, so every call also rewrites the
+//! candidates (the worst case: a load report between every two new flows);
+//! `wasm_epoch_only` is `wasm_instance` in a VM with fuel off (the epoch
+//! deadline alone bounds a call, CPU is charged in wall-clock time), to show what
+//! fuel accounting costs;
+//! `module_policy` adds what the engine really calls, a manager `ModulePolicy`
+//! (active-version load, quarantine check, CPU admission and charge, counters).
+//! The ratio to report is `wasm_instance / native_least_cost` at n = 16.
+//!
+//! Group `call_floor`: what wasmtime itself costs per call, with none of ours:
+//! `empty` calls an export that returns a constant, after setting the fuel and
+//! the epoch deadline as every policy call does and reading the fuel back.
 //!
 //! Group `install`: `prepare` is compile + pre-instantiate + instantiate of the
 //! least_load module (signature verification excluded); `publish` is the atomic
@@ -89,6 +100,8 @@ fn candidates(n: usize) -> Vec<Candidate> {
 fn select(c: &mut Criterion) {
     let vm = Vm::new(VmConfig::default()).unwrap();
     let instance = vm.load(&least_load_module("0.1.0"), &[]).unwrap();
+    let epoch_vm = Vm::new(VmConfig::default().with_fuel_per_call(None)).unwrap();
+    let epoch_only = epoch_vm.load(&least_load_module("0.1.0"), &[]).unwrap();
     // A budget the bench cannot exhaust: this measures the call path, not the
     // throttling (a module called flat out would be throttled by the default).
     let mut config = EnvironmentConfig::operator("bench");
@@ -127,6 +140,19 @@ fn select(c: &mut Criterion) {
         });
         g.bench_function("wasm_instance", |b| {
             b.iter(|| instance.select(black_box(&req), black_box(&cands)))
+        });
+        g.bench_function("wasm_epoch_only", |b| {
+            b.iter(|| epoch_only.select(black_box(&req), black_box(&cands)))
+        });
+        let mut other = cands.clone();
+        other[0].load += 0.5;
+        let sets = [cands.as_slice(), other.as_slice()];
+        let mut turn = 0;
+        g.bench_function("wasm_changing", |b| {
+            b.iter(|| {
+                turn ^= 1;
+                instance.select(black_box(&req), black_box(sets[turn]))
+            })
         });
         g.bench_function("module_policy", |b| {
             b.iter(|| module_policy.select(black_box(&req), black_box(&cands)))
@@ -183,5 +209,34 @@ fn fuel(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, select, install, fuel);
+/// A bare wasmtime call with fuel and an epoch deadline, the floor under any
+/// policy call.
+fn call_floor(c: &mut Criterion) {
+    let mut config = wasmtime::Config::new();
+    config.consume_fuel(true).epoch_interruption(true);
+    let engine = wasmtime::Engine::new(&config).unwrap();
+    let module = wasmtime::Module::new(
+        &engine,
+        r#"(module (func (export "f") (param i32) (result i32) i32.const 0))"#,
+    )
+    .unwrap();
+    let mut store = wasmtime::Store::new(&engine, ());
+    let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+    let f = instance
+        .get_typed_func::<i32, i32>(&mut store, "f")
+        .unwrap();
+    let mut g = c.benchmark_group("call_floor");
+    g.measurement_time(Duration::from_secs(3));
+    g.bench_function("empty", |b| {
+        b.iter(|| {
+            store.set_epoch_deadline(50);
+            store.set_fuel(20_000_000).unwrap();
+            let r = f.call(&mut store, black_box(4)).unwrap();
+            (r, store.get_fuel().unwrap())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, select, call_floor, install, fuel);
 criterion_main!(benches);

@@ -14,7 +14,9 @@
 //!   of the capabilities the module requested and the environment granted.
 //! * A [`PolicyInstance`] is one instance in its own `Store` with a memory cap,
 //!   one table, one instance; each call gets a fresh fuel budget and epoch
-//!   deadline. It implements [`Policy`] and [`CostModel`].
+//!   deadline. It implements [`Policy`] and [`CostModel`]. A select writes the
+//!   56-byte request into the guest's I/O buffer and rewrites the candidates
+//!   only when they differ from the ones the last call left there.
 //!
 //! Faults map to [`PolicyError`] as follows: a trap (including a host function
 //! refusing a bad pointer and a stack overflow) is `Trap`; fuel or epoch
@@ -1099,10 +1101,7 @@ impl CompiledModule {
         let live = Live::new(&self.inner)?;
         Ok(PolicyInstance {
             module: self.clone(),
-            slot: Mutex::new(Slot {
-                live: Some(live),
-                scratch: Vec::with_capacity(MAX_CANDIDATES),
-            }),
+            slot: Mutex::new(Slot { live: Some(live) }),
             restarts: AtomicU64::new(0),
             restart_failures: AtomicU64::new(0),
         })
@@ -1120,6 +1119,47 @@ struct Live {
     cost: Option<TypedFunc<(f64, f64), f64>>,
     aggregate: Option<TypedFunc<i32, f64>>,
     rank: Option<TypedFunc<(), i64>>,
+    /// What the guest's candidate region holds.
+    resident: Resident,
+}
+
+/// The router candidates last written to a guest's candidate region, so `select`
+/// and `aggregate` rewrite it only when the candidates change (on load reports,
+/// not per flow): comparing the host's copy costs a fraction of encoding and
+/// writing 40 bytes per candidate. Per [`Live`], so a rebuilt instance starts
+/// from an unknown region.
+///
+/// The guest never writes its I/O buffer (ABI v1, `sdk::guest`). One that does
+/// only misleads itself: every answer is still checked against the host's own
+/// candidates (index in range, candidate UP).
+#[derive(Debug, Default)]
+struct Resident {
+    /// Whether `candidates` is what the region holds; false for a fresh
+    /// instance and after a call that wrote the region otherwise.
+    known: bool,
+    /// Kept allocated across changes, so a change does not allocate either once
+    /// the largest set has been seen.
+    candidates: Vec<Candidate>,
+}
+
+impl Resident {
+    fn forget(&mut self) {
+        self.known = false;
+    }
+
+    /// Whether the region already holds exactly `candidates`: same count and,
+    /// field by field, the same bits (so a NaN load compares equal to itself and
+    /// `-0.0` differs from `0.0`, as their encodings do).
+    fn holds(&self, candidates: &[Candidate]) -> bool {
+        self.known
+            && self.candidates.len() == candidates.len()
+            && self.candidates.iter().zip(candidates).all(|(a, b)| {
+                a.addr == b.addr
+                    && a.load.to_bits() == b.load.to_bits()
+                    && a.route_cost.to_bits() == b.route_cost.to_bits()
+                    && a.up == b.up
+            })
+    }
 }
 
 impl std::fmt::Debug for Live {
@@ -1241,7 +1281,60 @@ impl Live {
             cost,
             aggregate,
             rank,
+            resident: Resident::default(),
         })
+    }
+
+    /// Writes `request` (when given) and makes the guest's candidate region hold
+    /// `candidates` (ABI form, no operator tags), rewriting the region only if
+    /// it does not already; guest memory is looked up once.
+    fn place(
+        &mut self,
+        request: Option<&sdk::FlowRequest>,
+        candidates: &[Candidate],
+    ) -> Result<(), Fault> {
+        let unchanged = self.resident.holds(candidates);
+        if !unchanged {
+            self.resident.forget();
+        }
+        let buffer = io_buffer(&self.memory, &mut self.store, self.io)?;
+        if let Some(request) = request {
+            write_request(buffer, request)?;
+        }
+        if unchanged {
+            return Ok(());
+        }
+        let region = candidate_region(buffer, candidates.len())?;
+        for (candidate, chunk) in candidates
+            .iter()
+            .zip(region.chunks_exact_mut(sdk::Candidate::SIZE))
+        {
+            chunk.copy_from_slice(&abi_candidate(candidate).to_bytes());
+        }
+        self.resident.candidates.clear();
+        self.resident.candidates.extend_from_slice(candidates);
+        self.resident.known = true;
+        Ok(())
+    }
+
+    /// Writes `request` and ABI candidates (operator tags included); the
+    /// router-form copy no longer describes the region.
+    fn place_abi(
+        &mut self,
+        request: &sdk::FlowRequest,
+        candidates: &[sdk::Candidate],
+    ) -> Result<(), Fault> {
+        self.resident.forget();
+        let buffer = io_buffer(&self.memory, &mut self.store, self.io)?;
+        write_request(buffer, request)?;
+        let region = candidate_region(buffer, candidates.len())?;
+        for (candidate, chunk) in candidates
+            .iter()
+            .zip(region.chunks_exact_mut(sdk::Candidate::SIZE))
+        {
+            chunk.copy_from_slice(&candidate.to_bytes());
+        }
+        Ok(())
     }
 
     /// Gives the store a fresh CPU bound for one call: `min(per-call fuel,
@@ -1300,13 +1393,29 @@ fn io_buffer<'a>(
         })
 }
 
+/// The first `n` candidate slots of an I/O buffer.
+fn candidate_region(buffer: &mut [u8], n: usize) -> Result<&mut [u8], Fault> {
+    if n > MAX_CANDIDATES {
+        return Err(unavailable("more candidates than ABI v1 allows"));
+    }
+    let start = layout::IO_CANDIDATES_OFFSET;
+    buffer
+        .get_mut(start..start + n * sdk::Candidate::SIZE)
+        .ok_or_else(|| unavailable("I/O buffer too short for the candidates"))
+}
+
+/// Writes `request` at the start of an I/O buffer.
+fn write_request(buffer: &mut [u8], request: &sdk::FlowRequest) -> Result<(), Fault> {
+    request.encode(buffer).map_err(|e| Fault::Unavailable {
+        reason: e.to_string(),
+    })
+}
+
 /// The mutable part of a [`PolicyInstance`].
 #[derive(Debug)]
 struct Slot {
     /// `None` after a fault whose rebuild failed; rebuilt before the next call.
     live: Option<Live>,
-    /// Reused ABI candidates so a call does not allocate.
-    scratch: Vec<sdk::Candidate>,
 }
 
 /// A failed step inside a call.
@@ -1399,7 +1508,7 @@ impl PolicyInstance {
     fn run<T>(
         &self,
         fuel_limit: Option<u64>,
-        body: impl FnOnce(&mut Live, &mut Vec<sdk::Candidate>) -> Result<T, Step>,
+        body: impl FnOnce(&mut Live) -> Result<T, Step>,
     ) -> CallOutcome<T> {
         let inner = &self.module.inner;
         let config = &inner.vm.config;
@@ -1432,7 +1541,7 @@ impl PolicyInstance {
             }
         };
         let started = config.fuel_per_call.is_none().then(Instant::now);
-        let result = body(live, &mut slot.scratch);
+        let result = body(live);
         let cpu_used = match started {
             Some(t) => u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX),
             None => fuel_given.saturating_sub(live.store.get_fuel().unwrap_or(0)),
@@ -1484,10 +1593,11 @@ impl PolicyInstance {
             };
         }
         let request = abi_request(req, now_unix_secs);
-        self.run(fuel_limit, |live, scratch| {
-            scratch.clear();
-            scratch.extend(candidates.iter().map(abi_candidate));
-            Self::select_on(live, &request, scratch)
+        self.run(fuel_limit, |live| {
+            live.place(Some(&request), candidates)?;
+            Self::select_on(live, candidates.len(), |i| {
+                candidates.get(i).is_some_and(|c| c.up)
+            })
         })
     }
 
@@ -1505,50 +1615,40 @@ impl PolicyInstance {
                 cpu_used: 0,
             };
         }
-        self.run(fuel_limit, |live, _| Self::select_on(live, req, candidates))
+        self.run(fuel_limit, |live| {
+            live.place_abi(req, candidates)?;
+            Self::select_on(live, candidates.len(), |i| {
+                candidates.get(i).is_some_and(sdk::Candidate::is_up)
+            })
+        })
     }
 
+    /// Calls `pronto_select(n)` on the request and `n` candidates already in the
+    /// guest's I/O buffer, and validates the answer (`is_up` says whether the
+    /// host's candidate `i` is UP).
     fn select_on(
         live: &mut Live,
-        request: &sdk::FlowRequest,
-        candidates: &[sdk::Candidate],
+        n: usize,
+        is_up: impl Fn(usize) -> bool,
     ) -> Result<Decision, Step> {
         // Borrow the handles in place: cloning a TypedFunc touches wasmtime's type
         // registry (atomics and a lock), a third of a call's time.
-        let Live {
-            store,
-            memory,
-            io,
-            select,
-            ..
-        } = live;
+        let Live { store, select, .. } = live;
         let select = select
             .as_ref()
             .ok_or_else(|| unavailable("module exports no pronto_select"))?;
-        sdk::encode_io(request, candidates, io_buffer(memory, store, *io)?).map_err(|e| {
-            Fault::Unavailable {
-                reason: e.to_string(),
-            }
-        })?;
         // n <= MAX_CANDIDATES was checked by the caller.
-        let n = i32::try_from(candidates.len()).unwrap_or(i32::MAX);
-        let raw = select.call(&mut *store, n).map_err(Step::Wasm)?;
-        match sdk::Decision::from_raw(raw, candidates.len()) {
+        let raw = select
+            .call(&mut *store, i32::try_from(n).unwrap_or(i32::MAX))
+            .map_err(Step::Wasm)?;
+        match sdk::Decision::from_raw(raw, n) {
             Ok(sdk::Decision::Reject) => Ok(Decision::Reject),
-            Ok(sdk::Decision::Select(index)) => {
-                if candidates.get(index).is_some_and(sdk::Candidate::is_up) {
-                    Ok(Decision::Select(index))
-                } else {
-                    Err(Step::Fault(Fault::DownCandidate {
-                        index,
-                        candidates: candidates.len(),
-                    }))
-                }
-            }
-            Err(_) => Err(Step::Fault(Fault::BadDecision {
-                raw,
-                candidates: candidates.len(),
+            Ok(sdk::Decision::Select(index)) if is_up(index) => Ok(Decision::Select(index)),
+            Ok(sdk::Decision::Select(index)) => Err(Step::Fault(Fault::DownCandidate {
+                index,
+                candidates: n,
             })),
+            Err(_) => Err(Step::Fault(Fault::BadDecision { raw, candidates: n })),
         }
     }
 
@@ -1559,7 +1659,9 @@ impl PolicyInstance {
         request: &sdk::RankRequest,
         fuel_limit: Option<u64>,
     ) -> CallOutcome<u64> {
-        self.run(fuel_limit, |live, _| {
+        self.run(fuel_limit, |live| {
+            // The rank request overlaps candidate 0.
+            live.resident.forget();
             let Live {
                 store,
                 memory,
@@ -1587,7 +1689,7 @@ impl PolicyInstance {
         route_cost: f64,
         fuel_limit: Option<u64>,
     ) -> CallOutcome<f64> {
-        self.run(fuel_limit, |live, _| {
+        self.run(fuel_limit, |live| {
             let Live { store, cost, .. } = live;
             let cost = cost
                 .as_ref()
@@ -1617,26 +1719,14 @@ impl PolicyInstance {
                 cpu_used: 0,
             };
         }
-        self.run(fuel_limit, |live, scratch| {
+        self.run(fuel_limit, |live| {
+            live.place(None, candidates)?;
             let Live {
-                store,
-                memory,
-                io,
-                aggregate,
-                ..
+                store, aggregate, ..
             } = live;
             let aggregate = aggregate
                 .as_ref()
                 .ok_or_else(|| unavailable("module exports no pronto_aggregate"))?;
-            scratch.clear();
-            scratch.extend(candidates.iter().map(abi_candidate));
-            let buffer = io_buffer(memory, store, *io)?;
-            let region = buffer
-                .get_mut(layout::IO_CANDIDATES_OFFSET..)
-                .unwrap_or_default();
-            sdk::encode_candidates(scratch, region).map_err(|e| Fault::Unavailable {
-                reason: e.to_string(),
-            })?;
             let n = i32::try_from(candidates.len()).unwrap_or(i32::MAX);
             let value = aggregate.call(&mut *store, n).map_err(Step::Wasm)?;
             if value.is_nan() {

@@ -17,7 +17,8 @@ use common::{ALL_CAPABILITIES, candidates, from_wat, request, shipped, wat_polic
 use exec_env::host::LogLimit;
 use exec_env::manifest::Capability;
 use exec_env::vm::{Fault, PolicyInstance, TimeoutCause, Vm, VmConfig, VmError};
-use router_core::policy::{CostModel, Decision, LeastCost, Policy, PolicyError};
+use proptest::prelude::*;
+use router_core::policy::{Candidate, CostModel, Decision, LeastCost, Policy, PolicyError};
 use sdk::harness;
 use slr_policy_wasm::consistent_hash::MaglevTable;
 use slr_policy_wasm::{least_load, proximity, time_of_day, weighted_cost};
@@ -755,4 +756,157 @@ fn nan_from_f_is_a_fault() {
         })
     ));
     assert_eq!(instance.aggregate(&candidates(2)), Ok(1.0));
+}
+
+/// One step of [`candidates_left_in_guest_memory_follow_every_change`].
+#[derive(Debug, Clone)]
+enum Step {
+    /// Call again with the same candidates.
+    Same,
+    /// Set candidate `at`'s load (NaN included).
+    Load { at: usize, load: f64 },
+    /// Flip candidate `at`'s UP flag.
+    Toggle { at: usize },
+    /// Keep the first `len` candidates.
+    Truncate { len: usize },
+    /// Add a candidate.
+    Push { load: f64 },
+    /// Sign of zero: `-0.0` and `0.0` compare equal but encode differently.
+    NegZero { at: usize },
+    /// A call through the ABI path with other candidates in between.
+    Abi,
+}
+
+fn arb_step() -> impl Strategy<Value = Step> {
+    let load = prop_oneof![
+        6 => (0_u8..5).prop_map(|l| f64::from(l) / 4.0),
+        1 => Just(f64::NAN),
+        1 => Just(f64::INFINITY),
+    ];
+    prop_oneof![
+        3 => Just(Step::Same),
+        3 => (any::<usize>(), load.clone()).prop_map(|(at, load)| Step::Load { at, load }),
+        2 => any::<usize>().prop_map(|at| Step::Toggle { at }),
+        1 => (0_usize..6).prop_map(|len| Step::Truncate { len }),
+        1 => load.prop_map(|load| Step::Push { load }),
+        1 => any::<usize>().prop_map(|at| Step::NegZero { at }),
+        1 => Just(Step::Abi),
+    ]
+}
+
+fn abi_of(cands: &[Candidate]) -> Vec<sdk::Candidate> {
+    cands
+        .iter()
+        .map(|c| {
+            let flags = if c.up { sdk::flags::UP } else { 0 };
+            sdk::Candidate::new(c.addr, c.load, c.route_cost, flags)
+        })
+        .collect()
+}
+
+fn decision(d: sdk::Decision) -> Decision {
+    match d {
+        sdk::Decision::Select(i) => Decision::Select(i),
+        sdk::Decision::Reject => Decision::Reject,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The VM leaves the candidates in guest memory between calls and rewrites
+    /// them only when they change: whatever changes (a load, a flag, the count, a
+    /// NaN, the sign of a zero, a call of another entry point writing the same
+    /// region), every answer of one long-lived instance is the native policy's
+    /// on the candidates of that call.
+    #[test]
+    fn candidates_left_in_guest_memory_follow_every_change(
+        steps in prop::collection::vec(arb_step(), 1..40),
+    ) {
+        let vm = vm(VmConfig::default());
+        let instance = vm.load(&shipped(weighted_cost::NAME), &[]).unwrap();
+        let mut cands = candidates(4);
+        for (i, step) in steps.iter().enumerate() {
+            let pick = |at: usize, len: usize| (len > 0).then(|| at % len);
+            match *step {
+                Step::Same => {}
+                Step::Load { at, load } => {
+                    if let Some(k) = pick(at, cands.len()) {
+                        cands[k].load = load;
+                    }
+                }
+                Step::Toggle { at } => {
+                    if let Some(k) = pick(at, cands.len()) {
+                        cands[k].up = !cands[k].up;
+                    }
+                }
+                Step::Truncate { len } => cands.truncate(len),
+                Step::Push { load } => cands.push(Candidate {
+                    addr: ip(10, 9, 1, cands.len() as u8),
+                    load,
+                    route_cost: 0.5,
+                    up: true,
+                }),
+                Step::NegZero { at } => {
+                    if let Some(k) = pick(at, cands.len()) {
+                        cands[k].load = if cands[k].load.to_bits() == 0 { -0.0 } else { 0.0 };
+                    }
+                }
+                Step::Abi => {
+                    let other = abi_of(&candidates(5));
+                    let abi_request = harness::tcp(([10, 0, 0, 1], 1), ([192, 200, 0, 10], 443));
+                    let wasm = instance.call_select_abi(&abi_request, &other, None).result.unwrap();
+                    let native = harness::select(weighted_cost::select, &abi_request, &other).unwrap();
+                    prop_assert_eq!(wasm, decision(native));
+                }
+            }
+            let abi = abi_of(&cands);
+            let abi_request = harness::tcp(([10, 0, 3, 4], i as u16), ([192, 200, 0, 10], 443));
+            let native = harness::select(weighted_cost::select, &abi_request, &abi).unwrap();
+            prop_assert_eq!(
+                instance.select(&request(i as u16), &cands),
+                Ok(decision(native)),
+                "step {} {:?} on {:?}", i, step, cands
+            );
+            // G writes the same region; alternate it with select.
+            if i % 3 == 0 {
+                let native = harness::aggregate(weighted_cost::aggregate, &abi).unwrap();
+                let wasm = instance.aggregate(&cands).unwrap();
+                prop_assert_eq!(wasm.to_bits(), native.to_bits(), "G at step {}", i);
+            }
+        }
+        prop_assert_eq!(instance.stats().restarts, 0);
+    }
+}
+
+/// A guest that rewrites its own I/O buffer (here: marks candidate 0 UP before
+/// choosing it) misleads only itself: the host checks the answer against its own
+/// candidates, the same on every call whether or not it rewrote the region.
+#[test]
+fn a_guest_writing_its_buffer_cannot_choose_a_down_candidate() {
+    let vm = vm(VmConfig::default());
+    // Candidate 0's flags sit at 1024 + 56 + 32.
+    let instance = load(
+        &vm,
+        &wat_policy(
+            "",
+            "(i32.store (i32.const 1112) (i32.const 1)) (i32.const 0)",
+        ),
+    );
+    let mut cands = candidates(3);
+    cands[0].up = false;
+    for port in 0..3 {
+        assert!(
+            matches!(
+                instance.select(&request(port), &cands),
+                Err(PolicyError::OutOfRange { index: 0, len: 3 })
+            ),
+            "call {port}"
+        );
+    }
+    cands[0].up = true;
+    assert_eq!(
+        instance.select(&request(9), &cands),
+        Ok(Decision::Select(0))
+    );
 }

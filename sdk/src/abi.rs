@@ -504,26 +504,35 @@ impl FlowRequest {
         addr_from_bytes(self.dst_addr)
     }
 
+    /// The 56-byte little-endian encoding, built in a local array (every offset is
+    /// a constant inside it, so nothing can panic) and copied out in one go by
+    /// [`FlowRequest::encode`].
+    #[must_use]
+    #[inline]
+    pub fn to_bytes(&self) -> [u8; layout::request::SIZE] {
+        use layout::request as r;
+        let mut out = [0; r::SIZE];
+        out[r::PROTO] = self.proto;
+        out[r::FAMILY] = self.family;
+        out[r::LEVEL] = self.level;
+        out[r::RESERVED0] = self.reserved0;
+        out[r::SRC_PORT].copy_from_slice(&self.src_port.to_le_bytes());
+        out[r::DST_PORT].copy_from_slice(&self.dst_port.to_le_bytes());
+        out[r::SUBNET_ID].copy_from_slice(&self.subnet_id.to_le_bytes());
+        out[r::RESERVED1].copy_from_slice(&self.reserved1.to_le_bytes());
+        out[r::SRC_ADDR].copy_from_slice(&self.src_addr);
+        out[r::DST_ADDR].copy_from_slice(&self.dst_addr);
+        out[r::NOW_UNIX_SECS].copy_from_slice(&self.now_unix_secs.to_le_bytes());
+        out
+    }
+
     /// Writes the 56-byte little-endian encoding to `out[..56]`.
     pub fn encode(&self, out: &mut [u8]) -> Result<(), AbiError> {
-        use layout::request as r;
-        const WHAT: &str = "flow request";
-        check_len(WHAT, r::SIZE, out.len())?;
-        write(WHAT, out, r::PROTO..r::PROTO + 1, &[self.proto])?;
-        write(WHAT, out, r::FAMILY..r::FAMILY + 1, &[self.family])?;
-        write(WHAT, out, r::LEVEL..r::LEVEL + 1, &[self.level])?;
-        write(WHAT, out, r::RESERVED0..r::RESERVED0 + 1, &[self.reserved0])?;
-        write(WHAT, out, r::SRC_PORT, &self.src_port.to_le_bytes())?;
-        write(WHAT, out, r::DST_PORT, &self.dst_port.to_le_bytes())?;
-        write(WHAT, out, r::SUBNET_ID, &self.subnet_id.to_le_bytes())?;
-        write(WHAT, out, r::RESERVED1, &self.reserved1.to_le_bytes())?;
-        write(WHAT, out, r::SRC_ADDR, &self.src_addr)?;
-        write(WHAT, out, r::DST_ADDR, &self.dst_addr)?;
         write(
-            WHAT,
+            "flow request",
             out,
-            r::NOW_UNIX_SECS,
-            &self.now_unix_secs.to_le_bytes(),
+            0..layout::request::SIZE,
+            &self.to_bytes(),
         )
     }
 
@@ -627,16 +636,30 @@ impl Candidate {
         addr_from_bytes(self.addr)
     }
 
+    /// The 40-byte little-endian encoding, built in a local array (constant
+    /// offsets inside it, so nothing can panic) and copied out in one go by
+    /// [`Candidate::encode`].
+    #[must_use]
+    #[inline]
+    pub fn to_bytes(&self) -> [u8; layout::candidate::SIZE] {
+        use layout::candidate as c;
+        let mut out = [0; c::SIZE];
+        out[c::ADDR].copy_from_slice(&self.addr);
+        out[c::LOAD].copy_from_slice(&self.load.to_le_bytes());
+        out[c::ROUTE_COST].copy_from_slice(&self.route_cost.to_le_bytes());
+        out[c::FLAGS].copy_from_slice(&self.flags.to_le_bytes());
+        out[c::RESERVED].copy_from_slice(&self.reserved.to_le_bytes());
+        out
+    }
+
     /// Writes the 40-byte little-endian encoding to `out[..40]`.
     pub fn encode(&self, out: &mut [u8]) -> Result<(), AbiError> {
-        use layout::candidate as c;
-        const WHAT: &str = "candidate";
-        check_len(WHAT, c::SIZE, out.len())?;
-        write(WHAT, out, c::ADDR, &self.addr)?;
-        write(WHAT, out, c::LOAD, &self.load.to_le_bytes())?;
-        write(WHAT, out, c::ROUTE_COST, &self.route_cost.to_le_bytes())?;
-        write(WHAT, out, c::FLAGS, &self.flags.to_le_bytes())?;
-        write(WHAT, out, c::RESERVED, &self.reserved.to_le_bytes())
+        write(
+            "candidate",
+            out,
+            0..layout::candidate::SIZE,
+            &self.to_bytes(),
+        )
     }
 
     /// Reads and validates the encoding at `bytes[..40]` (reserved bits zero);

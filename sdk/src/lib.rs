@@ -47,7 +47,9 @@
 //!
 //! **Select**: the host writes the request at `buf` and `n` candidates after it
 //! ([`encode_io`]; candidates may be rewritten only when they change with
-//! [`encode_candidates`]), then calls `pronto_select(n)` with `0 <= n <= 256`.
+//! [`encode_candidates`], and Pronto's host does so: the candidates of the last
+//! call stay in place while they are unchanged, which is why a guest must never
+//! write its buffer), then calls `pronto_select(n)` with `0 <= n <= 256`.
 //! The result is an index `0 <= r < n`, [`DECISION_REJECT`] (`-1`), or
 //! [`DECISION_FAULT`] (`-2`, the guest found `n` out of range or its policy
 //! produced an out-of-range index). Validate with [`Decision::from_raw`]; anything
