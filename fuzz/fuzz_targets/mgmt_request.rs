@@ -111,6 +111,8 @@ impl RouterState for State {
             upstream_registered: false,
             modules: 0,
             packets: 9,
+            fast_path: "bpf".into(),
+            fast_path_forwarded: 3,
         })
     }
     fn flows(&self, q: &FlowQuery) -> Result<FlowsResponse, StateError> {
