@@ -18,7 +18,11 @@ fn engine() -> Engine {
         local_v4: Some("10.0.0.1".parse().unwrap()),
         local_v6: Some("fd00::1".parse().unwrap()),
         tunnel_mtu: 600,
-        flows: FlowConfig { capacity_v4: 4096, capacity_v6: 1024, ..FlowConfig::default() },
+        flows: FlowConfig {
+            capacity_v4: 4096,
+            capacity_v6: 1024,
+            ..FlowConfig::default()
+        },
         ..EngineConfig::default()
     });
     for (subnet, hops) in [
@@ -29,7 +33,12 @@ fn engine() -> Engine {
         let id = e.add_subnet(subnet.parse().unwrap()).unwrap();
         let cands = hops
             .iter()
-            .map(|h| Candidate { addr: h.parse::<IpAddr>().unwrap(), load: 0.5, route_cost: 1.0, up: true })
+            .map(|h| Candidate {
+                addr: h.parse::<IpAddr>().unwrap(),
+                load: 0.5,
+                route_cost: 1.0,
+                up: true,
+            })
             .collect();
         e.set_candidates(id, cands).unwrap();
     }
@@ -73,7 +82,9 @@ fuzz_target!(|input: &[u8]| {
         fix_ipv4(&mut pkt);
     }
     for _ in 0..((mode >> 1) & 3).min(2) {
-        let mut outer = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 4, 0, 0, 10, 9, 9, 9, 10, 0, 0, 1];
+        let mut outer = vec![
+            0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 4, 0, 0, 10, 9, 9, 9, 10, 0, 0, 1,
+        ];
         if pkt.first().is_some_and(|b| b >> 4 == 6) {
             outer[9] = 41;
         }

@@ -4,7 +4,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use signaling::{Decoder, Epoch, LocalNode, NodeName, Peer, PeerAuth, PeerConfig, Role, decode, encode};
+use signaling::{
+    Decoder, Epoch, LocalNode, NodeName, Peer, PeerAuth, PeerConfig, Role, decode, encode,
+};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok((env, used)) = decode(data) {
@@ -36,13 +38,20 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    let (Ok(me), Ok(them)) = (NodeName::new("sys1.example"), NodeName::new("site-a.example")) else {
+    let (Ok(me), Ok(them)) = (
+        NodeName::new("sys1.example"),
+        NodeName::new("site-a.example"),
+    ) else {
         return;
     };
     let now = router_core::time::Instant::from_secs(1);
     let mut peer = Peer::accept(
         PeerConfig::default(),
-        LocalNode { name: me, level: router_core::policy::Level::System, role: Role::System },
+        LocalNode {
+            name: me,
+            level: router_core::policy::Level::System,
+            role: Role::System,
+        },
         PeerAuth::Name(them),
         Epoch(1),
         now,
