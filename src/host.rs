@@ -215,6 +215,7 @@ struct TunnelSnapshot {
     truncated: u64,
     inject_failed: u64,
     rx_errors: u64,
+    tun_coalesced: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -473,6 +474,7 @@ fn host_snapshot(
             truncated: t.truncated,
             inject_failed: t.inject_failed,
             rx_errors: t.rx_errors,
+            tun_coalesced: t.tun_coalesced,
         },
         adverts,
         fast_path: None,

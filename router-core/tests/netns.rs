@@ -29,6 +29,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 const PORT: u16 = 8080;
+/// The sink: reads until EOF, answers with the byte count and a checksum.
+const SINK_PORT: u16 = 8081;
 const REPLY: &[u8] = b"hello from host-1\n";
 
 fn vip_subnet() -> VirtualSubnet {
@@ -109,9 +111,30 @@ fn start(tag: &str) -> Running {
         .expect("host endpoint");
         // Bound to the VIP itself: accepted because the subnet is local.
         let l = TcpListener::bind((VIP, PORT)).expect("bind VIP");
-        (ep, l)
+        let sink = TcpListener::bind((VIP, SINK_PORT)).expect("bind VIP sink");
+        (ep, (l, sink))
     })
     .unwrap();
+    let (listener, sink) = listener;
+    std::thread::spawn(move || {
+        // One upload at a time; ends with the test process.
+        for s in sink.incoming() {
+            let Ok(mut s) = s else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut buf = vec![0u8; 1 << 16];
+            let (mut n, mut sum) = (0u64, 0u64);
+            while let Ok(k) = s.read(&mut buf) {
+                if k == 0 {
+                    break;
+                }
+                sum = buf[..k]
+                    .iter()
+                    .fold(sum, |a, &b| a.wrapping_mul(31).wrapping_add(u64::from(b)));
+                n += k as u64;
+            }
+            let _ = s.write_all(format!("{n} {sum}\n").as_bytes());
+        }
+    });
     let host = ep.handle();
     let host_thread = ep.spawn().unwrap();
     let server_stop = Arc::new(AtomicBool::new(false));
@@ -240,6 +263,70 @@ fn tcp_through_userspace_router_with_direct_server_return() {
     let rc_tx = lab.link_stat(&lab.router, "rc", "tx_packets") - rc_tx_before;
     assert!(ch_rx >= 3 * N, "direct-path packets {ch_rx}");
     assert!(rc_tx < 5, "router sent {rc_tx} packets toward the client");
+}
+
+/// A bulk upload through the router: the TUN hands over TCP super-packets, the
+/// router reads each once and cuts it into segments (software GSO), the host
+/// coalesces the segments back into few TUN writes (software GRO); the bytes
+/// arrive whole and in order.
+#[test]
+fn bulk_upload_crosses_the_tun_as_super_packets() {
+    if !lab::root_or_skip("bulk_upload_crosses_the_tun_as_super_packets") {
+        return;
+    }
+    let run = start("gso");
+    let (_, before, host_before) = settle(&run);
+    let host_tun = HostConfig::default().tun_name;
+    let writes_before = run.lab.link_stat(&run.lab.host, &host_tun, "rx_packets");
+    const BYTES: usize = 8 << 20;
+    let data: Vec<u8> = (0..BYTES).map(|i| (i * 7 + i / 4099) as u8).collect();
+    let want = data
+        .iter()
+        .fold(0u64, |a, &b| a.wrapping_mul(31).wrapping_add(u64::from(b)));
+    let answer = in_netns(&run.lab.client, || {
+        let mut s = TcpStream::connect_timeout(
+            &SocketAddr::from((VIP, SINK_PORT)),
+            Duration::from_secs(5),
+        )?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        s.write_all(&data)?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf)?;
+        Ok::<_, std::io::Error>(buf)
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        answer.trim(),
+        format!("{BYTES} {want}"),
+        "the sink's count and sum"
+    );
+    let (c, s, h) = settle(&run);
+    assert_eq!(c.dropped_total(), 0, "{c:?}");
+    assert_eq!(s.rx_errors, 0, "{s:?}");
+    assert_eq!(h.dropped(), 0, "{h:?}");
+    let segments = s.rx_tun - before.rx_tun;
+    let reads = s.tun_reads - before.tun_reads;
+    let injected = h.injected - host_before.injected;
+    let writes = run.lab.link_stat(&run.lab.host, &host_tun, "rx_packets") - writes_before;
+    let supers = h.tun_coalesced - host_before.tun_coalesced;
+    // 8 MiB is at least ~5,700 full segments.
+    assert!(segments > 5_000, "{segments} segments");
+    // Offloads on (the default): most reads carried several segments and most
+    // writes several packets. Without them reads == segments, writes == packets.
+    assert!(
+        reads * 4 < segments,
+        "{reads} TUN reads for {segments} segments"
+    );
+    assert!(
+        writes * 2 < injected,
+        "{writes} TUN writes for {injected} packets"
+    );
+    assert!(
+        supers > 0 && supers <= writes,
+        "{supers} super-packets, {writes} writes"
+    );
 }
 
 /// Send raw IPv4 packets (header included) from the client namespace.

@@ -22,6 +22,8 @@ struct HostTunnelFile {
     mtu: u16,
     ipv4: bool,
     ipv6: bool,
+    /// TUN offloads: a batch's segments of one flow coalesced into one write.
+    offload: bool,
 }
 
 impl Default for HostTunnelFile {
@@ -31,6 +33,7 @@ impl Default for HostTunnelFile {
             mtu: 1500,
             ipv4: true,
             ipv6: false,
+            offload: true,
         }
     }
 }
@@ -308,6 +311,7 @@ pub(super) fn host_from_file(path: &Path, f: HostFile) -> Result<HostDaemonConfi
         subnets: vsubnets,
         ipv4: t.ipv4,
         ipv6: t.ipv6,
+        tun_offload: t.offload,
         ..TunnelHostConfig::default()
     };
     let l = &f.load;

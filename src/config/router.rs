@@ -40,6 +40,9 @@ struct TunnelFile {
     path: PathName,
     #[serde(default = "default_ttl")]
     ttl: u8,
+    /// TUN offloads: TCP super-packets read whole and segmented here.
+    #[serde(default = "default_offload")]
+    offload: bool,
     /// More sources admitted to tunnel to us (ADDR/LEN), beside the upper
     /// level, the WHOHAS neighbours and a spare's primary.
     #[serde(default)]
@@ -54,6 +57,9 @@ fn default_router_tun() -> String {
 }
 fn default_ttl() -> u8 {
     64
+}
+fn default_offload() -> bool {
+    true
 }
 
 /// `tunnel.path = "auto" | "userspace" | "kernel"`.
@@ -325,6 +331,7 @@ pub(super) fn router_from_file(path: &Path, f: RouterFile) -> Result<RouterConfi
             ..EngineConfig::default()
         },
         tun_name: tunnel.tun_name,
+        tun_offload: f.tunnel.offload,
         tunnel_path: match f.tunnel.path {
             PathName::Auto => TunnelPath::Auto,
             PathName::Userspace => TunnelPath::Userspace,

@@ -287,7 +287,8 @@ impl MgmtState {
     pub(super) fn shell_counters(&self) -> serde_json::Value {
         let shell = self.dataplane.stats();
         serde_json::json!({
-            "rx_tun": shell.rx_tun, "rx_tunnel": shell.rx_tunnel,
+            "rx_tun": shell.rx_tun, "tun_reads": shell.tun_reads,
+            "rx_tunnel": shell.rx_tunnel,
             "rx_truncated": shell.rx_truncated, "rx_errors": shell.rx_errors,
             "tx_packets": shell.tx_packets, "tx_failed": shell.tx_failed,
             "tx_fragments": shell.tx_fragments, "punted": shell.punted,

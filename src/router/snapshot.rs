@@ -75,6 +75,7 @@ impl EngineSnapshot {
 #[derive(Debug, Serialize)]
 struct ShellSnapshot {
     rx_tun: u64,
+    tun_reads: u64,
     rx_tunnel: u64,
     rx_truncated: u64,
     rx_errors: u64,
@@ -92,6 +93,7 @@ impl From<ShellStats> for ShellSnapshot {
     fn from(s: ShellStats) -> Self {
         Self {
             rx_tun: s.rx_tun,
+            tun_reads: s.tun_reads,
             rx_tunnel: s.rx_tunnel,
             rx_truncated: s.rx_truncated,
             rx_errors: s.rx_errors,

@@ -20,8 +20,8 @@
 
 use super::fastpath::{FastPathInfo, FastPathStatus, FastPathSync, RouterFastPath};
 use super::netlink::{Netlink, NetlinkError};
-use super::raw::{Family, MAX_BATCH, RawRx, RawTx, RxMeta, Slots, TxItem};
-use super::tun::TunDevice;
+use super::raw::{Family, MAX_BATCH, MAX_SLOTS, RawRx, RawTx, RxMeta, Slots, TxItem};
+use super::tun::{MAX_GSO_SEGS, TunDevice};
 use super::{Clock, SyscallError, sysctl};
 use crate::api::{ApiError, RouterApi};
 use crate::classify::{FlowKey, VirtualSubnet};
@@ -61,6 +61,10 @@ pub struct DataplaneConfig {
     pub tun_name: String,
     /// MTU of the TUN device.
     pub tun_mtu: u16,
+    /// Read TCP super-packets from the TUN and cut them into segments here
+    /// (TUN offloads, software GSO; see [`TunDevice`]): one read where there
+    /// were up to 64. Off: one read per packet.
+    pub tun_offload: bool,
     /// Packets per batch (1..=64).
     pub batch: usize,
     /// Largest packet accepted, outer header included.
@@ -87,6 +91,7 @@ impl Default for DataplaneConfig {
             engine: EngineConfig::default(),
             tun_name: "pronto0".into(),
             tun_mtu: 1500,
+            tun_offload: true,
             batch: 32,
             max_packet: 9216,
             punt_queue: 1024,
@@ -426,7 +431,10 @@ struct Io {
     raw: Vec<RawRx>,
     tx: RawTx,
     slots: Slots,
-    meta: [RxMeta; MAX_BATCH],
+    meta: [RxMeta; MAX_SLOTS],
+    /// Packets one TUN pump may read (the slots; with offloads, room for a
+    /// super-packet's segments after a batch of packets).
+    tun_batch: usize,
     txq: Vec<TxItem>,
     scratch: Vec<u8>,
     /// Where a released held packet is encapsulated (headroom + largest packet).
@@ -475,6 +483,7 @@ impl Dataplane {
             (None, None)
         };
         let mtu = cfg.engine.tunnel_mtu;
+        let tun_batch = if tun.offload() { MAX_SLOTS } else { cfg.batch };
         let handle = DataplaneHandle {
             commands: cmd_tx,
             wake: Arc::clone(&wake),
@@ -492,9 +501,10 @@ impl Dataplane {
                 tun,
                 raw,
                 tx,
-                slots: Slots::new(cfg.batch, cfg.max_packet),
-                meta: [RxMeta::default(); MAX_BATCH],
-                txq: Vec::with_capacity(MAX_BATCH),
+                slots: Slots::new(tun_batch.max(cfg.batch), cfg.max_packet),
+                meta: [RxMeta::default(); MAX_SLOTS],
+                tun_batch,
+                txq: Vec::with_capacity(MAX_SLOTS),
                 scratch: vec![0; cfg.max_packet],
                 release_buf: vec![0; HEADROOM + cfg.max_packet],
                 mtu,
@@ -674,8 +684,17 @@ fn validate(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
 /// The TUN the served subnets are routed into, up, with its MTU; IP
 /// forwarding on when asked.
 fn open_tun(nl: &Netlink, cfg: &DataplaneConfig) -> Result<(TunDevice, u32), DataplaneError> {
-    let tun = TunDevice::create(&cfg.tun_name)?;
+    let tun = if cfg.tun_offload {
+        TunDevice::create_offload(&cfg.tun_name)?
+    } else {
+        TunDevice::create(&cfg.tun_name)?
+    };
     let tun_index = nl.link_index(&cfg.tun_name)?;
+    if tun.offload() {
+        // A super-packet of more segments than a read has slots for would be
+        // lost: the kernel segments those before the TUN instead.
+        nl.set_gso_max_segs(tun_index, MAX_GSO_SEGS as u32)?;
+    }
     if cfg.engine.local_v6.is_none() {
         // Else the kernel's own IPv6 chatter (RS, MLD) arrives as NotServed drops.
         if let Err(e) = sysctl::disable_ipv6(&cfg.tun_name) {
@@ -762,18 +781,21 @@ impl Io {
     }
 
     fn pump_tun(&mut self, node: &mut dyn DataplaneNode, now: Instant) -> usize {
-        let n = match self
+        let r = match self
             .tun
-            .recv_batch(&mut self.slots, &mut self.meta[..self.batch])
+            .recv_batch(&mut self.slots, &mut self.meta[..self.tun_batch])
         {
-            Ok(n) => n,
+            Ok(r) => r,
             Err(e) => {
                 tracing::debug!(error = %e, "tun read failed");
                 bump(&self.stats.rx_errors, 1);
                 return 0;
             }
         };
+        let n = r.packets;
         bump(&self.stats.rx_tun, n as u64);
+        bump(&self.stats.tun_reads, r.reads as u64);
+        bump(&self.stats.rx_errors, r.bad as u64);
         self.process(n, node, now);
         n
     }

@@ -204,6 +204,17 @@ impl Netlink {
             .map_err(|e| NetlinkError::request("set mtu", index, e))
     }
 
+    /// Cap the segments of one GSO packet the kernel hands `index` (larger ones
+    /// are segmented before it), like `ip link set gso_max_segs`.
+    pub fn set_gso_max_segs(&self, index: u32, segs: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index)
+            .append_extra_attribute(LinkAttribute::GsoMaxSegs(segs))
+            .build();
+        self.rt
+            .block_on(self.handle.link().set(msg).execute())
+            .map_err(|e| NetlinkError::request("set gso_max_segs", index, e))
+    }
+
     /// Delete a link.
     pub fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
         self.rt

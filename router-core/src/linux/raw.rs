@@ -22,6 +22,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 /// Most packets moved by one `recvmmsg` / `sendmmsg` (bounds the stack arrays).
 pub const MAX_BATCH: usize = 64;
 
+/// Most slots one [`Slots`] holds: a batch of TUN reads with offloads needs room
+/// for a whole 64-segment super-packet after the packets already read.
+pub const MAX_SLOTS: usize = 2 * MAX_BATCH;
+
 /// `IPPROTO_RAW`: send-only raw socket with the IP header included.
 const IPPROTO_RAW: i32 = 255;
 
@@ -36,7 +40,7 @@ pub struct Slots {
 impl Slots {
     /// `count` slots, each able to hold `HEADROOM + max_packet` bytes.
     pub fn new(count: usize, max_packet: usize) -> Self {
-        let count = count.clamp(1, MAX_BATCH);
+        let count = count.clamp(1, MAX_SLOTS);
         let slot_len = HEADROOM + max_packet;
         Self {
             buf: vec![0; slot_len * count],
@@ -65,6 +69,12 @@ impl Slots {
     pub fn slot_mut(&mut self, i: usize) -> &mut [u8] {
         let s = i.min(self.count - 1) * self.slot_len;
         &mut self.buf[s..s + self.slot_len]
+    }
+
+    /// Slots `first..`, each whole (headroom included), for filling several at once.
+    pub fn slots_from(&mut self, first: usize) -> impl Iterator<Item = &mut [u8]> {
+        let start = first.min(self.count) * self.slot_len;
+        self.buf[start..].chunks_mut(self.slot_len)
     }
 
     /// Receive iovecs over every slot starting `offset` bytes in.

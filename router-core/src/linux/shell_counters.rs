@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug, Default)]
 pub(crate) struct ShellCounters {
     pub(crate) rx_tun: AtomicU64,
+    pub(crate) tun_reads: AtomicU64,
     pub(crate) rx_tunnel: AtomicU64,
     pub(crate) rx_truncated: AtomicU64,
     pub(crate) rx_errors: AtomicU64,
@@ -27,13 +28,17 @@ pub(crate) struct ShellCounters {
 /// [`DataplaneHandle::counters`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ShellStats {
-    /// Packets read from the TUN (served-subnet traffic).
+    /// Packets read from the TUN (served-subnet traffic; a super-packet's
+    /// segments one by one).
     pub rx_tun: u64,
+    /// `read`s of the TUN: with offloads one read may carry many segments, so
+    /// `rx_tun / tun_reads` is the GSO factor.
+    pub tun_reads: u64,
     /// Tunnel packets read from the raw sockets.
     pub rx_tunnel: u64,
     /// Packets longer than a slot, dropped before the engine.
     pub rx_truncated: u64,
-    /// Receive calls that failed.
+    /// Receive calls that failed, and TUN packets the segmenter refused.
     pub rx_errors: u64,
     /// Packets (and fragments) handed to the kernel for transmission.
     pub tx_packets: u64,
@@ -65,6 +70,7 @@ impl ShellCounters {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         ShellStats {
             rx_tun: g(&self.rx_tun),
+            tun_reads: g(&self.tun_reads),
             rx_tunnel: g(&self.rx_tunnel),
             rx_truncated: g(&self.rx_truncated),
             rx_errors: g(&self.rx_errors),
