@@ -67,6 +67,11 @@ impl Drop for Running {
 }
 
 fn start(tag: &str) -> Running {
+    start_with(tag, 1)
+}
+
+/// As [`start`], the router with `engine_threads` threads (TUN queues).
+fn start_with(tag: &str, engine_threads: usize) -> Running {
     let lab = Lab::new(tag);
     let (mut dp, router) = in_netns(&lab.router, || {
         let cfg = DataplaneConfig {
@@ -76,7 +81,8 @@ fn start(tag: &str) -> Running {
                 ..EngineConfig::default()
             },
             tunnel_path: TunnelPath::Auto,
-            new_flow_queue: 64,
+            new_flow_queue: 256,
+            engine_threads,
             ..DataplaneConfig::default()
         };
         let dp = Dataplane::new(cfg).expect("dataplane");
@@ -263,6 +269,41 @@ fn tcp_through_userspace_router_with_direct_server_return() {
     let rc_tx = lab.link_stat(&lab.router, "rc", "tx_packets") - rc_tx_before;
     assert!(ch_rx >= 3 * N, "direct-path packets {ch_rx}");
     assert!(rc_tx < 5, "router sent {rc_tx} packets toward the client");
+}
+
+/// Two engine threads, each reading a queue of the TUN, share one node: every
+/// connection is placed once (one flow table) whichever thread read its
+/// packets, and the kernel's spread of flows over the queues gave both work.
+#[test]
+fn two_engine_threads_share_one_flow_table() {
+    if !lab::root_or_skip("two_engine_threads_share_one_flow_table") {
+        return;
+    }
+    let run = start_with("mq", 2);
+    let lab = &run.lab;
+    const N: u64 = 64;
+    for i in 0..N {
+        let (body, peer) = fetch(lab).unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(body, REPLY);
+        assert_eq!(peer, SocketAddr::from((VIP, PORT)));
+    }
+    let (c, s, h) = settle(&run);
+    assert_eq!(c.forwarded_new, N, "{c:?}");
+    assert!(c.forwarded_pinned >= 2 * N, "{c:?}");
+    assert_eq!(c.dropped_total(), 0, "{c:?}");
+    assert_eq!(s.new_flows, N, "{s:?}");
+    assert_eq!(s.tx_failed, 0, "{s:?}");
+    assert_eq!(h.injected, s.tx_packets, "{h:?}");
+    // The kernel hashes each flow to a queue: 64 flows all on one of two
+    // queues would be a 1 in 2^63 event.
+    assert!(
+        s.worker_batches > 0,
+        "the second thread read nothing: {s:?}"
+    );
+    assert!(
+        s.worker_batches < s.batches,
+        "the first thread read nothing: {s:?}"
+    );
 }
 
 /// A bulk upload through the router: the TUN hands over TCP super-packets, the

@@ -190,6 +190,9 @@ pub(super) struct RouterFile {
     fast_path: FastPathName,
     #[serde(default)]
     fast_path_links: Vec<String>,
+    /// Threads reading the TUN's queues into the shared engine.
+    #[serde(default = "default_engine_threads")]
+    engine_threads: usize,
     tunnel: TunnelFile,
     tls: TlsFile,
     #[serde(default)]
@@ -222,6 +225,9 @@ pub(super) struct RouterFile {
 
 fn default_route_cost() -> f64 {
     1.0
+}
+fn default_engine_threads() -> usize {
+    1
 }
 
 /// A validated router configuration.
@@ -332,6 +338,12 @@ pub(super) fn router_from_file(path: &Path, f: RouterFile) -> Result<RouterConfi
         },
         tun_name: tunnel.tun_name,
         tun_offload: f.tunnel.offload,
+        engine_threads: c.range(
+            "engine_threads",
+            f.engine_threads,
+            1,
+            router_core::linux::MAX_ENGINE_THREADS,
+        )?,
         tunnel_path: match f.tunnel.path {
             PathName::Auto => TunnelPath::Auto,
             PathName::Userspace => TunnelPath::Userspace,

@@ -187,6 +187,9 @@ enum LabCommand {
         /// How often daemons report load, update tables and write stats.
         #[arg(long, value_enum, default_value_t = LabPace::Fast)]
         pace: LabPace,
+        /// Engine threads of every router (its TUN gets as many queues).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=16))]
+        engine_threads: u8,
     },
     /// Kill one daemon with SIGKILL (recovery tests).
     Kill {
@@ -243,6 +246,7 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
             no_adverts,
             fast_path,
             pace,
+            engine_threads,
         } => {
             need_root()?;
             let opts = UpOptions {
@@ -258,6 +262,7 @@ pub(crate) fn run(args: &LabArgs) -> Result<()> {
                 adverts: !no_adverts,
                 fast_path: *fast_path,
                 pace: *pace,
+                engine_threads: *engine_threads,
             };
             up(dir, &opts)
         }
@@ -312,6 +317,7 @@ mod tests {
             adverts: true,
             fast_path: LabFastPath::Userspace,
             pace: LabPace::Fast,
+            engine_threads: 1,
         };
         let p = dir.join("conf/x.toml");
         let parse = |text: &str| text.parse::<toml::Table>().unwrap();

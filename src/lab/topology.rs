@@ -72,6 +72,8 @@ pub(super) struct UpOptions {
     pub(super) fast_path: super::LabFastPath,
     /// Load reports, table updates, stats snapshots.
     pub(super) pace: super::LabPace,
+    /// Every router's `engine_threads`.
+    pub(super) engine_threads: u8,
 }
 
 pub(super) fn parse_loads(items: &[String]) -> Result<Vec<(String, f64)>> {

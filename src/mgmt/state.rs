@@ -294,6 +294,7 @@ impl MgmtState {
             "tx_fragments": shell.tx_fragments, "punted": shell.punted,
             "punt_dropped": shell.punt_dropped, "new_flows": shell.new_flows,
             "new_flow_dropped": shell.new_flow_dropped, "batches": shell.batches,
+            "worker_batches": shell.worker_batches,
             "polls": shell.polls, "commands": shell.commands,
         })
     }

@@ -1,43 +1,55 @@
 //! The router's Linux shell: packets from the TUN and raw IP-in-IP sockets through
 //! [`Engine::process`], verdicts acted on, control changes applied between batches.
 //!
-//! One thread owns the engine ([`Dataplane::run`]). Each turn it drains every source
-//! in batches of up to `batch` packets, runs each packet through the engine, sends
+//! The first engine thread ([`Dataplane::run`]) drains every source each turn
+//! in batches of up to `batch` packets, runs each packet through the node, sends
 //! all `Forward` and `Reply` packets of the batch with one `sendmmsg` per family,
 //! and hands `Deliver` / `Recover` packets to the control plane over a bounded
 //! channel. Only when no source had anything does it `poll`; a command sent through
-//! [`DataplaneHandle`] wakes it through an eventfd.
+//! [`DataplaneHandle`] wakes it through an eventfd. With
+//! [`DataplaneConfig::engine_threads`] above 1, more threads read queues of a
+//! multi-queue TUN and run their batches through the same node under its lock
+//! (`workers`: why one shared node); timers, commands and the raw tunnel
+//! sockets stay on the first thread.
+//!
+//! With TUN offloads (the default) a read is a whole TCP super-packet, cut into
+//! segments before the node sees them (see [`TunDevice`]).
 //!
 //! When asked to (`new_flow_queue > 0`), it also reports every flow the engine pins
 //! on its first packet ([`NewFlow`]): a site SLR's control plane turns these into
 //! shortcuts (tunnel objects) upstream, and needs them before the flow's next packet.
 //!
-//! With a kernel fast path ([`Dataplane::set_fast_path`]) the same thread keeps
-//! its maps in step with the engine's flow table: once per turn it applies what
-//! the table journaled (every pin and unpin, whoever made it), and after each
-//! timer it settles the flows the sweep found idle with what the program saw
+//! With a kernel fast path ([`Dataplane::set_fast_path`]) the engine threads keep
+//! its maps in step with the engine's flow table: after each batch (and each
+//! turn of the first thread) they apply what the table journaled (every pin and
+//! unpin, whoever made it), and after each timer the first thread settles the flows the sweep found idle with what the program saw
 //! of them ([`super::fastpath::FastPathSync`]).
 
 use super::fastpath::{FastPathInfo, FastPathStatus, FastPathSync, RouterFastPath};
 use super::netlink::{Netlink, NetlinkError};
-use super::raw::{Family, MAX_BATCH, MAX_SLOTS, RawRx, RawTx, RxMeta, Slots, TxItem};
+use super::raw::{Family, MAX_BATCH, RawRx, RawTx};
 use super::tun::{MAX_GSO_SEGS, TunDevice};
 use super::{Clock, SyscallError, sysctl};
 use crate::api::{ApiError, RouterApi};
 use crate::classify::{FlowKey, VirtualSubnet};
 use crate::engine::{Engine, EngineConfig, EngineCounters, Verdict};
-use crate::packet::{HEADROOM, PacketBuf};
+use crate::packet::PacketBuf;
 use crate::policy::SubnetId;
 use crate::time::Instant;
-use crate::tunnel::fragment_ipv4;
 use crate::wire::ip_proto;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use io::Io;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::net::IpAddr;
-use std::os::fd::AsFd;
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use workers::{Shared, Workers};
+
+mod io;
+mod workers;
+
+/// Most engine threads ([`DataplaneConfig::engine_threads`]).
+pub const MAX_ENGINE_THREADS: usize = 16;
 
 /// How tunnels addressed to this router are terminated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -67,6 +79,13 @@ pub struct DataplaneConfig {
     pub tun_offload: bool,
     /// Packets per batch (1..=64).
     pub batch: usize,
+    /// Threads that read the TUN and run its packets through the node
+    /// (1..=[`MAX_ENGINE_THREADS`]). Above 1 the TUN has one queue per thread
+    /// (the kernel spreads flows over them by hash); the node, its flow table
+    /// included, is shared under a lock held only while a batch is
+    /// classified, so the threads' reads and sends overlap. The raw tunnel
+    /// sockets, timers and control changes stay on the first thread.
+    pub engine_threads: usize,
     /// Largest packet accepted, outer header included.
     pub max_packet: usize,
     /// Capacity of the channel of punted (`Deliver` / `Recover`) packets.
@@ -93,6 +112,7 @@ impl Default for DataplaneConfig {
             tun_mtu: 1500,
             tun_offload: true,
             batch: 32,
+            engine_threads: 1,
             max_packet: 9216,
             punt_queue: 1024,
             tunnel_path: TunnelPath::Auto,
@@ -407,6 +427,8 @@ impl DataplaneHandle {
 pub struct Dataplane {
     node: Box<dyn DataplaneNode>,
     io: Io,
+    /// The packet I/O of the other engine threads (one TUN queue each).
+    worker_io: Vec<Io>,
     commands: Receiver<Command>,
     punts: Option<Receiver<PuntedPacket>>,
     new_flows: Option<Receiver<NewFlow>>,
@@ -421,32 +443,9 @@ impl std::fmt::Debug for Dataplane {
         f.debug_struct("Dataplane")
             .field("tunnel_path", &self.tunnel_path_used)
             .field("io", &self.io)
+            .field("engine_threads", &(1 + self.worker_io.len()))
             .finish_non_exhaustive()
     }
-}
-
-#[derive(Debug)]
-struct Io {
-    tun: TunDevice,
-    raw: Vec<RawRx>,
-    tx: RawTx,
-    slots: Slots,
-    meta: [RxMeta; MAX_SLOTS],
-    /// Packets one TUN pump may read (the slots; with offloads, room for a
-    /// super-packet's segments after a batch of packets).
-    tun_batch: usize,
-    txq: Vec<TxItem>,
-    scratch: Vec<u8>,
-    /// Where a released held packet is encapsulated (headroom + largest packet).
-    release_buf: Vec<u8>,
-    mtu: usize,
-    batch: usize,
-    punt_tx: SyncSender<PuntedPacket>,
-    new_flow_tx: Option<SyncSender<NewFlow>>,
-    /// Told the engine time of each packet that pinned a new flow.
-    decisions: Option<Arc<dyn DecisionObserver>>,
-    wake: Arc<EventFd>,
-    stats: Arc<ShellCounters>,
 }
 
 impl Dataplane {
@@ -482,8 +481,25 @@ impl Dataplane {
         } else {
             (None, None)
         };
-        let mtu = cfg.engine.tunnel_mtu;
-        let tun_batch = if tun.offload() { MAX_SLOTS } else { cfg.batch };
+        let mut worker_io = Vec::with_capacity(cfg.engine_threads.saturating_sub(1));
+        for k in 1..cfg.engine_threads {
+            let queue = tun.add_queue()?;
+            let tx = RawTx::open(cfg.engine.local_v4.is_some(), cfg.engine.local_v6.is_some())?;
+            let halt = Arc::new(
+                EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+                    .map_err(|e| SyscallError::errno("eventfd", e))?,
+            );
+            tracing::debug!(thread = k, "engine thread's TUN queue open");
+            worker_io.push(Io::new(
+                queue,
+                Vec::new(),
+                tx,
+                &cfg,
+                (punt_tx.clone(), new_flow_tx.clone()),
+                halt,
+                Arc::clone(&stats),
+            ));
+        }
         let handle = DataplaneHandle {
             commands: cmd_tx,
             wake: Arc::clone(&wake),
@@ -492,29 +508,14 @@ impl Dataplane {
             tun_index,
             fast_path: Arc::new(std::sync::OnceLock::new()),
         };
+        let io = Io::new(tun, raw, tx, &cfg, (punt_tx, new_flow_tx), wake, stats);
         Ok(Self {
             node: Box::new(EngineNode {
                 engine: Engine::new(cfg.engine),
                 sweep_buckets: cfg.sweep_buckets,
             }),
-            io: Io {
-                tun,
-                raw,
-                tx,
-                slots: Slots::new(tun_batch.max(cfg.batch), cfg.max_packet),
-                meta: [RxMeta::default(); MAX_SLOTS],
-                tun_batch,
-                txq: Vec::with_capacity(MAX_SLOTS),
-                scratch: vec![0; cfg.max_packet],
-                release_buf: vec![0; HEADROOM + cfg.max_packet],
-                mtu,
-                batch: cfg.batch,
-                punt_tx,
-                new_flow_tx,
-                decisions: None,
-                wake,
-                stats,
-            },
+            io,
+            worker_io,
             commands: cmd_rx,
             punts: Some(punt_rx),
             new_flows,
@@ -594,63 +595,104 @@ impl Dataplane {
             .spawn(move || self.run())
     }
 
-    /// Run the packet loop until [`DataplaneHandle::stop`].
-    pub fn run(mut self) -> Result<(), DataplaneError> {
+    /// Run the packet loop until [`DataplaneHandle::stop`]; the other engine
+    /// threads run beside it and stop with it.
+    pub fn run(self) -> Result<(), DataplaneError> {
         let clock = Clock::new();
-        let tick = Duration::from_millis(100);
-        let mut next_timer = clock.now() + tick;
-        if let Some(fp) = &mut self.fast_path {
-            fp.start(self.node.engine_mut());
-            fp.sync(self.node.engine_mut(), clock.now(), &clock);
+        let Self {
+            node,
+            mut io,
+            worker_io,
+            commands,
+            mut fast_path,
+            ..
+        } = self;
+        let mut node = node;
+        if let Some(fp) = &mut fast_path {
+            fp.start(node.engine_mut());
+            fp.sync(node.engine_mut(), clock.now(), &clock);
         }
-        loop {
-            let now = clock.now();
-            while let Ok(cmd) = self.commands.try_recv() {
-                match cmd {
-                    Command::Apply(f) => {
-                        f(&mut *self.node, now);
-                        bump(&self.io.stats.commands, 1);
-                    }
-                    Command::FastPath(mut fp) => {
-                        // The table's pins so far reach the maps at the end
-                        // of this turn (a full sync: the journal starts
-                        // "overflowed" over a non-empty table).
-                        fp.start(self.node.engine_mut());
-                        self.fast_path = Some(*fp);
-                    }
-                    Command::Stop => {
-                        tracing::info!("dataplane stopping");
-                        return Ok(());
-                    }
+        let shared = Arc::new(Mutex::new(Shared { node, fast_path }));
+        let workers = Workers::spawn(worker_io, &shared, io.decisions.clone(), clock)?;
+        let r = main_loop(&mut io, &shared, &commands, clock);
+        workers.stop();
+        r
+    }
+}
+
+/// The first engine thread: its TUN queue and the raw sockets, then the
+/// commands, timers, released packets and fast-path upkeep of each turn.
+fn main_loop(
+    io: &mut Io,
+    shared: &Mutex<Shared>,
+    commands: &Receiver<Command>,
+    clock: Clock,
+) -> Result<(), DataplaneError> {
+    let tick = Duration::from_millis(100);
+    let mut next_timer = clock.now() + tick;
+    loop {
+        let now = clock.now();
+        while let Ok(cmd) = commands.try_recv() {
+            let mut g = workers::lock(shared)?;
+            match cmd {
+                Command::Apply(f) => {
+                    f(&mut *g.node, now);
+                    bump(&io.stats.commands, 1);
+                }
+                Command::FastPath(mut fp) => {
+                    // The table's pins so far reach the maps at the end
+                    // of this turn (a full sync: the journal starts
+                    // "overflowed" over a non-empty table).
+                    fp.start(g.node.engine_mut());
+                    g.fast_path = Some(*fp);
+                }
+                Command::Stop => {
+                    tracing::info!("dataplane stopping");
+                    return Ok(());
                 }
             }
-            let mut got = self.io.pump_tun(&mut *self.node, now);
-            for i in 0..self.io.raw.len() {
-                got += self.io.pump_raw(i, &mut *self.node, now);
+        }
+        let mut got = 0;
+        let n = io.read_tun();
+        if n > 0 {
+            io.classify(n, &mut *workers::lock(shared)?.node, now);
+            io.transmit();
+            got += n;
+        }
+        for i in 0..io.raw.len() {
+            let n = io.read_raw(i);
+            if n > 0 {
+                io.classify(n, &mut *workers::lock(shared)?.node, now);
+                io.transmit();
+                got += n;
             }
-            let timer = now >= next_timer;
+        }
+        let timer = now >= next_timer;
+        {
+            let mut g = workers::lock(shared)?;
+            let Shared { node, fast_path } = &mut *g;
             if timer {
-                self.node.handle_timeout(now);
+                node.handle_timeout(now);
                 next_timer = now + tick;
             }
-            if let Some(t) = self.node.poll_timeout() {
+            if let Some(t) = node.poll_timeout() {
                 next_timer = next_timer.min(t);
             }
-            self.io.send_released(&mut *self.node, now);
-            self.node.flush();
+            io.send_released(&mut **node, now);
+            node.flush();
             // Every pin and unpin of this turn (packets, commands, timers)
             // reaches the kernel's maps before the next batch is read.
-            if let Some(fp) = &mut self.fast_path {
+            if let Some(fp) = fast_path {
                 if timer {
-                    fp.resolve_idle(self.node.engine_mut(), now, &clock);
+                    fp.resolve_idle(node.engine_mut(), now, &clock);
                 } else {
-                    fp.sync(self.node.engine_mut(), now, &clock);
+                    fp.sync(node.engine_mut(), now, &clock);
                 }
             }
-            if got == 0 {
-                let wait = next_timer.saturating_since(clock.now()).min(tick);
-                self.io.wait(wait.max(Duration::from_millis(1)));
-            }
+        }
+        if got == 0 {
+            let wait = next_timer.saturating_since(clock.now()).min(tick);
+            io.wait(wait.max(Duration::from_millis(1)));
         }
     }
 }
@@ -672,6 +714,12 @@ fn validate(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
             ),
         });
     }
+    if !(1..=MAX_ENGINE_THREADS).contains(&cfg.engine_threads) {
+        return Err(DataplaneError::Config {
+            field: "engine_threads",
+            reason: format!("{} is outside 1..={MAX_ENGINE_THREADS}", cfg.engine_threads),
+        });
+    }
     if cfg.engine.local_v4.is_none() && cfg.engine.local_v6.is_none() {
         return Err(DataplaneError::Config {
             field: "engine.local_v4/local_v6",
@@ -684,11 +732,7 @@ fn validate(cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
 /// The TUN the served subnets are routed into, up, with its MTU; IP
 /// forwarding on when asked.
 fn open_tun(nl: &Netlink, cfg: &DataplaneConfig) -> Result<(TunDevice, u32), DataplaneError> {
-    let tun = if cfg.tun_offload {
-        TunDevice::create_offload(&cfg.tun_name)?
-    } else {
-        TunDevice::create(&cfg.tun_name)?
-    };
+    let tun = TunDevice::open(&cfg.tun_name, cfg.tun_offload, cfg.engine_threads > 1)?;
     let tun_index = nl.link_index(&cfg.tun_name)?;
     if tun.offload() {
         // A super-packet of more segments than a read has slots for would be
@@ -758,241 +802,4 @@ fn truncate_name(name: &str, max: usize) -> &str {
         end -= 1;
     }
     &name[..end]
-}
-
-impl Io {
-    /// Sleep until a source is readable, a command arrives, or `timeout`.
-    fn wait(&mut self, timeout: Duration) {
-        bump(&self.stats.polls, 1);
-        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
-        // wake, tun, then up to four raw sockets; unused entries poll nothing.
-        let mut list: [PollFd<'_>; 6] = std::array::from_fn(|i| match i {
-            0 => PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
-            1 => PollFd::new(self.tun.as_fd(), PollFlags::POLLIN),
-            _ => match self.raw.get(i - 2) {
-                Some(r) => PollFd::new(r.as_fd(), PollFlags::POLLIN),
-                None => PollFd::new(self.wake.as_fd(), PollFlags::empty()),
-            },
-        });
-        let n = 2 + self.raw.len().min(4);
-        let _ = poll(&mut list[..n], PollTimeout::from(ms));
-        // Drain the wake counter; commands are read by the loop.
-        let _ = self.wake.read();
-    }
-
-    fn pump_tun(&mut self, node: &mut dyn DataplaneNode, now: Instant) -> usize {
-        let r = match self
-            .tun
-            .recv_batch(&mut self.slots, &mut self.meta[..self.tun_batch])
-        {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(error = %e, "tun read failed");
-                bump(&self.stats.rx_errors, 1);
-                return 0;
-            }
-        };
-        let n = r.packets;
-        bump(&self.stats.rx_tun, n as u64);
-        bump(&self.stats.tun_reads, r.reads as u64);
-        bump(&self.stats.rx_errors, r.bad as u64);
-        self.process(n, node, now);
-        n
-    }
-
-    fn pump_raw(&mut self, i: usize, node: &mut dyn DataplaneNode, now: Instant) -> usize {
-        let Some(rx) = self.raw.get_mut(i) else {
-            return 0;
-        };
-        let n = match rx.recv_batch(&mut self.slots, &mut self.meta[..self.batch]) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::debug!(error = %e, "raw receive failed");
-                bump(&self.stats.rx_errors, 1);
-                return 0;
-            }
-        };
-        bump(&self.stats.rx_tunnel, n as u64);
-        self.process(n, node, now);
-        n
-    }
-
-    /// Send what the node releases of the packets it held (a handful, rarely:
-    /// the first packets of flows re-created after a failure).
-    fn send_released(&mut self, node: &mut dyn DataplaneNode, now: Instant) {
-        let mut buf = std::mem::take(&mut self.release_buf);
-        while let Some((verdict, pkt)) = node.poll_released(now, &mut buf, HEADROOM) {
-            bump(&self.stats.released, 1);
-            let next_hop = match verdict {
-                Verdict::Forward {
-                    next_hop,
-                    fragment: false,
-                }
-                | Verdict::Reply { to: next_hop } => next_hop,
-                Verdict::Forward {
-                    next_hop,
-                    fragment: true,
-                } => {
-                    let (tx, stats) = (&self.tx, &self.stats);
-                    let r = fragment_ipv4(pkt.data(), self.mtu, &mut self.scratch, |frag| match tx
-                        .send_one(frag, next_hop)
-                    {
-                        Ok(()) => bump(&stats.tx_packets, 1),
-                        Err(_) => bump(&stats.tx_failed, 1),
-                    });
-                    if r.is_err() {
-                        bump(&self.stats.tx_failed, 1);
-                    }
-                    continue;
-                }
-                // Counted by the node and engine.
-                _ => continue,
-            };
-            match self.tx.send_one(pkt.data(), next_hop) {
-                Ok(()) => bump(&self.stats.tx_packets, 1),
-                Err(_) => bump(&self.stats.tx_failed, 1),
-            }
-        }
-        self.release_buf = buf;
-    }
-
-    /// Tunnel one control-plane packet to `next_hop` and send it now.
-    fn process(&mut self, n: usize, node: &mut dyn DataplaneNode, now: Instant) {
-        if n == 0 {
-            return;
-        }
-        bump(&self.stats.batches, 1);
-        self.txq.clear();
-        for i in 0..n {
-            let m = self.meta[i];
-            if m.truncated {
-                bump(&self.stats.rx_truncated, 1);
-                continue;
-            }
-            let Ok(mut pkt) = PacketBuf::new(self.slots.slot_mut(i), m.start, m.len) else {
-                bump(&self.stats.rx_truncated, 1);
-                continue;
-            };
-            // Compared after the verdict: a counter read, no per-packet work else.
-            let new_before = self.decisions.as_ref().map(|_| node.engine().new_flows());
-            // Decision timing (see DecisionObserver): one vDSO clock read per
-            // packet, only while an observer is installed.
-            let started = self.decisions.as_ref().map(|_| std::time::Instant::now());
-            let verdict = node.handle_packet(now, &mut pkt);
-            if let (Some(t0), Some(o), Some(before)) = (started, &self.decisions, new_before)
-                && node.engine().new_flows() != before
-            {
-                o.new_flow_decision(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX));
-            }
-            if let Verdict::Forward { next_hop, .. } = verdict
-                && let Some(key) = node.take_new_flow()
-            {
-                new_flow(self.new_flow_tx.as_ref(), &self.stats, key, next_hop, now);
-            }
-            match verdict {
-                Verdict::Forward {
-                    next_hop,
-                    fragment: false,
-                }
-                | Verdict::Reply { to: next_hop } => self.txq.push(TxItem {
-                    slot: i,
-                    start: pkt.start(),
-                    len: pkt.len(),
-                    dst: next_hop,
-                }),
-                Verdict::Forward {
-                    next_hop,
-                    fragment: true,
-                } => {
-                    let (tx, stats) = (&self.tx, &self.stats);
-                    let r = fragment_ipv4(pkt.data(), self.mtu, &mut self.scratch, |frag| match tx
-                        .send_one(frag, next_hop)
-                    {
-                        Ok(()) => {
-                            bump(&stats.tx_packets, 1);
-                            bump(&stats.tx_fragments, 1);
-                        }
-                        Err(_) => bump(&stats.tx_failed, 1),
-                    });
-                    if r.is_err() {
-                        bump(&self.stats.tx_failed, 1);
-                    }
-                }
-                Verdict::Deliver => {
-                    punt(
-                        &self.punt_tx,
-                        &self.stats,
-                        PuntKind::Deliver,
-                        pkt.data(),
-                        now,
-                    );
-                }
-                Verdict::Recover { key } => {
-                    let kind = PuntKind::Recover { key };
-                    punt(&self.punt_tx, &self.stats, kind, pkt.data(), now);
-                }
-                Verdict::Advert => {
-                    punt(
-                        &self.punt_tx,
-                        &self.stats,
-                        PuntKind::Advert,
-                        pkt.data(),
-                        now,
-                    );
-                }
-                // Counted by the engine.
-                Verdict::Drop(_) => {}
-            }
-        }
-        if !self.txq.is_empty() {
-            let r = self.tx.send_batch(&self.slots, &self.txq);
-            bump(&self.stats.tx_packets, r.sent as u64);
-            bump(&self.stats.tx_failed, r.failed as u64);
-        }
-    }
-}
-
-/// Report a newly pinned flow; `outer` is the encapsulated packet. A full channel
-/// drops the notice (counted) rather than stall forwarding.
-fn new_flow(
-    tx: Option<&SyncSender<NewFlow>>,
-    stats: &ShellCounters,
-    key: FlowKey,
-    next_hop: IpAddr,
-    at: Instant,
-) {
-    let Some(tx) = tx else {
-        return;
-    };
-    let sent = tx.try_send(NewFlow { key, next_hop, at }).is_ok();
-    bump(
-        if sent {
-            &stats.new_flows
-        } else {
-            &stats.new_flow_dropped
-        },
-        1,
-    );
-}
-
-/// The inner packet of an IP-in-IP packet the engine built (no IPv6 extension
-/// headers are emitted, so the outer IPv6 header is the fixed 40 bytes).
-fn punt(
-    punt_tx: &SyncSender<PuntedPacket>,
-    stats: &ShellCounters,
-    kind: PuntKind,
-    data: &[u8],
-    at: Instant,
-) {
-    let p = PuntedPacket {
-        kind,
-        data: data.to_vec(),
-        at,
-    };
-    match punt_tx.try_send(p) {
-        Ok(()) => bump(&stats.punted, 1),
-        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-            bump(&stats.punt_dropped, 1);
-        }
-    }
 }

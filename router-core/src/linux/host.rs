@@ -359,11 +359,7 @@ impl HostTunnelEndpoint {
             Some(rt) => Netlink::open_on(rt)?,
             None => Netlink::open()?,
         };
-        let tun = if cfg.tun_offload {
-            TunDevice::create_offload(&cfg.tun_name)?
-        } else {
-            TunDevice::create(&cfg.tun_name)?
-        };
+        let tun = TunDevice::open(&cfg.tun_name, cfg.tun_offload, false)?;
         let idx = nl.link_index(&cfg.tun_name)?;
         if !cfg.ipv6 {
             // The kernel would queue its IPv6 chatter into a TUN nobody reads.

@@ -42,8 +42,8 @@ pub mod tc;
 pub mod tun;
 
 pub use dataplane::{
-    Dataplane, DataplaneConfig, DataplaneError, DataplaneHandle, DataplaneNode, NewFlow, PuntKind,
-    PuntedPacket, ShellStats, TunnelPath,
+    Dataplane, DataplaneConfig, DataplaneError, DataplaneHandle, DataplaneNode, MAX_ENGINE_THREADS,
+    NewFlow, PuntKind, PuntedPacket, ShellStats, TunnelPath,
 };
 pub use host::{
     HostConfig, HostDecap, HostDrop, HostError, HostStats, HostTunnelEndpoint, HostTunnelHandle,

@@ -20,6 +20,7 @@ pub(crate) struct ShellCounters {
     pub(crate) new_flow_dropped: AtomicU64,
     pub(crate) released: AtomicU64,
     pub(crate) batches: AtomicU64,
+    pub(crate) worker_batches: AtomicU64,
     pub(crate) polls: AtomicU64,
     pub(crate) commands: AtomicU64,
 }
@@ -59,6 +60,9 @@ pub struct ShellStats {
     pub released: u64,
     /// Non-empty receive batches.
     pub batches: u64,
+    /// Of those, the batches the engine threads other than the first read
+    /// from their TUN queues ([`super::DataplaneConfig::engine_threads`]).
+    pub worker_batches: u64,
     /// Times the loop slept in `poll`.
     pub polls: u64,
     /// Control commands applied.
@@ -83,6 +87,7 @@ impl ShellCounters {
             new_flow_dropped: g(&self.new_flow_dropped),
             released: g(&self.released),
             batches: g(&self.batches),
+            worker_batches: g(&self.worker_batches),
             polls: g(&self.polls),
             commands: g(&self.commands),
         }

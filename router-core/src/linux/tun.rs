@@ -81,11 +81,12 @@ fn check_name(name: &str) -> Result<(), SyscallError> {
     Ok(())
 }
 
-fn build(name: &str, offload: bool) -> Result<tun_rs::SyncDevice, SyscallError> {
+fn build(name: &str, offload: bool, multi_queue: bool) -> Result<tun_rs::SyncDevice, SyscallError> {
     let dev = tun_rs::DeviceBuilder::new()
         .name(name)
         .packet_information(false)
         .offload(offload)
+        .multi_queue(multi_queue)
         // tun-rs raises the link by default; the shells raise it over netlink
         // after configuring it (IPv6 off first, else the kernel chats into it).
         .inherit_enable_state()
@@ -101,12 +102,7 @@ impl TunDevice {
     /// namespace, without offloads. The link stays down until configured over
     /// netlink.
     pub fn create(name: &str) -> Result<Self, SyscallError> {
-        check_name(name)?;
-        Ok(Self {
-            dev: build(name, false)?,
-            name: name.to_owned(),
-            offload: None,
-        })
+        Self::open(name, false, false)
     }
 
     /// As [`TunDevice::create`], with TSO/checksum offloads (`IFF_VNET_HDR`,
@@ -114,22 +110,38 @@ impl TunDevice {
     /// ([`TunDevice::offload`] tells which). Set the link's `gso_max_segs` to
     /// [`MAX_GSO_SEGS`] before traffic flows.
     pub fn create_offload(name: &str) -> Result<Self, SyscallError> {
+        Self::open(name, true, false)
+    }
+
+    /// Create (or attach to) the TUN `name`, with offloads if `offload` (and
+    /// the kernel grants them) and with several queues if `multi_queue`
+    /// (`IFF_MULTI_QUEUE`: open more with [`TunDevice::add_queue`]; the kernel
+    /// spreads packets over the queues by flow hash).
+    pub fn open(name: &str, offload: bool, multi_queue: bool) -> Result<Self, SyscallError> {
         check_name(name)?;
-        let dev = match build(name, true) {
-            Ok(dev) if dev.tcp_gso() => dev,
-            Ok(dev) => {
-                tracing::warn!(
-                    tun = name,
-                    "the kernel refused TUN offloads; one read per packet"
-                );
-                dev
+        let dev = if offload {
+            match build(name, true, multi_queue) {
+                Ok(dev) if dev.tcp_gso() => dev,
+                Ok(dev) => {
+                    tracing::warn!(
+                        tun = name,
+                        "the kernel refused TUN offloads; one read per packet"
+                    );
+                    dev
+                }
+                Err(e) => {
+                    tracing::warn!(tun = name, error = %e,
+                        "cannot create the TUN with offloads; one read per packet");
+                    build(name, false, multi_queue)?
+                }
             }
-            Err(e) => {
-                tracing::warn!(tun = name, error = %e,
-                    "cannot create the TUN with offloads; one read per packet");
-                build(name, false)?
-            }
+        } else {
+            build(name, false, multi_queue)?
         };
+        Ok(Self::wrap(dev, name))
+    }
+
+    fn wrap(dev: tun_rs::SyncDevice, name: &str) -> Self {
         let offload = dev.tcp_gso().then(|| {
             Box::new(Offload {
                 read: vec![0; tun_rs::VIRTIO_NET_HDR_LEN + usize::from(u16::MAX)],
@@ -139,11 +151,23 @@ impl TunDevice {
                 gro: tun_rs::GROTable::new(),
             })
         });
-        Ok(Self {
+        Self {
             dev,
             name: name.to_owned(),
             offload,
-        })
+        }
+    }
+
+    /// One more queue of a multi-queue TUN ([`TunDevice::open`]), with the
+    /// same offloads, non-blocking.
+    pub fn add_queue(&self) -> Result<Self, SyscallError> {
+        let dev = self
+            .dev
+            .try_clone()
+            .map_err(|e| SyscallError::new("open(/dev/net/tun) + TUNSETIFF (queue)", e))?;
+        dev.set_nonblocking(true)
+            .map_err(|e| SyscallError::new("fcntl(tun queue, O_NONBLOCK)", e))?;
+        Ok(Self::wrap(dev, &self.name))
     }
 
     /// Whether the device runs with offloads (super-packets in, coalesced out).

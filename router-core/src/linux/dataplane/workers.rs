@@ -1,0 +1,117 @@
+//! The engine threads beyond the first: each reads its own TUN queue, runs
+//! the batch through the shared node under its lock, and sends the batch
+//! without it.
+//!
+//! Why one node under a lock rather than a node per thread: the flow table is
+//! what recovery, mirroring to a spare, WHOHAS answers, shortcuts, the fast
+//! path's maps and the management queries all read as one table; sharding it
+//! would split each of them. The lock is held only while a batch is
+//! classified (table lookup, a policy call for a new flow, encapsulation in
+//! place: well under a microsecond a packet), while the system calls around
+//! it (the TUN read, `sendmmsg`, and the kernel's work behind them, most of
+//! a packet's cost in the profiles) run on every thread at once.
+
+use super::io::Io;
+use super::{DataplaneError, DataplaneNode, DecisionObserver, bump};
+use crate::linux::Clock;
+use crate::linux::fastpath::FastPathSync;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// What every engine thread reaches under the lock.
+pub(super) struct Shared {
+    pub(super) node: Box<dyn DataplaneNode>,
+    pub(super) fast_path: Option<FastPathSync>,
+}
+
+/// The node's lock. A thread that panicked while holding it left the node
+/// in an unknown state: the dataplane stops rather than forward from it.
+pub(super) fn lock(shared: &Mutex<Shared>) -> Result<MutexGuard<'_, Shared>, DataplaneError> {
+    shared.lock().map_err(|_| {
+        tracing::error!("an engine thread panicked while it held the node; the dataplane stops");
+        DataplaneError::Stopped
+    })
+}
+
+/// The running engine threads beyond the first.
+pub(super) struct Workers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<(Arc<nix::sys::eventfd::EventFd>, JoinHandle<()>)>,
+}
+
+impl Workers {
+    /// Start one thread per [`Io`] (named `pronto-engine-N`).
+    pub(super) fn spawn(
+        ios: Vec<Io>,
+        shared: &Arc<Mutex<Shared>>,
+        decisions: Option<Arc<dyn DecisionObserver>>,
+        clock: Clock,
+    ) -> Result<Self, DataplaneError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut me = Self {
+            stop: Arc::clone(&stop),
+            threads: Vec::with_capacity(ios.len()),
+        };
+        for (k, mut io) in ios.into_iter().enumerate() {
+            io.decisions.clone_from(&decisions);
+            let wake = Arc::clone(&io.wake);
+            let (shared, stop) = (Arc::clone(shared), Arc::clone(&stop));
+            let t = std::thread::Builder::new()
+                .name(format!("pronto-engine-{}", k + 1))
+                .spawn(move || run(io, &shared, &stop, clock))
+                .map_err(|e| {
+                    DataplaneError::Syscall(crate::linux::SyscallError::new("spawn(engine)", e))
+                });
+            match t {
+                Ok(t) => me.threads.push((wake, t)),
+                Err(e) => {
+                    me.stop();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(me)
+    }
+
+    /// Stop every thread and wait for it.
+    pub(super) fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for (wake, _) in &self.threads {
+            let _ = wake.write(1);
+        }
+        for (_, t) in self.threads {
+            if t.join().is_err() {
+                tracing::error!("an engine thread panicked");
+            }
+        }
+    }
+}
+
+/// One engine thread: read, classify under the lock, send, until stopped.
+fn run(mut io: Io, shared: &Mutex<Shared>, stop: &AtomicBool, clock: Clock) {
+    while !stop.load(Ordering::Relaxed) {
+        let n = io.read_tun();
+        if n == 0 {
+            io.wait(Duration::from_millis(100));
+            continue;
+        }
+        let now = clock.now();
+        bump(&io.stats.worker_batches, 1);
+        {
+            let Ok(mut g) = lock(shared) else {
+                return;
+            };
+            let Shared { node, fast_path } = &mut *g;
+            io.classify(n, &mut **node, now);
+            // What the batch queued for the control side, and the flows it
+            // pinned into the kernel's maps, before the next batch.
+            node.flush();
+            if let Some(fp) = fast_path {
+                fp.sync(node.engine_mut(), now, &clock);
+            }
+        }
+        io.transmit();
+    }
+}
