@@ -4,6 +4,8 @@
 #   userspace  the Pronto lab with the userspace data path only
 #   bpf        the Pronto lab with the kernel fast path (skipped when the lab
 #              has no --fast-path flag or the kernel refuses it)
+#   userspace-2t, bpf-2t  the same with two engine threads per router
+#              (--engine-threads 2: two TUN queues); add them to MODES
 # with iperf3 (Gbit/s, client -> VIP, the direction that crosses the routers),
 # wrk new connections/s (Connection: close), wrk keep-alive requests/s, and the
 # idle CPU of all the lab's daemons together (at PACE, below). Prints the median of the rounds
@@ -119,9 +121,14 @@ daemon_ticks() {
 
 run_lab() {
     local mode=$1 extra=()
-    [ "$mode" = bpf ] && extra=(--fast-path bpf)
-    [ "$mode" = userspace ] && "$PRONTO" lab up --help | grep -q -- --fast-path \
-        && extra=(--fast-path userspace)
+    case $mode in
+        bpf*) extra=(--fast-path bpf) ;;
+        userspace*) "$PRONTO" lab up --help | grep -q -- --fast-path \
+            && extra=(--fast-path userspace) ;;
+    esac
+    case $mode in
+        *-2t) extra+=(--engine-threads 2) ;;
+    esac
     # least-cost with every host but a1 loaded: every connection goes to a1
     # (iperf3's control and data connections must meet the same server).
     "$PRONTO" lab up --help | grep -q -- --pace && extra+=(--pace "$PACE")
@@ -151,7 +158,7 @@ for r in $(seq 1 "$ROUNDS"); do
     for m in $MODES; do
         case $m in
             kernel) run_kernel ;;
-            userspace | bpf) run_lab "$m" ;;
+            userspace* | bpf*) run_lab "$m" ;;
         esac
     done
 done
@@ -162,7 +169,7 @@ echo "median of $ROUNDS rounds, $SECS s each (ratio to kernel forwarding):"
 for metric in gbit_s new_conn_s keepalive_req_s idle_cpu_pct; do
     line=$(printf '%-16s' "$metric")
     base=$(median kernel "$metric")
-    for m in kernel userspace bpf; do
+    for m in kernel userspace userspace-2t bpf bpf-2t; do
         v=$(median "$m" "$metric")
         [ -n "$v" ] || continue
         ratio=""

@@ -8,9 +8,9 @@
 //! channel. Only when no source had anything does it `poll`; a command sent through
 //! [`DataplaneHandle`] wakes it through an eventfd. With
 //! [`DataplaneConfig::engine_threads`] above 1, more threads read queues of a
-//! multi-queue TUN and run their batches through the same node under its lock
-//! (`workers`: why one shared node); timers, commands and the raw tunnel
-//! sockets stay on the first thread.
+//! multi-queue TUN and their share of the IPv4 tunnels, and run their batches
+//! through the same node under its lock (`workers`: why one shared node);
+//! timers, commands and IPv6-outer tunnels stay on the first thread.
 //!
 //! With TUN offloads (the default) a read is a whole TCP super-packet, cut into
 //! segments before the node sees them (see [`TunDevice`]).
@@ -83,8 +83,10 @@ pub struct DataplaneConfig {
     /// (1..=[`MAX_ENGINE_THREADS`]). Above 1 the TUN has one queue per thread
     /// (the kernel spreads flows over them by hash); the node, its flow table
     /// included, is shared under a lock held only while a batch is
-    /// classified, so the threads' reads and sends overlap. The raw tunnel
-    /// sockets, timers and control changes stay on the first thread.
+    /// classified, so the threads' reads and sends overlap. IPv4 tunnels to
+    /// this router are split between the threads by flow (a socket filter on
+    /// each thread's raw sockets); timers, control changes and IPv6-outer
+    /// tunnels stay on the first thread.
     pub engine_threads: usize,
     /// Largest packet accepted, outer header included.
     pub max_packet: usize,
@@ -459,7 +461,15 @@ impl Dataplane {
             None => Netlink::open()?,
         };
         let (tun, tun_index) = open_tun(&nl, &cfg)?;
-        let (raw, tunnel_path_used) = open_tunnel_path(&nl, &cfg)?;
+        let (mut raw, tunnel_path_used) = open_tunnel_path(&nl, &cfg)?;
+        let threads = u32::try_from(cfg.engine_threads).unwrap_or(1);
+        if threads > 1 {
+            // Each engine thread takes its share of the tunnels to us (IPv4
+            // outer); IPv6 outer stays with the first.
+            for r in raw.iter_mut().filter(|r| r.family() == Family::V4) {
+                r.spread(0, threads)?;
+            }
+        }
         tracing::info!(
             tunnel_path = tunnel_path_used,
             tun = %cfg.tun_name,
@@ -484,6 +494,12 @@ impl Dataplane {
         let mut worker_io = Vec::with_capacity(cfg.engine_threads.saturating_sub(1));
         for k in 1..cfg.engine_threads {
             let queue = tun.add_queue()?;
+            let mut share = Vec::new();
+            for r in raw.iter().filter(|r| r.family() == Family::V4) {
+                let mut mine = RawRx::open(Family::V4, r.proto(), cfg.batch)?;
+                mine.spread(u32::try_from(k).unwrap_or(0), threads)?;
+                share.push(mine);
+            }
             let tx = RawTx::open(cfg.engine.local_v4.is_some(), cfg.engine.local_v6.is_some())?;
             let halt = Arc::new(
                 EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
@@ -492,7 +508,7 @@ impl Dataplane {
             tracing::debug!(thread = k, "engine thread's TUN queue open");
             worker_io.push(Io::new(
                 queue,
-                Vec::new(),
+                share,
                 tx,
                 &cfg,
                 (punt_tx.clone(), new_flow_tx.clone()),

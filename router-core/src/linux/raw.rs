@@ -19,6 +19,8 @@ use std::io::{IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
+mod spread;
+
 /// Most packets moved by one `recvmmsg` / `sendmmsg` (bounds the stack arrays).
 pub const MAX_BATCH: usize = 64;
 
@@ -172,6 +174,50 @@ impl RawRx {
             proto,
             headers: SendHeaders(headers),
         })
+    }
+
+    /// The outer family received.
+    pub fn family(&self) -> Family {
+        match self.headers.0 {
+            RxHeaders::V4(_) => Family::V4,
+            RxHeaders::V6(_) => Family::V6,
+        }
+    }
+
+    /// Take only share `k` of `n` of this protocol's packets, when `n`
+    /// receivers of it are open (one per engine thread; a raw socket
+    /// otherwise gets a copy of every packet): a classic BPF filter hashes
+    /// the inner source address and ports and accepts what hashes to `k`, so
+    /// every packet reaches exactly one receiver and a flow always the same
+    /// one. Packets too short to hash go to receiver 0. IPv4 outer headers
+    /// only (an IPv6 raw socket sees no outer header to skip). What queued
+    /// before the filter was attached (copies the other receivers also got)
+    /// is discarded.
+    pub fn spread(&mut self, k: u32, n: u32) -> Result<(), SyscallError> {
+        if self.family() != Family::V4 || n <= 1 || k >= n {
+            return Err(SyscallError::new(
+                "setsockopt(SO_ATTACH_FILTER)",
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "cannot spread an outer-{:?} socket as share {k} of {n}",
+                        self.family()
+                    ),
+                ),
+            ));
+        }
+        let prog: Vec<socket2::SockFilter> = spread::program(self.proto, k, n)
+            .iter()
+            .map(|i| socket2::SockFilter::new(i.code, i.jt, i.jf, i.k))
+            .collect();
+        socket2::SockRef::from(&self.fd)
+            .attach_filter(&prog)
+            .map_err(|e| SyscallError::new("setsockopt(SO_ATTACH_FILTER)", e))?;
+        let mut buf = [0u8; 64];
+        while nix::sys::socket::recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT).is_ok()
+        {
+        }
+        Ok(())
     }
 
     /// The IP protocol received.

@@ -1,6 +1,7 @@
-//! The engine threads beyond the first: each reads its own TUN queue, runs
-//! the batch through the shared node under its lock, and sends the batch
-//! without it.
+//! The engine threads beyond the first: each reads its own TUN queue and its
+//! share of the IPv4 tunnels (raw sockets split by a socket filter: see
+//! `RawRx::spread`), runs each batch through the shared node under its lock,
+//! and sends the batch without it.
 //!
 //! Why one node under a lock rather than a node per thread: the flow table is
 //! what recovery, mirroring to a spare, WHOHAS answers, shortcuts, the fast
@@ -92,26 +93,43 @@ impl Workers {
 /// One engine thread: read, classify under the lock, send, until stopped.
 fn run(mut io: Io, shared: &Mutex<Shared>, stop: &AtomicBool, clock: Clock) {
     while !stop.load(Ordering::Relaxed) {
+        let mut got = 0;
         let n = io.read_tun();
-        if n == 0 {
-            io.wait(Duration::from_millis(100));
-            continue;
+        if n > 0 && !batch(&mut io, n, shared, clock) {
+            return;
         }
-        let now = clock.now();
-        bump(&io.stats.worker_batches, 1);
-        {
-            let Ok(mut g) = lock(shared) else {
+        got += n;
+        for i in 0..io.raw.len() {
+            let n = io.read_raw(i);
+            if n > 0 && !batch(&mut io, n, shared, clock) {
                 return;
-            };
-            let Shared { node, fast_path } = &mut *g;
-            io.classify(n, &mut **node, now);
-            // What the batch queued for the control side, and the flows it
-            // pinned into the kernel's maps, before the next batch.
-            node.flush();
-            if let Some(fp) = fast_path {
-                fp.sync(node.engine_mut(), now, &clock);
             }
+            got += n;
         }
-        io.transmit();
+        if got == 0 {
+            io.wait(Duration::from_millis(100));
+        }
     }
+}
+
+/// Classify `n` packets just read under the lock, then send them; false when
+/// the lock is poisoned (the thread ends).
+fn batch(io: &mut Io, n: usize, shared: &Mutex<Shared>, clock: Clock) -> bool {
+    let now = clock.now();
+    bump(&io.stats.worker_batches, 1);
+    {
+        let Ok(mut g) = lock(shared) else {
+            return false;
+        };
+        let Shared { node, fast_path } = &mut *g;
+        io.classify(n, &mut **node, now);
+        // What the batch queued for the control side, and the flows it
+        // pinned into the kernel's maps, before the next batch.
+        node.flush();
+        if let Some(fp) = fast_path {
+            fp.sync(node.engine_mut(), now, &clock);
+        }
+    }
+    io.transmit();
+    true
 }
