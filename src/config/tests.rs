@@ -398,3 +398,25 @@ fn tunnel_sources_are_the_upper_level_and_accept_from_and_bad_ones_are_named() {
         err_text(router(&bad))
     );
 }
+
+#[test]
+fn engine_threads_and_tun_offload_are_read_and_bounded() {
+    let c = router(ROUTER).unwrap();
+    assert_eq!(c.dataplane.engine_threads, 1);
+    assert!(c.dataplane.tun_offload);
+    let two = ROUTER.replace(
+        "default_route_cost = 0.5",
+        "default_route_cost = 0.5\nengine_threads = 2",
+    );
+    let two = two.replace("mtu = 1600", "mtu = 1600\noffload = false");
+    let c = router(&two).unwrap();
+    assert_eq!(c.dataplane.engine_threads, 2);
+    assert!(!c.dataplane.tun_offload);
+    for bad in ["0", "17"] {
+        let t = ROUTER.replace(
+            "default_route_cost = 0.5",
+            &format!("default_route_cost = 0.5\nengine_threads = {bad}"),
+        );
+        assert!(err_text(router(&t)).contains("engine_threads"), "{bad}");
+    }
+}

@@ -60,10 +60,16 @@ impl Lab {
         };
         // PRONTO_LAB_FAST_PATH=userspace|bpf|auto runs a suite on that path
         // (CI runs the lab suites on the fast path and on userspace).
-        let fast_path: Vec<String> = match std::env::var("PRONTO_LAB_FAST_PATH") {
+        let mut fast_path: Vec<String> = match std::env::var("PRONTO_LAB_FAST_PATH") {
             Ok(p) if !args.contains(&"--fast-path") => vec!["--fast-path".into(), p],
             _ => Vec::new(),
         };
+        // PRONTO_LAB_ENGINE_THREADS=N: every router with N engine threads.
+        if let Ok(n) = std::env::var("PRONTO_LAB_ENGINE_THREADS")
+            && !args.contains(&"--engine-threads")
+        {
+            fast_path.extend(["--engine-threads".into(), n]);
+        }
         let out = pronto()
             .args(["lab", "up", "--dir"])
             .arg(&dir)
