@@ -384,6 +384,10 @@ impl DataplaneNode for RouterShell {
         if self.node.poll_timeout().is_some_and(|t| t <= now) {
             self.node.handle_timeout(now);
         }
+        // What the timers set off (a takeover above all) is acted on before
+        // the snapshot, or the stats would show it done (`taken_over`) but
+        // not when (`takeover_unix_ms` still 0) until the next one.
+        self.flush();
         self.maybe_write_stats(now);
     }
 
