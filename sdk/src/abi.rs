@@ -429,9 +429,36 @@ pub(crate) fn write(
     }
 }
 
+/// Bytes `at..at + 8` of a 16-byte address as a little-endian word.
+const fn half_le(addr: &[u8; 16], at: usize) -> u64 {
+    let mut word = 0;
+    let mut i = 8;
+    while i > 0 {
+        i -= 1;
+        word = word << 8 | addr[at + i] as u64;
+    }
+    word
+}
+
+/// Inverse of two [`half_le`]s.
+const fn addr_le(first: u64, second: u64) -> [u8; 16] {
+    let (a, b) = (first.to_le_bytes(), second.to_le_bytes());
+    let mut out = [0; 16];
+    let mut i = 0;
+    while i < 8 {
+        out[i] = a[i];
+        out[8 + i] = b[i];
+        i += 1;
+    }
+    out
+}
+
 impl FlowRequest {
     /// Encoded size in bytes.
     pub const SIZE: usize = layout::request::SIZE;
+
+    /// Words of [`FlowRequest::to_words`]: the 56-byte encoding in 8-byte words.
+    pub const WORDS: usize = layout::request::SIZE / 8;
 
     /// All-zero request (family 0, so it does not decode); the initial buffer content.
     pub const ZEROED: Self = Self {
@@ -534,6 +561,52 @@ impl FlowRequest {
             0..layout::request::SIZE,
             &self.to_bytes(),
         )
+    }
+
+    /// The 56-byte encoding as seven little-endian words, word `k` being bytes
+    /// `8k..8k + 8` of [`FlowRequest::to_bytes`]: the arguments `w0..w6` of
+    /// `pronto_select_v2` ([`crate::export::SELECT_V2`]). Built from the fields
+    /// with shifts, no byte array in between.
+    #[must_use]
+    #[inline]
+    pub const fn to_words(&self) -> [u64; Self::WORDS] {
+        [
+            self.proto as u64
+                | (self.family as u64) << 8
+                | (self.level as u64) << 16
+                | (self.reserved0 as u64) << 24
+                | (self.src_port as u64) << 32
+                | (self.dst_port as u64) << 48,
+            self.subnet_id as u64 | (self.reserved1 as u64) << 32,
+            half_le(&self.src_addr, 0),
+            half_le(&self.src_addr, 8),
+            half_le(&self.dst_addr, 0),
+            half_le(&self.dst_addr, 8),
+            self.now_unix_secs,
+        ]
+    }
+
+    /// Inverse of [`FlowRequest::to_words`]: every field as the words carry it,
+    /// unvalidated, like the guest's typed view of the I/O buffer (every bit
+    /// pattern is a value; [`FlowRequest::decode`] of [`FlowRequest::to_bytes`]
+    /// validates).
+    #[must_use]
+    #[inline]
+    pub const fn from_words(words: [u64; Self::WORDS]) -> Self {
+        let [w0, w1, src_hi, src_lo, dst_hi, dst_lo, now_unix_secs] = words;
+        Self {
+            proto: w0 as u8,
+            family: (w0 >> 8) as u8,
+            level: (w0 >> 16) as u8,
+            reserved0: (w0 >> 24) as u8,
+            src_port: (w0 >> 32) as u16,
+            dst_port: (w0 >> 48) as u16,
+            subnet_id: w1 as u32,
+            reserved1: (w1 >> 32) as u32,
+            src_addr: addr_le(src_hi, src_lo),
+            dst_addr: addr_le(dst_hi, dst_lo),
+            now_unix_secs,
+        }
     }
 
     /// Reads and validates the encoding at `bytes[..56]` (family, level, reserved

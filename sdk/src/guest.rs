@@ -50,6 +50,20 @@ fn with_io<R>(n: i32, f: impl FnOnce(&FlowRequest, &[Candidate]) -> R) -> Option
     Some(f(&io.request, candidates))
 }
 
+/// Glue behind `pronto_select_v2`: the request from its argument words, the
+/// candidates from the I/O buffer; see [`crate::export_policy!`].
+pub fn run_select_v2(
+    n: i32,
+    words: [i64; FlowRequest::WORDS],
+    f: impl FnOnce(&FlowRequest, &[Candidate]) -> Decision,
+) -> i32 {
+    let request = FlowRequest::from_words(words.map(|w| w as u64));
+    with_io(n, |_, candidates| {
+        f(&request, candidates).to_raw(candidates.len())
+    })
+    .unwrap_or(DECISION_FAULT)
+}
+
 /// Glue behind `pronto_select`; see [`crate::export_policy!`].
 pub fn run_select(n: i32, f: impl FnOnce(&FlowRequest, &[Candidate]) -> Decision) -> i32 {
     with_io(n, |request, candidates| {

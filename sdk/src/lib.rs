@@ -21,12 +21,13 @@
 //! | `pronto_abi_version` | `() -> i32` | must be [`ABI_VERSION`] (1); check once at load |
 //! | `pronto_io_buffer` | `() -> i32` | guest address of the I/O buffer; fixed per instance, call once |
 //! | `pronto_select` | `(n: i32) -> i32` | policy: choose a next hop |
+//! | `pronto_select_v2` | `(n: i32, w0..w6: i64) -> i32` | the same, request as arguments (optional, beside `pronto_select`) |
 //! | `pronto_cost` | `(load: f64, route_cost: f64) -> f64` | F |
 //! | `pronto_aggregate` | `(n: i32) -> f64` | G |
 //! | `pronto_rank` | `() -> i64` | scheduler: rank a packet |
 //!
-//! A policy module exports `pronto_select` and/or `pronto_cost` +
-//! `pronto_aggregate`; a scheduler module exports `pronto_rank`. The sdk also leaves the linker's default `__data_end` and
+//! A policy module exports `pronto_select` (and, optionally, `pronto_select_v2`;
+//! [`export_policy!`] exports both) and/or `pronto_cost` + `pronto_aggregate`; a scheduler module exports `pronto_rank`. The sdk also leaves the linker's default `__data_end` and
 //! `__heap_base` global exports; hosts ignore them.
 //!
 //! **I/O buffer** at address `buf = pronto_io_buffer()`, 8-byte aligned,
@@ -55,6 +56,16 @@
 //! produced an out-of-range index). Validate with [`Decision::from_raw`]; anything
 //! but `Ok` is a module fault. A policy must never return a candidate without
 //! [`flags::UP`]; hosts may double-check.
+//!
+//! **Select, request as arguments**: a host that finds `pronto_select_v2`
+//! calls `pronto_select_v2(n, w0, .., w6)` instead, the request's 56-byte
+//! encoding as seven little-endian words ([`FlowRequest::to_words`], so `w0`
+//! holds proto, family, level, reserved and the two ports; `w1` the subnet id;
+//! `w2, w3` the source address; `w4, w5` the destination; `w6` the time), and
+//! does not write the request into the buffer. The candidates and the result
+//! are as above. Per flow the host then writes nothing into guest memory at
+//! all while the candidates stay unchanged; modules that predate it keep
+//! working through `pronto_select`.
 //!
 //! **F**: `pronto_cost(load, route_cost)`, plain arguments, no buffer. **G**: the
 //! host writes `n` candidates at `buf + 56` and calls `pronto_aggregate(n)`; the
@@ -154,6 +165,23 @@ macro_rules! export_policy {
         #[unsafe(no_mangle)]
         pub extern "C" fn pronto_select(n_candidates: i32) -> i32 {
             $crate::guest::run_select(n_candidates, $select)
+        }
+
+        /// `pronto_select_v2` export (ABI v1, request as arguments).
+        #[cfg(target_arch = "wasm32")]
+        #[allow(unsafe_code, reason = "a wasm export needs an unmangled name")]
+        #[unsafe(no_mangle)]
+        pub extern "C" fn pronto_select_v2(
+            n_candidates: i32,
+            w0: i64,
+            w1: i64,
+            w2: i64,
+            w3: i64,
+            w4: i64,
+            w5: i64,
+            w6: i64,
+        ) -> i32 {
+            $crate::guest::run_select_v2(n_candidates, [w0, w1, w2, w3, w4, w5, w6], $select)
         }
     };
 }

@@ -53,6 +53,19 @@ pub mod export {
     /// `n_candidates` candidates in the I/O buffer; returns an index,
     /// [`crate::DECISION_REJECT`] or [`crate::DECISION_FAULT`].
     pub const SELECT: Func = func("pronto_select", &[I32], &[I32]);
+    /// `pronto_select_v2(n_candidates: i32, w0: i64, .., w6: i64) -> i32`: the
+    /// same choice as [`SELECT`], with the request passed as arguments instead
+    /// of in the I/O buffer: `w0..w6` are its 56-byte encoding read as seven
+    /// little-endian words ([`crate::FlowRequest::to_words`]); the candidates
+    /// are in the I/O buffer as for [`SELECT`], whose request part the host then
+    /// leaves as it was. Optional: a module that exports it must also export
+    /// [`SELECT`] (hosts without v2 call that), and a host that knows v2 calls
+    /// it instead, saving the request's trip through guest memory.
+    pub const SELECT_V2: Func = func(
+        "pronto_select_v2",
+        &[I32, I64, I64, I64, I64, I64, I64, I64],
+        &[I32],
+    );
     /// `pronto_cost(load: f64, route_cost: f64) -> f64`: the operator's F.
     pub const COST: Func = func("pronto_cost", &[F64, F64], &[F64]);
     /// `pronto_aggregate(n_candidates: i32) -> f64`: the operator's G over the
@@ -66,8 +79,9 @@ pub mod export {
     pub const RANK: Func = func("pronto_rank", &[], &[I64]);
     /// Exports every guest has.
     pub const REQUIRED: [Func; 2] = [ABI_VERSION, IO_BUFFER];
-    /// Exports of which a policy module has at least one: its entry points.
-    pub const ENTRY_POINTS: [Func; 3] = [SELECT, COST, AGGREGATE];
+    /// Exports of which a policy module has at least one: its entry points
+    /// ([`SELECT_V2`] only beside [`SELECT`]).
+    pub const ENTRY_POINTS: [Func; 4] = [SELECT, SELECT_V2, COST, AGGREGATE];
     /// Exports a scheduler module has (all of them): its entry points.
     pub const SCHEDULER_ENTRY_POINTS: [Func; 1] = [RANK];
 }

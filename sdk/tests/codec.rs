@@ -37,6 +37,18 @@ fn request_encodes_to_the_documented_bytes() {
 }
 
 #[test]
+fn request_words_are_the_documented_bytes_in_little_endian_words() {
+    let words = sample_request().to_words();
+    for (k, word) in words.iter().enumerate() {
+        let bytes: [u8; 8] = REQUEST_BYTES[8 * k..8 * k + 8].try_into().unwrap();
+        assert_eq!(*word, u64::from_le_bytes(bytes), "word {k}");
+    }
+    assert_eq!(words[0], 0x0050_04d2_0001_0406);
+    assert_eq!(words[6], 0x0102_0304_0506_0708);
+    assert_eq!(FlowRequest::from_words(words), sample_request());
+}
+
+#[test]
 fn candidate_encodes_to_the_documented_bytes() {
     let c = Candidate::up([10, 1, 0, 2].into(), 0.5, 2.0).with_tags(0x8001);
     let mut out = [0_u8; 40];
@@ -264,6 +276,19 @@ proptest! {
         for (a, b) in c.iter().zip(&cands) {
             prop_assert!(same(a, b));
         }
+    }
+
+    #[test]
+    fn words_agree_with_the_byte_encoding(req in arb_request(), raw in any::<[u64; 7]>()) {
+        let bytes = req.to_bytes();
+        let words = req.to_words();
+        for (k, word) in words.iter().enumerate() {
+            let chunk: [u8; 8] = bytes[8 * k..8 * k + 8].try_into().unwrap();
+            prop_assert_eq!(*word, u64::from_le_bytes(chunk));
+        }
+        prop_assert_eq!(FlowRequest::from_words(words), req);
+        // Any words are some request (plain old data), and they come back as given.
+        prop_assert_eq!(FlowRequest::from_words(raw).to_words(), raw);
     }
 
     #[test]

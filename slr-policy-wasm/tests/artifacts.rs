@@ -18,22 +18,35 @@ const SCHEDULER: &str = "scheduler";
 
 /// Modules shipped, with their manifest kind and the entry points each must export.
 const MODULES: [(&str, &str, &[Func]); 8] = [
-    (slr_policy_wasm::least_load::NAME, POLICY, &[export::SELECT]),
+    (
+        slr_policy_wasm::least_load::NAME,
+        POLICY,
+        &[export::SELECT, export::SELECT_V2],
+    ),
     (
         slr_policy_wasm::weighted_cost::NAME,
         POLICY,
-        &[export::SELECT, export::COST, export::AGGREGATE],
+        &[
+            export::SELECT,
+            export::SELECT_V2,
+            export::COST,
+            export::AGGREGATE,
+        ],
     ),
-    (slr_policy_wasm::proximity::NAME, POLICY, &[export::SELECT]),
+    (
+        slr_policy_wasm::proximity::NAME,
+        POLICY,
+        &[export::SELECT, export::SELECT_V2],
+    ),
     (
         slr_policy_wasm::consistent_hash::NAME,
         POLICY,
-        &[export::SELECT],
+        &[export::SELECT, export::SELECT_V2],
     ),
     (
         slr_policy_wasm::time_of_day::NAME,
         POLICY,
-        &[export::SELECT],
+        &[export::SELECT, export::SELECT_V2],
     ),
     (
         slr_policy_wasm::sfq::NAME,
@@ -300,13 +313,31 @@ fn a_drifted_artifact_is_caught() -> Result<()> {
     // An import the manifest did not request: consistent_hash imports pronto.log,
     // least_load's manifest requests no capability.
     let consistent_hash = read("consistent_hash")?;
-    ensure!(check_bytes("least_load", POLICY, &[export::SELECT], &consistent_hash).is_err());
-    ensure!(check_bytes("least_load", POLICY, &[export::SELECT], &least_load).is_ok());
+    ensure!(
+        check_bytes(
+            "least_load",
+            POLICY,
+            &[export::SELECT, export::SELECT_V2],
+            &consistent_hash
+        )
+        .is_err()
+    );
+    ensure!(
+        check_bytes(
+            "least_load",
+            POLICY,
+            &[export::SELECT, export::SELECT_V2],
+            &least_load
+        )
+        .is_ok()
+    );
+    // An artifact built before pronto_select_v2 (only pronto_select) is stale.
+    ensure!(check_bytes("least_load", POLICY, &[export::SELECT], &least_load).is_err());
     // A scheduler is not a policy: wrong kind for its manifest, wrong entry points.
     let sfq = read("sfq")?;
     ensure!(check_bytes("sfq", SCHEDULER, &export::SCHEDULER_ENTRY_POINTS, &sfq).is_ok());
     ensure!(check_bytes("sfq", POLICY, &export::SCHEDULER_ENTRY_POINTS, &sfq).is_err());
-    ensure!(check_bytes("sfq", SCHEDULER, &[export::SELECT], &sfq).is_err());
+    ensure!(check_bytes("sfq", SCHEDULER, &[export::SELECT, export::SELECT_V2], &sfq).is_err());
     ensure!(
         check_bytes(
             "least_load",
