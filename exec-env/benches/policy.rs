@@ -4,9 +4,9 @@
 //! engine's built-in `LeastCost` through `&dyn Policy` (the baseline);
 //! `native_least_load` is the shipped least_load policy compiled natively, on
 //! ABI candidates (the same code as the module); `wasm_instance` is the
-//! least_load module through `PolicyInstance` (lock, request written into guest
-//! memory, candidates compared with the ones left there by the last call, fuel
-//! and epoch armed, call, answer checked); `wasm_changing` alternates two
+//! least_load module through `PolicyInstance` (lock, candidates compared with
+//! the ones left there by the last call, fuel and epoch armed, call of
+//! `pronto_select_v2` with the request as arguments, answer checked); `wasm_changing` alternates two
 //! candidate sets that differ in one load, so every call also rewrites the
 //! candidates (the worst case: a load report between every two new flows);
 //! `wasm_epoch_only` is `wasm_instance` in a VM with fuel off (the epoch

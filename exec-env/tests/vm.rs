@@ -13,7 +13,10 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::{ALL_CAPABILITIES, candidates, from_wat, request, shipped, wat_policy, wat_trigger};
+use common::{
+    ALL_CAPABILITIES, candidates, from_wat, manifest, request, shipped, verified, wat_policy,
+    wat_trigger,
+};
 use exec_env::host::LogLimit;
 use exec_env::manifest::Capability;
 use exec_env::vm::{Fault, PolicyInstance, TimeoutCause, Vm, VmConfig, VmError};
@@ -909,4 +912,206 @@ fn a_guest_writing_its_buffer_cannot_choose_a_down_candidate() {
         instance.select(&request(9), &cands),
         Ok(Decision::Select(0))
     );
+}
+
+/// A policy with `pronto_select_v2` (body `v2`, params `$n` and `$w0`..`$w6`)
+/// beside a `pronto_select` that always answers the fault value: a host that
+/// calls v1 when v2 is there fails the call.
+fn wat_v2(v2: &str) -> String {
+    wat_policy(
+        &format!(
+            r#"(func (export "pronto_select_v2") (param $n i32)
+    (param $w0 i64) (param $w1 i64) (param $w2 i64) (param $w3 i64)
+    (param $w4 i64) (param $w5 i64) (param $w6 i64) (result i32)
+    {v2})"#
+        ),
+        "(i32.const -2)",
+    )
+}
+
+/// `pronto_select_v2` that checks every word against `common::request(port)` at
+/// time 77 (TCP, IPv4, site level, subnet 0, 10.0.3.4 -> 192.200.0.10:443) and
+/// that the request part of its I/O buffer (1024..1080) is still all zero, then
+/// answers `port % n`; any mismatch answers the fault value.
+const V2_CHECKED: &str = r#"
+    (if (result i32)
+      (i32.and
+        (i32.and
+          (i32.and
+            (i64.eq (i64.and (local.get $w0) (i64.const 0xffff0000ffffffff)) (i64.const 0x01bb000000020406))
+            (i64.eq (local.get $w1) (i64.const 0)))
+          (i32.and
+            (i32.and (i64.eq (local.get $w2) (i64.const 0)) (i64.eq (local.get $w4) (i64.const 0)))
+            (i32.and
+              (i64.eq (local.get $w3) (i64.const 0x0403000affff0000))
+              (i64.eq (local.get $w5) (i64.const 0x0a00c8c0ffff0000)))))
+        (i32.and
+          (i64.eq (local.get $w6) (i64.const 77))
+          (i64.eqz
+            (i64.or
+              (i64.or
+                (i64.or (i64.load (i32.const 1024)) (i64.load (i32.const 1032)))
+                (i64.or (i64.load (i32.const 1040)) (i64.load (i32.const 1048))))
+              (i64.or
+                (i64.or (i64.load (i32.const 1056)) (i64.load (i32.const 1064)))
+                (i64.load (i32.const 1072)))))))
+      (then
+        (i32.rem_u
+          (i32.wrap_i64 (i64.and (i64.shr_u (local.get $w0) (i64.const 32)) (i64.const 0xffff)))
+          (local.get $n)))
+      (else (i32.const -2)))"#;
+
+#[test]
+fn select_v2_is_called_with_the_request_in_its_arguments() {
+    let vm = vm(VmConfig::default());
+    let instance = load(&vm, &wat_v2(V2_CHECKED));
+    assert!(instance.module().entry_points().select_v2);
+    let cands = candidates(5);
+    for port in 0..12_u16 {
+        assert_eq!(
+            instance
+                .call_select(&request(port), &cands, 77, None)
+                .result,
+            Ok(Decision::Select(usize::from(port) % 5)),
+            "port {port}"
+        );
+    }
+    // New candidates are written (the count changes the answer); the request
+    // part still is not.
+    let fewer = candidates(3);
+    assert_eq!(
+        instance.call_select(&request(7), &fewer, 77, None).result,
+        Ok(Decision::Select(1))
+    );
+    // The answer is still checked against the host's candidates.
+    let mut down = candidates(5);
+    down[3].up = false;
+    assert_eq!(
+        instance.call_select(&request(3), &down, 77, None).result,
+        Err(Fault::DownCandidate {
+            index: 3,
+            candidates: 5
+        })
+    );
+    assert_eq!(instance.stats().restarts, 1);
+}
+
+#[test]
+fn modules_without_select_v2_still_get_the_request_in_memory() {
+    let vm = vm(VmConfig::default());
+    // v1 only: the source port from the request in its I/O buffer (bytes 4..6).
+    let v1 = load(
+        &vm,
+        &wat_policy(
+            "",
+            "(i32.rem_u (i32.load16_u (i32.const 1028)) (local.get $n))",
+        ),
+    );
+    assert!(!v1.module().entry_points().select_v2);
+    let cands = candidates(5);
+    for port in 0..12_u16 {
+        assert_eq!(
+            v1.select(&request(port), &cands),
+            Ok(Decision::Select(usize::from(port) % 5)),
+            "port {port}"
+        );
+    }
+    // The least_load artifact shipped before pronto_select_v2 existed, byte for
+    // byte: it still loads and answers like the rebuilt one, which has v2.
+    let wasm = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/least_load_pre_v2.wasm"
+    ))
+    .unwrap();
+    let old = vm
+        .load(
+            &verified(manifest(least_load::NAME, "0.1.0", &[]), wasm),
+            &[],
+        )
+        .unwrap();
+    let new = vm.load(&shipped(least_load::NAME), &[]).unwrap();
+    assert!(!old.module().entry_points().select_v2);
+    assert!(new.module().entry_points().select_v2);
+    for n in 1..=8 {
+        let mut cands = candidates(n);
+        cands.rotate_left(n / 2);
+        let expected = LeastCost.select(&request(1), &cands).unwrap();
+        assert_eq!(old.select(&request(1), &cands), Ok(expected), "{n}");
+        assert_eq!(new.select(&request(1), &cands), Ok(expected), "{n}");
+    }
+}
+
+#[test]
+fn select_v2_is_bounded_like_select() {
+    let looping_v2 = wat_v2(&format!(
+        "(if (result i32) (i32.eq (local.get $n) (i32.const 3)) (then {LOOP}) (else (i32.const 0)))"
+    ));
+    // Fuel alone (an epoch deadline of a minute).
+    let fuel_vm = vm(VmConfig::default()
+        .with_fuel_per_call(Some(200_000))
+        .with_epoch(Duration::from_millis(1), 60_000));
+    let looping = load(&fuel_vm, &looping_v2);
+    let outcome = looping.call_select(&request(1), &candidates(3), 0, None);
+    assert_eq!(
+        outcome.result,
+        Err(Fault::Timeout {
+            cause: TimeoutCause::Fuel
+        })
+    );
+    assert_eq!(outcome.cpu_used, 200_000);
+    // A share below the per-call budget cuts it short as well.
+    let outcome = looping.call_select(&request(1), &candidates(3), 0, Some(5_000));
+    assert_eq!(outcome.result, Err(Fault::Budget));
+    assert_eq!(outcome.cpu_used, 5_000);
+    assert_instance_recovers(&looping);
+
+    // The epoch alone (no fuel).
+    let epoch_vm = vm(VmConfig::default()
+        .with_fuel_per_call(None)
+        .with_epoch(Duration::from_millis(1), 5));
+    let looping = load(&epoch_vm, &looping_v2);
+    let started = Instant::now();
+    let outcome = looping.call_select(&request(1), &candidates(3), 0, None);
+    assert_eq!(
+        outcome.result,
+        Err(Fault::Timeout {
+            cause: TimeoutCause::Epoch
+        })
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(outcome.cpu_used >= 4_000_000, "{}", outcome.cpu_used);
+    assert_instance_recovers(&looping);
+}
+
+#[test]
+fn select_v2_needs_select_and_its_exact_signature() {
+    let vm = vm(VmConfig::default());
+    let orphan = wat_v2("(i32.const 0)").replace("(export \"pronto_select\")", "");
+    let err = vm
+        .load(&from_wat("m", "1.0.0", &[], &orphan), &[])
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VmError::MissingExport {
+                name: "pronto_select"
+            }
+        ),
+        "{err}"
+    );
+    let mistyped = wat_v2("(i32.const 0)").replace("(param $w6 i64)", "(param $w6 i32)");
+    let err = vm
+        .load(&from_wat("m", "1.0.0", &[], &mistyped), &[])
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            VmError::ExportType {
+                name: "pronto_select_v2",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_good_module_works(&vm);
 }

@@ -14,6 +14,8 @@ use crate::verified::VerifiedModule;
 pub struct EntryPoints {
     /// `pronto_select`.
     pub select: bool,
+    /// `pronto_select_v2` (only beside `pronto_select`; calls prefer it).
+    pub select_v2: bool,
     /// `pronto_cost` (F).
     pub cost: bool,
     /// `pronto_aggregate` (G).
@@ -149,6 +151,7 @@ pub fn check_interface(
     }
     let entry_points = EntryPoints {
         select: m.check_func(&export::SELECT, false)?,
+        select_v2: m.check_func(&export::SELECT_V2, false)?,
         cost: m.check_func(&export::COST, false)?,
         aggregate: m.check_func(&export::AGGREGATE, false)?,
         rank: false,
@@ -165,6 +168,12 @@ pub fn check_interface(
             });
         }
         _ => {}
+    }
+    if entry_points.select_v2 && !entry_points.select {
+        // A host without v2 could not call it: v2 is an addition, never instead.
+        return Err(VmError::MissingExport {
+            name: export::SELECT.name,
+        });
     }
     if !entry_points.select && !entry_points.cost {
         return Err(VmError::NoEntryPoint);

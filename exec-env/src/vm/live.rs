@@ -12,6 +12,9 @@ use super::error::unavailable;
 use super::{Fault, TimeoutCause, VmConfig, VmError};
 use crate::host::HostState;
 
+/// Arguments of `pronto_select_v2`: the count, then the request's seven words.
+pub(super) type SelectV2Params = (i32, i64, i64, i64, i64, i64, i64, i64);
+
 /// A live instance: its store and the handles the calls need, resolved once.
 pub(super) struct Live {
     pub(super) store: Store<HostState>,
@@ -20,6 +23,8 @@ pub(super) struct Live {
     /// which never shrinks.
     pub(super) io: usize,
     pub(super) select: Option<TypedFunc<i32, i32>>,
+    /// `pronto_select_v2`, called instead of `select` when the module has it.
+    pub(super) select_v2: Option<TypedFunc<SelectV2Params, i32>>,
     pub(super) cost: Option<TypedFunc<(f64, f64), f64>>,
     pub(super) aggregate: Option<TypedFunc<i32, f64>>,
     pub(super) rank: Option<TypedFunc<(), i64>>,
@@ -174,6 +179,7 @@ impl Live {
             };
         }
         let select = entry!(entries.select, export::SELECT);
+        let select_v2 = entry!(entries.select_v2, export::SELECT_V2);
         let cost = entry!(entries.cost, export::COST);
         let aggregate = entry!(entries.aggregate, export::AGGREGATE);
         let rank = entry!(entries.rank, export::RANK);
@@ -182,6 +188,7 @@ impl Live {
             memory,
             io,
             select,
+            select_v2,
             cost,
             aggregate,
             rank,
@@ -191,13 +198,17 @@ impl Live {
 
     /// Writes `request` (when given) and makes the guest's candidate region hold
     /// `candidates` (ABI form, no operator tags), rewriting the region only if
-    /// it does not already; guest memory is looked up once.
+    /// it does not already; guest memory is looked up once, and not at all when
+    /// there is nothing to write.
     pub(super) fn place(
         &mut self,
         request: Option<&sdk::FlowRequest>,
         candidates: &[Candidate],
     ) -> Result<(), Fault> {
         let unchanged = self.resident.holds(candidates);
+        if unchanged && request.is_none() {
+            return Ok(());
+        }
         if !unchanged {
             self.resident.forget();
         }
@@ -221,16 +232,18 @@ impl Live {
         Ok(())
     }
 
-    /// Writes `request` and ABI candidates (operator tags included); the
-    /// router-form copy no longer describes the region.
+    /// Writes `request` (when given) and ABI candidates (operator tags
+    /// included); the router-form copy no longer describes the region.
     pub(super) fn place_abi(
         &mut self,
-        request: &sdk::FlowRequest,
+        request: Option<&sdk::FlowRequest>,
         candidates: &[sdk::Candidate],
     ) -> Result<(), Fault> {
         self.resident.forget();
         let buffer = io_buffer(&self.memory, &mut self.store, self.io)?;
-        write_request(buffer, request)?;
+        if let Some(request) = request {
+            write_request(buffer, request)?;
+        }
         let region = candidate_region(buffer, candidates.len())?;
         for (candidate, chunk) in candidates
             .iter()

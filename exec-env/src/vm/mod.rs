@@ -16,9 +16,11 @@
 //! * A [`PolicyInstance`] is one instance in its own `Store` with a memory cap,
 //!   one table, one instance; each call gets a fresh fuel budget and epoch
 //!   deadline. It implements [`Policy`](router_core::policy::Policy) and
-//!   [`CostModel`](router_core::policy::CostModel). A select writes the
-//!   56-byte request into the guest's I/O buffer and rewrites the candidates
-//!   only when they differ from the ones the last call left there.
+//!   [`CostModel`](router_core::policy::CostModel). A select passes the
+//!   request as arguments of `pronto_select_v2` (or, for modules without it,
+//!   writes it into the guest's I/O buffer for `pronto_select`) and rewrites
+//!   the candidates only when they differ from the ones the last call left
+//!   there.
 //!
 //! Faults map to [`PolicyError`](router_core::policy::PolicyError) as follows: a
 //! trap (including a host function refusing a bad pointer and a stack overflow)
