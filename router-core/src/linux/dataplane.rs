@@ -646,10 +646,11 @@ fn main_loop(
 ) -> Result<(), DataplaneError> {
     let tick = Duration::from_millis(100);
     let mut next_timer = clock.now() + tick;
+    // Every call into the node takes the time read once its lock is held: the
+    // node's clock then never runs backwards, whichever thread had it last.
     loop {
-        let now = clock.now();
         while let Ok(cmd) = commands.try_recv() {
-            let mut g = workers::lock(shared)?;
+            let (mut g, now) = workers::lock_at(shared, clock)?;
             match cmd {
                 Command::Apply(f) => {
                     f(&mut *g.node, now);
@@ -671,22 +672,26 @@ fn main_loop(
         let mut got = 0;
         let n = io.read_tun();
         if n > 0 {
-            io.classify(n, &mut *workers::lock(shared)?.node, now);
+            let (mut g, now) = workers::lock_at(shared, clock)?;
+            io.classify(n, &mut *g.node, now);
+            drop(g);
             io.transmit();
             got += n;
         }
         for i in 0..io.raw.len() {
             let n = io.read_raw(i);
             if n > 0 {
-                io.classify(n, &mut *workers::lock(shared)?.node, now);
+                let (mut g, now) = workers::lock_at(shared, clock)?;
+                io.classify(n, &mut *g.node, now);
+                drop(g);
                 io.transmit();
                 got += n;
             }
         }
-        let timer = now >= next_timer;
         {
-            let mut g = workers::lock(shared)?;
+            let (mut g, now) = workers::lock_at(shared, clock)?;
             let Shared { node, fast_path } = &mut *g;
+            let timer = now >= next_timer;
             if timer {
                 node.handle_timeout(now);
                 next_timer = now + tick;

@@ -36,6 +36,18 @@ pub(super) fn lock(shared: &Mutex<Shared>) -> Result<MutexGuard<'_, Shared>, Dat
     })
 }
 
+/// The node's lock and the time read once it is held. Times taken before
+/// the lock could reach the node out of order (a thread that waited for it
+/// would bring an older one than the thread before it); read under it, the
+/// node's clock never runs backwards.
+pub(super) fn lock_at(
+    shared: &Mutex<Shared>,
+    clock: Clock,
+) -> Result<(MutexGuard<'_, Shared>, crate::time::Instant), DataplaneError> {
+    let g = lock(shared)?;
+    Ok((g, clock.now()))
+}
+
 /// The running engine threads beyond the first.
 pub(super) struct Workers {
     stop: Arc<AtomicBool>,
@@ -115,10 +127,9 @@ fn run(mut io: Io, shared: &Mutex<Shared>, stop: &AtomicBool, clock: Clock) {
 /// Classify `n` packets just read under the lock, then send them; false when
 /// the lock is poisoned (the thread ends).
 fn batch(io: &mut Io, n: usize, shared: &Mutex<Shared>, clock: Clock) -> bool {
-    let now = clock.now();
     bump(&io.stats.worker_batches, 1);
     {
-        let Ok(mut g) = lock(shared) else {
+        let Ok((mut g, now)) = lock_at(shared, clock) else {
             return false;
         };
         let Shared { node, fast_path } = &mut *g;
