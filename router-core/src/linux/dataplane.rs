@@ -669,22 +669,14 @@ fn main_loop(
                 }
             }
         }
-        let mut got = 0;
-        let n = io.read_tun();
-        if n > 0 {
-            let (mut g, now) = workers::lock_at(shared, clock)?;
-            io.classify(n, &mut *g.node, now);
-            drop(g);
-            io.transmit();
-            got += n;
+        let mut got = io.read_tun();
+        if got > 0 {
+            workers::batch(io, got, shared, clock)?;
         }
         for i in 0..io.raw.len() {
             let n = io.read_raw(i);
             if n > 0 {
-                let (mut g, now) = workers::lock_at(shared, clock)?;
-                io.classify(n, &mut *g.node, now);
-                drop(g);
-                io.transmit();
+                workers::batch(io, n, shared, clock)?;
                 got += n;
             }
         }

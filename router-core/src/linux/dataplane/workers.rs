@@ -106,14 +106,17 @@ impl Workers {
 fn run(mut io: Io, shared: &Mutex<Shared>, stop: &AtomicBool, clock: Clock) {
     while !stop.load(Ordering::Relaxed) {
         let mut got = 0;
-        let n = io.read_tun();
-        if n > 0 && !batch(&mut io, n, shared, clock) {
-            return;
-        }
-        got += n;
-        for i in 0..io.raw.len() {
-            let n = io.read_raw(i);
-            if n > 0 && !batch(&mut io, n, shared, clock) {
+        for i in 0..=io.raw.len() {
+            let n = if i == 0 {
+                io.read_tun()
+            } else {
+                io.read_raw(i - 1)
+            };
+            if n == 0 {
+                continue;
+            }
+            bump(&io.stats.worker_batches, 1);
+            if batch(&mut io, n, shared, clock).is_err() {
                 return;
             }
             got += n;
@@ -124,14 +127,16 @@ fn run(mut io: Io, shared: &Mutex<Shared>, stop: &AtomicBool, clock: Clock) {
     }
 }
 
-/// Classify `n` packets just read under the lock, then send them; false when
-/// the lock is poisoned (the thread ends).
-fn batch(io: &mut Io, n: usize, shared: &Mutex<Shared>, clock: Clock) -> bool {
-    bump(&io.stats.worker_batches, 1);
+/// Classify `n` packets just read, under the lock, then send them (every
+/// engine thread, the first included). Fails when the lock is poisoned.
+pub(super) fn batch(
+    io: &mut Io,
+    n: usize,
+    shared: &Mutex<Shared>,
+    clock: Clock,
+) -> Result<(), DataplaneError> {
     {
-        let Ok((mut g, now)) = lock_at(shared, clock) else {
-            return false;
-        };
+        let (mut g, now) = lock_at(shared, clock)?;
         let Shared { node, fast_path } = &mut *g;
         io.classify(n, &mut **node, now);
         // What the batch queued for the control side, and the flows it
@@ -142,5 +147,5 @@ fn batch(io: &mut Io, n: usize, shared: &Mutex<Shared>, clock: Clock) -> bool {
         }
     }
     io.transmit();
-    true
+    Ok(())
 }

@@ -44,8 +44,7 @@ const OUTER: u32 = 20;
 /// The program for share `k` of `n` of IP protocol `proto` (4: inner IPv4,
 /// else inner IPv6) under an outer IPv4 header.
 pub(crate) fn program(proto: u8, k: u32, n: u32) -> Vec<Insn> {
-    let short = if k == 0 { ACCEPT } else { 0 };
-    if proto == crate::wire::ip_proto::IPV4 {
+    let mut prog = if proto == crate::wire::ip_proto::IPV4 {
         vec![
             // The inner header length byte and source address must be there.
             insn(LD_W_LEN, 0, 0, 0),
@@ -62,18 +61,6 @@ pub(crate) fn program(proto: u8, k: u32, n: u32) -> Vec<Insn> {
             insn(LD_W_IND, 0, 0, OUTER),
             insn(MISC_TAX, 0, 0, 0),
             insn(LD_W_ABS, 0, 0, OUTER + 12),
-            insn(ALU_XOR_X, 0, 0, 0),
-            // Fold the high half in: the ports differ in their low bits only
-            // after it (the source port is the high half of the word).
-            insn(MISC_TAX, 0, 0, 0),
-            insn(ALU_RSH_K, 0, 0, 16),
-            insn(ALU_XOR_X, 0, 0, 0),
-            insn(ALU_MOD_K, 0, 0, n),
-            insn(JMP_JEQ_K, 0, 1, k),
-            insn(RET_K, 0, 0, ACCEPT),
-            insn(RET_K, 0, 0, 0),
-            // Too short to hash.
-            insn(RET_K, 0, 0, short),
         ]
     } else {
         vec![
@@ -84,19 +71,30 @@ pub(crate) fn program(proto: u8, k: u32, n: u32) -> Vec<Insn> {
             insn(MISC_TAX, 0, 0, 0),
             // The last word of the inner source address.
             insn(LD_W_ABS, 0, 0, OUTER + 20),
-            insn(ALU_XOR_X, 0, 0, 0),
-            // Fold the high half in: the ports differ in their low bits only
-            // after it (the source port is the high half of the word).
-            insn(MISC_TAX, 0, 0, 0),
-            insn(ALU_RSH_K, 0, 0, 16),
-            insn(ALU_XOR_X, 0, 0, 0),
-            insn(ALU_MOD_K, 0, 0, n),
-            insn(JMP_JEQ_K, 0, 1, k),
-            insn(RET_K, 0, 0, ACCEPT),
-            insn(RET_K, 0, 0, 0),
-            insn(RET_K, 0, 0, short),
         ]
-    }
+    };
+    prog.extend(verdict(k, n));
+    prog
+}
+
+/// Both programs end alike: A holds a word of the inner source address and X
+/// the ports' word; hash, compare with the share, and the too-short exit the
+/// length checks above jump to (the last instruction).
+fn verdict(k: u32, n: u32) -> [Insn; 9] {
+    [
+        insn(ALU_XOR_X, 0, 0, 0),
+        // Fold the high half in: the ports differ in their low bits only
+        // after it (the source port is the high half of the word).
+        insn(MISC_TAX, 0, 0, 0),
+        insn(ALU_RSH_K, 0, 0, 16),
+        insn(ALU_XOR_X, 0, 0, 0),
+        insn(ALU_MOD_K, 0, 0, n),
+        insn(JMP_JEQ_K, 0, 1, k),
+        insn(RET_K, 0, 0, ACCEPT),
+        insn(RET_K, 0, 0, 0),
+        // Too short to hash: share 0 takes it.
+        insn(RET_K, 0, 0, if k == 0 { ACCEPT } else { 0 }),
+    ]
 }
 
 #[cfg(test)]
