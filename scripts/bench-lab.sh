@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Lab bench (issue 15): in one run, alternating, measure
 #   kernel     plain Linux forwarding through one router namespace (the baseline)
+#   kernel-lab the lab's own namespaces, links and path (client -> sys -> site-a
+#              -> a1, replies over the direct-return bridge) with the daemons
+#              stopped and plain kernel routes instead: what the same path costs
+#              without Pronto (a second baseline; ratios stay to `kernel`)
 #   userspace  the Pronto lab with the userspace data path only
 #   bpf        the Pronto lab with the kernel fast path (skipped when the lab
 #              has no --fast-path flag or the kernel refuses it)
@@ -123,6 +127,7 @@ run_lab() {
     local mode=$1 extra=()
     case $mode in
         bpf*) extra=(--fast-path bpf) ;;
+        kernel-lab) extra=(--fast-path userspace) ;;
         userspace*) "$PRONTO" lab up --help | grep -q -- --fast-path \
             && extra=(--fast-path userspace) ;;
     esac
@@ -139,6 +144,12 @@ run_lab() {
         return
     fi
     for h in $HOSTS; do start_nginx "bl-$h"; done
+    if [ "$mode" = kernel-lab ]; then
+        kernel_routes
+        measure "$mode" bl-client "$VIP"
+        stop_lab
+        return
+    fi
     local hz t0 t1
     hz=$(getconf CLK_TCK)
     sleep 2
@@ -146,6 +157,10 @@ run_lab() {
     echo "$mode idle_cpu_pct $(awk -v d=$((t1 - t0)) -v hz="$hz" -v s="$SECS" \
         'BEGIN {printf "%.2f", 100 * d / hz / s}')" >> "$RESULTS"
     measure "$mode" bl-client "$VIP"
+    stop_lab
+}
+
+stop_lab() {
     for h in $HOSTS; do
         pkill -f "nginx -c $WORK/nginx-bl-$h.conf" || true
         ip netns exec "bl-$h" pkill iperf3 2>/dev/null || true
@@ -153,28 +168,47 @@ run_lab() {
     "$PRONTO" lab down --dir "$WORK/lab" --prefix bl >/dev/null
 }
 
+# The lab without Pronto: every daemon killed (their TUNs and VIP routes go
+# with them) and the path that least-cost takes (sys -> site-a -> a1) routed by
+# the kernel, a1 holding the VIP on its loopback and answering over the
+# direct-return bridge as it does under Pronto.
+kernel_routes() {
+    local d
+    for d in sys site-a site-b a1 a2 b1 b2; do
+        "$PRONTO" lab kill --dir "$WORK/lab" "$d" >/dev/null 2>&1 || true
+    done
+    sleep 0.5
+    ip -n bl-sys route replace "${VIP%.*}.0/24" via 10.1.0.2
+    ip -n bl-site-a route replace "${VIP%.*}.0/24" via 10.1.1.2
+    ip -n bl-a1 addr add "$VIP/32" dev lo
+}
+
 for r in $(seq 1 "$ROUNDS"); do
     echo "round $r/$ROUNDS" >&2
     for m in $MODES; do
         case $m in
             kernel) run_kernel ;;
-            userspace* | bpf*) run_lab "$m" ;;
+            kernel-lab | userspace* | bpf*) run_lab "$m" ;;
         esac
     done
 done
 
 median() { { grep "^$1 $2 " "$RESULTS" || true; } | awk '{print $3}' | sort -g | awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]}'; }
 echo
-echo "median of $ROUNDS rounds, $SECS s each (ratio to kernel forwarding):"
+echo "median of $ROUNDS rounds, $SECS s each (ratio to kernel forwarding; [ratio to kernel-lab, the same path]):"
 for metric in gbit_s new_conn_s keepalive_req_s idle_cpu_pct; do
     line=$(printf '%-16s' "$metric")
     base=$(median kernel "$metric")
-    for m in kernel userspace userspace-2t bpf bpf-2t; do
+    path=$(median kernel-lab "$metric")
+    for m in kernel kernel-lab userspace userspace-2t bpf bpf-2t; do
         v=$(median "$m" "$metric")
         [ -n "$v" ] || continue
         ratio=""
         if [ "$m" != kernel ] && [ -n "$base" ]; then
             ratio=$(awk -v a="$v" -v b="$base" 'BEGIN {if (b > 0) printf " (%.2fx)", a / b}')
+        fi
+        if [ "$m" != kernel ] && [ "$m" != kernel-lab ] && [ -n "$path" ]; then
+            ratio="$ratio$(awk -v a="$v" -v b="$path" 'BEGIN {if (b > 0) printf " [%.2fx path]", a / b}')"
         fi
         line="$line  $m $v$ratio"
     done
