@@ -629,7 +629,7 @@ impl Dataplane {
             fp.sync(node.engine_mut(), clock.now(), &clock);
         }
         let shared = Arc::new(Mutex::new(Shared { node, fast_path }));
-        let workers = Workers::spawn(worker_io, &shared, io.decisions.clone(), clock)?;
+        let workers = Workers::spawn(worker_io, &shared, io.decisions.clone(), clock, &io.wake)?;
         let r = main_loop(&mut io, &shared, &commands, clock);
         workers.stop();
         r

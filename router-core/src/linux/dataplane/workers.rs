@@ -56,11 +56,15 @@ pub(super) struct Workers {
 
 impl Workers {
     /// Start one thread per [`Io`] (named `pronto-engine-N`).
+    /// `first` is the first thread's wake: a batch that brings the node's
+    /// next deadline forward (a mirror delta to send, a retry) wakes it, since
+    /// only it runs the node's timers and it may be asleep until an older one.
     pub(super) fn spawn(
         ios: Vec<Io>,
         shared: &Arc<Mutex<Shared>>,
         decisions: Option<Arc<dyn DecisionObserver>>,
         clock: Clock,
+        first: &Arc<nix::sys::eventfd::EventFd>,
     ) -> Result<Self, DataplaneError> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut me = Self {
@@ -70,10 +74,10 @@ impl Workers {
         for (k, mut io) in ios.into_iter().enumerate() {
             io.decisions.clone_from(&decisions);
             let wake = Arc::clone(&io.wake);
-            let (shared, stop) = (Arc::clone(shared), Arc::clone(&stop));
+            let (shared, stop, first) = (Arc::clone(shared), Arc::clone(&stop), Arc::clone(first));
             let t = std::thread::Builder::new()
                 .name(format!("pronto-engine-{}", k + 1))
-                .spawn(move || run(io, &shared, &stop, clock))
+                .spawn(move || run(io, &shared, &stop, clock, &first))
                 .map_err(|e| {
                     DataplaneError::Syscall(crate::linux::SyscallError::new("spawn(engine)", e))
                 });
@@ -103,7 +107,13 @@ impl Workers {
 }
 
 /// One engine thread: read, classify under the lock, send, until stopped.
-fn run(mut io: Io, shared: &Mutex<Shared>, stop: &AtomicBool, clock: Clock) {
+fn run(
+    mut io: Io,
+    shared: &Mutex<Shared>,
+    stop: &AtomicBool,
+    clock: Clock,
+    first: &nix::sys::eventfd::EventFd,
+) {
     while !stop.load(Ordering::Relaxed) {
         let mut got = 0;
         for i in 0..=io.raw.len() {
@@ -116,8 +126,14 @@ fn run(mut io: Io, shared: &Mutex<Shared>, stop: &AtomicBool, clock: Clock) {
                 continue;
             }
             bump(&io.stats.worker_batches, 1);
-            if batch(&mut io, n, shared, clock).is_err() {
-                return;
+            match batch(&mut io, n, shared, clock) {
+                Ok(Deadline::Earlier) => {
+                    // A failed wake leaves the deadline to the first
+                    // thread's next turn (at most its tick later).
+                    let _ = first.write(1);
+                }
+                Ok(Deadline::Same) => {}
+                Err(_) => return,
             }
             got += n;
         }
@@ -127,6 +143,15 @@ fn run(mut io: Io, shared: &Mutex<Shared>, stop: &AtomicBool, clock: Clock) {
     }
 }
 
+/// Whether a batch brought the node's next deadline forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Deadline {
+    /// Earlier than before the batch: whoever runs the timers must look again.
+    Earlier,
+    /// Unchanged or later.
+    Same,
+}
+
 /// Classify `n` packets just read, under the lock, then send them (every
 /// engine thread, the first included). Fails when the lock is poisoned.
 pub(super) fn batch(
@@ -134,10 +159,12 @@ pub(super) fn batch(
     n: usize,
     shared: &Mutex<Shared>,
     clock: Clock,
-) -> Result<(), DataplaneError> {
+) -> Result<Deadline, DataplaneError> {
+    let deadline;
     {
         let (mut g, now) = lock_at(shared, clock)?;
         let Shared { node, fast_path } = &mut *g;
+        let before = node.poll_timeout();
         io.classify(n, &mut **node, now);
         // What the batch queued for the control side, and the flows it
         // pinned into the kernel's maps, before the next batch.
@@ -145,7 +172,12 @@ pub(super) fn batch(
         if let Some(fp) = fast_path {
             fp.sync(node.engine_mut(), now, &clock);
         }
+        deadline = match (before, node.poll_timeout()) {
+            (Some(b), Some(a)) if a < b => Deadline::Earlier,
+            (None, Some(_)) => Deadline::Earlier,
+            _ => Deadline::Same,
+        };
     }
     io.transmit();
-    Ok(())
+    Ok(deadline)
 }
