@@ -67,6 +67,25 @@ enum CaCommand {
         #[arg(long, value_enum)]
         role: Option<RoleArg>,
     },
+    /// Revoke certificates of the CA in DIR (module signers, peers): adds
+    /// their serials to DIR/revoked and writes DIR/crl.pem over all of them.
+    /// Routers read it through `[modules] crls` when they start; run it again
+    /// without --serial/--cert to renew the CRL before --days run out (a
+    /// stale CRL refuses every module its CA signed).
+    Revoke {
+        /// CA directory (from `pronto ca init`).
+        #[arg(long)]
+        dir: PathBuf,
+        /// A serial to revoke, hex as `pronto module inspect` prints it; repeat.
+        #[arg(long = "serial", value_name = "HEX")]
+        serials: Vec<String>,
+        /// A certificate (PEM) to revoke; repeat.
+        #[arg(long = "cert", value_name = "CERT.pem")]
+        certs: Vec<PathBuf>,
+        /// Days until the CRL's nextUpdate.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
 }
 
 /// A certificate role on the command line.
@@ -205,6 +224,12 @@ pub(crate) fn run_ca(args: &CaArgs) -> Result<()> {
             );
             Ok(())
         }
+        CaCommand::Revoke {
+            dir,
+            serials,
+            certs,
+            days,
+        } => revoke_cmd(dir, serials, certs, *days),
         CaCommand::IssuePeer { dir, name, role } => {
             let role = role.map(Role::from);
             let paths = ca::issue_peer_cert_as(dir, name, role).with_context(|| {
@@ -220,6 +245,35 @@ pub(crate) fn run_ca(args: &CaArgs) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn revoke_cmd(dir: &Path, serials: &[String], certs: &[PathBuf], days: u32) -> Result<()> {
+    let mut all = serials.to_vec();
+    for c in certs {
+        let chain = sign::chain_from_pem_file(c)
+            .with_context(|| format!("reading the certificate {}", c.display()))?;
+        let first = chain
+            .first()
+            .with_context(|| format!("{} holds no certificate", c.display()))?;
+        let info = trust::describe_certificate(first)
+            .with_context(|| format!("{} does not parse", c.display()))?;
+        println!("{}: {} (serial {})", c.display(), info.subject, info.serial);
+        all.push(info.serial);
+    }
+    let r = exec_env::crl::revoke(dir, &all, days)
+        .with_context(|| format!("revoking through the CA in {}", dir.display()))?;
+    println!(
+        "{} serial(s) revoked ({} new); CRL {} valid until {}",
+        r.serials.len(),
+        r.added,
+        r.crl.display(),
+        utc(r.next_update)
+    );
+    println!(
+        "routers apply it at their next start with `crls = [\"{}\"]` in [modules]",
+        r.crl.display()
+    );
+    Ok(())
 }
 
 /// Run `pronto module ...`.
@@ -545,6 +599,36 @@ mod tests {
         assert!(unsigned.to_string().contains("format"), "{unsigned}");
         // --trust is required: no anchors on the command line is a usage error.
         assert!(run(&["module", "verify", &p("signed.wasm")]).is_err());
+        // Revoking the signer by its certificate: the module no longer verifies
+        // with the CRL; revoking a peer by serial keeps the signer's entry.
+        run(&[
+            "ca",
+            "revoke",
+            "--dir",
+            &p("ca"),
+            "--cert",
+            &p("ca/signer.pem"),
+        ])?;
+        let verify_crl = [
+            "module",
+            "verify",
+            "--trust",
+            &p("ca/ca.pem"),
+            "--crl",
+            &p("ca/crl.pem"),
+            &p("signed.wasm"),
+        ];
+        let revoked = run(&verify_crl).expect_err("revoked signer verified");
+        assert!(revoked.to_string().contains("revoked"), "{revoked}");
+        run(&["ca", "revoke", "--dir", &p("ca"), "--serial", "0a:0b"])?;
+        assert!(
+            run(&verify_crl).is_err(),
+            "the signer's revocation was lost"
+        );
+        assert!(
+            run(&["ca", "revoke", "--dir", &p("ca"), "--serial", "xyz"]).is_err(),
+            "a bad serial accepted"
+        );
         std::fs::remove_dir_all(&dir)?;
         Ok(())
     }

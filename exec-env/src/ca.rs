@@ -146,6 +146,12 @@ pub enum CaError {
         /// Why.
         reason: String,
     },
+    /// A serial or the revocation record is malformed, or the record is full.
+    #[error("revocation: {reason}")]
+    Revocation {
+        /// Why.
+        reason: String,
+    },
     /// A certificate just issued does not chain to this CA (a bug, refused).
     #[error("issued certificate fails its own chain check: {source}")]
     SelfCheck {

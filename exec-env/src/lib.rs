@@ -2,7 +2,8 @@
 //!
 //! Owns: the signed module format (core wasm + manifest + signature with an X.509
 //! chain, all in custom sections), signature and certificate checks against an
-//! environment's own trust anchors, the wasmtime VM (no WASI, host functions per
+//! environment's own trust anchors (and CRLs; the operator's CA, its
+//! certificates and revocation list are issued here too), the wasmtime VM (no WASI, host functions per
 //! capability, memory and CPU bounds per call), and the environment manager
 //! (install, list, remove, hot swap, rollback, quarantine) whose policies plug into
 //! the engine through [`router_core::policy::Policy`].
@@ -15,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod ca;
+pub mod crl;
 pub mod format;
 pub mod host;
 pub mod limits;

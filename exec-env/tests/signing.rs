@@ -694,3 +694,58 @@ proptest! {
         prop_assert!(trust::verify(&m, &f.anchors, f.now).is_err());
     }
 }
+
+/// `pronto ca revoke`'s library side: the signer's serial as `pronto module
+/// inspect` prints it goes into the CA directory's record, and the CRL written
+/// beside it refuses modules that signer signed; the record accumulates, a bad
+/// serial changes nothing, and a renewal keeps the list.
+#[test]
+fn a_ca_directory_revokes_its_signer_by_the_printed_serial() -> Result<()> {
+    use exec_env::crl;
+    let dir = TempDir::new("crl")?;
+    let paths = ca::init_ca(dir.path(), &CaOptions::new("Revoking CA", 30))?;
+    let key = sign::ModuleSigningKey::from_pem_file(&paths.signer_key)?;
+    let chain = sign::chain_from_pem_file(&paths.signer_cert)?;
+    let serial = trust::describe_certificate(&chain[0])?.serial;
+    let signed = sign::sign_module(&unsigned_module("least_load")?, &key, chain)?;
+    let now = SystemTime::now();
+    let anchors = || TrustAnchors::from_pem_file(&paths.ca_cert);
+
+    let first = crl::revoke(dir.path(), &["01:02".into()], 7)?;
+    assert_eq!((first.added, first.serials.len()), (1, 1));
+    let mut a = anchors()?;
+    a.add_crl_pem_file(&first.crl)?;
+    trust::verify(&signed, &a, now)?;
+
+    let second = crl::revoke(dir.path(), &[serial.clone(), "0102".into()], 7)?;
+    assert_eq!(second.added, 1, "0102 was revoked already");
+    assert_eq!(second.serials, vec!["0102".to_owned(), serial.clone()]);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(crl::RECORD_FILE))?,
+        format!("0102\n{serial}\n")
+    );
+    let mut a = anchors()?;
+    a.add_crl_pem_file(&second.crl)?;
+    let err = trust::verify(&signed, &a, now).expect_err("revoked signer accepted");
+    assert!(matches!(err, VerifyError::Revoked), "{err}");
+
+    let before = std::fs::read(&second.crl)?;
+    assert!(crl::revoke(dir.path(), &["xyz".into()], 7).is_err());
+    assert!(crl::revoke(dir.path(), &["0b".into()], 0).is_err());
+    assert_eq!(
+        std::fs::read(&second.crl)?,
+        before,
+        "a refusal rewrote the CRL"
+    );
+
+    let renewed = crl::revoke(dir.path(), &[], 30)?;
+    assert_eq!((renewed.added, renewed.serials.len()), (0, 2));
+    assert!(renewed.next_update > second.next_update);
+    let mut a = anchors()?;
+    a.add_crl_pem_file(&renewed.crl)?;
+    assert!(matches!(
+        trust::verify(&signed, &a, now),
+        Err(VerifyError::Revoked)
+    ));
+    Ok(())
+}

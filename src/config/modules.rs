@@ -12,6 +12,8 @@ use super::{Check, ConfigError};
 #[serde(deny_unknown_fields)]
 pub(super) struct ModulesFile {
     trust_anchors: Vec<PathBuf>,
+    #[serde(default)]
+    crls: Vec<PathBuf>,
     files: Vec<PathBuf>,
     subnet: String,
     policy: Option<String>,
@@ -20,12 +22,17 @@ pub(super) struct ModulesFile {
 
 /// Most module files loaded at start.
 const MAX_MODULE_FILES: usize = 64;
+/// Most CRL files (each may hold several CRLs; the environment caps the total).
+const MAX_CRL_FILES: usize = 16;
 
 /// Signed modules to load at start, validated.
 #[derive(Debug, Clone)]
 pub(crate) struct ModulesConfig {
     /// CA certificates module signers must chain to.
     pub(crate) trust_anchors: Vec<PathBuf>,
+    /// CRLs (PEM) of those CAs (`pronto ca revoke` writes one): a module whose
+    /// signer is revoked is refused, at start and by `pronto module load`.
+    pub(crate) crls: Vec<PathBuf>,
     /// Signed module files, installed in order (a later version of a name
     /// replaces an earlier one).
     pub(crate) files: Vec<PathBuf>,
@@ -44,6 +51,9 @@ impl ModulesConfig {
                 "modules.trust_anchors",
                 "name at least one CA certificate of module signers (modules are refused without)",
             ));
+        }
+        if m.crls.len() > MAX_CRL_FILES {
+            return Err(c.err("modules.crls", format!("at most {MAX_CRL_FILES} CRL files")));
         }
         if m.files.is_empty() || m.files.len() > MAX_MODULE_FILES {
             return Err(c.err(
@@ -69,6 +79,7 @@ impl ModulesConfig {
         }
         Ok(Self {
             trust_anchors: m.trust_anchors.iter().map(|p| c.resolve(p)).collect(),
+            crls: m.crls.iter().map(|p| c.resolve(p)).collect(),
             files: m.files.iter().map(|p| c.resolve(p)).collect(),
             subnet: c.subnet("modules.subnet", &m.subnet)?,
             policy,

@@ -55,6 +55,7 @@ name = "flow-hash"
 
 [modules]
 trust_anchors = ["ca.pem"]
+crls = ["crl.pem"]
 files = ["least_load.signed.wasm"]
 subnet = "192.200.0.0/16"
 policy = "least_load"
@@ -129,6 +130,7 @@ fn a_full_router_file_validates() {
         m.files,
         vec![PathBuf::from("/etc/pronto/least_load.signed.wasm")]
     );
+    assert_eq!(m.crls, vec![PathBuf::from("/etc/pronto/crl.pem")]);
     assert_eq!(m.policy.as_deref(), Some("least_load"));
     assert_eq!(m.cost, None);
 }
@@ -156,11 +158,16 @@ fn router_errors_name_the_field() {
         ),
         ("hold_ms = 2000", "hold_ms = 100", "table.hold_ms"),
         (
-            "trust_anchors = [\"ca.pem\"]\nfiles",
-            "trust_anchors = []\nfiles",
+            "trust_anchors = [\"ca.pem\"]\ncrls",
+            "trust_anchors = []\ncrls",
             "modules.trust_anchors",
         ),
         ("policy = \"least_load\"", "", "modules"),
+        (
+            "crls = [\"crl.pem\"]",
+            "crls = [\"a\", \"a\", \"a\", \"a\", \"a\", \"a\", \"a\", \"a\", \"a\", \"a\", \"a\", \"a\", \"a\", \"a\", \"a\", \"a\", \"a\"]",
+            "modules.crls",
+        ),
         (
             "subnet = \"192.200.0.0/16\"",
             "subnet = \"192.200.0.0\"",

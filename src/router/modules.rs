@@ -44,6 +44,14 @@ pub(crate) fn load_modules(m: &config::ModulesConfig) -> Result<LoadedModules> {
             .add_pem(&pem)
             .with_context(|| format!("modules.trust_anchors[{i}]: {}", p.display()))?;
     }
+    for (i, p) in m.crls.iter().enumerate() {
+        let pem = config::read_file(p, config::MAX_PEM_BYTES)
+            .with_context(|| format!("modules.crls[{i}]"))?;
+        let n = anchors
+            .add_crl_pem(&pem)
+            .with_context(|| format!("modules.crls[{i}]: {}", p.display()))?;
+        info!(file = %p.display(), crls = n, "module signer CRLs loaded");
+    }
     let env = Environment::new(EnvironmentConfig::operator("operator"), anchors)
         .context("[modules]: creating the operator environment")?;
     for (i, p) in m.files.iter().enumerate() {
@@ -51,7 +59,7 @@ pub(crate) fn load_modules(m: &config::ModulesConfig) -> Result<LoadedModules> {
             .with_context(|| format!("modules.files[{i}]"))?;
         let report = env.install(&bytes).with_context(|| {
             format!(
-                "modules.files[{i}]: {} refused (is it signed by a CA in modules.trust_anchors?)",
+                "modules.files[{i}]: {} refused (is it signed by a CA in modules.trust_anchors, by a signer no CRL of modules.crls revokes?)",
                 p.display()
             )
         })?;
@@ -81,4 +89,73 @@ pub(crate) fn load_modules(m: &config::ModulesConfig) -> Result<LoadedModules> {
         policy,
         cost,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use exec_env::{ca, crl, sign, trust};
+    use std::path::{Path, PathBuf};
+
+    /// A CA in `dir` and the shipped least_load policy signed by its signer.
+    fn signed_policy(dir: &Path) -> Result<(ca::CaPaths, PathBuf)> {
+        let paths = ca::init_ca(dir, &ca::CaOptions::new("Modules CA", 30))?;
+        let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("slr-policy-wasm");
+        let wasm = std::fs::read(policies.join("modules/least_load.wasm"))?;
+        let manifest = exec_env::format::parse_manifest(&std::fs::read_to_string(
+            policies.join("manifests/least_load.toml"),
+        )?)?;
+        let unsigned = exec_env::format::embed_manifest(&wasm, &manifest)?;
+        let key = sign::ModuleSigningKey::from_pem_file(&paths.signer_key)?;
+        let chain = sign::chain_from_pem_file(&paths.signer_cert)?;
+        let file = dir.join("least_load.signed.wasm");
+        std::fs::write(&file, sign::sign_module(&unsigned, &key, chain)?)?;
+        Ok((paths, file))
+    }
+
+    fn config(paths: &ca::CaPaths, file: &Path, crls: Vec<PathBuf>) -> config::ModulesConfig {
+        config::ModulesConfig {
+            trust_anchors: vec![paths.ca_cert.clone()],
+            crls,
+            files: vec![file.to_owned()],
+            subnet: "192.200.0.0/16".parse().expect("subnet"),
+            policy: Some("least_load".into()),
+            cost: None,
+        }
+    }
+
+    /// What the daemon runs at start: a CRL that revokes someone else changes
+    /// nothing, one that revokes the module's signer stops the start and says
+    /// why.
+    #[test]
+    fn a_crl_in_modules_refuses_a_revoked_signer_at_start() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("pronto-crl-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let (paths, file) = signed_policy(&dir)?;
+
+        let other = crl::revoke(&dir, &["0a0b".into()], 7)?;
+        let loaded = load_modules(&config(&paths, &file, vec![other.crl.clone()]))?;
+        assert!(loaded.policy.is_some());
+
+        let chain = sign::chain_from_pem_file(&paths.signer_cert)?;
+        let serial = trust::describe_certificate(&chain[0])?.serial;
+        let revoked = crl::revoke(&dir, &[serial], 7)?;
+        let err = load_modules(&config(&paths, &file, vec![revoked.crl]))
+            .err()
+            .expect("a revoked signer's module loaded");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("modules.files[0]") && text.contains("revoked"),
+            "{text}"
+        );
+
+        // A file that is not a CRL is a start error naming the field.
+        let err = load_modules(&config(&paths, &file, vec![paths.ca_cert.clone()]))
+            .err()
+            .expect("a certificate taken for a CRL");
+        assert!(format!("{err:#}").contains("modules.crls[0]"), "{err:#}");
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
 }
