@@ -154,15 +154,7 @@ impl Io {
                     fragment: true,
                 } => {
                     let (tx, stats) = (&self.tx, &self.stats);
-                    let r = fragment_ipv4(pkt.data(), self.mtu, &mut self.scratch, |frag| match tx
-                        .send_one(frag, next_hop)
-                    {
-                        Ok(()) => bump(&stats.tx_packets, 1),
-                        Err(_) => bump(&stats.tx_failed, 1),
-                    });
-                    if r.is_err() {
-                        bump(&self.stats.tx_failed, 1);
-                    }
+                    send_fragmented(tx, stats, self.mtu, &mut self.scratch, pkt.data(), next_hop);
                     continue;
                 }
                 // Counted by the node and engine.
@@ -227,18 +219,7 @@ impl Io {
                     fragment: true,
                 } => {
                     let (tx, stats) = (&self.tx, &self.stats);
-                    let r = fragment_ipv4(pkt.data(), self.mtu, &mut self.scratch, |frag| match tx
-                        .send_one(frag, next_hop)
-                    {
-                        Ok(()) => {
-                            bump(&stats.tx_packets, 1);
-                            bump(&stats.tx_fragments, 1);
-                        }
-                        Err(_) => bump(&stats.tx_failed, 1),
-                    });
-                    if r.is_err() {
-                        bump(&self.stats.tx_failed, 1);
-                    }
+                    send_fragmented(tx, stats, self.mtu, &mut self.scratch, pkt.data(), next_hop);
                 }
                 Verdict::Deliver => {
                     punt(
@@ -282,6 +263,31 @@ impl Io {
 
 /// Report a newly pinned flow; `outer` is the encapsulated packet. A full channel
 /// drops the notice (counted) rather than stall forwarding.
+/// Send `packet` cut into fragments that fit the tunnel MTU (the verdict
+/// asked for it), each fragment counted as sent or failed; a packet that
+/// cannot be cut is one failure. Used for batches and released packets alike.
+fn send_fragmented(
+    tx: &RawTx,
+    stats: &ShellCounters,
+    mtu: usize,
+    scratch: &mut [u8],
+    packet: &[u8],
+    next_hop: IpAddr,
+) {
+    let r = fragment_ipv4(packet, mtu, scratch, |frag| {
+        match tx.send_one(frag, next_hop) {
+            Ok(()) => {
+                bump(&stats.tx_packets, 1);
+                bump(&stats.tx_fragments, 1);
+            }
+            Err(_) => bump(&stats.tx_failed, 1),
+        }
+    });
+    if r.is_err() {
+        bump(&stats.tx_failed, 1);
+    }
+}
+
 fn new_flow(
     tx: Option<&SyncSender<NewFlow>>,
     stats: &ShellCounters,
