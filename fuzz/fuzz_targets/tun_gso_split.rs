@@ -45,7 +45,11 @@ fuzz_target!(|data: &[u8]| {
         _ => return,
     };
     let udp = mode & 1 != 0;
-    let csum_start: u16 = if is_v6 { 40 } else { u16::from(first & 0x0f) * 4 };
+    let csum_start: u16 = if is_v6 {
+        40
+    } else {
+        u16::from(first & 0x0f) * 4
+    };
     let mut hdr = VirtioNetHdr {
         flags: NEEDS_CSUM,
         gso_type: match (udp, is_v6) {
