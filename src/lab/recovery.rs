@@ -179,17 +179,13 @@ pub(super) fn router_section(dir: &Path, site: Option<u8>) -> String {
     s
 }
 
-/// `[recovery]` of every host: advertise connections stalled for 100 ms after
-/// the first retransmission timeout was seen, again every 200 ms while they
-/// stay stalled, so a flow the spare did not mirror is re-pinned before TCP's
-/// second retransmission (about 600 ms after the failure). The first advert
-/// then leaves 300-430 ms after the failure, after the spare's takeover (about
-/// 285 ms with `dead_after_ms = 300`); with 200 ms it left at 400-630 ms
-/// (seen at 480 ms) and could lose that race (a 1.4 s pause).
+/// `[recovery]` of every host: advertise connections stalled for 200 ms (one
+/// retransmission timeout), again every 300 ms while they stay stalled, so a
+/// flow the spare did not mirror is re-pinned before TCP's second backoff.
 pub(super) fn host_section(dir: &Path) -> String {
     format!(
-        "\n[recovery]\nadvert_keys = {:?}\nkey_id = {ADVERT_KEY_ID}\nstall_after_ms = 100\n\
-         readvertise_after_ms = 200\nscan_interval_ms = 100\n",
+        "\n[recovery]\nadvert_keys = {:?}\nkey_id = {ADVERT_KEY_ID}\nstall_after_ms = 200\n\
+         readvertise_after_ms = 300\nscan_interval_ms = 100\n",
         keys_path(dir).display().to_string()
     )
 }
