@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::ca::{CaError, CertificateAuthority};
+use crate::trust::hex;
 
 /// File name of the record in the CA directory.
 pub const RECORD_FILE: &str = "revoked";
@@ -117,10 +118,6 @@ pub fn parse_serial(text: &str) -> Result<Vec<u8>, CaError> {
         return Err(bad("longer than 20 octets"));
     }
     Ok(bytes)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    crate::trust::hex(bytes)
 }
 
 fn read_record(path: &Path) -> Result<Vec<String>, CaError> {
