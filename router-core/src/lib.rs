@@ -5,7 +5,7 @@
 //! ([`tunnel`]) and ICMP errors ([`icmp`]), the per-packet walk ([`engine`]), the
 //! policy seam ([`policy`]) and the API boundary the execution environments use
 //! ([`api`]), the built-in policies ([`policy::LeastCost`], [`policy::FlowHash`],
-//! [`policy::SubnetPolicies`]). Everything but `linux` is sans-IO: bytes and a
+//! [`policy::SubnetPolicies`], [`policy::SubnetCosts`]). Everything but `linux` is sans-IO: bytes and a
 //! timestamp in, a verdict out. The Linux shell (`linux`, a feature only the
 //! daemon turns on) drives any `linux::dataplane::DataplaneNode` (the bare
 //! engine, or the router node the daemon builds around it) against the kernel,

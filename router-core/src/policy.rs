@@ -85,6 +85,13 @@ pub trait CostModel: Send + Sync {
     fn cost(&self, load: f64, route_cost: f64) -> Result<f64, PolicyError>;
     /// G over a subnet's candidates: the load to advertise upward.
     fn aggregate(&self, candidates: &[Candidate]) -> Result<f64, PolicyError>;
+    /// The model that computes F and G for the subnet `addr`/`len`, when this
+    /// one dispatches by subnet ([`SubnetCosts`]); `None`: this one serves
+    /// every subnet.
+    fn for_subnet(&self, addr: IpAddr, len: u8) -> Option<&dyn CostModel> {
+        let _ = (addr, len);
+        None
+    }
 }
 
 /// The built-in F and G: F = load + route_cost; G = the lowest load among usable
@@ -237,31 +244,57 @@ impl Policy for FlowHash {
     }
 }
 
-/// The policy of every served subnet: the most specific binding whose prefix
-/// holds the flow's destination, else the default. Bindings are few (one per
-/// module-governed subnet), so a scan per new flow costs less than a lookup
-/// structure would. A bound module's fault returns its error: the engine then
-/// falls back to the built-in policy and counts it.
-#[derive(Debug, Clone)]
-pub struct SubnetPolicies {
-    default: Arc<dyn Policy>,
+/// Per-subnet bindings of a policy or a cost model: the most specific binding
+/// whose prefix holds an address (or covers a prefix), else the default.
+/// Bindings are few (one per module-governed subnet), so a scan per new flow or
+/// per table row costs less than a lookup structure would.
+pub struct BySubnet<T: ?Sized> {
+    default: Arc<T>,
     /// Most specific first.
-    bindings: Vec<(VirtualSubnet, Arc<dyn Policy>)>,
+    bindings: Vec<(VirtualSubnet, Arc<T>)>,
 }
 
-impl SubnetPolicies {
+/// The policy of every served subnet. A bound module's fault returns its
+/// error: the engine then falls back to the built-in policy and counts it.
+pub type SubnetPolicies = BySubnet<dyn Policy>;
+
+/// F and G of every subnet of the next-hop table (a bound cost module's fault
+/// falls back to the built-in sum and minimum, counted by the table).
+pub type SubnetCosts = BySubnet<dyn CostModel>;
+
+impl<T: ?Sized> Clone for BySubnet<T> {
+    fn clone(&self) -> Self {
+        Self {
+            default: Arc::clone(&self.default),
+            bindings: self.bindings.clone(),
+        }
+    }
+}
+
+impl<T: ?Sized> std::fmt::Debug for BySubnet<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BySubnet")
+            .field(
+                "bindings",
+                &self.bindings.iter().map(|(s, _)| s).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: ?Sized> BySubnet<T> {
     /// Every subnet under `default`.
-    pub fn new(default: Arc<dyn Policy>) -> Self {
+    pub fn new(default: Arc<T>) -> Self {
         Self {
             default,
             bindings: Vec::new(),
         }
     }
 
-    /// Bind `subnet` to `policy` (replacing its binding), or unbind it (`None`).
-    pub fn bind(&mut self, subnet: VirtualSubnet, policy: Option<Arc<dyn Policy>>) {
+    /// Bind `subnet` to `to` (replacing its binding), or unbind it (`None`).
+    pub fn bind(&mut self, subnet: VirtualSubnet, to: Option<Arc<T>>) {
         self.bindings.retain(|(s, _)| *s != subnet);
-        if let Some(p) = policy {
+        if let Some(p) = to {
             self.bindings.push((subnet, p));
             self.bindings
                 .sort_by_key(|(s, _)| std::cmp::Reverse(s.prefix_len()));
@@ -269,20 +302,34 @@ impl SubnetPolicies {
     }
 
     /// Replace the default.
-    pub fn set_default(&mut self, policy: Arc<dyn Policy>) {
-        self.default = policy;
+    pub fn set_default(&mut self, to: Arc<T>) {
+        self.default = to;
+    }
+
+    /// The default.
+    pub fn default_binding(&self) -> &Arc<T> {
+        &self.default
     }
 
     /// The bindings, most specific first.
-    pub fn bindings(&self) -> impl Iterator<Item = (&VirtualSubnet, &Arc<dyn Policy>)> {
+    pub fn bindings(&self) -> impl Iterator<Item = (&VirtualSubnet, &Arc<T>)> {
         self.bindings.iter().map(|(s, p)| (s, p))
     }
 
-    /// The policy that places flows to `dst`.
-    pub fn policy_for(&self, dst: IpAddr) -> &Arc<dyn Policy> {
+    /// What governs the address `dst`.
+    pub fn for_addr(&self, dst: IpAddr) -> &Arc<T> {
         self.bindings
             .iter()
             .find(|(s, _)| s.contains(dst))
+            .map_or(&self.default, |(_, p)| p)
+    }
+
+    /// What governs the whole prefix `addr`/`len`: the most specific binding
+    /// that covers it.
+    pub fn for_prefix(&self, addr: IpAddr, len: u8) -> &Arc<T> {
+        self.bindings
+            .iter()
+            .find(|(s, _)| s.prefix_len() <= len && s.contains(addr))
             .map_or(&self.default, |(_, p)| p)
     }
 }
@@ -296,7 +343,27 @@ impl Policy for SubnetPolicies {
     }
 
     fn select(&self, req: &FlowRequest, candidates: &[Candidate]) -> Result<Decision, PolicyError> {
-        self.policy_for(req.key.dst).select(req, candidates)
+        self.for_addr(req.key.dst).select(req, candidates)
+    }
+}
+
+/// As a cost model by itself (without [`CostModel::for_subnet`]) it is its
+/// default; the table asks it per subnet.
+impl CostModel for SubnetCosts {
+    fn name(&self) -> &str {
+        self.default.name()
+    }
+
+    fn cost(&self, load: f64, route_cost: f64) -> Result<f64, PolicyError> {
+        self.default.cost(load, route_cost)
+    }
+
+    fn aggregate(&self, candidates: &[Candidate]) -> Result<f64, PolicyError> {
+        self.default.aggregate(candidates)
+    }
+
+    fn for_subnet(&self, addr: IpAddr, len: u8) -> Option<&dyn CostModel> {
+        Some(&**self.for_prefix(addr, len))
     }
 }
 
@@ -412,5 +479,44 @@ mod builtin_tests {
         assert_eq!(pick(&p, &other, &c), 0);
         p.bind(narrow, None);
         assert_eq!(pick(&p, &req(1, Level::Site), &c), 1);
+    }
+
+    #[derive(Debug)]
+    struct Flat(f64);
+    impl CostModel for Flat {
+        fn name(&self) -> &str {
+            "flat"
+        }
+        fn cost(&self, _: f64, _: f64) -> Result<f64, PolicyError> {
+            Ok(self.0)
+        }
+        fn aggregate(&self, _: &[Candidate]) -> Result<f64, PolicyError> {
+            Ok(self.0)
+        }
+    }
+
+    #[test]
+    fn subnet_costs_serve_each_prefix_from_the_binding_that_covers_it() {
+        let mut c = SubnetCosts::new(Arc::new(SumCost));
+        let wide: VirtualSubnet = "192.200.0.0/16".parse().unwrap_or_else(|_| unreachable!());
+        c.bind(wide, Some(Arc::new(Flat(7.0))));
+        let f = |c: &SubnetCosts, addr: [u8; 4], len| {
+            c.for_subnet(IpAddr::from(addr), len)
+                .map(|m| m.cost(0.5, 1.0))
+        };
+        // A /24 inside the binding: its model; the /16 itself too.
+        assert_eq!(f(&c, [192, 200, 3, 0], 24), Some(Ok(7.0)));
+        assert_eq!(f(&c, [192, 200, 0, 0], 16), Some(Ok(7.0)));
+        // A wider prefix than the binding, or one outside it: the default.
+        assert_eq!(f(&c, [192, 0, 0, 0], 8), Some(Ok(1.5)));
+        assert_eq!(f(&c, [10, 0, 0, 0], 24), Some(Ok(1.5)));
+        // Without dispatch a model answers for itself.
+        assert!(
+            SumCost
+                .for_subnet(IpAddr::from([10, 0, 0, 0]), 24)
+                .is_none()
+        );
+        c.bind(wide, None);
+        assert_eq!(f(&c, [192, 200, 3, 0], 24), Some(Ok(1.5)));
     }
 }

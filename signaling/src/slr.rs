@@ -653,6 +653,11 @@ impl SlrControl {
         self.cost = cost;
     }
 
+    /// F and G (for a subnet's own model, ask [`CostModel::for_subnet`]).
+    pub fn cost_model(&self) -> &dyn CostModel {
+        &*self.cost
+    }
+
     /// Subnets currently pushed into the engine.
     pub fn served_subnets(&self) -> impl Iterator<Item = &SubnetPrefix> {
         self.installed.iter()

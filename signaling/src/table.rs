@@ -540,6 +540,8 @@ impl NextHopTable {
         let mut scored: Vec<(f64, Candidate)> = Vec::new();
         let mut candidates: Vec<Candidate> = Vec::new();
         self.rows.retain(|prefix, row| {
+            // A model bound to the subnet, else the router's.
+            let cost = cost.for_subnet(prefix.addr(), prefix.len()).unwrap_or(cost);
             let before = row.reports.len();
             row.reports
                 .retain(|r| now.saturating_since(r.refreshed) <= hold);

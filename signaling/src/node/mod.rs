@@ -35,7 +35,7 @@ use crate::recovery::{AdvertAuth, MirrorConfig, RecoveryScope};
 use crate::slr::{SessionId, SlrConfig, SlrControl, SlrError};
 use router_core::api::{ApiError, RouterApi};
 use router_core::engine::{Engine, EngineConfig};
-use router_core::policy::{Candidate, CostModel, Level, Policy, SubnetPolicies};
+use router_core::policy::{Candidate, CostModel, Level, Policy, SubnetCosts, SubnetPolicies};
 use router_core::{Instant, VirtualSubnet};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
@@ -208,6 +208,7 @@ pub struct Node {
     engine: Engine,
     slr: SlrControl,
     policies: SubnetPolicies,
+    costs: SubnetCosts,
     cfg: NodeShape,
     sessions: BTreeMap<SessionId, SessionInfo>,
     recovery: recovery::NodeRecovery,
@@ -239,7 +240,8 @@ impl Node {
         let level = cfg.engine.level;
         let mut engine = Engine::new(cfg.engine);
         let policies = SubnetPolicies::new(cfg.policy);
-        let mut slr = SlrControl::new(cfg.slr, cfg.cost, now);
+        let costs = SubnetCosts::new(cfg.cost);
+        let mut slr = SlrControl::new(cfg.slr, Arc::new(costs.clone()), now);
         slr.set_policy(Arc::new(policies.clone()), &mut engine);
         if let Some(scope) = cfg.scope {
             slr.set_recovery_scope(scope).map_err(NodeError::Scope)?;
@@ -264,6 +266,7 @@ impl Node {
             engine,
             slr,
             policies,
+            costs,
             cfg: NodeShape {
                 level,
                 downstream: cfg.downstream,
@@ -373,9 +376,23 @@ impl Node {
         &self.policies
     }
 
-    /// Replace F and G from the next table computation on.
+    /// Replace F and G of subnets no cost binding names, from the next table
+    /// computation on.
     pub fn set_cost_model(&mut self, cost: Arc<dyn CostModel>) {
-        self.slr.set_cost_model(cost);
+        self.costs.set_default(cost);
+        self.slr.set_cost_model(Arc::new(self.costs.clone()));
+    }
+
+    /// Bind the table's subnets that `subnet` covers to the cost model `cost`
+    /// (F and G), or unbind them (`None`), from the next table computation on.
+    pub fn set_subnet_cost(&mut self, subnet: VirtualSubnet, cost: Option<Arc<dyn CostModel>>) {
+        self.costs.bind(subnet, cost);
+        self.slr.set_cost_model(Arc::new(self.costs.clone()));
+    }
+
+    /// The cost models (default and bindings).
+    pub fn costs(&self) -> &SubnetCosts {
+        &self.costs
     }
 
     /// Time only moves forward, whatever order a shell's inputs arrive in.
