@@ -209,6 +209,27 @@ fn bind_gives_the_handle_for_the_role_and_replaces_the_subnets_previous_module()
     );
     assert_eq!("cost".parse::<Role>().unwrap(), Role::Cost);
     assert!("scheduler".parse::<Role>().is_err());
+
+    // Unbind ends one subnet and role; the other role stays.
+    let gone = env.unbind(vip, Role::Policy).unwrap();
+    assert_eq!((gone.module.as_str(), gone.role), ("second", Role::Policy));
+    assert_eq!(env.bindings().len(), 1);
+    let err = env.unbind(vip, Role::Policy).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ManagerError::NotBound {
+                role: Role::Policy,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.hint().contains("pronto query modules"),
+        "{}",
+        err.hint()
+    );
 }
 
 #[test]

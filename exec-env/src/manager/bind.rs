@@ -132,6 +132,23 @@ impl Environment {
         }
     }
 
+    /// Ends the binding of `subnet` in `role` and answers it; the engine's
+    /// handle for it must be dropped by the caller (it would keep calling the
+    /// module). Refuses a subnet and role nothing is bound to
+    /// ([`ManagerError::NotBound`]).
+    pub fn unbind(&self, subnet: VirtualSubnet, role: Role) -> Result<Binding, ManagerError> {
+        let module = self
+            .binding_table()
+            .remove(&(subnet, role))
+            .ok_or(ManagerError::NotBound { subnet, role })?;
+        tracing::info!(env = %self.name(), module = %module, %subnet, %role, "module unbound");
+        Ok(Binding {
+            subnet,
+            role,
+            module,
+        })
+    }
+
     /// Every binding, by subnet then role.
     pub fn bindings(&self) -> Vec<Binding> {
         self.binding_table()

@@ -130,6 +130,14 @@ pub enum ManagerError {
         /// The role asked for.
         role: Role,
     },
+    /// An unbind of a subnet and role no module is bound to.
+    #[error("no module is bound to {subnet} in the {role} role")]
+    NotBound {
+        /// The subnet.
+        subnet: VirtualSubnet,
+        /// The role.
+        role: Role,
+    },
 }
 
 impl ManagerError {
@@ -173,6 +181,9 @@ impl ManagerError {
             Self::NotLoaded { .. } => "use `pronto module load` to install it",
             Self::WrongRole { .. } => {
                 "bind a module that exports pronto_select (policy role) or pronto_cost and pronto_aggregate (cost role)"
+            }
+            Self::NotBound { .. } => {
+                "`pronto query modules` lists each module's bindings; unbind the exact prefix and role shown there"
             }
         }
     }

@@ -121,6 +121,17 @@ pub struct Binding {
     pub module: String,
 }
 
+impl Binding {
+    /// `module` governing `subnet` in `role` (as a state file records it).
+    pub fn new(subnet: VirtualSubnet, role: Role, module: impl Into<String>) -> Self {
+        Self {
+            subnet,
+            role,
+            module: module.into(),
+        }
+    }
+}
+
 /// What [`super::Environment::bind`] did, with the handle the engine uses.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
