@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::render_prometheus;
-use crate::query::{FlowQuery, QueryError, TableQuery, no_parameters};
+use crate::query::{BindingQuery, FlowQuery, QueryError, TableQuery, no_parameters};
 use crate::response::CountersResponse;
 use crate::state::{ErrorKind, ModuleOp, RouterState, StateError};
 
@@ -187,6 +187,8 @@ pub const ENDPOINTS: &[&str] = &[
     "POST /v1/modules/swap",
     "POST /v1/modules/{name}/rollback",
     "DELETE /v1/modules/{name}",
+    "POST /v1/bindings?module=&subnet=&role=",
+    "DELETE /v1/bindings?subnet=&role=",
 ];
 
 /// Answers one request from `state`.
@@ -274,8 +276,52 @@ pub fn handle(state: &dyn RouterState, req: &Request<'_>) -> Response {
             };
             answer(state.module_op(op))
         }
+        "/v1/bindings" => binding(state, req),
         _ => module_path(state, req, path),
     }
+}
+
+/// `POST /v1/bindings?module=&subnet=&role=` binds, `DELETE
+/// /v1/bindings?subnet=&role=` unbinds.
+fn binding(state: &dyn RouterState, req: &Request<'_>) -> Response {
+    if !matches!(req.method, Method::Post | Method::Delete) {
+        return method_not_allowed(req, "POST (bind) or DELETE (unbind)");
+    }
+    let q = match BindingQuery::parse(req.query) {
+        Ok(q) => q,
+        Err(e) => return Response::bad_query(&e),
+    };
+    let op = match (req.method, q.module.as_deref()) {
+        (Method::Post, Some(m)) => match module_name(m) {
+            Ok(module) => ModuleOp::Bind {
+                module,
+                subnet: q.subnet,
+                role: &q.role,
+            },
+            Err(r) => return r,
+        },
+        (Method::Post, None) => {
+            return Response::error(
+                400,
+                "bad_request",
+                "a bind names the module",
+                "POST /v1/bindings?module=NAME&subnet=PREFIX&role=policy|cost",
+            );
+        }
+        (_, Some(_)) => {
+            return Response::error(
+                400,
+                "bad_request",
+                "an unbind names the subnet and role, not the module",
+                "DELETE /v1/bindings?subnet=PREFIX&role=policy|cost",
+            );
+        }
+        (_, None) => ModuleOp::Unbind {
+            subnet: q.subnet,
+            role: &q.role,
+        },
+    };
+    answer(state.module_op(op))
 }
 
 /// `/v1/modules/{name}/rollback` and `/v1/modules/{name}`.
@@ -379,6 +425,7 @@ mod tests {
                 subnet: "192.200.0.0/24".into(),
                 source: "table".into(),
                 policy: "least-cost".into(),
+                cost_model: "builtin-sum-cost".into(),
                 aggregate: Some(0.1),
                 next_hops: vec![NextHopRow {
                     address: IpAddr::from([10, 1, 0, 2]),
@@ -434,6 +481,7 @@ mod tests {
                 replaced: None,
                 digest: None,
                 signer: None,
+                binding: None,
             };
             match op {
                 ModuleOp::Load(b) | ModuleOp::Swap(b) => {
@@ -474,6 +522,18 @@ mod tests {
                     m.retain(|(n, _)| n != name);
                     Ok(report(name, None))
                 }
+                ModuleOp::Bind {
+                    module,
+                    subnet,
+                    role,
+                } => Ok(ModuleOpReport {
+                    binding: Some(format!("{role} {}/{}", subnet.addr, subnet.prefix_len)),
+                    ..report(module, None)
+                }),
+                ModuleOp::Unbind { subnet, role } => Ok(ModuleOpReport {
+                    binding: Some(format!("{role} {}/{}", subnet.addr, subnet.prefix_len)),
+                    ..report("-", None)
+                }),
             }
         }
     }
@@ -550,6 +610,76 @@ mod tests {
         let r = post("/v1/modules/load", &[0xff, 0xfe]);
         assert_eq!(r.status, 422);
         assert_eq!(json(&r)["error"], "refused");
+    }
+
+    #[test]
+    fn bindings_route_post_to_bind_and_delete_to_unbind() {
+        let s = Fake::default();
+        let req = |method, query: &'static str| {
+            handle(
+                &s,
+                &Request {
+                    method,
+                    path: "/v1/bindings",
+                    query,
+                    body: &[],
+                },
+            )
+        };
+        let r = req(
+            Method::Post,
+            "module=least_load&subnet=192.200.1.0%2F24&role=policy",
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let rep: ModuleOpReport = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(rep.op, "bind");
+        assert_eq!(rep.name, "least_load");
+        assert_eq!(rep.binding.as_deref(), Some("policy 192.200.1.0/24"));
+        let r = req(Method::Delete, "subnet=192.200.1.0/24&role=cost");
+        assert_eq!(r.status, 200);
+        assert_eq!(json(&r)["op"], "unbind");
+        // Each refusal says what the request lacks.
+        for (method, query, says) in [
+            (
+                Method::Post,
+                "subnet=192.200.1.0/24&role=policy",
+                "names the module",
+            ),
+            (
+                Method::Delete,
+                "module=x&subnet=192.200.1.0/24&role=policy",
+                "not the module",
+            ),
+            (Method::Post, "module=x&role=policy", "subnet"),
+            (Method::Post, "module=x&subnet=192.200.1.0/24", "role"),
+            (
+                Method::Post,
+                "module=Bad&subnet=192.200.1.0/24&role=policy",
+                "module name",
+            ),
+            (Method::Post, "module=x&subnet=nope&role=policy", "subnet"),
+            (
+                Method::Post,
+                "module=x&subnet=10.0.0.0/8&role=policy&x=1",
+                "unknown",
+            ),
+        ] {
+            let r = req(method, query);
+            assert_eq!(r.status, 400, "{query}");
+            assert!(
+                json(&r)["message"].as_str().unwrap().contains(says),
+                "{query}: {}",
+                String::from_utf8_lossy(&r.body)
+            );
+        }
+        assert_eq!(req(Method::Get, "").status, 405);
+        // What the CLI sends is what the server reads.
+        let q = BindingQuery {
+            module: Some("a&b=c".into()),
+            subnet: "2001:db8::/32".parse().unwrap(),
+            role: "cost".into(),
+        };
+        assert_eq!(BindingQuery::parse(&q.to_query_string()).unwrap(), q);
     }
 
     #[test]

@@ -289,6 +289,75 @@ impl TableQuery {
     }
 }
 
+/// `POST /v1/bindings?module=&subnet=&role=` (bind) and
+/// `DELETE /v1/bindings?subnet=&role=` (unbind).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindingQuery {
+    /// The module (bind only).
+    pub module: Option<String>,
+    /// The subnet, as a prefix.
+    pub subnet: AddrMatch,
+    /// `policy` or `cost` (the router decides which roles it serves).
+    pub role: String,
+}
+
+impl BindingQuery {
+    /// Parameters this query takes.
+    pub const PARAMETERS: &'static str = "module, subnet, role";
+
+    /// Parses `module=NAME&subnet=PREFIX&role=ROLE`; `subnet` and `role` are
+    /// required, `module` is left to the operation to require or refuse.
+    pub fn parse(query: &str) -> Result<Self, QueryError> {
+        let (mut module, mut subnet, mut role) = (None, None, None);
+        for (k, v) in pairs(query)? {
+            match k.as_str() {
+                "module" => module = Some(v),
+                "subnet" => subnet = Some(addr_param("subnet", &v)?),
+                "role" => role = Some(v),
+                _ => {
+                    return Err(QueryError::UnknownParameter {
+                        name: k,
+                        expected: Self::PARAMETERS,
+                    });
+                }
+            }
+        }
+        let missing = |name| QueryError::BadValue {
+            name,
+            reason: "required".to_owned(),
+        };
+        Ok(Self {
+            module,
+            subnet: subnet.ok_or_else(|| missing("subnet"))?,
+            role: role.ok_or_else(|| missing("role"))?,
+        })
+    }
+
+    /// The query string [`BindingQuery::parse`] reads back.
+    pub fn to_query_string(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(m) = &self.module {
+            parts.push(format!("module={}", percent_encode(m)));
+        }
+        parts.push(format!("subnet={}", self.subnet));
+        parts.push(format!("role={}", percent_encode(&self.role)));
+        parts.join("&")
+    }
+}
+
+/// Every byte but `[A-Za-z0-9._-]` as `%XX`.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Refuses any parameter (queries that take none).
 pub fn no_parameters(query: &str) -> Result<(), QueryError> {
     match pairs(query)?.into_iter().next() {

@@ -143,6 +143,9 @@ pub struct SubnetRow {
     pub source: String,
     /// Policy choosing among the next hops for new flows.
     pub policy: String,
+    /// Cost model (F, G) of this subnet.
+    #[serde(default)]
+    pub cost_model: String,
     /// `M_k = G(...)` advertised upward; `null` when nothing is usable.
     pub aggregate: Option<f64>,
     /// Next hops, cheapest first.
@@ -152,7 +155,7 @@ pub struct SubnetRow {
 /// `GET /v1/table`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TableResponse {
-    /// Cost model (F, G) name.
+    /// Cost model (F, G) of subnets no cost binding names.
     pub cost_model: String,
     /// Subnets, by prefix.
     pub subnets: Vec<SubnetRow>,
@@ -328,7 +331,7 @@ pub struct CountersResponse {
 /// Answer of a module operation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModuleOpReport {
-    /// `load`, `swap`, `rollback` or `remove`.
+    /// `load`, `swap`, `rollback`, `remove`, `bind` or `unbind`.
     pub op: String,
     /// Environment.
     pub environment: String,
@@ -342,4 +345,7 @@ pub struct ModuleOpReport {
     pub digest: Option<String>,
     /// Signer of the active version.
     pub signer: Option<String>,
+    /// The binding a bind or unbind changed (`policy 192.200.1.0/24`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<String>,
 }

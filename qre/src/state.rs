@@ -1,7 +1,7 @@
 //! What a router must offer the query engine: [`RouterState`].
 
 use crate::metrics::MetricFamily;
-use crate::query::{FlowQuery, TableQuery};
+use crate::query::{AddrMatch, FlowQuery, TableQuery};
 use crate::response::{
     FlowsResponse, ModuleOpReport, ModulesResponse, PeersResponse, QueuesResponse, RouterSummary,
     TableResponse,
@@ -87,16 +87,35 @@ pub enum ModuleOp<'a> {
     Rollback(&'a str),
     /// Remove a module (its handles fall back to the built-in policy).
     Remove(&'a str),
+    /// Bind a module to govern a subnet in a role, replacing the subnet's
+    /// module in that role.
+    Bind {
+        /// Module name.
+        module: &'a str,
+        /// The subnet.
+        subnet: AddrMatch,
+        /// `policy` or `cost`.
+        role: &'a str,
+    },
+    /// End a subnet's binding in a role (the built-in serves it again).
+    Unbind {
+        /// The subnet.
+        subnet: AddrMatch,
+        /// `policy` or `cost`.
+        role: &'a str,
+    },
 }
 
 impl ModuleOp<'_> {
-    /// `load`, `swap`, `rollback` or `remove`.
+    /// `load`, `swap`, `rollback`, `remove`, `bind` or `unbind`.
     pub fn name(&self) -> &'static str {
         match self {
             Self::Load(_) => "load",
             Self::Swap(_) => "swap",
             Self::Rollback(_) => "rollback",
             Self::Remove(_) => "remove",
+            Self::Bind { .. } => "bind",
+            Self::Unbind { .. } => "unbind",
         }
     }
 }
