@@ -177,7 +177,8 @@ enum ModuleCommand {
         /// The module file.
         file: PathBuf,
     },
-    /// On a running router (`--router URL`): load, swap, rollback, remove.
+    /// On a running router (`--router URL`): load, swap, rollback, remove,
+    /// bind, unbind.
     #[command(flatten)]
     Remote(crate::cli_query::RemoteOp),
 }

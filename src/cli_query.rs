@@ -117,7 +117,7 @@ pub(crate) struct Plain {
     json: bool,
 }
 
-/// `pronto module load|swap|rollback|remove --router URL ...`: module
+/// `pronto module load|swap|rollback|remove|bind|unbind --router URL ...`: module
 /// operations on a running router, mounted in `pronto module`'s tree.
 #[derive(Debug, Subcommand)]
 pub(crate) enum RemoteOp {
@@ -150,9 +150,34 @@ pub(crate) enum RemoteOp {
         /// Module name.
         name: String,
     },
+    /// Bind an installed module to govern a subnet, at once and without a
+    /// restart; the router keeps the binding across restarts.
+    Bind {
+        #[command(flatten)]
+        common: Plain,
+        /// Module name.
+        name: String,
+        /// The virtual subnet (ADDR/LEN) it governs.
+        #[arg(long)]
+        subnet: AddrMatch,
+        /// `policy` (places new flows) or `cost` (F and G of the table).
+        #[arg(long)]
+        role: exec_env::manager::Role,
+    },
+    /// End a subnet's binding in a role: the built-in serves it again.
+    Unbind {
+        #[command(flatten)]
+        common: Plain,
+        /// The virtual subnet (ADDR/LEN), as `pronto query modules` shows it.
+        #[arg(long)]
+        subnet: AddrMatch,
+        /// `policy` or `cost`.
+        #[arg(long)]
+        role: exec_env::manager::Role,
+    },
 }
 
-/// Run `pronto module load|swap|rollback|remove ...`.
+/// Run `pronto module load|swap|rollback|remove|bind|unbind ...`.
 pub(crate) fn run_remote_module(op: &RemoteOp) -> Result<()> {
     let (common, method, path, body, what) = match op {
         RemoteOp::Load { common, file } => (
@@ -183,6 +208,35 @@ pub(crate) fn run_remote_module(op: &RemoteOp) -> Result<()> {
             Vec::new(),
             name.clone(),
         ),
+        RemoteOp::Bind {
+            common,
+            name,
+            subnet,
+            role,
+        } => {
+            let q = qre::BindingQuery {
+                module: Some(name.clone()),
+                subnet: *subnet,
+                role: role.to_string(),
+            };
+            let what = format!("{name} ({role} {subnet})");
+            let path = format!("/v1/bindings?{}", q.to_query_string());
+            (common, "POST", path, Vec::new(), what)
+        }
+        RemoteOp::Unbind {
+            common,
+            subnet,
+            role,
+        } => {
+            let q = qre::BindingQuery {
+                module: None,
+                subnet: *subnet,
+                role: role.to_string(),
+            };
+            let what = format!("{role} {subnet}");
+            let path = format!("/v1/bindings?{}", q.to_query_string());
+            (common, "DELETE", path, Vec::new(), what)
+        }
     };
     let text = request(&common.conn, method, &path, body)
         .with_context(|| format!("module operation on {what} at {}", common.conn.router))?;
@@ -208,6 +262,20 @@ pub(crate) fn run_remote_module(op: &RemoteOp) -> Result<()> {
             r.name,
             r.replaced.as_deref().unwrap_or("-"),
             r.environment
+        ),
+        "bind" => println!(
+            "bound {} {active} to {}{} in environment {}",
+            r.name,
+            r.binding.as_deref().unwrap_or("-"),
+            r.replaced
+                .as_deref()
+                .map_or_else(String::new, |m| format!(" (replacing {m})")),
+            r.environment
+        ),
+        "unbind" => println!(
+            "unbound {} from {}: the built-in serves it",
+            r.name,
+            r.binding.as_deref().unwrap_or("-"),
         ),
         _ => println!(
             "removed {} {} from environment {}",

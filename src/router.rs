@@ -25,7 +25,7 @@ use clap::{Args, Subcommand};
 use router_core::Instant;
 use router_core::linux::fastpath::FastPathMode;
 use router_core::linux::{Dataplane, DataplaneHandle, Netlink};
-use router_core::policy::{CostModel, Level, SumCost};
+use router_core::policy::Level;
 use serde::Serialize;
 use signaling::node::{DownstreamHop, Node, NodeConfig};
 use signaling::{
@@ -37,6 +37,7 @@ use tracing::{debug, info, warn};
 
 #[cfg(test)]
 pub(crate) mod check_tests;
+pub(crate) mod module_state;
 mod modules;
 pub(crate) mod shell;
 mod snapshot;
@@ -298,17 +299,12 @@ fn build_node(
     cfg: &RouterConfig,
     modules: Option<&LoadedModules>,
     hooks: &Arc<crate::mgmt::Hooks>,
-) -> Result<(Node, Arc<dyn CostModel>)> {
-    let cost: Arc<dyn CostModel> = modules.and_then(|m| m.cost.clone()).map_or_else(
-        || Arc::new(SumCost) as Arc<dyn CostModel>,
-        |c| hooks.timed_cost(c),
-    );
+) -> Result<Node> {
     let mut ncfg = NodeConfig::new(
         cfg.dataplane.engine.clone(),
         cfg.slr,
         policy_for(cfg.policy),
     );
-    ncfg.cost = Arc::clone(&cost);
     ncfg.downstream = cfg
         .downstream
         .iter()
@@ -336,14 +332,39 @@ fn build_node(
     );
     node.engine_mut()
         .set_tunnel_sources(Some(cfg.tunnel_sources.clone()));
-    if let Some(m) = modules
-        && let Some(p) = &m.policy
-    {
-        // A module fault returns an error: the engine then falls back to the
-        // built-in policy and counts it.
-        node.set_subnet_policy(m.subnet, Some(hooks.timed_policy(p.clone())));
+    for (binding, handle) in modules.map_or(&[][..], |m| &m.bound[..]) {
+        apply_binding(&mut node, hooks, binding.subnet, binding.role, Some(handle));
     }
-    Ok((node, cost))
+    Ok(node)
+}
+
+/// Bind `subnet` in the node to a module handle (timed into the hooks), or,
+/// with `None`, unbind it in `role`. A module fault returns an error: the
+/// engine then falls back to the built-in policy (the table to the built-in F
+/// and G) and counts it.
+pub(crate) fn apply_binding(
+    node: &mut Node,
+    hooks: &Arc<crate::mgmt::Hooks>,
+    subnet: router_core::VirtualSubnet,
+    role: exec_env::manager::Role,
+    handle: Option<&exec_env::manager::BoundHandle>,
+) {
+    use exec_env::manager::{BoundHandle, Role};
+    match (role, handle) {
+        (Role::Policy, Some(BoundHandle::Policy(p))) => {
+            node.set_subnet_policy(subnet, Some(hooks.timed_policy(p.clone())));
+        }
+        (Role::Cost, Some(BoundHandle::Cost(c))) => {
+            node.set_subnet_cost(subnet, Some(hooks.timed_cost(c.clone())));
+        }
+        (Role::Policy, None) => {
+            node.set_subnet_policy(subnet, None);
+        }
+        (Role::Cost, None) => node.set_subnet_cost(subnet, None),
+        (role, handle) => {
+            warn!(%subnet, %role, handle = ?handle.map(|_| "other"), "a binding the node cannot apply");
+        }
+    }
 }
 
 /// What `router run` reads, verifies and builds before it opens a device or
@@ -361,7 +382,6 @@ struct Prepared {
     /// Latency histograms of the management API (module calls are timed).
     hooks: Arc<crate::mgmt::Hooks>,
     node: Node,
-    cost: Arc<dyn CostModel>,
     /// `[management]`'s TLS, its files read and checked.
     management_tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -388,7 +408,7 @@ fn prepare(path: &Path) -> Result<Prepared> {
     .context("[tls]: TLS configuration")?;
     let modules = cfg.modules.as_ref().map(load_modules).transpose()?;
     let hooks = Arc::new(crate::mgmt::Hooks::default());
-    let (node, cost) = build_node(&cfg, modules.as_ref(), &hooks)?;
+    let node = build_node(&cfg, modules.as_ref(), &hooks)?;
     let management_tls = cfg
         .management
         .as_ref()
@@ -402,7 +422,6 @@ fn prepare(path: &Path) -> Result<Prepared> {
         modules,
         hooks,
         node,
-        cost,
         management_tls,
     })
 }
@@ -416,7 +435,6 @@ fn run_router(path: &Path) -> Result<()> {
         modules,
         hooks,
         node,
-        cost,
         management_tls,
     } = prepare(path)?;
     let adverts_on = node.recovery().auth_stats().is_some();
@@ -512,7 +530,6 @@ fn run_router(path: &Path) -> Result<()> {
         &handle,
         &ctl_tx,
         modules.as_ref(),
-        cost,
         &hooks,
     )?;
     // The control loop runs on the runtime's worker, beside the session tasks
@@ -653,10 +670,6 @@ async fn forward_sighup(reshape: std::sync::mpsc::Sender<()>) {
 
 /// The management API on the daemon's runtime, when `[management]` is set
 /// (`tls` is its prepared TLS configuration).
-#[expect(
-    clippy::too_many_arguments,
-    reason = "wiring, each part named at the one call site"
-)]
 fn start_management(
     rt: &tokio::runtime::Runtime,
     cfg: &RouterConfig,
@@ -664,7 +677,6 @@ fn start_management(
     handle: &DataplaneHandle,
     ctl: &mpsc::Sender<Input>,
     modules: Option<&LoadedModules>,
-    cost: Arc<dyn CostModel>,
     hooks: &Arc<crate::mgmt::Hooks>,
 ) -> Result<Option<crate::mgmt::MgmtServer>> {
     let (Some(m), Some(tls)) = (&cfg.management, tls) else {
@@ -677,8 +689,7 @@ fn start_management(
         dataplane: handle.clone(),
         control: Box::new(move |r| tx.try_send(Input::Shell(ShellInput::Mgmt(r))).is_ok()),
         env: modules.map(|m| Arc::clone(&m.env)),
-        modules: cfg.modules.clone(),
-        cost,
+        store: modules.map(|m| Arc::clone(&m.store)),
         shaping: cfg.shaping.clone(),
         static_subnets: cfg.static_subnets.iter().map(|(s, _)| *s).collect(),
         hooks: Arc::clone(hooks),

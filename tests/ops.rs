@@ -90,18 +90,28 @@ impl OpsLab {
             .find(|d| d["name"].as_str() == Some("sys"))
             .unwrap();
         let pid = i32::try_from(sys["pid"].as_integer().unwrap()).unwrap();
-        let pid = nix::unistd::Pid::from_raw(pid);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while nix::sys::signal::kill(pid, None).is_ok() {
-            assert!(Instant::now() < deadline, "sys router did not stop");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        stop_pid(nix::unistd::Pid::from_raw(pid));
         let conf = self.dir.join("conf").join("sys.toml");
         let mut text = std::fs::read_to_string(&conf).unwrap();
         text.push_str("\n[management]\nlisten = \"127.0.0.1:7900\"\n");
         std::fs::write(&conf, text).unwrap();
-        let log = std::fs::File::create(self.dir.join("logs").join("sys-mgmt.log")).unwrap();
+        self.spawn_sys("sys-mgmt.log");
+    }
+
+    /// Stop the management-enabled system router and start it again, as an
+    /// operator's restart would.
+    fn restart_sys(&mut self) {
+        let mut child = self.sys.take().unwrap();
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let status = child.wait().unwrap();
+        eprintln!("sys router stopped: {status}");
+        self.spawn_sys("sys-mgmt-restarted.log");
+    }
+
+    fn spawn_sys(&mut self, log: &str) {
+        let conf = self.dir.join("conf").join("sys.toml");
+        let log = std::fs::File::create(self.dir.join("logs").join(log)).unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns("sys")])
             .arg(env!("CARGO_BIN_EXE_pronto"))
@@ -114,6 +124,37 @@ impl OpsLab {
             .spawn()
             .unwrap();
         self.sys = Some(child);
+    }
+
+    /// Waits until the (re)started system router answers and offers both
+    /// sites for each of `subnets`.
+    fn wait_sites(&self, subnets: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self.run(&["query", "table", "--json"], &[], true);
+            if out.status.success() {
+                let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                let up = |subnet: &str| {
+                    t["subnets"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter(|s| s["subnet"] == subnet)
+                        .flat_map(|s| s["next_hops"].as_array().unwrap().clone())
+                        .filter(|h| h["up"] == true)
+                        .count()
+                };
+                if subnets.iter().all(|s| up(s) == 2) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the system router never offered both sites for {subnets:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// `pronto ARGS` in the system router's namespace.
@@ -191,14 +232,19 @@ impl OpsLab {
 
     /// The `least_load` module's row in `query modules`.
     fn least_load(&self) -> serde_json::Value {
+        self.module("least_load")
+    }
+
+    /// Module `name`'s row in `query modules`.
+    fn module(&self, name: &str) -> serde_json::Value {
         let m = self.json("modules");
         m["environments"][0]["modules"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|r| r["name"] == "least_load")
+            .find(|r| r["name"] == name)
             .cloned()
-            .unwrap()
+            .unwrap_or_else(|| panic!("no module {name}: {m}"))
     }
 }
 
@@ -300,9 +346,24 @@ impl Stream {
     }
 }
 
+/// SIGTERM to `pid`, waiting up to 10 s for it to go.
+fn stop_pid(pid: nix::unistd::Pid) {
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nix::sys::signal::kill(pid, None).is_ok() {
+        assert!(Instant::now() < deadline, "sys router did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// One HTTP/1.0 GET of the VIP; Ok when a 200 answer came back.
 fn get() -> std::io::Result<()> {
-    let mut s = TcpStream::connect_timeout(&SocketAddr::from((VIP, 80)), Duration::from_secs(2))?;
+    get_to(VIP)
+}
+
+/// One HTTP/1.0 GET of `vip`.
+fn get_to(vip: Ipv4Addr) -> std::io::Result<()> {
+    let mut s = TcpStream::connect_timeout(&SocketAddr::from((vip, 80)), Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     s.write_all(b"GET / HTTP/1.0\r\nHost: vip\r\n\r\n")?;
     let mut answer = Vec::new();
@@ -373,30 +434,7 @@ fn operators_load_swap_roll_back_and_query_a_running_router_while_packets_flow()
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     // The restarted router answers once its sites registered again.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = lab.run(&["query", "table", "--json"], &[], true);
-        if out.status.success() {
-            let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            let up = t["subnets"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|s| s["subnet"] == "192.200.0.0/24")
-                .flat_map(|s| s["next_hops"].as_array().unwrap().clone())
-                .filter(|h| h["up"] == true)
-                .count();
-            if up == 2 {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the system router never offered both sites: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    lab.wait_sites(&["192.200.0.0/24"]);
     let table = lab.ok(&["query", "table"], &[]);
     eprintln!("{table}");
     assert!(
@@ -743,5 +781,116 @@ fn operators_load_swap_roll_back_and_query_a_running_router_while_packets_flow()
     assert_eq!(
         failed, 0,
         "no connection failed across load, swap, rollback and remove"
+    );
+
+    bindings_govern_their_subnets_at_once_and_survive_a_restart(lab, &hash);
+}
+
+/// Two subnets of one router under two policy modules, bound at runtime; a
+/// restart keeps the runtime load and both bindings; unbind returns the
+/// subnet to the built-in.
+fn bindings_govern_their_subnets_at_once_and_survive_a_restart(mut lab: OpsLab, hash: &Path) {
+    const VIP2: Ipv4Addr = Ipv4Addr::new(192, 200, 1, 10);
+    let calls = |lab: &OpsLab, name: &str| lab.module(name)["calls"].as_u64().unwrap();
+    // `n` new connections to `vip`, each answered.
+    let connect = |lab: &OpsLab, vip: Ipv4Addr, n: u32| {
+        in_netns(&lab.ns("client"), || {
+            for i in 0..n {
+                get_to(vip).unwrap_or_else(|e| panic!("GET {vip} #{i}: {e}"));
+            }
+        })
+        .unwrap();
+    };
+    lab.wait_sites(&["192.200.0.0/24", "192.200.1.0/24"]);
+    let out = lab.ok(&["module", "load"], &[hash.to_str().unwrap()]);
+    assert!(out.contains("loaded consistent_hash 1.0.0"), "{out}");
+    // Loaded, not bound: it governs nothing yet.
+    assert_eq!(
+        lab.module("consistent_hash")["bound"],
+        serde_json::json!([])
+    );
+    connect(&lab, VIP2, 5);
+    assert_eq!(calls(&lab, "consistent_hash"), 0);
+
+    let out = lab.ok(
+        &["module", "bind"],
+        &[
+            "consistent_hash",
+            "--subnet",
+            "192.200.1.0/24",
+            "--role",
+            "policy",
+        ],
+    );
+    eprintln!("{out}");
+    assert!(
+        out.contains("bound consistent_hash 1.0.0 to policy 192.200.1.0/24"),
+        "{out}"
+    );
+    // Each subnet's new connections go to its own module, from the next one on.
+    let (hash0, least0) = (calls(&lab, "consistent_hash"), calls(&lab, "least_load"));
+    connect(&lab, VIP2, 20);
+    let (hash1, least1) = (calls(&lab, "consistent_hash"), calls(&lab, "least_load"));
+    assert!(
+        (20..25).contains(&(hash1 - hash0)),
+        "VIP2's 20 connections: consistent_hash {hash0} -> {hash1}"
+    );
+    assert_eq!(least1, least0, "least_load placed none of VIP2's");
+    connect(&lab, VIP, 20);
+    assert_eq!(calls(&lab, "consistent_hash"), hash1, "nor it VIP's");
+    assert!(calls(&lab, "least_load") >= least1 + 20);
+    let table = lab.ok(&["query", "table"], &[]);
+    eprintln!("{table}");
+    // A binding naming a module that cannot serve it is refused and changes nothing.
+    let out = lab.run(
+        &["module", "bind"],
+        &[
+            "consistent_hash",
+            "--subnet",
+            "192.200.1.0/24",
+            "--role",
+            "cost",
+        ],
+        true,
+    );
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("cannot serve the cost role"), "{e}");
+
+    // A restart keeps the runtime-loaded module and both bindings.
+    lab.restart_sys();
+    lab.wait_sites(&["192.200.0.0/24", "192.200.1.0/24"]);
+    let hash_row = lab.module("consistent_hash");
+    assert_eq!(hash_row["active"]["version"], "1.0.0");
+    assert_eq!(
+        hash_row["bound"],
+        serde_json::json!(["policy 192.200.1.0/24"])
+    );
+    assert_eq!(
+        lab.least_load()["bound"],
+        serde_json::json!(["policy 192.200.0.0/24"])
+    );
+    connect(&lab, VIP2, 20);
+    let after = calls(&lab, "consistent_hash");
+    assert!((20..25).contains(&after), "after the restart: {after}");
+    eprintln!("{}", lab.ok(&["query", "modules"], &[]));
+
+    // Unbind: the built-in places VIP2's connections again.
+    let out = lab.ok(
+        &["module", "unbind"],
+        &["--subnet", "192.200.1.0/24", "--role", "policy"],
+    );
+    assert!(out.contains("unbound consistent_hash"), "{out}");
+    connect(&lab, VIP2, 10);
+    assert_eq!(calls(&lab, "consistent_hash"), after);
+    let out = lab.run(
+        &["module", "unbind"],
+        &["--subnet", "192.200.1.0/24", "--role", "policy"],
+        true,
+    );
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && e.contains("no module is bound"),
+        "{e}"
     );
 }

@@ -8,7 +8,8 @@
 //! Input: a certificate selector byte, then `METHOD SP request-target LF body`.
 //! Checks: nothing panics; every answer is JSON (or Prometheus text) with an
 //! [`qre::ApiError`] body when it is not a 2xx; only a known endpoint with its
-//! method answers 2xx; parsed queries print back to themselves.
+//! method answers 2xx; parsed queries print back to themselves; binds and
+//! unbinds reach the environment and are refused (it holds no module).
 #![no_main]
 
 use std::net::IpAddr;
@@ -25,8 +26,8 @@ use qre::response::{
     RouterSummary, SubnetRow, TableResponse,
 };
 use qre::{
-    AddrMatch, ApiError, FlowCollector, FlowQuery, FlowSample, MetricFamily, ModuleOp, RouterState,
-    StateError, TableQuery,
+    AddrMatch, ApiError, BindingQuery, FlowCollector, FlowQuery, FlowSample, MetricFamily,
+    ModuleOp, RouterState, StateError, TableQuery,
 };
 
 /// `[management] operators` and `viewers` of the router under test.
@@ -129,6 +130,7 @@ impl RouterState for State {
             subnet: prefix.to_string(),
             source: "table".into(),
             policy: "least-cost".into(),
+            cost_model: "builtin-sum-cost".into(),
             aggregate: Some(0.1),
             next_hops: vec![NextHopRow {
                 address: IpAddr::from([10, 1, 0, 2]),
@@ -190,6 +192,13 @@ fn query_round_trips(query: &str) {
         && let Some(s) = q.subnet
     {
         assert_eq!(s.to_string().parse::<AddrMatch>(), Ok(s), "{query:?}");
+    }
+    if let Ok(q) = BindingQuery::parse(query) {
+        assert_eq!(
+            BindingQuery::parse(&q.to_query_string()),
+            Ok(q),
+            "{query:?}"
+        );
     }
 }
 

@@ -109,6 +109,15 @@ impl Check<'_> {
         }
     }
 
+    /// `<config stem>.state`: the default place of runtime state.
+    fn state_dir_name(&self) -> String {
+        let stem = self
+            .path
+            .file_stem()
+            .map_or_else(|| "pronto".into(), |s| s.to_string_lossy());
+        format!("{stem}.state")
+    }
+
     fn resolve(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
             p.to_owned()

@@ -1,6 +1,7 @@
-//! `[modules]`: signed policy modules loaded at start.
+//! `[modules]`: signed policy modules loaded at start, the bindings the
+//! configuration starts with, and where runtime changes are kept.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use router_core::VirtualSubnet;
 use serde::Deserialize;
@@ -14,10 +15,12 @@ pub(super) struct ModulesFile {
     trust_anchors: Vec<PathBuf>,
     #[serde(default)]
     crls: Vec<PathBuf>,
+    #[serde(default)]
     files: Vec<PathBuf>,
-    subnet: String,
+    subnet: Option<String>,
     policy: Option<String>,
     cost: Option<String>,
+    state_dir: Option<PathBuf>,
 }
 
 /// Most module files loaded at start.
@@ -36,12 +39,16 @@ pub(crate) struct ModulesConfig {
     /// Signed module files, installed in order (a later version of a name
     /// replaces an earlier one).
     pub(crate) files: Vec<PathBuf>,
-    /// The virtual subnet the module handles govern.
-    pub(crate) subnet: VirtualSubnet,
+    /// The virtual subnet `policy` and `cost` are bound to (when either is set).
+    pub(crate) subnet: Option<VirtualSubnet>,
     /// Module choosing next hops for new flows in `subnet`.
     pub(crate) policy: Option<String>,
-    /// Module computing F and G (for every subnet).
+    /// Module computing F and G of the table's subnets within `subnet`.
     pub(crate) cost: Option<String>,
+    /// Where the router keeps what operators changed at runtime (modules
+    /// loaded or swapped, bindings), so a restart keeps it; default
+    /// `<config stem>.state` beside the configuration file.
+    pub(crate) state_dir: PathBuf,
 }
 
 impl ModulesConfig {
@@ -55,10 +62,10 @@ impl ModulesConfig {
         if m.crls.len() > MAX_CRL_FILES {
             return Err(c.err("modules.crls", format!("at most {MAX_CRL_FILES} CRL files")));
         }
-        if m.files.is_empty() || m.files.len() > MAX_MODULE_FILES {
+        if m.files.len() > MAX_MODULE_FILES {
             return Err(c.err(
                 "modules.files",
-                format!("give 1..={MAX_MODULE_FILES} signed module files"),
+                format!("give at most {MAX_MODULE_FILES} signed module files"),
             ));
         }
         let name = |field: &str, v: &Option<String>| -> Result<Option<String>, ConfigError> {
@@ -71,19 +78,28 @@ impl ModulesConfig {
         };
         let policy = name("modules.policy", &m.policy)?;
         let cost = name("modules.cost", &m.cost)?;
-        if policy.is_none() && cost.is_none() {
+        let subnet = m
+            .subnet
+            .as_deref()
+            .map(|s| c.subnet("modules.subnet", s))
+            .transpose()?;
+        if subnet.is_none() && (policy.is_some() || cost.is_some()) {
             return Err(c.err(
-                "modules",
-                "name the module to use as `policy` and/or `cost`, or remove [modules]",
+                "modules.subnet",
+                "name the virtual subnet `policy` and `cost` are bound to",
             ));
         }
         Ok(Self {
             trust_anchors: m.trust_anchors.iter().map(|p| c.resolve(p)).collect(),
             crls: m.crls.iter().map(|p| c.resolve(p)).collect(),
             files: m.files.iter().map(|p| c.resolve(p)).collect(),
-            subnet: c.subnet("modules.subnet", &m.subnet)?,
+            subnet,
             policy,
             cost,
+            state_dir: m.state_dir.as_deref().map_or_else(
+                || c.resolve(Path::new(&c.state_dir_name())),
+                |p| c.resolve(p),
+            ),
         })
     }
 }

@@ -133,6 +133,7 @@ fn a_full_router_file_validates() {
     assert_eq!(m.crls, vec![PathBuf::from("/etc/pronto/crl.pem")]);
     assert_eq!(m.policy.as_deref(), Some("least_load"));
     assert_eq!(m.cost, None);
+    assert_eq!(m.state_dir, PathBuf::from("/etc/pronto/router.state"));
 }
 
 #[test]
@@ -162,7 +163,11 @@ fn router_errors_name_the_field() {
             "trust_anchors = []\ncrls",
             "modules.trust_anchors",
         ),
-        ("policy = \"least_load\"", "", "modules"),
+        (
+            "subnet = \"192.200.0.0/16\"\npolicy",
+            "policy",
+            "modules.subnet",
+        ),
         (
             "crls = [\"crl.pem\"]",
             "crls = [\"a\", \"a\", \"a\", \"a\", \"a\", \"a\", \"a\", \"a\", \"a\", \"a\", \"a\", \"a\", \"a\", \"a\", \"a\", \"a\", \"a\"]",

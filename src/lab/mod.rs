@@ -15,7 +15,8 @@
 //!     +-- {p}-wan bridge --wan .11 ---------wan .12 ------------wan .21 -------wan .22
 //! ```
 //!
-//! Every host serves the virtual subnet 192.200.0.0/24 (VIP 192.200.0.10) and runs
+//! Every host serves the virtual subnets 192.200.0.0/24 (VIP 192.200.0.10) and
+//! 192.200.1.0/24 (VIP 192.200.1.10, for a second subnet's policy) and runs
 //! `pronto host run` with its demo HTTP server on port 80, answering with its
 //! node name (`a1.lab`, ...). Clients reach the VIPs through the system SLR; hosts
 //! answer straight back over the `wan` bridge (direct server return), so replies
@@ -51,6 +52,9 @@ const DEFAULT_PREFIX: &str = "pl";
 pub(crate) const VIP_SUBNET: &str = "192.200.0.0/24";
 /// The VIP clients use.
 pub(crate) const VIP: Ipv4Addr = Ipv4Addr::new(192, 200, 0, 10);
+/// A second virtual subnet every host serves (a subnet of its own in every
+/// router's table, to bind another module to).
+pub(crate) const VIP2_SUBNET: &str = "192.200.1.0/24";
 /// Signalling port of every router.
 const SIGNAL_PORT: u16 = 7800;
 /// MTU of the links tunnels cross: room for the 20-byte outer header.

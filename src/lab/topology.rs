@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use super::{LabPolicy, TUNNEL_MTU, VIP_SUBNET, recovery};
+use super::{LabPolicy, TUNNEL_MTU, VIP_SUBNET, VIP2_SUBNET, recovery};
 
 /// A host server of the lab.
 #[derive(Debug, Clone)]
@@ -219,6 +219,7 @@ pub(super) fn network(p: &str, with_recovery: bool) -> Result<()> {
     ])?;
     addr(&n.client, "wan", "172.16.1.1/24")?;
     route(&n.client, VIP_SUBNET, "172.16.0.1")?;
+    route(&n.client, VIP2_SUBNET, "172.16.0.1")?;
     // The system SLR's tunnel endpoint (bad-input tests send tunnels to it).
     route(&n.client, "10.0.0.0/8", "172.16.0.1")?;
     addr(&n.sys, "lo", "10.0.0.1/32")?;

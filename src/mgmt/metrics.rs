@@ -124,6 +124,11 @@ impl MgmtState {
                 &s.module_ops_refused,
                 "Module operations refused",
             ),
+            (
+                "state_write_failures",
+                &s.state_write_failures,
+                "Module operations or bindings the state directory could not keep for a restart",
+            ),
         ] {
             b.counter(
                 &format!("pronto_mgmt_{n}_total"),

@@ -43,9 +43,9 @@ use std::sync::{Arc, Mutex};
 use exec_env::manager::Environment;
 use router_core::VirtualSubnet;
 use router_core::linux::DataplaneHandle;
-use router_core::policy::CostModel;
 
 use crate::config;
+use crate::router::module_state::ModuleStore;
 
 pub(crate) use authz::admission;
 pub(crate) use hooks::Hooks;
@@ -70,6 +70,9 @@ struct ServerStats {
     requests_server_error: AtomicU64,
     module_ops: AtomicU64,
     module_ops_refused: AtomicU64,
+    /// Operations applied in the running router that the state directory
+    /// could not keep (or bindings undone because it could not).
+    state_write_failures: AtomicU64,
     /// Requests refused for want of a role, by [`authz::Forbidden`] index.
     forbidden: [AtomicU64; authz::Forbidden::ALL.len()],
 }
@@ -88,10 +91,8 @@ pub(crate) struct MgmtState {
     pub(crate) control: ControlLink,
     /// The operator environment, when `[modules]` is configured.
     pub(crate) env: Option<Arc<Environment>>,
-    /// What the configuration binds modules to: (module, binding).
-    pub(crate) bindings: Vec<(String, String)>,
-    /// F and G (for the costs in the table answer).
-    pub(crate) cost: Arc<dyn CostModel>,
+    /// Where module operations and bindings are kept for a restart.
+    pub(crate) store: Option<Arc<ModuleStore>>,
     /// `[shaping]` as configured at start.
     pub(crate) shaping: Option<config::Shaping>,
     /// Statically configured subnets.
@@ -124,10 +125,8 @@ pub(crate) struct MgmtParts {
     pub(crate) control: ControlLink,
     /// The operator environment.
     pub(crate) env: Option<Arc<Environment>>,
-    /// `[modules]`, for the bindings.
-    pub(crate) modules: Option<config::ModulesConfig>,
-    /// F and G.
-    pub(crate) cost: Arc<dyn CostModel>,
+    /// Its state directory.
+    pub(crate) store: Option<Arc<ModuleStore>>,
     /// `[shaping]`.
     pub(crate) shaping: Option<config::Shaping>,
     /// Static subnets.
@@ -139,15 +138,6 @@ pub(crate) struct MgmtParts {
 impl MgmtState {
     /// The state over a running router.
     pub(crate) fn new(p: MgmtParts) -> Self {
-        let mut bindings = Vec::new();
-        if let Some(m) = &p.modules {
-            if let Some(n) = &m.policy {
-                bindings.push((n.clone(), format!("policy {}", m.subnet)));
-            }
-            if let Some(n) = &m.cost {
-                bindings.push((n.clone(), "cost (F, G)".to_owned()));
-            }
-        }
         Self {
             name: p.name,
             level: p.level,
@@ -155,8 +145,7 @@ impl MgmtState {
             dataplane: p.dataplane,
             control: p.control,
             env: p.env,
-            bindings,
-            cost: p.cost,
+            store: p.store,
             shaping: p.shaping,
             static_subnets: p.static_subnets,
             hooks: p.hooks,

@@ -3,16 +3,18 @@
 //! already installed, swap one that is not) and answers a typed report or a
 //! typed refusal with its hint.
 
-use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
 
-use exec_env::manager::{Environment, ManagerError, VersionSummary};
+use exec_env::manager::{BoundHandle, Environment, ManagerError, Role, VersionSummary};
 use exec_env::trust::hex;
 use qre::response::ModuleOpReport;
-use qre::{ErrorKind, ModuleOp, StateError};
+use qre::{AddrMatch, ErrorKind, ModuleOp, StateError};
+use router_core::VirtualSubnet;
 use tracing::{info, warn};
 
 use super::MgmtState;
+use crate::router::shell::RouterShell;
 
 impl MgmtState {
     /// One module operation at a time, counted and logged.
@@ -21,11 +23,14 @@ impl MgmtState {
             return Err(Self::no_environment());
         };
         let _one = self.ops.lock().unwrap_or_else(PoisonError::into_inner);
-        let r = answer_module_op(env, op);
+        let r = match op {
+            ModuleOp::Bind { .. } | ModuleOp::Unbind { .. } => self.change_binding(env, op),
+            _ => answer_module_op(env, op).and_then(|rep| self.keep(op, rep)),
+        };
         match &r {
             Ok(rep) => {
                 self.stats.module_ops.fetch_add(1, Ordering::Relaxed);
-                info!(op = %rep.op, module = %rep.name, active = ?rep.active, replaced = ?rep.replaced, "module operation");
+                info!(op = %rep.op, module = %rep.name, active = ?rep.active, replaced = ?rep.replaced, binding = ?rep.binding, "module operation");
             }
             Err(e) => {
                 self.stats
@@ -41,23 +46,180 @@ impl MgmtState {
         StateError::new(
             ErrorKind::Conflict,
             "this router runs no execution environment",
-            "add a [modules] section (trust_anchors, files, subnet, policy) to its configuration and restart it",
+            "add a [modules] section (trust_anchors, and files or runtime loads) to its configuration and restart it",
         )
+    }
+
+    /// Keep a load, swap, rollback or remove in the state directory. The
+    /// operation has taken effect; if it cannot be kept the answer says so.
+    fn keep(&self, op: ModuleOp<'_>, rep: ModuleOpReport) -> Result<ModuleOpReport, StateError> {
+        let Some(store) = &self.store else {
+            return Ok(rep);
+        };
+        let kept = match op {
+            ModuleOp::Load(bytes) => store.loaded(&rep.name, bytes).map(|()| true),
+            ModuleOp::Swap(bytes) => store.swapped(&rep.name, bytes).map(|()| true),
+            ModuleOp::Rollback(name) => store.rolled_back(name),
+            ModuleOp::Remove(name) => store.removed(name).map(|()| true),
+            ModuleOp::Bind { .. } | ModuleOp::Unbind { .. } => Ok(true),
+        };
+        match kept {
+            Ok(true) => Ok(rep),
+            Ok(false) => {
+                warn!(module = %rep.name, "rollback between two versions of [modules] files: a restart installs the files' order again");
+                Ok(rep)
+            }
+            Err(e) => {
+                self.stats
+                    .state_write_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(StateError::new(
+                    ErrorKind::Internal,
+                    format!(
+                        "{} of {} done in the running router but not kept for a restart: {e:#}",
+                        rep.op, rep.name
+                    ),
+                    "make [modules] state_dir writable by the router, then repeat the operation",
+                ))
+            }
+        }
+    }
+
+    /// A bind or unbind: the environment checks the module may serve the
+    /// subnet, the node applies it between two packet batches, the state
+    /// directory keeps it; a binding that cannot be kept is undone.
+    fn change_binding(
+        &self,
+        env: &Environment,
+        op: ModuleOp<'_>,
+    ) -> Result<ModuleOpReport, StateError> {
+        let before = match op {
+            ModuleOp::Bind { subnet, role, .. } | ModuleOp::Unbind { subnet, role } => {
+                binding_of(subnet, role)
+                    .ok()
+                    .and_then(|(s, r)| bound_module(env, s, r))
+            }
+            _ => None,
+        };
+        let (report, change) = module_op(env, op)?;
+        if let Some((subnet, role, handle)) = change {
+            self.apply(subnet, role, handle)?;
+            if let Err(e) = self.save_bindings(env) {
+                self.restore_binding(env, subnet, role, before.as_deref());
+                return Err(e);
+            }
+        }
+        Ok(report)
+    }
+
+    /// The node's binding of `subnet` in `role`, set between two batches.
+    fn apply(
+        &self,
+        subnet: VirtualSubnet,
+        role: Role,
+        handle: Option<BoundHandle>,
+    ) -> Result<(), StateError> {
+        let hooks = Arc::clone(&self.hooks);
+        let applied = self
+            .dataplane
+            .call_node::<RouterShell, _>(move |s, _| {
+                crate::router::apply_binding(&mut s.node, &hooks, subnet, role, handle.as_ref());
+            })
+            .map_err(|_| Self::stopped())?;
+        applied.ok_or_else(|| {
+            StateError::new(
+                ErrorKind::Internal,
+                "the data path runs no router node",
+                "this is a bug; see the router's log",
+            )
+        })
+    }
+
+    fn save_bindings(&self, env: &Environment) -> Result<(), StateError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        store.save_bindings(&env.bindings()).map_err(|e| {
+            self.stats
+                .state_write_failures
+                .fetch_add(1, Ordering::Relaxed);
+            StateError::new(
+                ErrorKind::Internal,
+                format!("binding not changed: it could not be kept for a restart: {e:#}"),
+                "make [modules] state_dir writable by the router, then repeat the operation",
+            )
+        })
+    }
+
+    /// Put back the binding of `subnet` in `role` to `module` (or none).
+    fn restore_binding(
+        &self,
+        env: &Environment,
+        subnet: VirtualSubnet,
+        role: Role,
+        module: Option<&str>,
+    ) {
+        let handle = match module {
+            Some(m) => env.bind(m, subnet, role).ok().map(|r| r.handle),
+            None => {
+                let _ = env.unbind(subnet, role);
+                None
+            }
+        };
+        if let Err(e) = self.apply(subnet, role, handle) {
+            warn!(%subnet, %role, error = %e, "could not put the binding back");
+        }
     }
 }
 
+/// The module bound to `subnet` in `role`, if any.
+fn bound_module(env: &Environment, subnet: VirtualSubnet, role: Role) -> Option<String> {
+    env.bindings()
+        .into_iter()
+        .find(|b| b.subnet == subnet && b.role == role)
+        .map(|b| b.module)
+}
+
+/// The API's subnet and role as the environment takes them.
+fn binding_of(subnet: AddrMatch, role: &str) -> Result<(VirtualSubnet, Role), StateError> {
+    let role = role.parse::<Role>().map_err(|e| {
+        StateError::new(
+            ErrorKind::BadRequest,
+            e.to_string(),
+            "this router binds modules in the policy role (pronto_select) and the cost role (pronto_cost, pronto_aggregate)",
+        )
+    })?;
+    let subnet = VirtualSubnet::new(subnet.addr, subnet.prefix_len).map_err(|e| {
+        StateError::new(
+            ErrorKind::BadRequest,
+            format!("subnet: {e}"),
+            "write the prefix as ADDR/LEN with the host bits clear, e.g. 192.200.1.0/24",
+        )
+    })?;
+    Ok((subnet, role))
+}
+
 /// The API's answer to `op`: the environment's report or its refusal as a
-/// typed [`StateError`] (without the server's lock, counters and log, which
+/// typed [`StateError`] (without the server's lock, counters and log, and for
+/// a binding without the node and the state directory, which
 /// [`MgmtState::run_module_op`] adds).
 pub(crate) fn answer_module_op(
     env: &Environment,
     op: ModuleOp<'_>,
 ) -> Result<ModuleOpReport, StateError> {
-    module_op(env, op).map_err(|e| manager_error(&e))
+    module_op(env, op).map(|(rep, _)| rep)
 }
 
-/// The environment's operation for `op`, its report in the API's schema.
-fn module_op(env: &Environment, op: ModuleOp<'_>) -> Result<ModuleOpReport, ManagerError> {
+/// A binding the node must follow: `subnet` in `role` to a handle, or to
+/// none (the built-in).
+type NodeBinding = (VirtualSubnet, Role, Option<BoundHandle>);
+
+/// The environment's operation for `op`, its report in the API's schema and,
+/// for a bind or unbind, what the node must apply.
+fn module_op(
+    env: &Environment,
+    op: ModuleOp<'_>,
+) -> Result<(ModuleOpReport, Option<NodeBinding>), StateError> {
     let answer =
         |name: String, active: Option<&VersionSummary>, replaced: Option<&VersionSummary>| {
             ModuleOpReport {
@@ -68,26 +230,52 @@ fn module_op(env: &Environment, op: ModuleOp<'_>) -> Result<ModuleOpReport, Mana
                 replaced: replaced.map(ToString::to_string),
                 digest: active.map(|v| hex(&v.digest)),
                 signer: active.map(|v| v.signer.clone()),
+                binding: None,
             }
         };
-    Ok(match op {
+    let refused = |e: ManagerError| manager_error(&e);
+    let report = match op {
         ModuleOp::Load(bytes) => {
-            let r = env.load(bytes)?;
+            let r = env.load(bytes).map_err(refused)?;
             answer(r.name, Some(&r.loaded), None)
         }
         ModuleOp::Swap(bytes) => {
-            let r = env.swap(bytes)?;
+            let r = env.swap(bytes).map_err(refused)?;
             answer(r.name, Some(&r.active), Some(&r.replaced))
         }
         ModuleOp::Rollback(name) => {
-            let r = env.rollback(name)?;
+            let r = env.rollback(name).map_err(refused)?;
             answer(r.name, Some(&r.active), Some(&r.replaced))
         }
         ModuleOp::Remove(name) => {
-            let r = env.remove(name)?;
+            let r = env.remove(name).map_err(refused)?;
             answer(r.name, None, Some(&r.removed))
         }
-    })
+        ModuleOp::Bind {
+            module,
+            subnet,
+            role,
+        } => {
+            let (subnet, role) = binding_of(subnet, role)?;
+            let r = env.bind(module, subnet, role).map_err(refused)?;
+            let rep = ModuleOpReport {
+                binding: Some(format!("{role} {subnet}")),
+                replaced: r.replaced,
+                ..answer(module.to_owned(), Some(&r.version), None)
+            };
+            return Ok((rep, Some((subnet, role, Some(r.handle)))));
+        }
+        ModuleOp::Unbind { subnet, role } => {
+            let (subnet, role) = binding_of(subnet, role)?;
+            let gone = env.unbind(subnet, role).map_err(refused)?;
+            let rep = ModuleOpReport {
+                binding: Some(format!("{role} {subnet}")),
+                ..answer(gone.module, None, None)
+            };
+            return Ok((rep, Some((subnet, role, None))));
+        }
+    };
+    Ok((report, None))
 }
 
 /// The API status of a refusal; its message and hint come from the error.
@@ -97,7 +285,9 @@ fn manager_error(e: &ManagerError) -> StateError {
             ErrorKind::Refused
         }
         ManagerError::InvalidName { .. } => ErrorKind::BadRequest,
-        ManagerError::UnknownModule { .. } | ManagerError::NotLoaded { .. } => ErrorKind::NotFound,
+        ManagerError::UnknownModule { .. }
+        | ManagerError::NotLoaded { .. }
+        | ManagerError::NotBound { .. } => ErrorKind::NotFound,
         ManagerError::DuplicateVersion { .. }
         | ManagerError::NoPreviousVersion { .. }
         | ManagerError::TooManyModules { .. }

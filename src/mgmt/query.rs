@@ -54,7 +54,10 @@ fn share_tree_row(sh: &config::Shaping) -> ShareTreeRow {
 }
 
 impl MgmtState {
-    pub(super) fn module_row(&self, m: exec_env::manager::ModuleInfo) -> ModuleRow {
+    pub(super) fn module_row(
+        m: exec_env::manager::ModuleInfo,
+        bound: &[exec_env::manager::Binding],
+    ) -> ModuleRow {
         let version = |v: &exec_env::manager::VersionInfo| VersionRow {
             version: v.version.to_string(),
             signer: v.signer.clone(),
@@ -74,11 +77,10 @@ impl MgmtState {
         ModuleRow {
             active: version(&m.active),
             previous: m.previous.as_ref().map(version),
-            bound: self
-                .bindings
+            bound: bound
                 .iter()
-                .filter(|(n, _)| *n == m.name)
-                .map(|(_, b)| b.clone())
+                .filter(|b| b.module == m.name)
+                .map(|b| format!("{} {}", b.role, b.subnet))
                 .collect(),
             name: m.name,
             calls: c.calls,
@@ -135,17 +137,17 @@ impl RouterState for MgmtState {
 
     fn table(&self, query: &TableQuery) -> Result<TableResponse, StateError> {
         let view = self.control_view()?;
-        let cost = |c: &Candidate| -> Option<f64> {
-            if !c.up {
-                return None;
-            }
-            self.cost
-                .cost(c.load, c.route_cost)
-                .ok()
-                .filter(|v| v.is_finite())
-        };
-        let rows = |subnet: String, source: &str, candidates: &[Candidate], aggregate| {
-            let costs: Vec<Option<f64>> = candidates.iter().map(cost).collect();
+        let rows = |subnet: VirtualSubnet, source: &str, candidates: &[Candidate], aggregate| {
+            let (addr, len) = (subnet.addr(), subnet.prefix_len());
+            let model = view.costs.for_prefix(addr, len);
+            let costs: Vec<Option<f64>> = candidates
+                .iter()
+                .map(|c| {
+                    c.up.then(|| model.cost(c.load, c.route_cost).ok())
+                        .flatten()
+                        .filter(|v| v.is_finite())
+                })
+                .collect();
             let best = costs
                 .iter()
                 .enumerate()
@@ -153,9 +155,10 @@ impl RouterState for MgmtState {
                 .min_by(|a, b| a.1.total_cmp(&b.1))
                 .map(|(i, _)| i);
             SubnetRow {
-                subnet,
+                subnet: subnet.to_string(),
                 source: source.to_owned(),
-                policy: view.policy.clone(),
+                policy: view.policies.for_prefix(addr, len).name().to_owned(),
+                cost_model: model.name().to_owned(),
                 aggregate,
                 next_hops: candidates
                     .iter()
@@ -173,12 +176,16 @@ impl RouterState for MgmtState {
                     .collect(),
             }
         };
-        let mut subnets: Vec<SubnetRow> = view
-            .table
-            .iter()
-            .filter(|r| prefix_match(&r.subnet.to_string()).is_some_and(|p| query.selects(&p)))
-            .map(|r| rows(r.subnet.to_string(), "table", &r.candidates, r.aggregate))
-            .collect();
+        let mut subnets = Vec::new();
+        for r in &view.table {
+            let selected = prefix_match(&r.subnet.to_string()).is_some_and(|p| query.selects(&p));
+            if let (true, Ok(s)) = (
+                selected,
+                VirtualSubnet::new(r.subnet.addr(), r.subnet.len()),
+            ) {
+                subnets.push(rows(s, "table", &r.candidates, r.aggregate));
+            }
+        }
         let statics: Vec<VirtualSubnet> = self
             .static_subnets
             .iter()
@@ -187,11 +194,11 @@ impl RouterState for MgmtState {
             .collect();
         if !statics.is_empty() {
             for (s, c) in self.static_candidates(statics)? {
-                subnets.push(rows(s.to_string(), "static", &c, None));
+                subnets.push(rows(s, "static", &c, None));
             }
         }
         Ok(TableResponse {
-            cost_model: self.cost.name().to_owned(),
+            cost_model: view.costs.default_binding().name().to_owned(),
             subnets,
             omitted: view.omitted,
         })
@@ -235,7 +242,13 @@ impl RouterState for MgmtState {
                 installs: c.installs,
                 refused: c.refused,
                 removals: c.removals,
-                modules: env.list().into_iter().map(|m| self.module_row(m)).collect(),
+                modules: {
+                    let bound = env.bindings();
+                    env.list()
+                        .into_iter()
+                        .map(|m| Self::module_row(m, &bound))
+                        .collect()
+                },
             }],
         })
     }

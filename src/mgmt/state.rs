@@ -12,7 +12,7 @@ use qre::response::PeerRow;
 use qre::{ErrorKind, FlowCollector, FlowQuery, FlowSample, FlowsResponse, StateError};
 use router_core::api::RouterApi;
 use router_core::flow::FlowState;
-use router_core::policy::Candidate;
+use router_core::policy::{Candidate, SubnetCosts, SubnetPolicies};
 use router_core::{Instant, VirtualSubnet};
 use signaling::{SlrControl, SubnetPrefix};
 
@@ -53,7 +53,9 @@ pub(crate) struct ControlView {
     pub(super) peers: Vec<PeerRow>,
     pub(super) table: Vec<TableRow>,
     pub(super) omitted: u64,
-    pub(super) policy: String,
+    /// The node's policies and cost models by subnet (handles: cheap clones).
+    pub(super) policies: SubnetPolicies,
+    pub(super) costs: SubnetCosts,
     pub(super) downstream_role: &'static str,
     pub(super) upstream_registered: bool,
     /// Tunnel endpoint -> peer name.
@@ -64,6 +66,7 @@ pub(crate) struct ControlView {
 /// [`qre::api::MAX_TABLE_ROWS`] subnets.
 pub(crate) fn control_view(
     slr: &SlrControl,
+    (policies, costs): (&SubnetPolicies, &SubnetCosts),
     sessions: Vec<SessionInfo>,
     counters: serde_json::Value,
     now: Instant,
@@ -155,7 +158,8 @@ pub(crate) fn control_view(
         peers,
         omitted: (table.subnet_count() as u64).saturating_sub(rows.len() as u64),
         table: rows,
-        policy: slr.policy().name().to_owned(),
+        policies: policies.clone(),
+        costs: costs.clone(),
         downstream_role: match slr.expected_downstream_role() {
             signaling::Role::Host => "host",
             signaling::Role::Site => "site",
@@ -337,8 +341,11 @@ mod tests {
                 updates: 0,
             },
         ];
+        let policies = SubnetPolicies::new(Arc::new(router_core::policy::LeastCost));
+        let costs = SubnetCosts::new(Arc::new(SumCost));
         let v = control_view(
             &slr,
+            (&policies, &costs),
             sessions,
             serde_json::json!({"registrations": 1}),
             Instant::from_millis(1_250),

@@ -1,17 +1,18 @@
 //! The policies and modules a router's configuration names: the built-in
 //! policy by name, and the signed modules of `[modules]` loaded into the
-//! operator environment.
+//! operator environment with what its state directory kept.
 
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use exec_env::format::MAX_MODULE_LEN;
-use exec_env::manager::{Environment, EnvironmentConfig};
+use exec_env::manager::{Binding, BoundHandle, Environment, EnvironmentConfig, Role};
 use exec_env::trust::TrustAnchors;
-use router_core::VirtualSubnet;
-use router_core::policy::{CostModel, FlowHash, LeastCost, Policy};
+use router_core::policy::{FlowHash, LeastCost, Policy};
 use signaling::FollowTable;
-use tracing::info;
+use tracing::{info, warn};
+
+use super::module_state::ModuleStore;
 
 use crate::config::{self, PolicyName};
 
@@ -24,18 +25,55 @@ pub(crate) fn policy_for(name: PolicyName) -> Arc<dyn Policy> {
     }
 }
 
-/// The operator environment and the handles the configuration asked for.
+/// The operator environment, its state directory and the handles of its
+/// bindings.
 pub(crate) struct LoadedModules {
     pub(crate) env: Arc<Environment>,
-    pub(crate) subnet: VirtualSubnet,
-    pub(crate) policy: Option<Arc<dyn Policy>>,
-    pub(crate) cost: Option<Arc<dyn CostModel>>,
+    pub(crate) store: Arc<ModuleStore>,
+    /// Each binding and the handle the node calls for it.
+    pub(crate) bound: Vec<(Binding, BoundHandle)>,
 }
 
 /// Verify and install the configured module files in an operator environment
-/// (signature and chain checked before anything is compiled), and bind the
-/// policy and cost handles to the configured subnet.
+/// (signature and chain checked before anything is compiled), then what the
+/// state directory kept of runtime operations, and bind the handles: the
+/// state directory's bindings when an operator ever changed one, else the
+/// configuration's `policy` and `cost` on `subnet`.
 pub(crate) fn load_modules(m: &config::ModulesConfig) -> Result<LoadedModules> {
+    let env = operator_environment(m)?;
+    for (i, p) in m.files.iter().enumerate() {
+        let bytes = config::read_file(p, MAX_MODULE_LEN as u64)
+            .with_context(|| format!("modules.files[{i}]"))?;
+        let report = env.install(&bytes).with_context(|| {
+            format!(
+                "modules.files[{i}]: {} refused (is it signed by a CA in modules.trust_anchors, by a signer no CRL of modules.crls revokes?)",
+                p.display()
+            )
+        })?;
+        info!(module = %report.name, version = %report.active, file = %p.display(), "module installed");
+    }
+    let store = ModuleStore::new(&m.state_dir);
+    store.restore(&env)?;
+    let bound = match store.bindings()? {
+        Some(kept) => {
+            info!(
+                dir = %store.dir().display(),
+                bindings = kept.len(),
+                "module bindings from the state directory (they replace [modules] policy/cost; remove its bindings.toml to return to the configuration's)"
+            );
+            bind_kept(&env, kept)
+        }
+        None => bind_configured(&env, m)?,
+    };
+    Ok(LoadedModules {
+        env: Arc::new(env),
+        store: Arc::new(store),
+        bound,
+    })
+}
+
+/// The operator environment with `[modules]`' anchors and CRLs.
+fn operator_environment(m: &config::ModulesConfig) -> Result<Environment> {
     let mut anchors = TrustAnchors::empty();
     for (i, p) in m.trust_anchors.iter().enumerate() {
         let pem = config::read_file(p, config::MAX_PEM_BYTES)
@@ -52,43 +90,49 @@ pub(crate) fn load_modules(m: &config::ModulesConfig) -> Result<LoadedModules> {
             .with_context(|| format!("modules.crls[{i}]: {}", p.display()))?;
         info!(file = %p.display(), crls = n, "module signer CRLs loaded");
     }
-    let env = Environment::new(EnvironmentConfig::operator("operator"), anchors)
-        .context("[modules]: creating the operator environment")?;
-    for (i, p) in m.files.iter().enumerate() {
-        let bytes = config::read_file(p, MAX_MODULE_LEN as u64)
-            .with_context(|| format!("modules.files[{i}]"))?;
-        let report = env.install(&bytes).with_context(|| {
-            format!(
-                "modules.files[{i}]: {} refused (is it signed by a CA in modules.trust_anchors, by a signer no CRL of modules.crls revokes?)",
-                p.display()
-            )
+    Environment::new(EnvironmentConfig::operator("operator"), anchors)
+        .context("[modules]: creating the operator environment")
+}
+
+/// `[modules] policy` and `cost` on `subnet`; a name that cannot serve is a
+/// start error naming the field.
+fn bind_configured(
+    env: &Environment,
+    m: &config::ModulesConfig,
+) -> Result<Vec<(Binding, BoundHandle)>> {
+    let mut bound = Vec::new();
+    let Some(subnet) = m.subnet else {
+        return Ok(bound);
+    };
+    for (field, name, role) in [
+        ("policy", &m.policy, Role::Policy),
+        ("cost", &m.cost, Role::Cost),
+    ] {
+        let Some(n) = name else { continue };
+        let r = env.bind(n, subnet, role).with_context(|| {
+            format!("modules.{field} = {n:?}: no {role} module of that name governs {subnet}")
         })?;
-        info!(module = %report.name, version = %report.active, file = %p.display(), "module installed");
+        bound.push((r.binding, r.handle));
     }
-    let policy = match &m.policy {
-        Some(n) => Some(env.policy(n, m.subnet).with_context(|| {
-            format!(
-                "modules.policy = {n:?}: no policy module of that name governs {}",
-                m.subnet
-            )
-        })? as Arc<dyn Policy>),
-        None => None,
-    };
-    let cost = match &m.cost {
-        Some(n) => Some(env.cost_model(n, m.subnet).with_context(|| {
-            format!(
-                "modules.cost = {n:?}: no cost module of that name governs {}",
-                m.subnet
-            )
-        })? as Arc<dyn CostModel>),
-        None => None,
-    };
-    Ok(LoadedModules {
-        env: Arc::new(env),
-        subnet: m.subnet,
-        policy,
-        cost,
-    })
+    Ok(bound)
+}
+
+/// The bindings an operator left. One that no longer holds (its module was
+/// removed, or no longer governs the subnet) is dropped with a warning: the
+/// router starts, and the subnet is placed by the built-in policy as it was
+/// while the module was gone.
+fn bind_kept(env: &Environment, kept: Vec<Binding>) -> Vec<(Binding, BoundHandle)> {
+    let mut bound = Vec::new();
+    for b in kept {
+        match env.bind(&b.module, b.subnet, b.role) {
+            Ok(r) => bound.push((r.binding, r.handle)),
+            Err(e) => warn!(
+                module = %b.module, subnet = %b.subnet, role = %b.role, error = %e,
+                "kept binding dropped: the built-in serves the subnet"
+            ),
+        }
+    }
+    bound
 }
 
 #[cfg(test)]
@@ -118,9 +162,10 @@ mod tests {
             trust_anchors: vec![paths.ca_cert.clone()],
             crls,
             files: vec![file.to_owned()],
-            subnet: "192.200.0.0/16".parse().expect("subnet"),
+            subnet: Some("192.200.0.0/16".parse().expect("subnet")),
             policy: Some("least_load".into()),
             cost: None,
+            state_dir: file.with_extension("state"),
         }
     }
 
@@ -136,7 +181,7 @@ mod tests {
 
         let other = crl::revoke(&dir, &["0a0b".into()], 7)?;
         let loaded = load_modules(&config(&paths, &file, vec![other.crl.clone()]))?;
-        assert!(loaded.policy.is_some());
+        assert_eq!(loaded.bound.len(), 1);
 
         let chain = sign::chain_from_pem_file(&paths.signer_cert)?;
         let serial = trust::describe_certificate(&chain[0])?.serial;

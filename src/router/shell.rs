@@ -339,7 +339,13 @@ impl RouterShell {
         ) {
             map.insert("recovery".into(), rec);
         }
-        let view = crate::mgmt::control_view(slr, sessions, counters, now);
+        let view = crate::mgmt::control_view(
+            slr,
+            (self.node.policies(), self.node.costs()),
+            sessions,
+            counters,
+            now,
+        );
         // The asker may have given up (timeout); nothing to do then.
         let _ = req.reply.try_send(view);
     }
