@@ -279,4 +279,43 @@ fn bind_refuses_unknown_modules_wrong_roles_and_foreign_subnets() {
     tenant
         .bind("mine", subnet("192.200.1.0/24"), Role::Policy)
         .unwrap();
+    assert_eq!(tenant.counters().bind_refused, 2, "each refusal counted");
+    assert_eq!(env.counters().bind_refused, 2);
+}
+
+#[test]
+fn in_a_tenant_environment_a_name_belongs_to_its_signer() {
+    let tenant = Environment::new(
+        EnvironmentConfig::tenant("tenant", vec![subnet("192.200.0.0/16")]),
+        TrustAnchors::empty(),
+    )
+    .unwrap();
+    let signed_by = |version: &str, subject: &str| {
+        let mut m = constant("shared", version, 0);
+        m.manifest.subnets = vec!["192.200.1.0/24".to_owned()];
+        m.signer = signer(&["192.200.0.0/16"]);
+        m.signer.subject = subject.to_owned();
+        m
+    };
+    tenant
+        .load_verified(signed_by("1.0.0", "CN=team a"))
+        .unwrap();
+    let err = tenant
+        .swap_verified(signed_by("2.0.0", "CN=team b"))
+        .unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::OtherSigner { owner, signer, .. }
+            if owner == "CN=team a" && signer == "CN=team b"),
+        "{err}"
+    );
+    assert!(err.hint().contains("name of its own"), "{}", err.hint());
+    assert_eq!(active(&tenant, "shared").as_deref(), Some("1.0.0"));
+    assert_eq!(tenant.counters().refused, 1);
+    tenant
+        .swap_verified(signed_by("2.0.0", "CN=team a"))
+        .unwrap();
+    // The operator's signers are one authority: no such rule there.
+    let env = operator();
+    env.load_verified(signed_by("1.0.0", "CN=team a")).unwrap();
+    env.swap_verified(signed_by("2.0.0", "CN=team b")).unwrap();
 }

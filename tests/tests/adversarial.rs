@@ -669,7 +669,7 @@ fn a_tenant_module_cannot_govern_another_tenants_subnet() {
 }
 
 #[test]
-fn a_tenant_reusing_another_tenants_module_name_never_places_its_flows() {
+fn a_tenant_reusing_another_tenants_module_name_is_refused_and_never_places_its_flows() {
     let mut lab = Lab::new();
     let tenants_ca = Ca::init("tenants", &[SUBNET_A]);
     let b_signer = {
@@ -692,33 +692,35 @@ fn a_tenant_reusing_another_tenants_module_name_never_places_its_flows() {
         ))
         .unwrap();
     let a_policy = tenants.policy("tenant-a", subnet(SUBNET_A)).unwrap();
-    lab.router.engine.set_policy(lab.a, Some(a_policy)).unwrap();
+    lab.router
+        .engine
+        .set_policy(lab.a, Some(a_policy.clone()))
+        .unwrap();
     lab.connect(VIP_A, VICTIM_CHOICE);
 
     // Tenant B publishes versions under tenant A's module name, each claiming
-    // only its own subnet (which its certificate grants). Module names are one
-    // namespace per environment, so these installs succeed and displace
-    // tenant A's versions; but a version never answers for a subnet it does
-    // not govern, so A's flows are placed by A's remaining version, then by the
-    // engine's built-in policy, never by tenant B's module (candidate 3).
-    tenants
-        .install(&sign_as(
-            &b_signer,
-            &tenant_manifest("tenant-a", "2.0.0", &["192.202.0.0/16"]),
-            &always(3),
-        ))
-        .unwrap();
-    lab.connect(VIP_A, VICTIM_CHOICE);
+    // only its own subnet (which its certificate grants). In a tenant
+    // environment a name belongs to the signer of its active version, so
+    // each is refused (typed, counted) and tenant A's version keeps placing
+    // A's flows: never tenant B's module (candidate 3), never a fault.
+    for version in ["2.0.0", "3.0.0"] {
+        let err = tenants
+            .install(&sign_as(
+                &b_signer,
+                &tenant_manifest("tenant-a", version, &["192.202.0.0/16"]),
+                &always(3),
+            ))
+            .unwrap_err();
+        assert!(
+            matches!(&err, ManagerError::OtherSigner { signer, .. } if signer.contains("tenant B")),
+            "{err}"
+        );
+        lab.connect(VIP_A, VICTIM_CHOICE);
+    }
+    assert_eq!(tenants.counters().refused, 2);
     let counters = tenants.module("tenant-a").unwrap().counters;
-    assert_eq!((counters.unavailable, counters.fallbacks), (1, 1));
-    tenants
-        .install(&sign_as(
-            &b_signer,
-            &tenant_manifest("tenant-a", "3.0.0", &["192.202.0.0/16"]),
-            &always(3),
-        ))
-        .unwrap();
-    lab.connect(VIP_A, BUILTIN_CHOICE);
-    assert_eq!(lab.policy_faults(), 1);
+    assert_eq!((counters.unavailable, counters.fallbacks), (0, 0));
+    assert_eq!(a_policy.active_version().unwrap().major, 1);
+    assert_eq!(lab.policy_faults(), 0);
     lab.assert_forwarding();
 }

@@ -77,7 +77,11 @@ impl Environment {
         subnet: VirtualSubnet,
         role: Role,
     ) -> Result<BindReport, ManagerError> {
-        let (slot, version) = self.bindable(name, subnet, role)?;
+        let (slot, version) = self.bindable(name, subnet, role).inspect_err(|e| {
+            super::health::bump(&self.inner.counters.bind_refused);
+            tracing::warn!(env = %self.name(), module = %name, %subnet, %role, error = %e,
+                "binding refused");
+        })?;
         let replaced = self
             .binding_table()
             .insert((subnet, role), name.to_owned())

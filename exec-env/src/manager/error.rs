@@ -130,6 +130,17 @@ pub enum ManagerError {
         /// The role asked for.
         role: Role,
     },
+    /// In a tenant environment, a new version of a module signed by another
+    /// signer than its active version: names are the signer's.
+    #[error("module {name} belongs to signer {owner}; {signer} may not replace it")]
+    OtherSigner {
+        /// Module name.
+        name: String,
+        /// Subject of the active version's signer.
+        owner: String,
+        /// Subject of the new version's signer.
+        signer: String,
+    },
     /// An unbind of a subnet and role no module is bound to.
     #[error("no module is bound to {subnet} in the {role} role")]
     NotBound {
@@ -148,10 +159,14 @@ impl ManagerError {
                 "sign it: pronto module sign --key signer.key --chain signer.pem --manifest M.toml IN.wasm -o OUT.wasm"
             }
             Self::Verify(VerifyError::NoTrustAnchors) => {
-                "configure modules.trust_anchors with the CA of your module signers"
+                "configure the environment's trust_anchors ([modules] or [[environment]]) with the CA of your module signers"
+            }
+            Self::Verify(VerifyError::Revoked) => {
+                "a CRL of this environment revokes the signer: sign with a signer that is not revoked \
+                 (`pronto module verify --trust CA.pem --crl CRL.pem FILE` shows the verdict locally)"
             }
             Self::Verify(_) => {
-                "sign it with a signer of a CA in the router's modules.trust_anchors; \
+                "sign it with a signer of a CA in this environment's trust_anchors ([modules] or [[environment]]); \
                  `pronto module verify --trust CA.pem FILE` shows the verdict locally"
             }
             Self::Vm(VmError::Limit(limit)) => limit.hint(),
@@ -181,6 +196,9 @@ impl ManagerError {
             Self::NotLoaded { .. } => "use `pronto module load` to install it",
             Self::WrongRole { .. } => {
                 "bind a module that exports pronto_select (policy role) or pronto_cost and pronto_aggregate (cost role)"
+            }
+            Self::OtherSigner { .. } => {
+                "sign the new version with the signer of the active one, or load it under a name of its own"
             }
             Self::NotBound { .. } => {
                 "`pronto query modules` lists each module's bindings; unbind the exact prefix and role shown there"

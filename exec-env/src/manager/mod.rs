@@ -155,6 +155,7 @@ struct EnvCounters {
     installs: AtomicU64,
     refused: AtomicU64,
     removals: AtomicU64,
+    bind_refused: AtomicU64,
     limits: LimitCounters,
 }
 
@@ -168,6 +169,9 @@ pub struct EnvironmentCounters {
     pub refused: u64,
     /// Modules removed.
     pub removals: u64,
+    /// Bindings refused (unknown module, subnet outside the environment or
+    /// the module's scope, wrong role).
+    pub bind_refused: u64,
     /// Installs refused before compiling by a load-time cap, per cap (also
     /// counted in `refused`).
     pub limit_refusals: LimitCounts,
@@ -351,6 +355,7 @@ impl Environment {
             installs: c.installs.load(Ordering::Relaxed),
             refused: c.refused.load(Ordering::Relaxed),
             removals: c.removals.load(Ordering::Relaxed),
+            bind_refused: c.bind_refused.load(Ordering::Relaxed),
             limit_refusals: c.limits.snapshot(),
         }
     }

@@ -198,6 +198,15 @@ impl Environment {
             }
         };
         let current = slot.versions.load_full();
+        if let (Scope::Tenant { .. }, Some(current)) = (&self.inner.config.scope, &current)
+            && current.active.signer.subject != version.signer.subject
+        {
+            return Err(ManagerError::OtherSigner {
+                name,
+                owner: current.active.signer.subject.clone(),
+                signer: version.signer.subject.clone(),
+            });
+        }
         if let Some(current) = &current
             && current.active.manifest.version == version.manifest.version
         {
