@@ -124,7 +124,7 @@ pub(crate) enum RemoteOp {
     /// Install a signed module whose name is not installed yet.
     Load {
         #[command(flatten)]
-        common: Plain,
+        common: Remote,
         /// The signed module file.
         file: PathBuf,
     },
@@ -132,21 +132,21 @@ pub(crate) enum RemoteOp {
     /// packets flow; the old version stays as the rollback target.
     Swap {
         #[command(flatten)]
-        common: Plain,
+        common: Remote,
         /// The signed module file.
         file: PathBuf,
     },
     /// Make a module's previous version active again.
     Rollback {
         #[command(flatten)]
-        common: Plain,
+        common: Remote,
         /// Module name.
         name: String,
     },
     /// Remove a module (flows it would place fall back to the built-in policy).
     Remove {
         #[command(flatten)]
-        common: Plain,
+        common: Remote,
         /// Module name.
         name: String,
     },
@@ -154,7 +154,7 @@ pub(crate) enum RemoteOp {
     /// restart; the router keeps the binding across restarts.
     Bind {
         #[command(flatten)]
-        common: Plain,
+        common: Remote,
         /// Module name.
         name: String,
         /// The virtual subnet (ADDR/LEN) it governs.
@@ -167,7 +167,7 @@ pub(crate) enum RemoteOp {
     /// End a subnet's binding in a role: the built-in serves it again.
     Unbind {
         #[command(flatten)]
-        common: Plain,
+        common: Remote,
         /// The virtual subnet (ADDR/LEN), as `pronto query modules` shows it.
         #[arg(long)]
         subnet: AddrMatch,
@@ -177,37 +177,43 @@ pub(crate) enum RemoteOp {
     },
 }
 
+/// Connection options, `--json`, and the environment a module operation acts in.
+#[derive(Debug, Args)]
+pub(crate) struct Remote {
+    #[command(flatten)]
+    plain: Plain,
+    /// The environment (default: the operator's; a tenant's by its
+    /// `[[environment]] name`).
+    #[arg(long, value_name = "NAME")]
+    env: Option<String>,
+}
+
 /// Run `pronto module load|swap|rollback|remove|bind|unbind ...`.
 pub(crate) fn run_remote_module(op: &RemoteOp) -> Result<()> {
     let (common, method, path, body, what) = match op {
-        RemoteOp::Load { common, file } => (
-            common,
-            "POST",
-            "/v1/modules/load".to_owned(),
-            read_module(file)?,
-            file.display().to_string(),
-        ),
-        RemoteOp::Swap { common, file } => (
-            common,
-            "POST",
-            "/v1/modules/swap".to_owned(),
-            read_module(file)?,
-            file.display().to_string(),
-        ),
-        RemoteOp::Rollback { common, name } => (
-            common,
-            "POST",
-            format!("/v1/modules/{name}/rollback"),
-            Vec::new(),
-            name.clone(),
-        ),
-        RemoteOp::Remove { common, name } => (
-            common,
-            "DELETE",
-            format!("/v1/modules/{name}"),
-            Vec::new(),
-            name.clone(),
-        ),
+        RemoteOp::Load { common, file } | RemoteOp::Swap { common, file } => {
+            let op = if matches!(op, RemoteOp::Load { .. }) {
+                "load"
+            } else {
+                "swap"
+            };
+            let path = format!("/v1/modules/{op}{}", env_query(common));
+            (
+                common,
+                "POST",
+                path,
+                read_module(file)?,
+                file.display().to_string(),
+            )
+        }
+        RemoteOp::Rollback { common, name } => {
+            let path = format!("/v1/modules/{name}/rollback{}", env_query(common));
+            (common, "POST", path, Vec::new(), name.clone())
+        }
+        RemoteOp::Remove { common, name } => {
+            let path = format!("/v1/modules/{name}{}", env_query(common));
+            (common, "DELETE", path, Vec::new(), name.clone())
+        }
         RemoteOp::Bind {
             common,
             name,
@@ -215,6 +221,7 @@ pub(crate) fn run_remote_module(op: &RemoteOp) -> Result<()> {
             role,
         } => {
             let q = qre::BindingQuery {
+                env: common.env.clone(),
                 module: Some(name.clone()),
                 subnet: *subnet,
                 role: role.to_string(),
@@ -229,6 +236,7 @@ pub(crate) fn run_remote_module(op: &RemoteOp) -> Result<()> {
             role,
         } => {
             let q = qre::BindingQuery {
+                env: common.env.clone(),
                 module: None,
                 subnet: *subnet,
                 role: role.to_string(),
@@ -238,9 +246,10 @@ pub(crate) fn run_remote_module(op: &RemoteOp) -> Result<()> {
             (common, "DELETE", path, Vec::new(), what)
         }
     };
-    let text = request(&common.conn, method, &path, body)
-        .with_context(|| format!("module operation on {what} at {}", common.conn.router))?;
-    if common.json {
+    let conn = &common.plain.conn;
+    let text = request(conn, method, &path, body)
+        .with_context(|| format!("module operation on {what} at {}", conn.router))?;
+    if common.plain.json {
         println!("{text}");
         return Ok(());
     }
@@ -288,6 +297,15 @@ pub(crate) fn run_remote_module(op: &RemoteOp) -> Result<()> {
         println!("  signer {s}\n  digest {d}");
     }
     Ok(())
+}
+
+/// `?env=NAME` for `--env`, or nothing.
+fn env_query(common: &Remote) -> String {
+    let q = qre::EnvQuery {
+        env: common.env.clone(),
+    }
+    .to_query_string();
+    if q.is_empty() { q } else { format!("?{q}") }
 }
 
 fn read_module(p: &Path) -> Result<Vec<u8>> {

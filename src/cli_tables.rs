@@ -240,8 +240,8 @@ pub(crate) fn print_modules(m: &ModulesResponse) {
     }
     for e in &m.environments {
         println!(
-            "environment {} ({}, on failure {}): {} installs, {} refused, {} removals",
-            e.name, e.scope, e.failure_policy, e.installs, e.refused, e.removals
+            "environment {} ({}, on failure {}): {} installs, {} refused, {} removals, {} bindings refused",
+            e.name, e.scope, e.failure_policy, e.installs, e.refused, e.removals, e.bind_refused
         );
         let rows: Vec<Vec<String>> = e
             .modules

@@ -43,7 +43,7 @@ pub(crate) mod shell;
 mod snapshot;
 
 pub(crate) use modules::policy_for;
-use modules::{LoadedModules, load_modules};
+use modules::{LoadedModules, load_environments};
 
 use shell::{RouteKeeper, RouterShell, ShellInput, Takeover, TlsCounters};
 pub(crate) use snapshot::FastPathFile;
@@ -332,7 +332,7 @@ fn build_node(
     );
     node.engine_mut()
         .set_tunnel_sources(Some(cfg.tunnel_sources.clone()));
-    for (binding, handle) in modules.map_or(&[][..], |m| &m.bound[..]) {
+    for (binding, handle) in modules.into_iter().flat_map(LoadedModules::bound) {
         apply_binding(&mut node, hooks, binding.subnet, binding.role, Some(handle));
     }
     Ok(node)
@@ -406,7 +406,7 @@ fn prepare(path: &Path) -> Result<Prepared> {
     }
     .validate()
     .context("[tls]: TLS configuration")?;
-    let modules = cfg.modules.as_ref().map(load_modules).transpose()?;
+    let modules = load_environments(cfg.modules.as_ref(), &cfg.tenants)?;
     let hooks = Arc::new(crate::mgmt::Hooks::default());
     let node = build_node(&cfg, modules.as_ref(), &hooks)?;
     let management_tls = cfg
@@ -503,8 +503,11 @@ fn run_router(path: &Path) -> Result<()> {
         .stats
         .as_ref()
         .map(|st| {
-            let env = modules.as_ref().map(|m| Arc::clone(&m.env));
-            StatsSink::spawn(st.file.clone(), st.interval, cfg.name.to_string(), env)
+            let envs = modules
+                .as_ref()
+                .map(|m| m.envs.iter().map(|e| Arc::clone(&e.env)).collect())
+                .unwrap_or_default();
+            StatsSink::spawn(st.file.clone(), st.interval, cfg.name.to_string(), envs)
         })
         .transpose()
         .context("spawning the stats writer")?;
@@ -688,8 +691,14 @@ fn start_management(
         level: level_name(cfg.level),
         dataplane: handle.clone(),
         control: Box::new(move |r| tx.try_send(Input::Shell(ShellInput::Mgmt(r))).is_ok()),
-        env: modules.map(|m| Arc::clone(&m.env)),
-        store: modules.map(|m| Arc::clone(&m.store)),
+        envs: modules
+            .map(|m| {
+                m.envs
+                    .iter()
+                    .map(|e| (Arc::clone(&e.env), Arc::clone(&e.store)))
+                    .collect()
+            })
+            .unwrap_or_default(),
         shaping: cfg.shaping.clone(),
         static_subnets: cfg.static_subnets.iter().map(|(s, _)| *s).collect(),
         hooks: Arc::clone(hooks),

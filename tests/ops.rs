@@ -377,6 +377,11 @@ fn get_to(vip: Ipv4Addr) -> std::io::Result<()> {
 
 /// Sign the shipped module `name` as `version` using the CA in `ca_dir`.
 fn sign(ca_dir: &Path, name: &str, version: &str, out: &Path) {
+    sign_for(ca_dir, name, version, &[], out);
+}
+
+/// As [`sign`], its manifest claiming `subnets` (a tenant's module must).
+fn sign_for(ca_dir: &Path, name: &str, version: &str, subnets: &[&str], out: &Path) {
     let wasm = shipped(name);
     let shipped_manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("slr-policy-wasm/manifests")
@@ -387,7 +392,7 @@ fn sign(ca_dir: &Path, name: &str, version: &str, out: &Path) {
         .lines()
         .map(|l| {
             if l.starts_with("version") {
-                format!("version = \"{version}\"\n")
+                format!("version = \"{version}\"\nsubnets = {subnets:?}\n")
             } else {
                 format!("{l}\n")
             }
@@ -783,13 +788,17 @@ fn operators_load_swap_roll_back_and_query_a_running_router_while_packets_flow()
         "no connection failed across load, swap, rollback and remove"
     );
 
-    bindings_govern_their_subnets_at_once_and_survive_a_restart(lab, &hash);
+    let mut lab = bindings_govern_their_subnets_at_once_and_survive_a_restart(lab, &hash);
+    tenants_stay_within_their_subnets_and_names(&mut lab);
 }
 
 /// Two subnets of one router under two policy modules, bound at runtime; a
 /// restart keeps the runtime load and both bindings; unbind returns the
 /// subnet to the built-in.
-fn bindings_govern_their_subnets_at_once_and_survive_a_restart(mut lab: OpsLab, hash: &Path) {
+fn bindings_govern_their_subnets_at_once_and_survive_a_restart(
+    mut lab: OpsLab,
+    hash: &Path,
+) -> OpsLab {
     const VIP2: Ipv4Addr = Ipv4Addr::new(192, 200, 1, 10);
     let calls = |lab: &OpsLab, name: &str| lab.module(name)["calls"].as_u64().unwrap();
     // `n` new connections to `vip`, each answered.
@@ -893,4 +902,201 @@ fn bindings_govern_their_subnets_at_once_and_survive_a_restart(mut lab: OpsLab, 
         !out.status.success() && e.contains("no module is bound"),
         "{e}"
     );
+    lab
+}
+
+/// Three tenant environments beside the operator's, each with its own CA
+/// and a quarter of 192.200.1.0/24: a tenant's module governs its subnet, and
+/// is refused (typed error, counter) outside it, over another tenant's module
+/// of the same name, and when its signer is revoked.
+fn tenants_stay_within_their_subnets_and_names(lab: &mut OpsLab) {
+    let work = lab.dir.join("tenants");
+    let tenants = [
+        ("acme", "192.200.1.0/26"),
+        ("beta", "192.200.1.64/26"),
+        ("gamma", "192.200.1.128/26"),
+    ];
+    let mut conf = String::new();
+    for (name, subnet) in tenants {
+        let dir = work.join(name);
+        let o = pronto()
+            .args(["ca", "init", "--dir"])
+            .arg(&dir)
+            .args(["--name", &format!("{name} CA"), "--tenant-subnet", subnet])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let crls = if name == "gamma" {
+            let o = pronto()
+                .args(["ca", "revoke", "--dir"])
+                .arg(&dir)
+                .arg("--cert")
+                .arg(dir.join("signer.pem"))
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            format!("crls = [{:?}]\n", dir.join("crl.pem"))
+        } else {
+            String::new()
+        };
+        conf.push_str(&format!(
+            "\n[[environment]]\nname = \"{name}\"\ntrust_anchors = [{:?}]\n{crls}subnets = [\"{subnet}\"]\n",
+            dir.join("ca.pem")
+        ));
+    }
+    let sys_conf = lab.dir.join("conf").join("sys.toml");
+    let mut text = std::fs::read_to_string(&sys_conf).unwrap();
+    text.push_str(&conf);
+    std::fs::write(&sys_conf, text).unwrap();
+    lab.restart_sys();
+    lab.wait_sites(&["192.200.1.0/24"]);
+    let env_row = |lab: &OpsLab, env: &str| -> serde_json::Value {
+        let m = lab.json("modules");
+        m["environments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == env)
+            .cloned()
+            .unwrap_or_else(|| panic!("no environment {env}: {m}"))
+    };
+    let refused = |lab: &OpsLab, cmd: &[&str], extra: &[&str], says: &str| {
+        let out = lab.run(cmd, extra, true);
+        let e = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!("{cmd:?} {extra:?}: {e}");
+        assert!(!out.status.success() && e.contains(says), "{e}");
+    };
+    assert_eq!(env_row(lab, "beta")["scope"], "tenant 192.200.1.64/26");
+
+    // acme's least_load governs acme's quarter: VIP2 (192.200.1.10) is in it.
+    let acme_ll = work.join("acme-least_load.wasm");
+    sign_for(
+        &work.join("acme"),
+        "least_load",
+        "1.0.0",
+        &["192.200.1.0/26"],
+        &acme_ll,
+    );
+    lab.ok(
+        &["module", "load", "--env", "acme"],
+        &[acme_ll.to_str().unwrap()],
+    );
+    refused(
+        lab,
+        &["module", "bind", "--env", "acme"],
+        &[
+            "least_load",
+            "--subnet",
+            "192.200.1.64/26",
+            "--role",
+            "policy",
+        ],
+        "outside",
+    );
+    assert_eq!(env_row(lab, "acme")["bind_refused"], 1);
+    let out = lab.ok(
+        &["module", "bind", "--env", "acme"],
+        &[
+            "least_load",
+            "--subnet",
+            "192.200.1.0/26",
+            "--role",
+            "policy",
+        ],
+    );
+    assert!(out.contains("in environment acme"), "{out}");
+    in_netns(&lab.ns("client"), || {
+        for _ in 0..10 {
+            get_to(Ipv4Addr::new(192, 200, 1, 10)).unwrap();
+        }
+    })
+    .unwrap();
+    let acme = env_row(lab, "acme");
+    assert!(
+        acme["modules"][0]["calls"].as_u64().unwrap() >= 10,
+        "acme's module placed VIP2's connections: {acme}"
+    );
+
+    // beta's module of the same name is beta's own; beta cannot reach acme's.
+    let beta_ll = work.join("beta-least_load.wasm");
+    sign_for(
+        &work.join("beta"),
+        "least_load",
+        "2.0.0",
+        &["192.200.1.64/26"],
+        &beta_ll,
+    );
+    lab.ok(
+        &["module", "load", "--env", "beta"],
+        &[beta_ll.to_str().unwrap()],
+    );
+    refused(
+        lab,
+        &["module", "swap", "--env", "acme"],
+        &[beta_ll.to_str().unwrap()],
+        "not trusted",
+    );
+    refused(
+        lab,
+        &["module", "bind", "--env", "beta"],
+        &[
+            "least_load",
+            "--subnet",
+            "192.200.1.0/26",
+            "--role",
+            "policy",
+        ],
+        "outside",
+    );
+    assert_eq!(
+        env_row(lab, "acme")["modules"][0]["active"]["version"],
+        "1.0.0"
+    );
+    assert_eq!(env_row(lab, "acme")["refused"], 1);
+    // Nor may the operator's environment take acme's subnet and role.
+    refused(
+        lab,
+        &["module", "bind"],
+        &[
+            "least_load",
+            "--subnet",
+            "192.200.1.0/26",
+            "--role",
+            "policy",
+        ],
+        "by environment acme",
+    );
+
+    // gamma's signer is revoked by gamma's CRL.
+    let gamma_ll = work.join("gamma-least_load.wasm");
+    sign_for(
+        &work.join("gamma"),
+        "least_load",
+        "1.0.0",
+        &["192.200.1.128/26"],
+        &gamma_ll,
+    );
+    refused(
+        lab,
+        &["module", "load", "--env", "gamma"],
+        &[gamma_ll.to_str().unwrap()],
+        "revoked",
+    );
+    assert_eq!(env_row(lab, "gamma")["refused"], 1);
+    refused(
+        lab,
+        &["module", "load", "--env", "delta"],
+        &[gamma_ll.to_str().unwrap()],
+        "no environment",
+    );
+
+    let text = lab.ok(&["query", "metrics"], &[]);
+    for line in [
+        "pronto_env_bind_refused_total{environment=\"acme\"} 1",
+        "pronto_env_bind_refused_total{environment=\"beta\"} 1",
+        "pronto_env_refused_total{environment=\"gamma\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} not in the metrics");
+    }
+    eprintln!("{}", lab.ok(&["query", "modules"], &[]));
 }

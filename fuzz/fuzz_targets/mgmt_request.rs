@@ -26,8 +26,8 @@ use qre::response::{
     RouterSummary, SubnetRow, TableResponse,
 };
 use qre::{
-    AddrMatch, ApiError, BindingQuery, FlowCollector, FlowQuery, FlowSample, MetricFamily,
-    ModuleOp, RouterState, StateError, TableQuery,
+    AddrMatch, ApiError, BindingQuery, EnvQuery, FlowCollector, FlowQuery, FlowSample,
+    MetricFamily, ModuleOp, RouterState, StateError, TableQuery,
 };
 
 /// `[management] operators` and `viewers` of the router under test.
@@ -175,7 +175,11 @@ impl RouterState for State {
         );
         Ok(b.finish())
     }
-    fn module_op(&self, op: ModuleOp<'_>) -> Result<ModuleOpReport, StateError> {
+    fn module_op(
+        &self,
+        _env: Option<&str>,
+        op: ModuleOp<'_>,
+    ) -> Result<ModuleOpReport, StateError> {
         let r = pronto::fuzz::module_operation(&self.env, op);
         // Nothing fuzzed here is signed by the environment's CA.
         assert!(r.is_err(), "{op:?} succeeded: {r:?}");
@@ -199,6 +203,9 @@ fn query_round_trips(query: &str) {
             Ok(q),
             "{query:?}"
         );
+    }
+    if let Ok(q) = EnvQuery::parse(query) {
+        assert_eq!(EnvQuery::parse(&q.to_query_string()), Ok(q), "{query:?}");
     }
 }
 

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::render_prometheus;
-use crate::query::{BindingQuery, FlowQuery, QueryError, TableQuery, no_parameters};
+use crate::query::{BindingQuery, EnvQuery, FlowQuery, QueryError, TableQuery, no_parameters};
 use crate::response::CountersResponse;
 use crate::state::{ErrorKind, ModuleOp, RouterState, StateError};
 
@@ -183,12 +183,12 @@ pub const ENDPOINTS: &[&str] = &[
     "GET /v1/queues",
     "GET /v1/counters",
     "GET /metrics",
-    "POST /v1/modules/load",
-    "POST /v1/modules/swap",
-    "POST /v1/modules/{name}/rollback",
-    "DELETE /v1/modules/{name}",
-    "POST /v1/bindings?module=&subnet=&role=",
-    "DELETE /v1/bindings?subnet=&role=",
+    "POST /v1/modules/load?env=",
+    "POST /v1/modules/swap?env=",
+    "POST /v1/modules/{name}/rollback?env=",
+    "DELETE /v1/modules/{name}?env=",
+    "POST /v1/bindings?env=&module=&subnet=&role=",
+    "DELETE /v1/bindings?env=&subnet=&role=",
 ];
 
 /// Answers one request from `state`.
@@ -274,7 +274,7 @@ pub fn handle(state: &dyn RouterState, req: &Request<'_>) -> Response {
             } else {
                 ModuleOp::Swap(req.body)
             };
-            answer(state.module_op(op))
+            in_env(state, req, op)
         }
         "/v1/bindings" => binding(state, req),
         _ => module_path(state, req, path),
@@ -321,7 +321,34 @@ fn binding(state: &dyn RouterState, req: &Request<'_>) -> Response {
             role: &q.role,
         },
     };
-    answer(state.module_op(op))
+    match q.env.as_deref().map(env_name).transpose() {
+        Ok(env) => answer(state.module_op(env, op)),
+        Err(r) => r,
+    }
+}
+
+/// `op` in the environment `?env=` names.
+fn in_env(state: &dyn RouterState, req: &Request<'_>, op: ModuleOp<'_>) -> Response {
+    let q = match EnvQuery::parse(req.query) {
+        Ok(q) => q,
+        Err(e) => return Response::bad_query(&e),
+    };
+    match q.env.as_deref().map(env_name).transpose() {
+        Ok(env) => answer(state.module_op(env, op)),
+        Err(r) => r,
+    }
+}
+
+/// An environment name: `operator` or a tenant's, `[a-z0-9_-]{1,64}`.
+fn env_name(raw: &str) -> Result<&str, Response> {
+    module_name(raw).map_err(|_| {
+        Response::error(
+            400,
+            "bad_request",
+            format!("{raw:?} is not an environment name"),
+            "environment names are 1-64 of [a-z0-9_-]; `pronto query modules` lists them",
+        )
+    })
 }
 
 /// `/v1/modules/{name}/rollback` and `/v1/modules/{name}`.
@@ -343,7 +370,7 @@ fn module_path(state: &dyn RouterState, req: &Request<'_>, path: &str) -> Respon
                 return method_not_allowed(req, "POST");
             }
             match module_name(name) {
-                Ok(n) => answer(state.module_op(ModuleOp::Rollback(n))),
+                Ok(n) => in_env(state, req, ModuleOp::Rollback(n)),
                 Err(r) => r,
             }
         }
@@ -353,7 +380,7 @@ fn module_path(state: &dyn RouterState, req: &Request<'_>, path: &str) -> Respon
                 return method_not_allowed(req, "DELETE (to remove it)");
             }
             match module_name(rest) {
-                Ok(n) => answer(state.module_op(ModuleOp::Remove(n))),
+                Ok(n) => in_env(state, req, ModuleOp::Remove(n)),
                 Err(r) => r,
             }
         }
@@ -471,11 +498,15 @@ mod tests {
                 );
             Ok(b.finish())
         }
-        fn module_op(&self, op: ModuleOp<'_>) -> Result<ModuleOpReport, StateError> {
+        fn module_op(
+            &self,
+            env: Option<&str>,
+            op: ModuleOp<'_>,
+        ) -> Result<ModuleOpReport, StateError> {
             let mut m = self.modules.lock().unwrap();
             let report = |name: &str, active: Option<&str>| ModuleOpReport {
                 op: op.name().into(),
-                environment: "operator".into(),
+                environment: env.unwrap_or("operator").into(),
                 name: name.into(),
                 active: active.map(str::to_owned),
                 replaced: None,
@@ -673,8 +704,13 @@ mod tests {
             );
         }
         assert_eq!(req(Method::Get, "").status, 405);
+        let r = req(Method::Delete, "env=acme&subnet=192.200.1.0/24&role=policy");
+        assert_eq!(json(&r)["environment"], "acme");
+        let r = req(Method::Delete, "env=Bad&subnet=192.200.1.0/24&role=policy");
+        assert_eq!(r.status, 400);
         // What the CLI sends is what the server reads.
         let q = BindingQuery {
+            env: Some("acme".into()),
             module: Some("a&b=c".into()),
             subnet: "2001:db8::/32".parse().unwrap(),
             role: "cost".into(),

@@ -36,7 +36,7 @@ pub mod state;
 pub use api::{ApiError, Method, Request, Response};
 pub use metrics::{Histogram, HistogramSnapshot, MetricFamily, MetricKind, MetricValue, Sample};
 pub use query::{
-    AddrMatch, BindingQuery, FlowCollector, FlowQuery, FlowSample, QueryError, TableQuery,
+    AddrMatch, BindingQuery, EnvQuery, FlowCollector, FlowQuery, FlowSample, QueryError, TableQuery,
 };
 pub use response::*;
 pub use state::{ErrorKind, ModuleOp, RouterState, StateError};

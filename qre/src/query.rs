@@ -293,6 +293,8 @@ impl TableQuery {
 /// `DELETE /v1/bindings?subnet=&role=` (unbind).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BindingQuery {
+    /// The environment (default: the operator's).
+    pub env: Option<String>,
     /// The module (bind only).
     pub module: Option<String>,
     /// The subnet, as a prefix.
@@ -303,14 +305,15 @@ pub struct BindingQuery {
 
 impl BindingQuery {
     /// Parameters this query takes.
-    pub const PARAMETERS: &'static str = "module, subnet, role";
+    pub const PARAMETERS: &'static str = "env, module, subnet, role";
 
     /// Parses `module=NAME&subnet=PREFIX&role=ROLE`; `subnet` and `role` are
     /// required, `module` is left to the operation to require or refuse.
     pub fn parse(query: &str) -> Result<Self, QueryError> {
-        let (mut module, mut subnet, mut role) = (None, None, None);
+        let (mut env, mut module, mut subnet, mut role) = (None, None, None, None);
         for (k, v) in pairs(query)? {
             match k.as_str() {
+                "env" => env = Some(v),
                 "module" => module = Some(v),
                 "subnet" => subnet = Some(addr_param("subnet", &v)?),
                 "role" => role = Some(v),
@@ -327,6 +330,7 @@ impl BindingQuery {
             reason: "required".to_owned(),
         };
         Ok(Self {
+            env,
             module,
             subnet: subnet.ok_or_else(|| missing("subnet"))?,
             role: role.ok_or_else(|| missing("role"))?,
@@ -336,12 +340,49 @@ impl BindingQuery {
     /// The query string [`BindingQuery::parse`] reads back.
     pub fn to_query_string(&self) -> String {
         let mut parts = Vec::new();
+        if let Some(e) = &self.env {
+            parts.push(format!("env={}", percent_encode(e)));
+        }
         if let Some(m) = &self.module {
             parts.push(format!("module={}", percent_encode(m)));
         }
         parts.push(format!("subnet={}", self.subnet));
         parts.push(format!("role={}", percent_encode(&self.role)));
         parts.join("&")
+    }
+}
+
+/// `?env=NAME` of the module operations: which environment (default: the
+/// operator's).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvQuery {
+    /// The environment.
+    pub env: Option<String>,
+}
+
+impl EnvQuery {
+    /// Parses `env=NAME` (or nothing).
+    pub fn parse(query: &str) -> Result<Self, QueryError> {
+        let mut q = Self::default();
+        for (k, v) in pairs(query)? {
+            match k.as_str() {
+                "env" => q.env = Some(v),
+                _ => {
+                    return Err(QueryError::UnknownParameter {
+                        name: k,
+                        expected: "env",
+                    });
+                }
+            }
+        }
+        Ok(q)
+    }
+
+    /// The query string [`EnvQuery::parse`] reads back (empty for none).
+    pub fn to_query_string(&self) -> String {
+        self.env
+            .as_ref()
+            .map_or_else(String::new, |e| format!("env={}", percent_encode(e)))
     }
 }
 

@@ -268,6 +268,10 @@ pub struct EnvironmentRow {
     pub refused: u64,
     /// Modules removed.
     pub removals: u64,
+    /// Bindings refused (unknown module, subnet outside the environment or the
+    /// module's scope, wrong role).
+    #[serde(default)]
+    pub bind_refused: u64,
     /// Its modules, by name.
     pub modules: Vec<ModuleRow>,
 }

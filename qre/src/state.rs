@@ -138,6 +138,7 @@ pub trait RouterState: Send + Sync {
     fn queues(&self) -> Result<QueuesResponse, StateError>;
     /// Every counter, gauge and histogram.
     fn metrics(&self) -> Result<Vec<MetricFamily>, StateError>;
-    /// Load, swap, roll back or remove a module.
-    fn module_op(&self, op: ModuleOp<'_>) -> Result<ModuleOpReport, StateError>;
+    /// Load, swap, roll back, remove, bind or unbind a module in environment
+    /// `env` (`None`: the operator's).
+    fn module_op(&self, env: Option<&str>, op: ModuleOp<'_>) -> Result<ModuleOpReport, StateError>;
 }

@@ -24,7 +24,7 @@ mod tests;
 pub(crate) use files::{FileError, KeyPermissions, read_file};
 pub(crate) use host::{HostDaemonConfig, HostRecovery, HttpDemo, LoadConfig, load_host};
 pub(crate) use management::Management;
-pub(crate) use modules::ModulesConfig;
+pub(crate) use modules::{ModulesConfig, TenantConfig};
 pub(crate) use router::{PolicyName, RouterConfig, load_router};
 pub(crate) use shaping::Shaping;
 pub(crate) use shared::{

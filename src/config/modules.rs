@@ -1,5 +1,6 @@
 //! `[modules]`: signed policy modules loaded at start, the bindings the
-//! configuration starts with, and where runtime changes are kept.
+//! configuration starts with, and where runtime changes are kept; and
+//! `[[environment]]`: tenant environments beside the operator's.
 
 use std::path::{Path, PathBuf};
 
@@ -98,6 +99,137 @@ impl ModulesConfig {
             cost,
             state_dir: m.state_dir.as_deref().map_or_else(
                 || c.resolve(Path::new(&c.state_dir_name())),
+                |p| c.resolve(p),
+            ),
+        })
+    }
+}
+
+/// `[[environment]]`: a tenant environment.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EnvironmentFile {
+    name: String,
+    trust_anchors: Vec<PathBuf>,
+    #[serde(default)]
+    crls: Vec<PathBuf>,
+    subnets: Vec<String>,
+    #[serde(default = "default_weight")]
+    cpu_weight: u32,
+    #[serde(default)]
+    files: Vec<PathBuf>,
+    state_dir: Option<PathBuf>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Most tenant environments in one router.
+const MAX_ENVIRONMENTS: usize = 16;
+
+/// A tenant environment, validated: modules signed by its own CAs, governing
+/// only its subnets, on its share of the modules' CPU.
+#[derive(Debug, Clone)]
+pub(crate) struct TenantConfig {
+    /// Its name (`[a-z0-9_-]`, not `operator`).
+    pub(crate) name: String,
+    /// CA certificates its module signers must chain to.
+    pub(crate) trust_anchors: Vec<PathBuf>,
+    /// CRLs of those CAs.
+    pub(crate) crls: Vec<PathBuf>,
+    /// The subnets its modules may govern (a module also needs its manifest and
+    /// its signer's certificate to name them).
+    pub(crate) subnets: Vec<VirtualSubnet>,
+    /// Its CPU weight among the environments (the operator's is 1).
+    pub(crate) cpu_weight: u32,
+    /// Signed module files installed at start.
+    pub(crate) files: Vec<PathBuf>,
+    /// Its runtime state (default `<config stem>.state/env-NAME`).
+    pub(crate) state_dir: PathBuf,
+}
+
+impl TenantConfig {
+    pub(super) fn from_files(
+        c: &Check<'_>,
+        envs: &[EnvironmentFile],
+    ) -> Result<Vec<Self>, ConfigError> {
+        if envs.len() > MAX_ENVIRONMENTS {
+            return Err(c.err(
+                "environment",
+                format!("at most {MAX_ENVIRONMENTS} environments"),
+            ));
+        }
+        let mut out: Vec<Self> = Vec::new();
+        for (i, e) in envs.iter().enumerate() {
+            let t = Self::from_file(c, &format!("environment[{i}]"), e)?;
+            if out.iter().any(|o| o.name == t.name) {
+                return Err(c.err(format!("environment[{i}].name"), "names must be unique"));
+            }
+            // One owner per address: a tenant cannot bind into another's subnets.
+            for o in &out {
+                if let Some((a, b)) = t
+                    .subnets
+                    .iter()
+                    .flat_map(|a| o.subnets.iter().map(move |b| (a, b)))
+                    .find(|(a, b)| a.covers(b) || b.covers(a))
+                {
+                    return Err(c.err(
+                        format!("environment[{i}].subnets"),
+                        format!("{a} overlaps {b} of environment {}", o.name),
+                    ));
+                }
+            }
+            out.push(t);
+        }
+        Ok(out)
+    }
+
+    fn from_file(c: &Check<'_>, at: &str, e: &EnvironmentFile) -> Result<Self, ConfigError> {
+        let valid = (1..=64).contains(&e.name.len())
+            && e.name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+            && e.name != "operator";
+        if !valid {
+            return Err(c.err(
+                format!("{at}.name"),
+                format!("{:?}: 1-64 of [a-z0-9_-], not \"operator\"", e.name),
+            ));
+        }
+        if e.trust_anchors.is_empty() {
+            return Err(c.err(
+                format!("{at}.trust_anchors"),
+                "name the CA certificate(s) of this tenant's module signers",
+            ));
+        }
+        if e.crls.len() > MAX_CRL_FILES || e.files.len() > MAX_MODULE_FILES {
+            return Err(c.err(
+                at,
+                format!("at most {MAX_CRL_FILES} crls and {MAX_MODULE_FILES} files"),
+            ));
+        }
+        if e.subnets.is_empty() {
+            return Err(c.err(
+                format!("{at}.subnets"),
+                "name the subnets this tenant's modules may govern",
+            ));
+        }
+        let subnets = e
+            .subnets
+            .iter()
+            .enumerate()
+            .map(|(j, s)| c.subnet(&format!("{at}.subnets[{j}]"), s))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            name: e.name.clone(),
+            trust_anchors: e.trust_anchors.iter().map(|p| c.resolve(p)).collect(),
+            crls: e.crls.iter().map(|p| c.resolve(p)).collect(),
+            subnets,
+            cpu_weight: c.range(&format!("{at}.cpu_weight"), e.cpu_weight, 1, 1000)?,
+            files: e.files.iter().map(|p| c.resolve(p)).collect(),
+            state_dir: e.state_dir.as_deref().map_or_else(
+                || c.resolve(&Path::new(&c.state_dir_name()).join(format!("env-{}", e.name))),
                 |p| c.resolve(p),
             ),
         })

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use signaling::{NodeName, PeerConfig, SlrConfig, TableConfig};
 
 use super::management::{Management, ManagementFile};
-use super::modules::{ModulesConfig, ModulesFile};
+use super::modules::{EnvironmentFile, ModulesConfig, ModulesFile, TenantConfig};
 use super::shaping::{Shaping, ShapingFile};
 use super::shared::{
     FastPathChoice, FastPathName, HandshakesFile, LevelName, SecurityFile, SessionFile, Stats,
@@ -217,6 +217,8 @@ pub(super) struct RouterFile {
     handshakes: HandshakesFile,
     stats: Option<StatsFile>,
     modules: Option<ModulesFile>,
+    #[serde(default)]
+    environment: Vec<EnvironmentFile>,
     shaping: Option<ShapingFile>,
     management: Option<ManagementFile>,
     recovery: Option<crate::recovery::RecoveryFile>,
@@ -263,6 +265,8 @@ pub(crate) struct RouterConfig {
     pub(crate) stats: Option<Stats>,
     /// Signed policy modules.
     pub(crate) modules: Option<ModulesConfig>,
+    /// `[[environment]]`: tenant environments.
+    pub(crate) tenants: Vec<TenantConfig>,
     /// Kernel bandwidth shares on an egress link.
     pub(crate) shaping: Option<Shaping>,
     /// The management API (`None`: not served).
@@ -390,6 +394,7 @@ pub(super) fn router_from_file(path: &Path, f: RouterFile) -> Result<RouterConfi
             .as_ref()
             .map(|m| ModulesConfig::from_file(&c, m))
             .transpose()?,
+        tenants: TenantConfig::from_files(&c, &f.environment)?,
         shaping: f
             .shaping
             .as_ref()

@@ -432,3 +432,62 @@ fn engine_threads_and_tun_offload_are_read_and_bounded() {
         assert!(err_text(router(&t)).contains("engine_threads"), "{bad}");
     }
 }
+
+#[test]
+fn tenant_environments_parse_and_may_not_share_subnets() {
+    let env = |name: &str, subnet: &str| {
+        format!(
+            "\n[[environment]]\nname = \"{name}\"\ntrust_anchors = [\"{name}/ca.pem\"]\nsubnets = [\"{subnet}\"]\ncpu_weight = 3\n"
+        )
+    };
+    let text = format!(
+        "{ROUTER}{}{}",
+        env("acme", "192.200.1.0/26"),
+        env("beta", "192.200.1.64/26")
+    );
+    let c = router(&text).unwrap();
+    assert_eq!(c.tenants.len(), 2);
+    let acme = &c.tenants[0];
+    assert_eq!(acme.name, "acme");
+    assert_eq!(
+        acme.trust_anchors,
+        vec![PathBuf::from("/etc/pronto/acme/ca.pem")]
+    );
+    assert_eq!(acme.cpu_weight, 3);
+    assert_eq!(
+        acme.state_dir,
+        PathBuf::from("/etc/pronto/router.state/env-acme")
+    );
+    for (extra, field, says) in [
+        (
+            env("beta", "192.200.1.0/25"),
+            "environment[1].subnets",
+            "overlaps",
+        ),
+        (env("acme", "10.0.0.0/8"), "environment[1].name", "unique"),
+        (
+            env("operator", "10.0.0.0/8"),
+            "environment[1].name",
+            "operator",
+        ),
+        (
+            env("Bad Name", "10.0.0.0/8"),
+            "environment[1].name",
+            "a-z0-9",
+        ),
+        (
+            env("beta", "10.0.0.0/8").replace("cpu_weight = 3", "cpu_weight = 0"),
+            "environment[1].cpu_weight",
+            "outside",
+        ),
+        (
+            env("beta", "10.0.0.0/8").replace("subnets = [\"10.0.0.0/8\"]", "subnets = []"),
+            "environment[1].subnets",
+            "name the subnets",
+        ),
+    ] {
+        let text = format!("{ROUTER}{}{extra}", env("acme", "192.200.1.0/26"));
+        let e = err_text(router(&text));
+        assert!(e.contains(field) && e.contains(says), "{field}: {e}");
+    }
+}

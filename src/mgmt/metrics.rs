@@ -23,7 +23,7 @@ impl MgmtState {
         fast_path_metrics(&mut b, &c, self.dataplane.fast_path());
         b.flatten("pronto_shell", &self.shell_counters(), &[]);
         control_metrics(&mut b, &view);
-        if let Some(env) = &self.env {
+        for (env, _) in &self.envs {
             module_metrics(&mut b, env);
         }
         self.server_metrics(&mut b);
@@ -335,9 +335,19 @@ fn module_metrics(b: &mut MetricsBuilder, env: &Environment) {
         &e,
         ec.removals,
     );
+    b.counter(
+        "pronto_env_bind_refused_total",
+        "Module bindings refused",
+        &e,
+        ec.bind_refused,
+    );
     for m in env.list() {
         let version = m.active.version.to_string();
-        let l = [("module", m.name.as_str()), ("version", version.as_str())];
+        let l = [
+            ("environment", env.name()),
+            ("module", m.name.as_str()),
+            ("version", version.as_str()),
+        ];
         let mc = m.counters;
         for (n, v, help) in [
             ("calls", mc.calls, "Calls asked of a module"),

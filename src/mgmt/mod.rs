@@ -89,10 +89,10 @@ pub(crate) struct MgmtState {
     pub(crate) dataplane: DataplaneHandle,
     /// The control loop.
     pub(crate) control: ControlLink,
-    /// The operator environment, when `[modules]` is configured.
-    pub(crate) env: Option<Arc<Environment>>,
-    /// Where module operations and bindings are kept for a restart.
-    pub(crate) store: Option<Arc<ModuleStore>>,
+    /// The execution environments (the operator's first when `[modules]` is
+    /// configured, then the tenants'), each with the directory where module
+    /// operations and bindings are kept for a restart.
+    pub(crate) envs: Vec<(Arc<Environment>, Arc<ModuleStore>)>,
     /// `[shaping]` as configured at start.
     pub(crate) shaping: Option<config::Shaping>,
     /// Statically configured subnets.
@@ -123,10 +123,8 @@ pub(crate) struct MgmtParts {
     pub(crate) dataplane: DataplaneHandle,
     /// The control loop.
     pub(crate) control: ControlLink,
-    /// The operator environment.
-    pub(crate) env: Option<Arc<Environment>>,
-    /// Its state directory.
-    pub(crate) store: Option<Arc<ModuleStore>>,
+    /// The environments and their state directories.
+    pub(crate) envs: Vec<(Arc<Environment>, Arc<ModuleStore>)>,
     /// `[shaping]`.
     pub(crate) shaping: Option<config::Shaping>,
     /// Static subnets.
@@ -144,8 +142,7 @@ impl MgmtState {
             started: std::time::Instant::now(),
             dataplane: p.dataplane,
             control: p.control,
-            env: p.env,
-            store: p.store,
+            envs: p.envs,
             shaping: p.shaping,
             static_subnets: p.static_subnets,
             hooks: p.hooks,

@@ -14,48 +14,68 @@ use router_core::VirtualSubnet;
 use tracing::{info, warn};
 
 use super::MgmtState;
+use crate::router::module_state::ModuleStore;
 use crate::router::shell::RouterShell;
 
 impl MgmtState {
     /// One module operation at a time, counted and logged.
-    pub(super) fn run_module_op(&self, op: ModuleOp<'_>) -> Result<ModuleOpReport, StateError> {
-        let Some(env) = &self.env else {
-            return Err(Self::no_environment());
-        };
+    pub(super) fn run_module_op(
+        &self,
+        env: Option<&str>,
+        op: ModuleOp<'_>,
+    ) -> Result<ModuleOpReport, StateError> {
         let _one = self.ops.lock().unwrap_or_else(PoisonError::into_inner);
-        let r = match op {
-            ModuleOp::Bind { .. } | ModuleOp::Unbind { .. } => self.change_binding(env, op),
-            _ => answer_module_op(env, op).and_then(|rep| self.keep(op, rep)),
-        };
+        let r = self.environment(env).and_then(|(env, store)| match op {
+            ModuleOp::Bind { .. } | ModuleOp::Unbind { .. } => self.change_binding(env, store, op),
+            _ => answer_module_op(env, op).and_then(|rep| self.keep(store, op, rep)),
+        });
         match &r {
             Ok(rep) => {
                 self.stats.module_ops.fetch_add(1, Ordering::Relaxed);
-                info!(op = %rep.op, module = %rep.name, active = ?rep.active, replaced = ?rep.replaced, binding = ?rep.binding, "module operation");
+                info!(op = %rep.op, env = %rep.environment, module = %rep.name, active = ?rep.active, replaced = ?rep.replaced, binding = ?rep.binding, "module operation");
             }
             Err(e) => {
                 self.stats
                     .module_ops_refused
                     .fetch_add(1, Ordering::Relaxed);
-                warn!(op = op.name(), error = %e, "module operation refused");
+                warn!(op = op.name(), env = env.unwrap_or("operator"), error = %e, "module operation refused");
             }
         }
         r
     }
 
-    fn no_environment() -> StateError {
-        StateError::new(
-            ErrorKind::Conflict,
-            "this router runs no execution environment",
-            "add a [modules] section (trust_anchors, and files or runtime loads) to its configuration and restart it",
-        )
+    /// The environment `name` (default: the operator's) and its store.
+    fn environment(&self, name: Option<&str>) -> Result<(&Environment, &ModuleStore), StateError> {
+        if self.envs.is_empty() {
+            return Err(StateError::new(
+                ErrorKind::Conflict,
+                "this router runs no execution environment",
+                "add a [modules] section (trust_anchors, and files or runtime loads) or an [[environment]] to its configuration and restart it",
+            ));
+        }
+        let name = name.unwrap_or("operator");
+        self.envs
+            .iter()
+            .find(|(e, _)| e.name() == name)
+            .map(|(e, s)| (&**e, &**s))
+            .ok_or_else(|| {
+                let names: Vec<&str> = self.envs.iter().map(|(e, _)| e.name()).collect();
+                StateError::new(
+                    ErrorKind::NotFound,
+                    format!("no environment {name:?} in this router"),
+                    format!("its environments: {}; pass --env NAME", names.join(", ")),
+                )
+            })
     }
 
     /// Keep a load, swap, rollback or remove in the state directory. The
     /// operation has taken effect; if it cannot be kept the answer says so.
-    fn keep(&self, op: ModuleOp<'_>, rep: ModuleOpReport) -> Result<ModuleOpReport, StateError> {
-        let Some(store) = &self.store else {
-            return Ok(rep);
-        };
+    fn keep(
+        &self,
+        store: &ModuleStore,
+        op: ModuleOp<'_>,
+        rep: ModuleOpReport,
+    ) -> Result<ModuleOpReport, StateError> {
         let kept = match op {
             ModuleOp::Load(bytes) => store.loaded(&rep.name, bytes).map(|()| true),
             ModuleOp::Swap(bytes) => store.swapped(&rep.name, bytes).map(|()| true),
@@ -91,25 +111,60 @@ impl MgmtState {
     fn change_binding(
         &self,
         env: &Environment,
+        store: &ModuleStore,
         op: ModuleOp<'_>,
     ) -> Result<ModuleOpReport, StateError> {
-        let before = match op {
+        let target = match op {
             ModuleOp::Bind { subnet, role, .. } | ModuleOp::Unbind { subnet, role } => {
-                binding_of(subnet, role)
-                    .ok()
-                    .and_then(|(s, r)| bound_module(env, s, r))
+                binding_of(subnet, role).ok()
             }
             _ => None,
         };
+        let before = target.and_then(|(s, r)| bound_module(env, s, r));
+        // The environment decides first (scope, role: its own refusals and
+        // counters), then whether another environment holds the binding.
         let (report, change) = module_op(env, op)?;
+        if let (ModuleOp::Bind { .. }, Some((subnet, role))) = (op, target)
+            && let Err(e) = self.held_elsewhere(env, subnet, role)
+        {
+            match &before {
+                Some(m) => drop(env.bind(m, subnet, role)),
+                None => drop(env.unbind(subnet, role)),
+            }
+            return Err(e);
+        }
         if let Some((subnet, role, handle)) = change {
             self.apply(subnet, role, handle)?;
-            if let Err(e) = self.save_bindings(env) {
+            if let Err(e) = self.save_bindings(env, store) {
                 self.restore_binding(env, subnet, role, before.as_deref());
                 return Err(e);
             }
         }
         Ok(report)
+    }
+
+    /// One module per subnet and role: refuse a bind another environment
+    /// already holds (a tenant cannot displace another's module, nor the
+    /// operator a tenant's by accident).
+    fn held_elsewhere(
+        &self,
+        env: &Environment,
+        subnet: VirtualSubnet,
+        role: Role,
+    ) -> Result<(), StateError> {
+        for (other, _) in self.envs.iter().filter(|(e, _)| e.name() != env.name()) {
+            if let Some(m) = bound_module(other, subnet, role) {
+                return Err(StateError::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "{subnet} is bound in the {role} role by environment {} (module {m})",
+                        other.name()
+                    ),
+                    "unbind it there first (pronto module unbind --env NAME); one module per subnet and role",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The node's binding of `subnet` in `role`, set between two batches.
@@ -135,10 +190,7 @@ impl MgmtState {
         })
     }
 
-    fn save_bindings(&self, env: &Environment) -> Result<(), StateError> {
-        let Some(store) = &self.store else {
-            return Ok(());
-        };
+    fn save_bindings(&self, env: &Environment, store: &ModuleStore) -> Result<(), StateError> {
         store.save_bindings(&env.bindings()).map_err(|e| {
             self.stats
                 .state_write_failures
@@ -281,9 +333,10 @@ fn module_op(
 /// The API status of a refusal; its message and hint come from the error.
 fn manager_error(e: &ManagerError) -> StateError {
     let kind = match e {
-        ManagerError::Verify(_) | ManagerError::Vm(_) | ManagerError::Scope(_) => {
-            ErrorKind::Refused
-        }
+        ManagerError::Verify(_)
+        | ManagerError::Vm(_)
+        | ManagerError::Scope(_)
+        | ManagerError::OtherSigner { .. } => ErrorKind::Refused,
         ManagerError::InvalidName { .. } => ErrorKind::BadRequest,
         ManagerError::UnknownModule { .. }
         | ManagerError::NotLoaded { .. }

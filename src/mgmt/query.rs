@@ -2,7 +2,7 @@
 //! modules and queues shaped from the router's state; metrics and module
 //! operations are answered by their own files.
 
-use exec_env::manager::{FailurePolicy, Scope, VersionState};
+use exec_env::manager::{Environment, FailurePolicy, Scope, VersionState};
 use qre::response::{
     EnvironmentRow, FlowsResponse, ModuleOpReport, ModuleRow, ModulesResponse, NextHopRow,
     PeersResponse, QueuesResponse, RouterSummary, ShareClassRow, ShareTreeRow, SubnetRow,
@@ -121,7 +121,7 @@ impl RouterState for MgmtState {
                 .filter(|p| p.direction == "downstream" && p.registered)
                 .count() as u64,
             upstream_registered: view.upstream_registered,
-            modules: self.env.as_ref().map_or(0, |e| e.list().len() as u64),
+            modules: self.envs.iter().map(|(e, _)| e.list().len() as u64).sum(),
             packets: counters.packets,
             fast_path: fast.as_ref().map_or_else(
                 || "userspace (not started)".into(),
@@ -213,43 +213,8 @@ impl RouterState for MgmtState {
     }
 
     fn modules(&self) -> Result<ModulesResponse, StateError> {
-        let Some(env) = &self.env else {
-            return Ok(ModulesResponse {
-                environments: Vec::new(),
-            });
-        };
-        let cfg = env.config();
-        let c = env.counters();
         Ok(ModulesResponse {
-            environments: vec![EnvironmentRow {
-                name: env.name().to_owned(),
-                scope: match &cfg.scope {
-                    Scope::Operator => "operator".to_owned(),
-                    Scope::Tenant { allowed } => format!(
-                        "tenant {}",
-                        allowed
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    ),
-                },
-                failure_policy: match cfg.failure_policy {
-                    FailurePolicy::FallBack => "fall_back",
-                    FailurePolicy::RefuseNewFlows => "refuse_new_flows",
-                }
-                .to_owned(),
-                installs: c.installs,
-                refused: c.refused,
-                removals: c.removals,
-                modules: {
-                    let bound = env.bindings();
-                    env.list()
-                        .into_iter()
-                        .map(|m| Self::module_row(m, &bound))
-                        .collect()
-                },
-            }],
+            environments: self.envs.iter().map(|(e, _)| environment_row(e)).collect(),
         })
     }
 
@@ -273,8 +238,43 @@ impl RouterState for MgmtState {
         self.render_metrics()
     }
 
-    fn module_op(&self, op: ModuleOp<'_>) -> Result<ModuleOpReport, StateError> {
-        self.run_module_op(op)
+    fn module_op(&self, env: Option<&str>, op: ModuleOp<'_>) -> Result<ModuleOpReport, StateError> {
+        self.run_module_op(env, op)
+    }
+}
+
+/// One environment's row of `query modules`.
+fn environment_row(env: &Environment) -> EnvironmentRow {
+    let cfg = env.config();
+    let c = env.counters();
+    let bound = env.bindings();
+    EnvironmentRow {
+        name: env.name().to_owned(),
+        scope: match &cfg.scope {
+            Scope::Operator => "operator".to_owned(),
+            Scope::Tenant { allowed } => format!(
+                "tenant {}",
+                allowed
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        },
+        failure_policy: match cfg.failure_policy {
+            FailurePolicy::FallBack => "fall_back",
+            FailurePolicy::RefuseNewFlows => "refuse_new_flows",
+        }
+        .to_owned(),
+        installs: c.installs,
+        refused: c.refused,
+        removals: c.removals,
+        bind_refused: c.bind_refused,
+        modules: env
+            .list()
+            .into_iter()
+            .map(|m| MgmtState::module_row(m, &bound))
+            .collect(),
     }
 }
 

@@ -1,12 +1,13 @@
 //! The policies and modules a router's configuration names: the built-in
-//! policy by name, and the signed modules of `[modules]` loaded into the
-//! operator environment with what its state directory kept.
+//! policy by name, the signed modules of `[modules]` loaded into the operator
+//! environment and those of each `[[environment]]` into a tenant's, each with
+//! what its state directory kept.
 
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use exec_env::format::MAX_MODULE_LEN;
-use exec_env::manager::{Binding, BoundHandle, Environment, EnvironmentConfig, Role};
+use exec_env::manager::{Binding, BoundHandle, CpuBudget, Environment, EnvironmentConfig, Role};
 use exec_env::trust::TrustAnchors;
 use router_core::policy::{FlowHash, LeastCost, Policy};
 use signaling::FollowTable;
@@ -25,73 +26,167 @@ pub(crate) fn policy_for(name: PolicyName) -> Arc<dyn Policy> {
     }
 }
 
-/// The operator environment, its state directory and the handles of its
-/// bindings.
-pub(crate) struct LoadedModules {
+/// One execution environment of the router, its state directory and the
+/// handles of its bindings.
+pub(crate) struct LoadedEnv {
     pub(crate) env: Arc<Environment>,
     pub(crate) store: Arc<ModuleStore>,
     /// Each binding and the handle the node calls for it.
     pub(crate) bound: Vec<(Binding, BoundHandle)>,
 }
 
-/// Verify and install the configured module files in an operator environment
-/// (signature and chain checked before anything is compiled), then what the
-/// state directory kept of runtime operations, and bind the handles: the
-/// state directory's bindings when an operator ever changed one, else the
-/// configuration's `policy` and `cost` on `subnet`.
-pub(crate) fn load_modules(m: &config::ModulesConfig) -> Result<LoadedModules> {
-    let env = operator_environment(m)?;
-    for (i, p) in m.files.iter().enumerate() {
+/// Every environment of the router: the operator's (`[modules]`) first, then
+/// the tenants' (`[[environment]]`), all on one CPU budget shared by weight.
+pub(crate) struct LoadedModules {
+    pub(crate) envs: Vec<LoadedEnv>,
+}
+
+impl LoadedModules {
+    /// Every binding of every environment with its handle.
+    pub(crate) fn bound(&self) -> impl Iterator<Item = &(Binding, BoundHandle)> {
+        self.envs.iter().flat_map(|e| e.bound.iter())
+    }
+}
+
+/// What one environment is built from.
+struct EnvSource<'a> {
+    /// Its configuration section, for error messages (`modules`, `environment[0]`).
+    field: String,
+    config: EnvironmentConfig,
+    trust_anchors: &'a [std::path::PathBuf],
+    crls: &'a [std::path::PathBuf],
+    files: &'a [std::path::PathBuf],
+    state_dir: &'a std::path::Path,
+}
+
+/// The router's environments, or `None` when it runs no module.
+pub(crate) fn load_environments(
+    modules: Option<&config::ModulesConfig>,
+    tenants: &[config::TenantConfig],
+) -> Result<Option<LoadedModules>> {
+    if modules.is_none() && tenants.is_empty() {
+        return Ok(None);
+    }
+    let budget = CpuBudget::new(EnvironmentConfig::operator("operator").budget)
+        .context("the modules' CPU budget")?;
+    let mut envs = Vec::new();
+    if let Some(m) = modules {
+        let src = EnvSource {
+            field: "modules".into(),
+            config: EnvironmentConfig::operator("operator"),
+            trust_anchors: &m.trust_anchors,
+            crls: &m.crls,
+            files: &m.files,
+            state_dir: &m.state_dir,
+        };
+        envs.push(load_env(src, &budget, |env| bind_configured(env, m))?);
+    }
+    for (i, t) in tenants.iter().enumerate() {
+        let mut config = EnvironmentConfig::tenant(&t.name, t.subnets.clone());
+        config.weight = t.cpu_weight;
+        let src = EnvSource {
+            field: format!("environment[{i}]"),
+            config,
+            trust_anchors: &t.trust_anchors,
+            crls: &t.crls,
+            files: &t.files,
+            state_dir: &t.state_dir,
+        };
+        envs.push(load_env(src, &budget, |_| Ok(Vec::new()))?);
+    }
+    drop_shared_bindings(&mut envs);
+    Ok(Some(LoadedModules { envs }))
+}
+
+/// Verify and install an environment's module files (signature and chain
+/// checked before anything is compiled), then what its state directory kept of
+/// runtime operations, and bind the handles: the state directory's bindings
+/// when an operator ever changed one, else `configured`.
+fn load_env(
+    src: EnvSource<'_>,
+    budget: &Arc<CpuBudget>,
+    configured: impl FnOnce(&Environment) -> Result<Vec<(Binding, BoundHandle)>>,
+) -> Result<LoadedEnv> {
+    let f = &src.field;
+    let anchors = anchors(f, src.trust_anchors, src.crls)?;
+    let env = Environment::with_budget(src.config, anchors, Arc::clone(budget))
+        .with_context(|| format!("[{f}]: creating the environment"))?;
+    for (i, p) in src.files.iter().enumerate() {
         let bytes = config::read_file(p, MAX_MODULE_LEN as u64)
-            .with_context(|| format!("modules.files[{i}]"))?;
+            .with_context(|| format!("{f}.files[{i}]"))?;
         let report = env.install(&bytes).with_context(|| {
             format!(
-                "modules.files[{i}]: {} refused (is it signed by a CA in modules.trust_anchors, by a signer no CRL of modules.crls revokes?)",
+                "{f}.files[{i}]: {} refused (is it signed by a CA in {f}.trust_anchors, by a signer no CRL of {f}.crls revokes?)",
                 p.display()
             )
         })?;
-        info!(module = %report.name, version = %report.active, file = %p.display(), "module installed");
+        info!(env = %env.name(), module = %report.name, version = %report.active, file = %p.display(), "module installed");
     }
-    let store = ModuleStore::new(&m.state_dir);
+    let store = ModuleStore::new(src.state_dir);
     store.restore(&env)?;
     let bound = match store.bindings()? {
         Some(kept) => {
             info!(
+                env = %env.name(),
                 dir = %store.dir().display(),
                 bindings = kept.len(),
                 "module bindings from the state directory (they replace [modules] policy/cost; remove its bindings.toml to return to the configuration's)"
             );
             bind_kept(&env, kept)
         }
-        None => bind_configured(&env, m)?,
+        None => configured(&env)?,
     };
-    Ok(LoadedModules {
+    Ok(LoadedEnv {
         env: Arc::new(env),
         store: Arc::new(store),
         bound,
     })
 }
 
-/// The operator environment with `[modules]`' anchors and CRLs.
-fn operator_environment(m: &config::ModulesConfig) -> Result<Environment> {
-    let mut anchors = TrustAnchors::empty();
-    for (i, p) in m.trust_anchors.iter().enumerate() {
+/// Trust anchors from `anchors` with the CRLs of `crls`.
+fn anchors(
+    field: &str,
+    anchors: &[std::path::PathBuf],
+    crls: &[std::path::PathBuf],
+) -> Result<TrustAnchors> {
+    let mut out = TrustAnchors::empty();
+    for (i, p) in anchors.iter().enumerate() {
         let pem = config::read_file(p, config::MAX_PEM_BYTES)
-            .with_context(|| format!("modules.trust_anchors[{i}]"))?;
-        anchors
-            .add_pem(&pem)
-            .with_context(|| format!("modules.trust_anchors[{i}]: {}", p.display()))?;
+            .with_context(|| format!("{field}.trust_anchors[{i}]"))?;
+        out.add_pem(&pem)
+            .with_context(|| format!("{field}.trust_anchors[{i}]: {}", p.display()))?;
     }
-    for (i, p) in m.crls.iter().enumerate() {
+    for (i, p) in crls.iter().enumerate() {
         let pem = config::read_file(p, config::MAX_PEM_BYTES)
-            .with_context(|| format!("modules.crls[{i}]"))?;
-        let n = anchors
+            .with_context(|| format!("{field}.crls[{i}]"))?;
+        let n = out
             .add_crl_pem(&pem)
-            .with_context(|| format!("modules.crls[{i}]: {}", p.display()))?;
+            .with_context(|| format!("{field}.crls[{i}]: {}", p.display()))?;
         info!(file = %p.display(), crls = n, "module signer CRLs loaded");
     }
-    Environment::new(EnvironmentConfig::operator("operator"), anchors)
-        .context("[modules]: creating the operator environment")
+    Ok(out)
+}
+
+/// One module per subnet and role in the node: a binding an earlier
+/// environment already holds is dropped (with a warning) from a later one.
+fn drop_shared_bindings(envs: &mut [LoadedEnv]) {
+    let mut held = std::collections::BTreeMap::new();
+    for e in envs.iter_mut() {
+        let name = e.env.name().to_owned();
+        e.bound.retain(|(b, _)| {
+            match held.entry((b.subnet, b.role)) {
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(name.clone());
+                    true
+                }
+                std::collections::btree_map::Entry::Occupied(o) => {
+                    warn!(env = %name, module = %b.module, subnet = %b.subnet, role = %b.role,
+                        holder = %o.get(), "binding dropped: another environment binds that subnet and role");
+                    false
+                }
+            }
+        });
+    }
 }
 
 /// `[modules] policy` and `cost` on `subnet`; a name that cannot serve is a
@@ -169,6 +264,10 @@ mod tests {
         }
     }
 
+    fn load_modules(m: &config::ModulesConfig) -> Result<LoadedModules> {
+        load_environments(Some(m), &[])?.context("no environment")
+    }
+
     /// What the daemon runs at start: a CRL that revokes someone else changes
     /// nothing, one that revokes the module's signer stops the start and says
     /// why.
@@ -181,7 +280,7 @@ mod tests {
 
         let other = crl::revoke(&dir, &["0a0b".into()], 7)?;
         let loaded = load_modules(&config(&paths, &file, vec![other.crl.clone()]))?;
-        assert_eq!(loaded.bound.len(), 1);
+        assert_eq!(loaded.bound().count(), 1);
 
         let chain = sign::chain_from_pem_file(&paths.signer_cert)?;
         let serial = trust::describe_certificate(&chain[0])?.serial;

@@ -197,6 +197,7 @@ pub(crate) struct RouterSnapshot {
 
 #[derive(Debug, Serialize)]
 pub(crate) struct ModuleSnapshot {
+    environment: String,
     name: String,
     version: String,
     calls: u64,
@@ -212,6 +213,7 @@ pub(crate) fn module_snapshots(env: &Environment) -> Vec<ModuleSnapshot> {
     env.list()
         .into_iter()
         .map(|m| ModuleSnapshot {
+            environment: env.name().to_owned(),
             version: m.active.version.to_string(),
             calls: m.counters.calls,
             ok: m.counters.ok,
@@ -402,7 +404,7 @@ impl StatsSink {
         file: PathBuf,
         interval: std::time::Duration,
         name: String,
-        modules: Option<Arc<Environment>>,
+        envs: Vec<Arc<Environment>>,
     ) -> std::io::Result<Self> {
         let (jobs, rx) = std::sync::mpsc::sync_channel::<RouterSnapshot>(1);
         let started = std::time::Instant::now();
@@ -421,10 +423,7 @@ impl StatsSink {
                     snap.uptime_ms =
                         u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                     snap.rss_kib = rss_kib();
-                    snap.modules = modules
-                        .as_ref()
-                        .map(|env| module_snapshots(env))
-                        .unwrap_or_default();
+                    snap.modules = envs.iter().flat_map(|env| module_snapshots(env)).collect();
                     write_snapshot(&file, &snap);
                 }
             })?;
