@@ -29,6 +29,7 @@
 //! makes no syscall beyond the batched I/O itself.
 
 pub mod dataplane;
+pub mod egress;
 pub mod fastpath;
 pub mod garp;
 pub mod host;
