@@ -7,10 +7,13 @@
 //! makes two rank calls (leaf, root) and two heap pushes and pops per level.
 //! `native_sfq` is router-core's built-in `Sfq` (the baseline);
 //! `native_module_sfq` is the shipped sfq module's code compiled natively
-//! behind an `FnRank` (the request built as `exec_env::scheduler` builds it);
-//! `wasm_sfq` is the shipped sfq module through `scheduler::ModuleRank` (request
-//! encoded into guest memory, fuel and epoch armed, call, rank validated). The
-//! ratio to report is `wasm_sfq / native_sfq`.
+//! behind an `FnRank` (the request built by `exec_env::scheduler::rank_request`);
+//! `wasm_sfq` is the shipped sfq module loaded into an environment and bound in
+//! the scheduler role, ranking through its `manager::ModuleRankHandle` (active
+//! version looked up, quarantine and CPU admission checked, request encoded
+//! into guest memory, fuel and epoch armed, call, rank validated, CPU charged
+//! and counted). The environment's CPU budget is too large to spend, so no call
+//! is throttled. The ratio to report is `wasm_sfq / native_sfq`.
 //!
 //! Run: `cargo bench -p exec-env --bench rank`.
 
@@ -23,11 +26,12 @@ use std::hint::black_box;
 use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use exec_env::manager::{Environment, EnvironmentConfig};
+use exec_env::manager::{BoundHandle, Environment, EnvironmentConfig, Role};
 use exec_env::manifest::Manifest;
-use exec_env::scheduler::{self, RankConfig};
+use exec_env::scheduler;
 use exec_env::trust::TrustAnchors;
 use exec_env::verified::{SignerInfo, VerifiedModule};
+use resource_mgr::BudgetConfig;
 use router_core::Instant;
 use router_core::sched::{
     ClassConfig, ClassId, FnRank, LinkScheduler, PacketMeta, Rank, SchedConfig, Sfq,
@@ -95,9 +99,21 @@ impl Link {
 }
 
 fn bench_link(c: &mut Criterion) {
-    let env =
-        Environment::new(EnvironmentConfig::operator("bench"), TrustAnchors::empty()).unwrap();
-    let module = scheduler::prepare_verified(&env, &sfq_module(), RankConfig::default()).unwrap();
+    // A budget no bench can spend (10^12 fuel per 10 ms): throttled calls would
+    // fail fast and measure the fallback instead of the module.
+    let config = EnvironmentConfig {
+        budget: BudgetConfig::new(10_000_000, 1_000_000_000_000),
+        ..EnvironmentConfig::operator("bench")
+    };
+    let env = Environment::new(config, TrustAnchors::empty()).unwrap();
+    env.load_verified(sfq_module()).unwrap();
+    let BoundHandle::Rank(rank) = env
+        .bind(sfq::NAME, Role::LINK, Role::Scheduler)
+        .unwrap()
+        .handle
+    else {
+        panic!("sfq bound as a scheduler answered no rank handle");
+    };
 
     let mut group = c.benchmark_group("link/3_classes");
     group.throughput(Throughput::Elements(1));
@@ -111,13 +127,12 @@ fn bench_link(c: &mut Criterion) {
     group.bench_function("native_module_sfq", |b| {
         b.iter(|| black_box(native_module.step()));
     });
-    let rank = module.rank().unwrap();
-    let counters = rank.counters();
     let mut wasm = Link::new(Box::new(rank));
     group.bench_function("wasm_sfq", |b| b.iter(|| black_box(wasm.step())));
     group.finish();
     // A bench that measured fallbacks would be measuring the wrong thing.
-    assert_eq!(counters.snapshot().faults(), 0);
+    let counters = env.module(sfq::NAME).unwrap().counters;
+    assert_eq!((counters.faults(), counters.throttled), (0, 0));
     assert_eq!(wasm.link.counters().rank_faults, 0);
 }
 

@@ -208,7 +208,8 @@ fn bind_gives_the_handle_for_the_role_and_replaces_the_subnets_previous_module()
         [(Role::Policy, "second"), (Role::Cost, "weighted_cost")]
     );
     assert_eq!("cost".parse::<Role>().unwrap(), Role::Cost);
-    assert!("scheduler".parse::<Role>().is_err());
+    assert_eq!("scheduler".parse::<Role>().unwrap(), Role::Scheduler);
+    assert!("shaper".parse::<Role>().is_err());
 
     // Unbind ends one subnet and role; the other role stays.
     let gone = env.unbind(vip, Role::Policy).unwrap();

@@ -1,7 +1,10 @@
-//! Scheduler modules in the VM, plugged into router-core's link scheduler:
-//! differential against the shipped modules' native code, shares by weight,
-//! hot swap with queued packets, and faulty modules failing only their calls.
-//! Every module is a really signed file installed through an environment.
+//! Scheduler modules through an environment, plugged into router-core's link
+//! scheduler: differential against the shipped modules' native code, shares by
+//! weight, hot swap with queued packets (by the link and by the environment),
+//! faulty modules failing only their calls and quarantined by the
+//! environment, and CPU charged to the module's share. Every module is a
+//! really signed file loaded with `Environment::load` and bound in
+//! `Role::Scheduler`.
 
 #![expect(
     clippy::unwrap_used,
@@ -14,17 +17,22 @@ use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
 use exec_env::ca::{CertificateAuthority, KeyAlgorithm, SignerRequest, Validity};
-use exec_env::manager::{Environment, EnvironmentConfig, ManagerError, QuarantineConfig};
-use exec_env::manifest::{Manifest, ModuleKind};
-use exec_env::scheduler::{self, ModuleRank, RankConfig, SchedulerError, SchedulerModule};
-use exec_env::trust::TrustAnchors;
-use exec_env::vm::VmError;
-use exec_env::{format, sign};
-use router_core::Instant;
-use router_core::sched::{
-    ClassConfig, ClassId, FnRank, LinkScheduler, PacketMeta, Rank, SchedConfig,
+use exec_env::manager::{
+    BoundHandle, Environment, EnvironmentConfig, ManagerError, ModuleRankHandle, QuarantineConfig,
+    RANK_FUEL_PER_CALL, Role, VersionState,
 };
-use sdk::{RankRequest, harness};
+use exec_env::manifest::{Manifest, ModuleKind};
+use exec_env::scheduler;
+use exec_env::trust::TrustAnchors;
+use exec_env::vm::{VmConfig, VmError};
+use exec_env::{format, sign};
+use resource_mgr::BudgetConfig;
+use router_core::Instant;
+use router_core::classify::VirtualSubnet;
+use router_core::sched::{
+    ClassConfig, ClassId, FnRank, LinkScheduler, PacketMeta, Rank, RankContext, SchedConfig,
+};
+use sdk::harness;
 use slr_policy_wasm::{sfq, strict_priority};
 
 /// xorshift64*: seeded packet sizes and request fields.
@@ -43,20 +51,37 @@ impl Rng {
     }
 }
 
-/// An operator environment trusting `ca`, and `ca`.
-fn operator_env() -> (Environment, CertificateAuthority) {
-    let ca = CertificateAuthority::generate(
+fn new_ca() -> CertificateAuthority {
+    CertificateAuthority::generate(
         "operator CA",
         Validity::days_from(SystemTime::now(), 30).unwrap(),
         KeyAlgorithm::EcdsaP256,
     )
-    .unwrap();
-    let env = Environment::new(
-        EnvironmentConfig::operator("operator"),
+    .unwrap()
+}
+
+/// An operator environment whose CPU budget no test here can spend (10^10
+/// fuel per 10 ms period), so only the tests about CPU see throttling.
+fn roomy(name: &str) -> EnvironmentConfig {
+    EnvironmentConfig {
+        budget: BudgetConfig::new(10_000_000, 10_000_000_000),
+        ..EnvironmentConfig::operator(name)
+    }
+}
+
+/// An environment of `config` trusting `ca`.
+fn env_trusting(ca: &CertificateAuthority, config: EnvironmentConfig) -> Environment {
+    Environment::new(
+        config,
         TrustAnchors::from_pem(ca.cert_pem().as_bytes()).unwrap(),
     )
-    .unwrap();
-    (env, ca)
+    .unwrap()
+}
+
+/// A roomy operator environment trusting a new CA, and the CA.
+fn operator_env() -> (Environment, CertificateAuthority) {
+    let ca = new_ca();
+    (env_trusting(&ca, roomy("operator")), ca)
 }
 
 /// A signed module file: manifest embedded, signed by a signer `ca` issued.
@@ -92,8 +117,19 @@ fn scheduler_manifest(name: &str) -> Manifest {
     }
 }
 
-fn prepare_shipped(env: &Environment, ca: &CertificateAuthority, name: &str) -> SchedulerModule {
-    scheduler::prepare(env, &shipped_signed(ca, name), RankConfig::default()).unwrap()
+/// Module `name` bound as the link's rank function.
+fn rank_handle(env: &Environment, name: &str) -> ModuleRankHandle {
+    let report = env.bind(name, Role::LINK, Role::Scheduler).unwrap();
+    match report.handle {
+        BoundHandle::Rank(h) => h,
+        other => panic!("bound {name} as a scheduler, got {other:?}"),
+    }
+}
+
+/// Loads the shipped module `name` (signed by `ca`) into `env` and binds it.
+fn load_shipped(env: &Environment, ca: &CertificateAuthority, name: &str) -> Box<dyn Rank> {
+    env.load(&shipped_signed(ca, name)).unwrap();
+    Box::new(rank_handle(env, name))
 }
 
 /// A flat link: one leaf per weight (priority = position) under the root.
@@ -110,52 +146,84 @@ fn flat(weights: &[u32], rank: Box<dyn Rank>) -> (LinkScheduler<(usize, u64)>, V
     (link, classes)
 }
 
+/// Class ids of indices `0..n` (the root and `n - 1` leaves), to build rank
+/// contexts by hand.
+fn class_ids(n: usize) -> Vec<ClassId> {
+    let noop = FnRank::new("noop", |_: &PacketMeta, _: &RankContext| 0);
+    let config = SchedConfig::default().with_max_classes(n);
+    let mut link = LinkScheduler::<()>::with_rank(config, Box::new(noop));
+    let mut ids = vec![ClassId::ROOT];
+    for _ in 1..n {
+        ids.push(link.add_class(ClassId::ROOT, ClassConfig::new(1)).unwrap());
+    }
+    assert!(ids.iter().enumerate().all(|(i, c)| c.index() as usize == i));
+    ids
+}
+
 #[test]
 fn wasm_sfq_ranks_every_request_like_the_native_module() {
     let (env, ca) = operator_env();
-    let module = prepare_shipped(&env, &ca, sfq::NAME);
-    let mut wasm = module.rank().unwrap();
+    env.load(&shipped_signed(&ca, sfq::NAME)).unwrap();
+    let mut wasm = rank_handle(&env, sfq::NAME);
     let mut native = sfq::Sfq::EMPTY;
+    let ids = class_ids(100);
     let mut rng = Rng(0x1234_5678_9abc_def1);
     let mut vtime = [0_u64; 80];
     let mut busy = [1_u64; 80];
     for i in 0..4000_u64 {
         // Nodes 0..6 and a few beyond the module's 64-node table.
         let node = match rng.next() % 10 {
-            0 => 64 + (rng.next() % 16) as u32,
-            n => (n % 6) as u32,
+            0 => 64 + (rng.next() % 16) as usize,
+            n => (n % 6) as usize,
         };
         let leaf = rng.next().is_multiple_of(3);
         let child = if leaf {
             node
         } else {
-            (rng.next() % 100) as u32
+            (rng.next() % 100) as usize
         };
-        let slot = node as usize;
         // Virtual time moves forward; now and then a node starts a busy period.
-        vtime[slot] += rng.next() % 50_000;
+        vtime[node] += rng.next() % 50_000;
         if rng.next().is_multiple_of(200) {
-            busy[slot] += 1;
-            vtime[slot] = 0;
+            busy[node] += 1;
+            vtime[node] = 0;
         }
-        let request = RankRequest::leaf(rng.len(), child, rng.next() % 40)
-            .with_node(node, child, 1 + (rng.next() % 100) as u32, 0)
-            .with_state(vtime[slot], busy[slot], (rng.next() % 64) as u32)
-            .with_now(i * 1000)
+        let packet = PacketMeta::new(rng.len(), ids[child])
+            .with_flow(rng.next() % 40)
             .with_dscp((rng.next() % 64) as u8, 17);
+        let at = RankContext {
+            node: ids[node],
+            child: ids[child],
+            weight: 1 + (rng.next() % 100) as u32,
+            priority: 0,
+            vtime: vtime[node],
+            busy_period: busy[node],
+            queued: (rng.next() % 64) as u32,
+            now: Instant::from_nanos(i * 1000),
+        };
+        let request = scheduler::rank_request(&packet, &at);
         let expected = harness::rank(|r| native.rank(r), &request).unwrap();
         assert_eq!(
-            wasm.rank_raw(&request, i * 1000),
+            wasm.rank(&packet, &at),
             Ok(expected),
             "request {i}: {request:?}"
         );
     }
-    let stats = wasm.counters().snapshot();
-    assert_eq!((stats.calls, stats.ok, stats.faults()), (4000, 4000, 0));
-    assert!(stats.fuel > 0);
+    let counters = env.module(sfq::NAME).unwrap().counters;
+    assert_eq!(
+        (
+            counters.calls,
+            counters.ok,
+            counters.faults(),
+            counters.throttled
+        ),
+        (4000, 4000, 0, 0)
+    );
+    assert!(counters.cpu_used > 0);
 }
 
-/// Drives `link` with packets of `classes`, five flows each, and returns the dequeue order as (class position, sequence, rank).
+/// Drives `link` with packets of `classes`, five flows each, and returns the
+/// dequeue order as (class position, sequence, rank).
 fn drive(
     link: &mut LinkScheduler<(usize, u64)>,
     classes: &[ClassId],
@@ -185,9 +253,8 @@ fn drive(
 #[test]
 fn wasm_sfq_in_a_link_scheduler_matches_the_native_module() {
     let (env, ca) = operator_env();
-    let module = prepare_shipped(&env, &ca, sfq::NAME);
     let weights = [20, 30, 50];
-    let (mut wasm_link, classes) = flat(&weights, Box::new(module.rank().unwrap()));
+    let (mut wasm_link, classes) = flat(&weights, load_shipped(&env, &ca, sfq::NAME));
     let mut native = sfq::Sfq::EMPTY;
     let native_rank = FnRank::new("native sfq", move |p: &PacketMeta, at: &_| {
         harness::rank(|r| native.rank(r), &scheduler::rank_request(p, at)).unwrap()
@@ -200,15 +267,15 @@ fn wasm_sfq_in_a_link_scheduler_matches_the_native_module() {
     assert_eq!(wasm_order, native_order);
     assert_eq!(wasm_link.counters().rank_faults, 0);
     assert_eq!(wasm_link.counters().rank_calls, 6000);
+    let counters = env.module(sfq::NAME).unwrap().counters;
+    assert_eq!((counters.calls, counters.ok), (6000, 6000));
 }
 
 #[test]
 fn wasm_sfq_shares_a_backlogged_link_by_weight_within_one_percent() {
     let (env, ca) = operator_env();
-    let rank = prepare_shipped(&env, &ca, sfq::NAME).rank().unwrap();
-    let counters = rank.counters();
     let weights = [20_u32, 30, 50];
-    let (mut link, classes) = flat(&weights, Box::new(rank));
+    let (mut link, classes) = flat(&weights, load_shipped(&env, &ca, sfq::NAME));
     let mut rng = Rng(0x0dd_ba11_cafe_f00d);
     let mut now = Instant::ZERO;
     let mut seq = 0_u64;
@@ -240,19 +307,44 @@ fn wasm_sfq_shares_a_backlogged_link_by_weight_within_one_percent() {
         );
     }
     assert_eq!(link.counters().rank_faults, 0);
-    assert_eq!(counters.snapshot().faults(), 0);
+    let counters = env.module(sfq::NAME).unwrap().counters;
+    assert_eq!((counters.faults(), counters.throttled), (0, 0));
+}
+
+/// How the swap test replaces sfq between two packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Swap {
+    /// No swap: the reference run.
+    None,
+    /// `LinkScheduler::set_rank` with the handle of `strict_priority`.
+    Link,
+    /// `Environment::swap` of an `sfq` 0.2.0 that is strict priority, under
+    /// the link's handle.
+    Environment,
 }
 
 #[test]
 fn swapping_sfq_for_strict_priority_reorders_new_packets_and_loses_none() {
-    let (env, ca) = operator_env();
-    let sfq_module = prepare_shipped(&env, &ca, sfq::NAME);
-    let strict = prepare_shipped(&env, &ca, strict_priority::NAME);
+    let ca = new_ca();
+    let sfq_file = shipped_signed(&ca, sfq::NAME);
+    let strict_file = shipped_signed(&ca, strict_priority::NAME);
+    // strict_priority's code as version 0.2.0 of sfq.
+    let strict = common::shipped(strict_priority::NAME);
+    let sfq_v2 = Manifest {
+        name: sfq::NAME.to_owned(),
+        version: semver::Version::new(0, 2, 0),
+        ..strict.manifest.clone()
+    };
+    let sfq_v2_file = signed(&ca, &sfq_v2, &strict.wasm);
     let weights = [20, 30, 50];
 
-    // Same traffic, with and without the swap.
-    let run = |swap: bool| {
-        let (mut link, classes) = flat(&weights, Box::new(sfq_module.rank().unwrap()));
+    // Same traffic, with and without the swap. A version's instance holds the
+    // module's state, so each run gets an environment of its own.
+    let run = |swap: Swap| {
+        let env = env_trusting(&ca, roomy("operator"));
+        env.load(&sfq_file).unwrap();
+        env.load(&strict_file).unwrap();
+        let (mut link, classes) = flat(&weights, Box::new(rank_handle(&env, sfq::NAME)));
         let mut now = Instant::ZERO;
         let mut seq = 0_u64;
         let mut offered = BTreeSet::new();
@@ -272,11 +364,25 @@ fn swapping_sfq_for_strict_priority_reorders_new_packets_and_loses_none() {
             out.push(link.dequeue(now).unwrap().packet);
         }
         let queued_at_swap = link.len();
-        if swap {
-            let old = strict.install_into(&mut link).unwrap();
-            assert_eq!(old.name(), "sfq@0.1.0");
-            assert_eq!(link.rank_name(), "strict_priority@0.1.0");
-            assert_eq!(link.counters().rank_swaps, 1);
+        match swap {
+            Swap::None => {}
+            Swap::Link => {
+                let old = link.set_rank(Box::new(rank_handle(&env, strict_priority::NAME)));
+                assert_eq!(old.name(), sfq::NAME);
+                assert_eq!(link.rank_name(), strict_priority::NAME);
+                assert_eq!(link.counters().rank_swaps, 1);
+            }
+            Swap::Environment => {
+                let report = env.swap(&sfq_v2_file).unwrap();
+                assert_eq!(report.replaced.version, semver::Version::new(0, 1, 0));
+                assert_eq!(report.active.version, semver::Version::new(0, 2, 0));
+                // The link kept its handle: the environment swapped under it.
+                assert_eq!(link.rank_name(), sfq::NAME);
+                assert_eq!(link.counters().rank_swaps, 0);
+                let info = env.module(sfq::NAME).unwrap();
+                assert_eq!(info.counters.swaps, 1);
+                assert_eq!(info.previous.unwrap().state, VersionState::Standby);
+            }
         }
         // Queued packets survived the swap untouched.
         assert_eq!(link.len(), queued_at_swap);
@@ -289,15 +395,18 @@ fn swapping_sfq_for_strict_priority_reorders_new_packets_and_loses_none() {
             out.push(d.packet);
         }
         assert_eq!(link.counters().rank_faults, 0);
+        for info in env.list() {
+            assert_eq!(info.counters.faults(), 0, "{}", info.name);
+        }
         (offered, out, after_swap)
     };
 
     // Packets offered before the swap have sequence numbers up to 180.
     let before_swap = 180;
-    for swap in [false, true] {
+    for swap in [Swap::None, Swap::Link, Swap::Environment] {
         let (offered, out, _) = run(swap);
         // Count in == out, each packet once.
-        assert_eq!(out.len(), offered.len(), "swap {swap}");
+        assert_eq!(out.len(), offered.len(), "swap {swap:?}");
         assert_eq!(out.iter().copied().collect::<BTreeSet<_>>(), offered);
         // One flow per class: arrival order inside a class among the packets
         // ranked by one function. (sfq ranks leaves by flow tags, strict
@@ -310,14 +419,21 @@ fn swapping_sfq_for_strict_priority_reorders_new_packets_and_loses_none() {
                     .filter(|p| p.0 == c && (p.1 <= before_swap) == old)
                     .map(|p| p.1)
                     .collect();
-                assert!(seqs.windows(2).all(|w| w[0] < w[1]), "class {c} reordered");
+                assert!(
+                    seqs.windows(2).all(|w| w[0] < w[1]),
+                    "swap {swap:?}: class {c} reordered"
+                );
             }
         }
     }
-    let (_, unswapped, at) = run(false);
-    let (_, swapped, at_swap) = run(true);
+    let (_, unswapped, at) = run(Swap::None);
+    let (_, swapped, at_swap) = run(Swap::Link);
+    let (_, env_swapped, at_env_swap) = run(Swap::Environment);
     assert_eq!(at, at_swap);
+    assert_eq!(at, at_env_swap);
     assert_eq!(unswapped[..at], swapped[..at]);
+    // Both ways of swapping give the same order.
+    assert_eq!(swapped, env_swapped);
     // Under SFQ the next 40 packets mix all classes by weight; under strict
     // priority the 40 new priority-0 references are served first: all class 0.
     let classes_of = |order: &[(usize, u64)]| {
@@ -354,41 +470,28 @@ fn faulty_wat(trap: u32, spin: u32, negative: u32) -> Vec<u8> {
     .unwrap()
 }
 
+/// An environment of `config` holding the faulty module `faulty`, bound to a
+/// flat link of four classes (indices 1..=4; 2 traps, 3 loops at the root,
+/// 4 answers -5).
 fn faulty_link(
-    quarantine: QuarantineConfig,
-) -> (
-    LinkScheduler<(usize, u64)>,
-    Vec<ClassId>,
-    std::sync::Arc<scheduler::RankCounters>,
-) {
-    let (env, ca) = operator_env();
-    // Classes get indices 1..=4 under the root (index 0).
-    let wasm = faulty_wat(2, 3, 4);
-    let bytes = signed(&ca, &scheduler_manifest("faulty"), &wasm);
-    let config = RankConfig {
-        quarantine,
-        ..RankConfig::default()
-    };
-    let rank: ModuleRank = scheduler::prepare(&env, &bytes, config)
-        .unwrap()
-        .rank()
-        .unwrap();
-    let counters = rank.counters();
-    let (link, classes) = flat(&[1, 1, 1, 1], Box::new(rank));
+    config: EnvironmentConfig,
+) -> (Environment, LinkScheduler<(usize, u64)>, Vec<ClassId>) {
+    let ca = new_ca();
+    let env = env_trusting(&ca, config);
+    let bytes = signed(&ca, &scheduler_manifest("faulty"), &faulty_wat(2, 3, 4));
+    env.load(&bytes).unwrap();
+    let (link, classes) = flat(&[1, 1, 1, 1], Box::new(rank_handle(&env, "faulty")));
     assert_eq!(
         classes.iter().map(|c| c.index()).collect::<Vec<_>>(),
         [1, 2, 3, 4]
     );
-    (link, classes, counters)
+    (env, link, classes)
 }
 
-#[test]
-fn a_trapping_looping_or_negative_scheduler_fails_only_its_calls() {
-    let never = QuarantineConfig {
-        faults: u32::MAX,
-        ..QuarantineConfig::default()
-    };
-    let (mut link, classes, counters) = faulty_link(never);
+/// Enqueues five packets in each class of the faulty link and checks what
+/// each class's calls did, then that nothing is lost.
+fn five_rounds_fail_only_their_calls(config: EnvironmentConfig) {
+    let (env, mut link, classes) = faulty_link(config);
     let now = Instant::ZERO;
     let mut seq = 0_u64;
     for round in 0..5_u32 {
@@ -398,16 +501,18 @@ fn a_trapping_looping_or_negative_scheduler_fails_only_its_calls() {
             link.enqueue(&meta, (c, seq), now).unwrap();
         }
     }
-    let stats = counters.snapshot();
+    let info = env.module("faulty").unwrap();
+    let counters = info.counters;
     // Per packet: class 1 (index 1) two good calls; index 2 traps twice; index 3
     // ranks its leaf then loops at the root; index 4 returns -5 twice.
-    assert_eq!(stats.calls, 40);
-    assert_eq!(stats.ok, 10 + 5);
-    assert_eq!(stats.traps, 10);
-    assert_eq!(stats.timeouts, 5);
-    assert_eq!(stats.bad_results, 10);
-    assert_eq!(stats.quarantines, 0);
-    assert_eq!(stats.restarts, 25, "one rebuild per fault");
+    assert_eq!(counters.calls, 40);
+    assert_eq!(counters.ok, 10 + 5);
+    assert_eq!(counters.traps, 10);
+    assert_eq!(counters.timeouts, 5);
+    assert_eq!(counters.bad_results, 10);
+    assert_eq!(counters.throttled, 0);
+    assert_eq!(counters.quarantines, 0);
+    assert_eq!(info.active.instance.restarts, 25, "one rebuild per fault");
     assert_eq!(link.counters().rank_faults, 25);
     let mut out = Vec::new();
     while let Some(d) = link.dequeue(now) {
@@ -427,35 +532,72 @@ fn a_trapping_looping_or_negative_scheduler_fails_only_its_calls() {
     }
 }
 
+fn never_quarantined() -> EnvironmentConfig {
+    EnvironmentConfig {
+        quarantine: QuarantineConfig {
+            faults: u32::MAX,
+            ..QuarantineConfig::default()
+        },
+        ..roomy("operator")
+    }
+}
+
+#[test]
+fn a_trapping_looping_or_negative_scheduler_fails_only_its_calls() {
+    // The VM's per-call fuel equal to the rank fuel, so running out of it is
+    // a timeout of the module (see the ignored test below for the default VM).
+    five_rounds_fail_only_their_calls(EnvironmentConfig {
+        vm: VmConfig::default().with_fuel_per_call(Some(RANK_FUEL_PER_CALL)),
+        ..never_quarantined()
+    });
+}
+
+#[test]
+fn a_looping_scheduler_is_a_timeout_under_the_default_vm_config() {
+    five_rounds_fail_only_their_calls(never_quarantined());
+}
+
 #[test]
 fn repeated_faults_quarantine_the_scheduler_module() {
+    // Time is injected (`Vm::advance_clock`), not slept: the backoff is long
+    // enough that a slow machine cannot reach its end during the checks.
     let quarantine = QuarantineConfig {
         faults: 3,
-        window: Duration::from_secs(10),
-        backoff: Duration::from_secs(1),
+        window: Duration::from_secs(60),
+        backoff: Duration::from_secs(10),
         max_backoff: Duration::from_secs(60),
     };
-    let (mut link, classes, counters) = faulty_link(quarantine);
+    let (env, mut link, classes) = faulty_link(EnvironmentConfig {
+        quarantine,
+        ..roomy("operator")
+    });
     let trap_class = classes[1];
-    let mut now = Instant::ZERO;
+    let now = Instant::ZERO;
     // Two packets: four trapping calls, the third quarantines.
     for seq in 0..2 {
         link.enqueue(&PacketMeta::new(100, trap_class), (1, seq), now)
             .unwrap();
     }
-    let stats = counters.snapshot();
-    assert_eq!((stats.traps, stats.quarantines), (3, 1));
-    assert_eq!(stats.quarantined_refusals, 1);
+    let info = env.module("faulty").unwrap();
+    assert_eq!((info.counters.traps, info.counters.quarantines), (3, 1));
+    assert_eq!(info.counters.quarantined_refusals, 1);
+    assert!(matches!(
+        info.active.state,
+        VersionState::Quarantined { remaining } if remaining <= Duration::from_secs(10)
+    ));
     // Quarantined: even a good class is refused without running wasm.
     link.enqueue(&PacketMeta::new(100, classes[0]), (0, 9), now)
         .unwrap();
-    let stats = counters.snapshot();
-    assert_eq!((stats.ok, stats.quarantined_refusals), (0, 3));
+    let counters = env.module("faulty").unwrap().counters;
+    assert_eq!((counters.ok, counters.quarantined_refusals), (0, 3));
     // After the backoff the module serves again.
-    now = now + Duration::from_millis(1001);
+    env.vm().advance_clock(Duration::from_secs(11));
     link.enqueue(&PacketMeta::new(100, classes[0]), (0, 10), now)
         .unwrap();
-    assert_eq!(counters.snapshot().ok, 2);
+    let info = env.module("faulty").unwrap();
+    assert_eq!(info.active.state, VersionState::Serving);
+    assert_eq!(info.counters.ok, 2);
+    assert_eq!(info.counters.quarantines, 1);
     assert_eq!(link.counters().rank_faults, 6);
     let mut n = 0;
     while link.dequeue(now).is_some() {
@@ -467,24 +609,54 @@ fn repeated_faults_quarantine_the_scheduler_module() {
 #[test]
 fn kinds_and_environments_are_kept_apart() {
     let (env, ca) = operator_env();
-    // The policy path (the manager) refuses a scheduler module...
     let sfq_file = shipped_signed(&ca, sfq::NAME);
+    env.load(&sfq_file).unwrap();
+    env.load(&shipped_signed(&ca, "least_load")).unwrap();
+    // The scheduler module is listed with the policies.
+    let names: Vec<String> = env.list().into_iter().map(|m| m.name).collect();
+    assert_eq!(names, ["least_load", sfq::NAME]);
+    let info = env.module(sfq::NAME).unwrap();
+    assert_eq!(info.active.version, semver::Version::new(0, 1, 0));
+    assert_eq!(info.active.state, VersionState::Serving);
+    // A policy module cannot rank, a scheduler module cannot select or cost.
     assert!(matches!(
-        env.install(&sfq_file),
-        Err(ManagerError::Vm(VmError::UnsupportedKind {
-            kind: ModuleKind::Scheduler,
+        env.bind("least_load", Role::LINK, Role::Scheduler),
+        Err(ManagerError::WrongRole {
+            role: Role::Scheduler,
             ..
-        }))
+        })
     ));
-    // ...and the scheduler path a policy module.
-    let policy_file = shipped_signed(&ca, "least_load");
+    let subnet: VirtualSubnet = "10.0.0.0/8".parse().unwrap();
+    // A rank orders the whole link: it binds under Role::LINK only.
+    let err = env.bind(sfq::NAME, subnet, Role::Scheduler).unwrap_err();
+    assert!(matches!(err, ManagerError::LinkOnly { .. }), "{err}");
+    assert!(err.hint().contains("without a subnet"), "{}", err.hint());
+    for role in [Role::Policy, Role::Cost] {
+        assert!(
+            matches!(
+                env.bind(sfq::NAME, subnet, role),
+                Err(ManagerError::WrongRole { role: r, .. }) if r == role
+            ),
+            "{role}"
+        );
+    }
     assert!(matches!(
-        scheduler::prepare(&env, &policy_file, RankConfig::default()),
-        Err(SchedulerError::Vm(VmError::UnsupportedKind {
-            kind: ModuleKind::Policy,
-            ..
-        }))
+        env.policy(sfq::NAME, subnet),
+        Err(ManagerError::WrongRole { .. })
     ));
+    assert_eq!(env.counters().bind_refused, 5);
+    // The scheduler binding is recorded for the whole link.
+    rank_handle(&env, sfq::NAME);
+    let bindings = env.bindings();
+    assert_eq!(bindings.len(), 1);
+    assert_eq!(
+        (
+            bindings[0].subnet,
+            bindings[0].role,
+            bindings[0].module.as_str()
+        ),
+        (Role::LINK, Role::Scheduler, sfq::NAME)
+    );
     // A scheduler without pronto_rank is refused at load.
     let no_rank = wat::parse_str(
         r#"(module (memory (export "memory") 1)
@@ -494,29 +666,100 @@ fn kinds_and_environments_are_kept_apart() {
     .unwrap();
     let file = signed(&ca, &scheduler_manifest("norank"), &no_rank);
     assert!(matches!(
-        scheduler::prepare(&env, &file, RankConfig::default()),
-        Err(SchedulerError::Vm(VmError::MissingExport {
+        env.load(&file),
+        Err(ManagerError::Vm(VmError::MissingExport {
             name: "pronto_rank"
         }))
     ));
     // An untrusted signer is refused before anything is compiled.
-    let (_, stranger) = operator_env();
-    assert!(matches!(
-        scheduler::prepare(
-            &env,
-            &shipped_signed(&stranger, sfq::NAME),
-            RankConfig::default()
-        ),
-        Err(SchedulerError::Verify(_))
-    ));
+    let stranger = new_ca();
+    let file = signed(&stranger, &scheduler_manifest("stranger"), &no_rank);
+    assert!(matches!(env.load(&file), Err(ManagerError::Verify(_))));
+    assert!(env.module("norank").is_none() && env.module("stranger").is_none());
     // Tenant environments take no scheduler modules.
-    let tenant = Environment::new(
-        EnvironmentConfig::tenant("tenant", Vec::new()),
-        TrustAnchors::from_pem(ca.cert_pem().as_bytes()).unwrap(),
-    )
-    .unwrap();
-    assert!(matches!(
-        scheduler::prepare(&tenant, &sfq_file, RankConfig::default()),
-        Err(SchedulerError::TenantEnvironment { .. })
-    ));
+    let tenant = env_trusting(&ca, EnvironmentConfig::tenant("tenant", vec![subnet]));
+    let refused = tenant.load(&sfq_file).unwrap_err();
+    assert!(
+        matches!(&refused, ManagerError::SchedulerInTenant { env } if env == "tenant"),
+        "{refused:?}"
+    );
+    assert!(!refused.hint().is_empty());
+    assert!(tenant.list().is_empty());
+}
+
+/// Enqueues and dequeues `packets` packets of rotating classes and flows;
+/// answers how many came out.
+fn pump(link: &mut LinkScheduler<(usize, u64)>, classes: &[ClassId], packets: u64) -> u64 {
+    let mut rng = Rng(0x5eed_0fc0_ffee_0000);
+    let mut now = Instant::ZERO;
+    for seq in 0..packets {
+        let c = (seq % classes.len() as u64) as usize;
+        let meta = PacketMeta::new(rng.len(), classes[c]).with_flow(seq % 7);
+        link.enqueue(&meta, (c, seq), now).unwrap();
+        now = now + Duration::from_micros(1);
+    }
+    let mut out = 0;
+    while link.dequeue(now).is_some() {
+        out += 1;
+    }
+    out
+}
+
+#[test]
+fn a_scheduler_module_is_charged_to_its_own_cpu_share() {
+    let (env, ca) = operator_env();
+    let (mut link, classes) = flat(&[20, 30, 50], load_shipped(&env, &ca, sfq::NAME));
+    // A second module, loaded but never called.
+    env.load(&shipped_signed(&ca, strict_priority::NAME))
+        .unwrap();
+    assert_eq!(pump(&mut link, &classes, 2000), 2000);
+    let info = env.module(sfq::NAME).unwrap();
+    let calls = link.counters().rank_calls;
+    assert_eq!((info.counters.calls, info.counters.ok), (calls, calls));
+    // Fuel: some per call, never more than a rank call gets.
+    let cpu = info.counters.cpu_used;
+    assert!(
+        cpu >= calls * 10 && cpu <= calls * RANK_FUEL_PER_CALL,
+        "{cpu} fuel for {calls} calls"
+    );
+    // What resource-mgr booked is part of it (the rest is not settled yet).
+    let booked = info.cpu.unwrap();
+    assert!(booked.consumed <= cpu, "{booked:?} vs {cpu}");
+    assert_eq!(booked.throttled, 0);
+    // The idle module was charged nothing.
+    let idle = env.module(strict_priority::NAME).unwrap();
+    assert_eq!((idle.counters.calls, idle.counters.cpu_used), (0, 0));
+}
+
+#[test]
+fn a_scheduler_module_over_its_cpu_share_is_throttled_and_loses_no_packet() {
+    // 20 000 fuel for a period longer than the test: a few dozen sfq calls.
+    const CAPACITY: u64 = 20_000;
+    let ca = new_ca();
+    let env = env_trusting(
+        &ca,
+        EnvironmentConfig {
+            budget: BudgetConfig::new(600_000_000_000, CAPACITY),
+            ..EnvironmentConfig::operator("operator")
+        },
+    );
+    let (mut link, classes) = flat(&[20, 30, 50], load_shipped(&env, &ca, sfq::NAME));
+    assert_eq!(pump(&mut link, &classes, 2000), 2000);
+    let info = env.module(sfq::NAME).unwrap();
+    let c = info.counters;
+    let calls = link.counters().rank_calls;
+    assert_eq!(c.calls, calls);
+    assert!(c.throttled > 0 && c.ok > 0, "{c:?}");
+    // Throttled calls ran no wasm and are no module fault; the link ranked
+    // those packets itself.
+    assert_eq!(c.ok + c.throttled, calls);
+    assert_eq!((c.faults(), c.quarantines), (0, 0));
+    assert_eq!(link.counters().rank_faults, c.throttled);
+    // The share, plus at most one call's overrun.
+    assert!(
+        c.cpu_used <= CAPACITY + RANK_FUEL_PER_CALL,
+        "{} fuel charged",
+        c.cpu_used
+    );
+    assert!(info.cpu.unwrap().throttled > 0);
 }

@@ -210,6 +210,12 @@ pub enum SubnetError {
 }
 
 impl VirtualSubnet {
+    /// Every IPv4 address, `0.0.0.0/0`.
+    pub const ANY_V4: Self = Self {
+        addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        len: 0,
+    };
+
     /// The subnet of `addr` with `len` prefix bits (host bits are cleared).
     pub fn new(addr: IpAddr, len: u8) -> Result<Self, SubnetError> {
         let max = width(addr);

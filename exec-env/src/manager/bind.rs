@@ -8,7 +8,10 @@ use std::sync::Arc;
 use router_core::classify::VirtualSubnet;
 
 use super::report::{BindReport, Binding, VersionSummary};
-use super::{Environment, ManagerError, ModuleCostModel, ModulePolicy, Scope, ScopeError, Slot};
+use super::{
+    Environment, ManagerError, ModuleCostModel, ModulePolicy, ModuleRankHandle, Scope, ScopeError,
+    Slot,
+};
 
 /// What a bound module does for its subnet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -19,16 +22,24 @@ pub enum Role {
     /// The cost F and aggregate G of the next-hop table (`pronto_cost`,
     /// `pronto_aggregate`).
     Cost,
+    /// The rank function of the router's egress link scheduler
+    /// (`pronto_rank`); bound with the subnet [`Role::LINK`], the whole link.
+    Scheduler,
 }
 
 impl Role {
-    /// `policy` or `cost`, as configuration and the CLI spell it.
+    /// `policy`, `cost` or `scheduler`, as configuration and the CLI spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Policy => "policy",
             Self::Cost => "cost",
+            Self::Scheduler => "scheduler",
         }
     }
+
+    /// The subnet a scheduler binding is recorded under: a rank function
+    /// orders the whole link (`0.0.0.0/0`).
+    pub const LINK: VirtualSubnet = VirtualSubnet::ANY_V4;
 }
 
 impl fmt::Display for Role {
@@ -37,9 +48,9 @@ impl fmt::Display for Role {
     }
 }
 
-/// A role name that is neither `policy` nor `cost`.
+/// A role name that is not `policy`, `cost` or `scheduler`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown role {0:?} (expected policy or cost)")]
+#[error("unknown role {0:?} (expected policy, cost or scheduler)")]
 pub struct UnknownRole(pub String);
 
 impl FromStr for Role {
@@ -49,6 +60,7 @@ impl FromStr for Role {
         match s {
             "policy" => Ok(Self::Policy),
             "cost" => Ok(Self::Cost),
+            "scheduler" => Ok(Self::Scheduler),
             _ => Err(UnknownRole(s.to_owned())),
         }
     }
@@ -62,6 +74,8 @@ pub enum BoundHandle {
     Policy(Arc<ModulePolicy>),
     /// For [`Role::Cost`].
     Cost(Arc<ModuleCostModel>),
+    /// For [`Role::Scheduler`]: clone one per link scheduler.
+    Rank(ModuleRankHandle),
 }
 
 impl Environment {
@@ -77,7 +91,12 @@ impl Environment {
         subnet: VirtualSubnet,
         role: Role,
     ) -> Result<BindReport, ManagerError> {
-        let (slot, version) = self.bindable(name, subnet, role).inspect_err(|e| {
+        let checked = if role == Role::Scheduler && subnet != Role::LINK {
+            Err(ManagerError::LinkOnly { subnet })
+        } else {
+            self.bindable(name, subnet, role)
+        };
+        let (slot, version) = checked.inspect_err(|e| {
             super::health::bump(&self.inner.counters.bind_refused);
             tracing::warn!(env = %self.name(), module = %name, %subnet, %role, error = %e,
                 "binding refused");
@@ -90,6 +109,7 @@ impl Environment {
         let handle = match role {
             Role::Policy => BoundHandle::Policy(Arc::new(ModulePolicy::new(env, slot, subnet))),
             Role::Cost => BoundHandle::Cost(Arc::new(ModuleCostModel::new(env, slot, subnet))),
+            Role::Scheduler => BoundHandle::Rank(ModuleRankHandle::new(env, slot)),
         };
         tracing::info!(env = %self.name(), module = %name, %subnet, %role,
             replaced = ?replaced, "module bound");
@@ -114,7 +134,7 @@ impl Environment {
     ) -> Result<Arc<ModulePolicy>, ManagerError> {
         match self.bind(name, subnet, Role::Policy)?.handle {
             BoundHandle::Policy(p) => Ok(p),
-            BoundHandle::Cost(_) => Err(ManagerError::WrongRole {
+            _ => Err(ManagerError::WrongRole {
                 name: name.to_owned(),
                 role: Role::Policy,
             }),
@@ -129,7 +149,7 @@ impl Environment {
     ) -> Result<Arc<ModuleCostModel>, ManagerError> {
         match self.bind(name, subnet, Role::Cost)?.handle {
             BoundHandle::Cost(c) => Ok(c),
-            BoundHandle::Policy(_) => Err(ManagerError::WrongRole {
+            _ => Err(ManagerError::WrongRole {
                 name: name.to_owned(),
                 role: Role::Cost,
             }),
@@ -202,6 +222,7 @@ impl Environment {
         let serves = match role {
             Role::Policy => entry.select,
             Role::Cost => entry.cost && entry.aggregate,
+            Role::Scheduler => entry.rank,
         };
         if !serves {
             return Err(ManagerError::WrongRole {

@@ -74,9 +74,10 @@ pub struct EnvironmentConfig {
     pub max_modules: usize,
     /// CPU weight of each module within the environment.
     pub module_weight: u32,
-    /// CPU weight of the environment among those sharing its [`CpuBudget`].
+    /// CPU weight of the environment among those sharing its
+    /// [`CpuBudget`](super::CpuBudget).
     pub weight: u32,
-    /// Budget for [`Environment::new`], which gives the environment a budget of
+    /// Budget for [`Environment::new`](super::Environment::new), which gives the environment a budget of
     /// its own; units are fuel (wall-clock ns when fuel is off).
     pub budget: BudgetConfig,
 }

@@ -141,6 +141,21 @@ pub enum ManagerError {
         /// Subject of the new version's signer.
         signer: String,
     },
+    /// A scheduler module offered to a tenant environment.
+    #[error(
+        "environment {env} is a tenant environment; scheduler modules rank a whole link and need the operator's"
+    )]
+    SchedulerInTenant {
+        /// The environment.
+        env: String,
+    },
+    /// A scheduler binding under a subnet: a rank function orders the whole
+    /// link ([`Role::LINK`]).
+    #[error("a scheduler module ranks the whole link, not {subnet}")]
+    LinkOnly {
+        /// The subnet asked for.
+        subnet: VirtualSubnet,
+    },
     /// An unbind of a subnet and role no module is bound to.
     #[error("no module is bound to {subnet} in the {role} role")]
     NotBound {
@@ -195,10 +210,14 @@ impl ManagerError {
             }
             Self::NotLoaded { .. } => "use `pronto module load` to install it",
             Self::WrongRole { .. } => {
-                "bind a module that exports pronto_select (policy role) or pronto_cost and pronto_aggregate (cost role)"
+                "bind a module that exports pronto_select (policy role), pronto_cost and pronto_aggregate (cost role) or pronto_rank (scheduler role)"
             }
             Self::OtherSigner { .. } => {
                 "sign the new version with the signer of the active one, or load it under a name of its own"
+            }
+            Self::LinkOnly { .. } => "bind scheduler modules without a subnet (0.0.0.0/0)",
+            Self::SchedulerInTenant { .. } => {
+                "load scheduler modules into the operator environment (no --env)"
             }
             Self::NotBound { .. } => {
                 "`pronto query modules` lists each module's bindings; unbind the exact prefix and role shown there"

@@ -1,5 +1,7 @@
 //! The engine's handles: a policy or cost model bound to a module name and a
-//! subnet, calling whichever version is active, with fallback and quarantine.
+//! subnet, or a link scheduler's rank function bound to a module name, calling
+//! whichever version is active, with fallback, CPU admission and quarantine
+//! (one code path for every kind).
 
 use std::sync::Arc;
 
@@ -7,17 +9,19 @@ use router_core::classify::VirtualSubnet;
 use router_core::policy::{
     Candidate, CostModel, Decision, FlowRequest, Policy, PolicyError, SumCost,
 };
+use router_core::sched::{PacketMeta, Rank, RankContext, RankError};
 
 use super::health::bump;
 use super::{EnvInner, FailurePolicy, Slot, Version};
-use crate::vm::{CallOutcome, Fault, FaultKind, PolicyInstance};
+use crate::vm::{CallOutcome, Fault, FaultKind, PolicyInstance, TimeoutCause};
 
-/// What a handle holds: its environment, its module name's slot, its subnet.
-#[derive(Debug)]
+/// What a handle holds: its environment, its module name's slot, its subnet
+/// (none for a rank function: it orders the whole link).
+#[derive(Debug, Clone)]
 struct Handle {
     env: Arc<EnvInner>,
     slot: Arc<Slot>,
-    subnet: VirtualSubnet,
+    subnet: Option<VirtualSubnet>,
 }
 
 impl Handle {
@@ -37,10 +41,12 @@ impl Handle {
                 reason: format!("quarantined for {} ms more", remaining / 1_000_000),
             });
         }
-        if !version.governs.covers(&self.subnet) {
+        if let Some(subnet) = &self.subnet
+            && !version.governs.covers(subnet)
+        {
             bump(&counters.unavailable);
             return Err(Fault::Unavailable {
-                reason: format!("version does not govern {}", self.subnet),
+                reason: format!("version does not govern {subnet}"),
             });
         }
         let tick = env.tick_ns;
@@ -137,13 +143,17 @@ pub struct ModulePolicy {
 impl ModulePolicy {
     pub(super) fn new(env: Arc<EnvInner>, slot: Arc<Slot>, subnet: VirtualSubnet) -> Self {
         Self {
-            handle: Handle { env, slot, subnet },
+            handle: Handle {
+                env,
+                slot,
+                subnet: Some(subnet),
+            },
         }
     }
 
     /// The subnet this handle is bound to.
     pub fn subnet(&self) -> VirtualSubnet {
-        self.handle.subnet
+        self.handle.subnet.unwrap_or(VirtualSubnet::ANY_V4)
     }
 
     /// The active version, if one is installed.
@@ -189,13 +199,17 @@ pub struct ModuleCostModel {
 impl ModuleCostModel {
     pub(super) fn new(env: Arc<EnvInner>, slot: Arc<Slot>, subnet: VirtualSubnet) -> Self {
         Self {
-            handle: Handle { env, slot, subnet },
+            handle: Handle {
+                env,
+                slot,
+                subnet: Some(subnet),
+            },
         }
     }
 
     /// The subnet this handle is bound to.
     pub fn subnet(&self) -> VirtualSubnet {
-        self.handle.subnet
+        self.handle.subnet.unwrap_or(VirtualSubnet::ANY_V4)
     }
 
     /// A failed call's answer: `+inf` under `RefuseNewFlows` ("send nothing
@@ -238,5 +252,80 @@ impl CostModel for ModuleCostModel {
             Ok(value) => Ok(value),
             Err(_) => self.fallback(|| SumCost.aggregate(candidates)),
         }
+    }
+}
+
+/// Fuel of one `pronto_rank` call: the shipped `sfq` takes a few hundred, so a
+/// looping module is stopped within about 100 us of CPU.
+pub const RANK_FUEL_PER_CALL: u64 = 100_000;
+
+/// A link scheduler's rank function from module `name`, whichever version is
+/// active at each call: charged to the module's CPU share, quarantined and
+/// counted as every module call is. A version has one instance, which keeps
+/// the module's state (SFQ's finish tags, indexed by class): bind a scheduler
+/// module to one link scheduler, since clones share that state. A swap or
+/// rollback starts the new version's state afresh; queued packets keep the
+/// ranks they were given. Under [`FailurePolicy::FallBack`] a failing version's
+/// calls are answered by the previous version's instance.
+#[derive(Debug, Clone)]
+pub struct ModuleRankHandle {
+    handle: Handle,
+    /// The module's name ([`Rank::name`]).
+    label: String,
+}
+
+impl ModuleRankHandle {
+    pub(super) fn new(env: Arc<EnvInner>, slot: Arc<Slot>) -> Self {
+        let label = slot.name.clone();
+        Self {
+            handle: Handle {
+                env,
+                slot,
+                subnet: None,
+            },
+            label,
+        }
+    }
+
+    /// The active version, if one is installed.
+    pub fn active_version(&self) -> Option<semver::Version> {
+        self.handle
+            .slot
+            .versions
+            .load()
+            .as_deref()
+            .map(|v| v.active.manifest.version.clone())
+    }
+}
+
+impl Rank for ModuleRankHandle {
+    fn name(&self) -> &str {
+        &self.label
+    }
+
+    fn rank(&mut self, packet: &PacketMeta, at: &RankContext) -> Result<u64, RankError> {
+        let request = crate::scheduler::rank_request(packet, at);
+        let result = self.handle.dispatch(|instance| {
+            let mut outcome = instance.call_rank(&request, Some(RANK_FUEL_PER_CALL));
+            // The cap is this call's own bound, not a CPU share cut short (the
+            // share is admitted before the call): running out of it is the
+            // module looping, a timeout that counts towards quarantine.
+            if matches!(outcome.result, Err(Fault::Budget)) {
+                outcome.result = Err(Fault::Timeout {
+                    cause: TimeoutCause::Fuel,
+                });
+            }
+            outcome
+        });
+        // The link scheduler ranks a failed packet at the class's virtual time
+        // and counts the fault; it is never dropped for it.
+        result.map_err(|fault| match fault {
+            Fault::Trap { message } => RankError::Trap { message },
+            Fault::BadRank { raw } => RankError::BadResult { raw },
+            f if matches!(f.kind(), FaultKind::Timeout | FaultKind::Budget) => RankError::Timeout,
+            f => RankError::Unavailable {
+                reason: f.to_string(),
+            },
+        })
     }
 }

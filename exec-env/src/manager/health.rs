@@ -54,7 +54,8 @@ pub struct ModuleCounters {
     pub unavailable: u64,
     /// Answers given by the previous version after the active one failed.
     pub fallbacks: u64,
-    /// Flows refused under [`FailurePolicy::RefuseNewFlows`].
+    /// Flows refused under
+    /// [`FailurePolicy::RefuseNewFlows`](super::FailurePolicy::RefuseNewFlows).
     pub refused_flows: u64,
     /// Cost-model answers given by the built-in `SumCost`.
     pub builtin_answers: u64,

@@ -1,7 +1,10 @@
 //! The environment manager: one [`Environment`] per trust domain (DESIGN.md §6)
-//! installs, swaps, rolls back, quarantines and removes policy modules, and hands
-//! the engine [`ModulePolicy`] / [`ModuleCostModel`] handles bound to a module
-//! *name*, so hot swaps are invisible to the engine.
+//! installs, swaps, rolls back, quarantines and removes policy, cost and
+//! scheduler modules, and hands the engine [`ModulePolicy`] /
+//! [`ModuleCostModel`] handles and link schedulers [`ModuleRankHandle`]s, each
+//! bound to a module *name*, so hot swaps are invisible to their callers.
+//! Scheduler modules run in operator environments only (a rank orders a whole
+//! link) and go through the same CPU gate, fault counting and quarantine.
 //!
 //! # Life of a module
 //!
@@ -49,7 +52,8 @@
 //! Files: `config` (environment configuration), `error`, `cpu` (CPU budget and
 //! per-module gate), `health` (counters and quarantine), `ops` (load, swap,
 //! rollback, remove), `bind` (bindings), `report` (what each operation did),
-//! `handle` (the engine's policy and cost-model handles).
+//! `handle` (the engine's policy and cost-model handles, the link scheduler's
+//! rank handle).
 
 mod bind;
 mod config;
@@ -80,7 +84,7 @@ pub use bind::{BoundHandle, Role, UnknownRole};
 pub use config::{EnvironmentConfig, FailurePolicy, QuarantineConfig, Scope};
 pub use cpu::CpuBudget;
 pub use error::{ManagerError, ScopeError};
-pub use handle::{ModuleCostModel, ModulePolicy};
+pub use handle::{ModuleCostModel, ModulePolicy, ModuleRankHandle, RANK_FUEL_PER_CALL};
 pub use health::ModuleCounters;
 pub use report::{
     BindReport, Binding, InstallReport, LoadReport, RemoveReport, RollbackReport, SwapReport,

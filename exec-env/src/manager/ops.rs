@@ -15,7 +15,7 @@ use super::{
     CpuGate, Environment, Governs, ManagerError, Prepared, Scope, ScopeError, Slot, Version,
     Versions, parse_subnets, valid_name,
 };
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, ModuleKind};
 use crate::trust;
 use crate::verified::{SignerInfo, VerifiedModule};
 
@@ -122,11 +122,21 @@ impl Environment {
                 name: manifest.name.clone(),
             });
         }
-        let governs = self.check_scope(manifest, &module.signer)?;
-        let instance = self
-            .inner
-            .vm
-            .load(&module, &self.inner.config.capabilities)?;
+        let caps = &self.inner.config.capabilities;
+        let (governs, instance) = if manifest.kind == ModuleKind::Scheduler {
+            // A rank function orders every class of a link, not one tenant's
+            // subnets.
+            if let Scope::Tenant { .. } = &self.inner.config.scope {
+                return Err(ManagerError::SchedulerInTenant {
+                    env: self.name().to_owned(),
+                });
+            }
+            let compiled = self.inner.vm.compile_scheduler(&module, caps)?;
+            (Governs::Any, compiled.instantiate()?)
+        } else {
+            let governs = self.check_scope(manifest, &module.signer)?;
+            (governs, self.inner.vm.load(&module, caps)?)
+        };
         Ok(Prepared {
             env: self.inner.id,
             version: Arc::new(Version {

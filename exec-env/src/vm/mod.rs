@@ -28,7 +28,7 @@
 //! valid answer (index out of range, negative other than reject, a candidate
 //! that is not UP, NaN from F or G, a negative rank) is `OutOfRange`, with
 //! `index == usize::MAX` when the result was not an index at all
-//! (`scheduler::ModuleRank` maps faults to `RankError` instead); fuel cut short
+//! (`manager::ModuleRankHandle` maps faults to `RankError` instead); fuel cut short
 //! by the caller's CPU share, too many candidates or an instance that cannot be
 //! rebuilt are `Unavailable`. After any fault but the last kind the instance is
 //! rebuilt from its `InstancePre`, since a trap may leave guest memory
