@@ -157,10 +157,12 @@ pub(crate) enum RemoteOp {
         common: Remote,
         /// Module name.
         name: String,
-        /// The virtual subnet (ADDR/LEN) it governs.
+        /// The virtual subnet (ADDR/LEN) it governs (not for `--role
+        /// scheduler`: a scheduler ranks the whole link).
         #[arg(long)]
-        subnet: AddrMatch,
-        /// `policy` (places new flows) or `cost` (F and G of the table).
+        subnet: Option<AddrMatch>,
+        /// `policy` (places new flows), `cost` (F and G of the table) or
+        /// `scheduler` (ranks the `[scheduler]` stage's link).
         #[arg(long)]
         role: exec_env::manager::Role,
     },
@@ -168,10 +170,11 @@ pub(crate) enum RemoteOp {
     Unbind {
         #[command(flatten)]
         common: Remote,
-        /// The virtual subnet (ADDR/LEN), as `pronto query modules` shows it.
+        /// The virtual subnet (ADDR/LEN), as `pronto query modules` shows it
+        /// (not for `--role scheduler`).
         #[arg(long)]
-        subnet: AddrMatch,
-        /// `policy` or `cost`.
+        subnet: Option<AddrMatch>,
+        /// `policy`, `cost` or `scheduler` (back to the built-in rank).
         #[arg(long)]
         role: exec_env::manager::Role,
     },
@@ -223,10 +226,10 @@ pub(crate) fn run_remote_module(op: &RemoteOp) -> Result<()> {
             let q = qre::BindingQuery {
                 env: common.env.clone(),
                 module: Some(name.clone()),
-                subnet: *subnet,
+                subnet: binding_subnet(*subnet, *role)?,
                 role: role.to_string(),
             };
-            let what = format!("{name} ({role} {subnet})");
+            let what = format!("{name} ({role} {})", q.subnet);
             let path = format!("/v1/bindings?{}", q.to_query_string());
             (common, "POST", path, Vec::new(), what)
         }
@@ -238,10 +241,10 @@ pub(crate) fn run_remote_module(op: &RemoteOp) -> Result<()> {
             let q = qre::BindingQuery {
                 env: common.env.clone(),
                 module: None,
-                subnet: *subnet,
+                subnet: binding_subnet(*subnet, *role)?,
                 role: role.to_string(),
             };
-            let what = format!("{role} {subnet}");
+            let what = format!("{role} {}", q.subnet);
             let path = format!("/v1/bindings?{}", q.to_query_string());
             (common, "DELETE", path, Vec::new(), what)
         }
@@ -297,6 +300,20 @@ pub(crate) fn run_remote_module(op: &RemoteOp) -> Result<()> {
         println!("  signer {s}\n  digest {d}");
     }
     Ok(())
+}
+
+/// The subnet a binding names: `--subnet`, required but for the scheduler
+/// role, which is recorded under the whole link (`0.0.0.0/0`).
+fn binding_subnet(subnet: Option<AddrMatch>, role: exec_env::manager::Role) -> Result<AddrMatch> {
+    use exec_env::manager::Role;
+    match (subnet, role) {
+        (Some(s), _) => Ok(s),
+        (None, Role::Scheduler) => Ok(AddrMatch {
+            addr: Role::LINK.addr(),
+            prefix_len: Role::LINK.prefix_len(),
+        }),
+        (None, _) => bail!("--subnet ADDR/LEN is required for the {role} role"),
+    }
 }
 
 /// `?env=NAME` for `--env`, or nothing.
@@ -356,7 +373,7 @@ pub(crate) fn run_query(args: &QueryArgs) -> Result<()> {
         }
         QueryCommand::Peers(p) => show::<PeersResponse>(p, "/v1/peers", print_peers),
         QueryCommand::Modules(p) => show::<ModulesResponse>(p, "/v1/modules", print_modules),
-        QueryCommand::Queues(p) => show::<QueuesResponse>(p, "/v1/queues", print_queues),
+        QueryCommand::Queues(p) => queues(p),
         QueryCommand::Counters(p) => show::<CountersResponse>(p, "/v1/counters", print_counters),
         QueryCommand::Metrics { conn } => {
             print!("{}", request(conn, "GET", "/metrics", Vec::new())?);
@@ -372,6 +389,27 @@ fn show<T: serde::de::DeserializeOwned>(p: &Plain, path: &str, print: fn(&T)) ->
     } else {
         print(&decode(&text)?);
     }
+    Ok(())
+}
+
+/// `query queues`: with an egress stage, two answers a second apart, so the
+/// table shows each class's share of the last second.
+fn queues(p: &Plain) -> Result<()> {
+    let first = request(&p.conn, "GET", "/v1/queues", Vec::new())?;
+    if p.json {
+        println!("{first}");
+        return Ok(());
+    }
+    let first: QueuesResponse = decode(&first)?;
+    let (now, previous) = match first.egress.clone() {
+        Some(e) => {
+            std::thread::sleep(Duration::from_secs(1));
+            let now = decode(&request(&p.conn, "GET", "/v1/queues", Vec::new())?)?;
+            (now, Some(e))
+        }
+        None => (first, None),
+    };
+    print_queues(&now, previous.as_ref());
     Ok(())
 }
 

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 
 use qre::metrics::MetricValue;
 use qre::response::{
-    CountersResponse, FlowsResponse, GroupCounts, ModulesResponse, PeersResponse, QueuesResponse,
-    RouterSummary, TableResponse,
+    CountersResponse, EgressRow, FlowsResponse, GroupCounts, ModulesResponse, PeersResponse,
+    QueuesResponse, RouterSummary, TableResponse,
 };
 
 /// Left-aligned columns, two spaces apart.
@@ -287,7 +287,10 @@ pub(crate) fn print_modules(m: &ModulesResponse) {
     }
 }
 
-pub(crate) fn print_queues(q: &QueuesResponse) {
+pub(crate) fn print_queues(q: &QueuesResponse, previous: Option<&EgressRow>) {
+    if let Some(e) = &q.egress {
+        print_egress(e, previous);
+    }
     for t in &q.share_trees {
         println!("{} ({}), {} bit/s", t.link, t.realisation, t.rate_bps);
         let rows: Vec<Vec<String>> = t
@@ -314,6 +317,70 @@ pub(crate) fn print_queues(q: &QueuesResponse) {
         );
     }
     println!("{}", q.note);
+}
+
+/// The egress stage; `previous` (an answer a second earlier) gives the shares
+/// of the last second.
+fn print_egress(e: &EgressRow, previous: Option<&EgressRow>) {
+    println!(
+        "egress stage on {} at {} bit/s: rank {}{}, {} swaps, {} rank faults, {} packets queued",
+        e.link,
+        e.rate_bps,
+        e.rank,
+        e.module
+            .as_ref()
+            .map_or_else(|| " (built-in)".to_owned(), |m| format!(" (module {m})")),
+        e.swaps,
+        e.rank_faults,
+        e.queued_packets
+    );
+    let sent_before = |id: u16| {
+        previous
+            .and_then(|p| p.classes.iter().find(|c| c.id == id))
+            .map_or(0, |c| c.sent_bytes)
+    };
+    let delta: Vec<u64> = e
+        .classes
+        .iter()
+        .map(|c| c.sent_bytes.saturating_sub(sent_before(c.id)))
+        .collect();
+    let total: u64 = delta.iter().sum();
+    let rows: Vec<Vec<String>> = e
+        .classes
+        .iter()
+        .zip(&delta)
+        .map(|(c, d)| {
+            vec![
+                c.id.to_string(),
+                c.weight.to_string(),
+                c.priority.to_string(),
+                if total == 0 {
+                    "-".into()
+                } else {
+                    format!("{:.1}%", *d as f64 * 100.0 / total as f64)
+                },
+                format!("{:.1}", *d as f64 * 8.0 / 1e6),
+                c.sent_packets.to_string(),
+                c.queued.to_string(),
+                c.drops.to_string(),
+                c.sources.join(", "),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "CLASS",
+            "WEIGHT",
+            "PRIO",
+            "SHARE 1s",
+            "Mbit 1s",
+            "SENT PKTS",
+            "QUEUED",
+            "DROPS",
+            "SOURCES",
+        ],
+        &rows,
+    );
 }
 
 pub(crate) fn print_counters(c: &CountersResponse) {

@@ -37,11 +37,13 @@ use tracing::{debug, info, warn};
 
 #[cfg(test)]
 pub(crate) mod check_tests;
+pub(crate) mod egress;
 pub(crate) mod module_state;
 mod modules;
 pub(crate) mod shell;
 mod snapshot;
 
+use egress::Egress;
 pub(crate) use modules::policy_for;
 use modules::{LoadedModules, load_environments};
 
@@ -361,6 +363,9 @@ pub(crate) fn apply_binding(
             node.set_subnet_policy(subnet, None);
         }
         (Role::Cost, None) => node.set_subnet_cost(subnet, None),
+        // The egress stage takes its rank function at start and from the
+        // management API, not from the node.
+        (Role::Scheduler, _) => {}
         (role, handle) => {
             warn!(%subnet, %role, handle = ?handle.map(|_| "other"), "a binding the node cannot apply");
         }
@@ -526,13 +531,14 @@ fn run_router(path: &Path) -> Result<()> {
         .with_node(shell)
         .spawn()
         .context("spawning the dataplane thread")?;
+    let egress = start_egress(&cfg, modules.as_ref())?;
     let mgmt_server = start_management(
         &rt,
         &cfg,
         management_tls,
         &handle,
         &ctl_tx,
-        modules.as_ref(),
+        (modules.as_ref(), egress.as_ref()),
         &hooks,
     )?;
     // The control loop runs on the runtime's worker, beside the session tasks
@@ -552,6 +558,9 @@ fn run_router(path: &Path) -> Result<()> {
     }
     drop(ctl_tx);
     rt.shutdown_timeout(Duration::from_secs(2));
+    // The stage's stop talks netlink and blocks: here, off the runtime, once
+    // the management server (the other holder) is gone.
+    drop(egress);
     match dp_thread.join() {
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(error = %e, "dataplane ended with an error"),
@@ -679,7 +688,7 @@ fn start_management(
     tls: Option<Arc<rustls::ServerConfig>>,
     handle: &DataplaneHandle,
     ctl: &mpsc::Sender<Input>,
-    modules: Option<&LoadedModules>,
+    (modules, egress): (Option<&LoadedModules>, Option<&Arc<Egress>>),
     hooks: &Arc<crate::mgmt::Hooks>,
 ) -> Result<Option<crate::mgmt::MgmtServer>> {
     let (Some(m), Some(tls)) = (&cfg.management, tls) else {
@@ -699,11 +708,30 @@ fn start_management(
                     .collect()
             })
             .unwrap_or_default(),
+        egress: egress.cloned(),
         shaping: cfg.shaping.clone(),
         static_subnets: cfg.static_subnets.iter().map(|(s, _)| *s).collect(),
         hooks: Arc::clone(hooks),
     });
     Ok(Some(crate::mgmt::spawn(rt, m, tls, Arc::new(state))?))
+}
+
+/// The `[scheduler]` egress stage, ranked by the bound scheduler module if
+/// there is one; `None` without the section.
+fn start_egress(
+    cfg: &RouterConfig,
+    modules: Option<&LoadedModules>,
+) -> Result<Option<Arc<Egress>>> {
+    let Some(s) = &cfg.scheduler else {
+        if modules.and_then(LoadedModules::rank_handle).is_some() {
+            warn!(
+                "a scheduler module is bound but there is no [scheduler] section: it ranks nothing"
+            );
+        }
+        return Ok(None);
+    };
+    let module = modules.and_then(LoadedModules::rank_handle);
+    Egress::start(s, module).map(|e| Some(Arc::new(e)))
 }
 
 /// The role a router of `level` registers with.

@@ -162,6 +162,7 @@ impl RouterState for State {
     fn queues(&self) -> Result<QueuesResponse, StateError> {
         Ok(QueuesResponse {
             share_trees: vec![],
+            egress: None,
             note: "none".into(),
         })
     }

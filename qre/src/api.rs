@@ -484,6 +484,7 @@ mod tests {
         fn queues(&self) -> Result<QueuesResponse, StateError> {
             Ok(QueuesResponse {
                 share_trees: vec![],
+                egress: None,
                 note: "none".into(),
             })
         }

@@ -320,8 +320,58 @@ pub struct ShareTreeRow {
 pub struct QueuesResponse {
     /// Configured share trees (empty when none is).
     pub share_trees: Vec<ShareTreeRow>,
+    /// The userspace egress stage (`[scheduler]`), when one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressRow>,
     /// What exists and what does not, in words.
     pub note: String,
+}
+
+/// The userspace egress stage: its link scheduler and classes (counters since
+/// start; two answers a second apart give the shares).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressRow {
+    /// The link it schedules.
+    pub link: String,
+    /// The rate it paces to, bit/s.
+    pub rate_bps: u64,
+    /// The rank function now (`sfq`, or `module@version`).
+    pub rank: String,
+    /// The bound scheduler module, if any (else a built-in ranks).
+    pub module: Option<String>,
+    /// Rank function swaps.
+    pub swaps: u64,
+    /// Rank calls that failed (the packet was ranked at the class's virtual time).
+    pub rank_faults: u64,
+    /// Packets queued now.
+    pub queued_packets: u64,
+    /// Bytes queued now.
+    pub queued_bytes: u64,
+    /// Per class.
+    pub classes: Vec<EgressClassRow>,
+}
+
+/// One class of the egress stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressClassRow {
+    /// The configured id.
+    pub id: u16,
+    /// SFQ weight.
+    pub weight: u32,
+    /// Priority (0 first).
+    pub priority: u8,
+    /// Source prefixes classified into it.
+    pub sources: Vec<String>,
+    /// Packets enqueued.
+    pub enqueued: u64,
+    /// Packets sent.
+    pub sent_packets: u64,
+    /// Bytes sent.
+    pub sent_bytes: u64,
+    /// Packets dropped (tail drop and send errors).
+    pub drops: u64,
+    /// Packets queued now.
+    pub queued: u64,
 }
 
 /// `GET /v1/counters`: every counter, gauge and histogram, as metric families

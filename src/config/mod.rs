@@ -16,6 +16,7 @@ mod host;
 mod management;
 mod modules;
 mod router;
+mod scheduler;
 mod shaping;
 mod shared;
 #[cfg(test)]
@@ -26,6 +27,7 @@ pub(crate) use host::{HostDaemonConfig, HostRecovery, HttpDemo, LoadConfig, load
 pub(crate) use management::Management;
 pub(crate) use modules::{ModulesConfig, TenantConfig};
 pub(crate) use router::{PolicyName, RouterConfig, load_router};
+pub(crate) use scheduler::{BuiltinRank, SchedulerConfig};
 pub(crate) use shaping::Shaping;
 pub(crate) use shared::{
     FastPathChoice, Stats, Upstream, load_anchors, load_identity, read_advert_keys,

@@ -21,6 +21,7 @@ pub(super) struct ModulesFile {
     subnet: Option<String>,
     policy: Option<String>,
     cost: Option<String>,
+    scheduler: Option<String>,
     state_dir: Option<PathBuf>,
 }
 
@@ -46,6 +47,8 @@ pub(crate) struct ModulesConfig {
     pub(crate) policy: Option<String>,
     /// Module computing F and G of the table's subnets within `subnet`.
     pub(crate) cost: Option<String>,
+    /// Scheduler module ranking the `[scheduler]` stage's link.
+    pub(crate) scheduler: Option<String>,
     /// Where the router keeps what operators changed at runtime (modules
     /// loaded or swapped, bindings), so a restart keeps it; default
     /// `<config stem>.state` beside the configuration file.
@@ -79,6 +82,7 @@ impl ModulesConfig {
         };
         let policy = name("modules.policy", &m.policy)?;
         let cost = name("modules.cost", &m.cost)?;
+        let scheduler = name("modules.scheduler", &m.scheduler)?;
         let subnet = m
             .subnet
             .as_deref()
@@ -97,6 +101,7 @@ impl ModulesConfig {
             subnet,
             policy,
             cost,
+            scheduler,
             state_dir: m.state_dir.as_deref().map_or_else(
                 || c.resolve(Path::new(&c.state_dir_name())),
                 |p| c.resolve(p),

@@ -16,6 +16,7 @@ use signaling::{NodeName, PeerConfig, SlrConfig, TableConfig};
 
 use super::management::{Management, ManagementFile};
 use super::modules::{EnvironmentFile, ModulesConfig, ModulesFile, TenantConfig};
+use super::scheduler::{SchedulerConfig, SchedulerFile};
 use super::shaping::{Shaping, ShapingFile};
 use super::shared::{
     FastPathChoice, FastPathName, HandshakesFile, LevelName, SecurityFile, SessionFile, Stats,
@@ -220,6 +221,7 @@ pub(super) struct RouterFile {
     #[serde(default)]
     environment: Vec<EnvironmentFile>,
     shaping: Option<ShapingFile>,
+    scheduler: Option<SchedulerFile>,
     management: Option<ManagementFile>,
     recovery: Option<crate::recovery::RecoveryFile>,
     spare: Option<crate::recovery::SpareFile>,
@@ -269,6 +271,8 @@ pub(crate) struct RouterConfig {
     pub(crate) tenants: Vec<TenantConfig>,
     /// Kernel bandwidth shares on an egress link.
     pub(crate) shaping: Option<Shaping>,
+    /// The userspace egress stage (programmable link scheduler).
+    pub(crate) scheduler: Option<SchedulerConfig>,
     /// The management API (`None`: not served).
     pub(crate) management: Option<Management>,
     /// Failure recovery: advertisement keys, WHOHAS neighbours, spares.
@@ -370,6 +374,22 @@ pub(super) fn router_from_file(path: &Path, f: RouterFile) -> Result<RouterConfi
         .as_ref()
         .map(|m| Management::from_file(&c, m, &tls))
         .transpose()?;
+    let modules = f
+        .modules
+        .as_ref()
+        .map(|m| ModulesConfig::from_file(&c, m))
+        .transpose()?;
+    let scheduler = f
+        .scheduler
+        .as_ref()
+        .map(|s| SchedulerConfig::from_file(&c, s))
+        .transpose()?;
+    if scheduler.is_none() && modules.as_ref().is_some_and(|m| m.scheduler.is_some()) {
+        return Err(c.err(
+            "modules.scheduler",
+            "a scheduler module ranks the [scheduler] egress stage: add that section (link, rate_mbit, classes)",
+        ));
+    }
     Ok(RouterConfig {
         level,
         name,
@@ -389,17 +409,14 @@ pub(super) fn router_from_file(path: &Path, f: RouterFile) -> Result<RouterConfi
             .as_ref()
             .map(|s| Stats::from_file(&c, s))
             .transpose()?,
-        modules: f
-            .modules
-            .as_ref()
-            .map(|m| ModulesConfig::from_file(&c, m))
-            .transpose()?,
+        modules,
         tenants: TenantConfig::from_files(&c, &f.environment)?,
         shaping: f
             .shaping
             .as_ref()
             .map(|s| Shaping::from_file(&c, s))
             .transpose()?,
+        scheduler,
         management,
         recovery,
         spare,

@@ -491,3 +491,48 @@ fn tenant_environments_parse_and_may_not_share_subnets() {
         assert!(e.contains(field) && e.contains(says), "{field}: {e}");
     }
 }
+
+#[test]
+fn the_scheduler_section_names_its_classes_and_a_module_needs_it() {
+    let section = "\n[scheduler]\nlink = \"eth1\"\nrate_mbit = 100\ndefault_class = 1\nrank = \"strict_priority\"\n\n\
+                   [[scheduler.class]]\nid = 1\nweight = 20\nsources = [\"10.77.0.1/32\"]\n\n\
+                   [[scheduler.class]]\nid = 2\nweight = 80\npriority = 1\n";
+    let c = router(&format!("{ROUTER}{section}")).unwrap();
+    let s = c.scheduler.unwrap();
+    assert_eq!((s.link.as_str(), s.rate_bps), ("eth1", 100_000_000));
+    assert_eq!(s.rank, BuiltinRank::StrictPriority);
+    assert_eq!(s.classes.len(), 2);
+    assert_eq!(s.classes[1].priority, 1);
+    assert_eq!(s.classes[0].sources[0].to_string(), "10.77.0.1/32");
+    for (from, to, field) in [
+        (
+            "default_class = 1",
+            "default_class = 9",
+            "scheduler.default_class",
+        ),
+        ("rate_mbit = 100", "rate_mbit = 0", "scheduler.rate_mbit"),
+        ("weight = 80", "weight = 0", "scheduler.class[1].weight"),
+        ("id = 2", "id = 1", "scheduler.class[1].id"),
+        (
+            "10.77.0.1/32",
+            "10.77.0.1/8",
+            "scheduler.class[0].sources[0]",
+        ),
+    ] {
+        let e = err_text(router(&format!(
+            "{ROUTER}{}",
+            section.replacen(from, to, 1)
+        )));
+        assert!(e.contains(field), "{field}: {e}");
+    }
+    // A scheduler module without the stage it would rank.
+    let text = ROUTER.replace(
+        "policy = \"least_load\"",
+        "policy = \"least_load\"\nscheduler = \"sfq\"",
+    );
+    let e = err_text(router(&text));
+    assert!(
+        e.contains("modules.scheduler") && e.contains("[scheduler]"),
+        "{e}"
+    );
+}

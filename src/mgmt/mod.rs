@@ -45,6 +45,7 @@ use router_core::VirtualSubnet;
 use router_core::linux::DataplaneHandle;
 
 use crate::config;
+use crate::router::egress::Egress;
 use crate::router::module_state::ModuleStore;
 
 pub(crate) use authz::admission;
@@ -93,6 +94,8 @@ pub(crate) struct MgmtState {
     /// configured, then the tenants'), each with the directory where module
     /// operations and bindings are kept for a restart.
     pub(crate) envs: Vec<(Arc<Environment>, Arc<ModuleStore>)>,
+    /// The userspace egress stage, when `[scheduler]` is configured.
+    pub(crate) egress: Option<Arc<Egress>>,
     /// `[shaping]` as configured at start.
     pub(crate) shaping: Option<config::Shaping>,
     /// Statically configured subnets.
@@ -125,6 +128,8 @@ pub(crate) struct MgmtParts {
     pub(crate) control: ControlLink,
     /// The environments and their state directories.
     pub(crate) envs: Vec<(Arc<Environment>, Arc<ModuleStore>)>,
+    /// The userspace egress stage, when `[scheduler]` is configured.
+    pub(crate) egress: Option<Arc<Egress>>,
     /// `[shaping]`.
     pub(crate) shaping: Option<config::Shaping>,
     /// Static subnets.
@@ -143,6 +148,7 @@ impl MgmtState {
             dataplane: p.dataplane,
             control: p.control,
             envs: p.envs,
+            egress: p.egress,
             shaping: p.shaping,
             static_subnets: p.static_subnets,
             hooks: p.hooks,

@@ -167,13 +167,17 @@ impl MgmtState {
         Ok(())
     }
 
-    /// The node's binding of `subnet` in `role`, set between two batches.
+    /// The node's binding of `subnet` in `role`, set between two batches; a
+    /// scheduler binding goes to the egress stage instead.
     fn apply(
         &self,
         subnet: VirtualSubnet,
         role: Role,
         handle: Option<BoundHandle>,
     ) -> Result<(), StateError> {
+        if role == Role::Scheduler {
+            return self.apply_rank(handle);
+        }
         let hooks = Arc::clone(&self.hooks);
         let applied = self
             .dataplane
@@ -186,6 +190,36 @@ impl MgmtState {
                 ErrorKind::Internal,
                 "the data path runs no router node",
                 "this is a bug; see the router's log",
+            )
+        })
+    }
+
+    /// The egress stage's rank function: the bound module's, or (`None`) the
+    /// configured built-in. Queued packets keep their ranks.
+    fn apply_rank(&self, handle: Option<BoundHandle>) -> Result<(), StateError> {
+        let Some(egress) = &self.egress else {
+            return Err(StateError::new(
+                ErrorKind::Conflict,
+                "this router runs no egress stage",
+                "add a [scheduler] section (link, rate_mbit, classes) to its configuration and restart it",
+            ));
+        };
+        let result = match handle {
+            Some(BoundHandle::Rank(h)) => egress.use_module(h),
+            Some(_) => {
+                return Err(StateError::new(
+                    ErrorKind::Internal,
+                    "a scheduler binding without a rank handle",
+                    "this is a bug; see the router's log",
+                ));
+            }
+            None => egress.use_builtin(),
+        };
+        result.map_err(|e| {
+            StateError::new(
+                ErrorKind::Unavailable,
+                format!("the egress stage did not take the rank function: {e:#}"),
+                "the stage has stopped; see the router's log",
             )
         })
     }
@@ -238,7 +272,7 @@ fn binding_of(subnet: AddrMatch, role: &str) -> Result<(VirtualSubnet, Role), St
         StateError::new(
             ErrorKind::BadRequest,
             e.to_string(),
-            "this router binds modules in the policy role (pronto_select) and the cost role (pronto_cost, pronto_aggregate)",
+            "this router binds modules in the policy role (pronto_select), the cost role (pronto_cost, pronto_aggregate) and the scheduler role (pronto_rank)",
         )
     })?;
     let subnet = VirtualSubnet::new(subnet.addr, subnet.prefix_len).map_err(|e| {
@@ -336,8 +370,9 @@ fn manager_error(e: &ManagerError) -> StateError {
         ManagerError::Verify(_)
         | ManagerError::Vm(_)
         | ManagerError::Scope(_)
-        | ManagerError::OtherSigner { .. } => ErrorKind::Refused,
-        ManagerError::InvalidName { .. } => ErrorKind::BadRequest,
+        | ManagerError::OtherSigner { .. }
+        | ManagerError::SchedulerInTenant { .. } => ErrorKind::Refused,
+        ManagerError::InvalidName { .. } | ManagerError::LinkOnly { .. } => ErrorKind::BadRequest,
         ManagerError::UnknownModule { .. }
         | ManagerError::NotLoaded { .. }
         | ManagerError::NotBound { .. } => ErrorKind::NotFound,

@@ -8,7 +8,9 @@ use qre::response::{
     PeersResponse, QueuesResponse, RouterSummary, ShareClassRow, ShareTreeRow, SubnetRow,
     TableResponse, VersionRow,
 };
-use qre::{AddrMatch, FlowQuery, MetricFamily, ModuleOp, RouterState, StateError, TableQuery};
+use qre::{
+    AddrMatch, ErrorKind, FlowQuery, MetricFamily, ModuleOp, RouterState, StateError, TableQuery,
+};
 use router_core::VirtualSubnet;
 use router_core::policy::Candidate;
 
@@ -80,7 +82,10 @@ impl MgmtState {
             bound: bound
                 .iter()
                 .filter(|b| b.module == m.name)
-                .map(|b| format!("{} {}", b.role, b.subnet))
+                .map(|b| match b.role {
+                    exec_env::manager::Role::Scheduler => "scheduler (egress link)".to_owned(),
+                    role => format!("{role} {}", b.subnet),
+                })
                 .collect(),
             name: m.name,
             calls: c.calls,
@@ -220,16 +225,34 @@ impl RouterState for MgmtState {
 
     fn queues(&self) -> Result<QueuesResponse, StateError> {
         let trees: Vec<ShareTreeRow> = self.shaping.iter().map(share_tree_row).collect();
-        let note = if trees.is_empty() {
-            "no [shaping] section: no share tree is configured. The Linux data path has no \
-             userspace packet queue (packets go from the TUN or raw sockets through the engine \
-             straight to sendmmsg), so there are no userspace scheduler shares to show."
-        } else {
-            "share tree as configured at start (after a SIGHUP reload see `tc -s class show`); \
-             realised as kernel HTB classes. The Linux data path has no userspace packet queue."
+        let egress = match &self.egress {
+            Some(e) => Some(e.row().map_err(|err| {
+                StateError::new(
+                    ErrorKind::Unavailable,
+                    format!("the egress stage did not answer: {err:#}"),
+                    "the stage has stopped; see the router's log",
+                )
+            })?),
+            None => None,
+        };
+        let note = match (trees.is_empty(), egress.is_some()) {
+            (true, false) => {
+                "no [shaping] and no [scheduler] section: no share tree and no userspace egress \
+                 stage are configured (packets go from the TUN or raw sockets through the engine \
+                 straight to sendmmsg)."
+            }
+            (false, false) => {
+                "share tree as configured at start (after a SIGHUP reload see `tc -s class show`); \
+                 realised as kernel HTB classes. No [scheduler] section: no userspace egress stage."
+            }
+            (_, true) => {
+                "egress: the userspace stage's link scheduler (counters since start; compare two \
+                 answers for the shares). Share trees, if any, are kernel HTB classes."
+            }
         };
         Ok(QueuesResponse {
             share_trees: trees,
+            egress,
             note: note.to_owned(),
         })
     }

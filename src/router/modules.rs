@@ -46,6 +46,14 @@ impl LoadedModules {
     pub(crate) fn bound(&self) -> impl Iterator<Item = &(Binding, BoundHandle)> {
         self.envs.iter().flat_map(|e| e.bound.iter())
     }
+
+    /// The rank function of the bound scheduler module, if one is bound.
+    pub(crate) fn rank_handle(&self) -> Option<exec_env::manager::ModuleRankHandle> {
+        self.bound().find_map(|(_, h)| match h {
+            BoundHandle::Rank(r) => Some(r.clone()),
+            _ => None,
+        })
+    }
 }
 
 /// What one environment is built from.
@@ -189,21 +197,26 @@ fn drop_shared_bindings(envs: &mut [LoadedEnv]) {
     }
 }
 
-/// `[modules] policy` and `cost` on `subnet`; a name that cannot serve is a
-/// start error naming the field.
+/// `[modules] policy` and `cost` on `subnet`, `scheduler` on the egress link;
+/// a name that cannot serve is a start error naming the field.
 fn bind_configured(
     env: &Environment,
     m: &config::ModulesConfig,
 ) -> Result<Vec<(Binding, BoundHandle)>> {
     let mut bound = Vec::new();
-    let Some(subnet) = m.subnet else {
-        return Ok(bound);
-    };
-    for (field, name, role) in [
-        ("policy", &m.policy, Role::Policy),
-        ("cost", &m.cost, Role::Cost),
-    ] {
-        let Some(n) = name else { continue };
+    let link = m
+        .scheduler
+        .as_ref()
+        .map(|n| ("scheduler", n, Role::Scheduler, Role::LINK));
+    let on_subnet = m.subnet.into_iter().flat_map(|subnet| {
+        [
+            ("policy", &m.policy, Role::Policy),
+            ("cost", &m.cost, Role::Cost),
+        ]
+        .into_iter()
+        .filter_map(move |(f, n, r)| n.as_ref().map(|n| (f, n, r, subnet)))
+    });
+    for (field, n, role, subnet) in on_subnet.chain(link) {
         let r = env.bind(n, subnet, role).with_context(|| {
             format!("modules.{field} = {n:?}: no {role} module of that name governs {subnet}")
         })?;
@@ -260,6 +273,7 @@ mod tests {
             subnet: Some("192.200.0.0/16".parse().expect("subnet")),
             policy: Some("least_load".into()),
             cost: None,
+            scheduler: None,
             state_dir: file.with_extension("state"),
         }
     }

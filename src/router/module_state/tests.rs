@@ -45,10 +45,10 @@ fn a_broken_bindings_file_is_an_error_naming_the_entry() -> Result<()> {
     std::fs::create_dir_all(s.dir())?;
     std::fs::write(
         s.dir().join("bindings.toml"),
-        "[[binding]]\nmodule = \"a\"\nsubnet = \"192.200.1.0/24\"\nrole = \"scheduler\"\n",
+        "[[binding]]\nmodule = \"a\"\nsubnet = \"192.200.1.0/24\"\nrole = \"shaper\"\n",
     )?;
     let e = format!("{:#}", s.bindings().expect_err("an unknown role was taken"));
-    assert!(e.contains("binding[0]") && e.contains("scheduler"), "{e}");
+    assert!(e.contains("binding[0]") && e.contains("shaper"), "{e}");
     std::fs::write(s.dir().join("bindings.toml"), "[[binding]]\nmodule = 3\n")?;
     assert!(s.bindings().is_err());
     std::fs::remove_dir_all(dir)?;
