@@ -8,7 +8,7 @@
 //! handshakes by reason.
 //!
 //! This file belongs to the root package (`cargo test -p pronto --test
-//! handshakes`), like tests/ops.rs. Needs root: prints SKIP otherwise, and fails
+//! handshakes`), like tests/ops/main.rs. Needs root: prints SKIP otherwise, and fails
 //! when CI=true.
 #![cfg(target_os = "linux")]
 #![allow(
