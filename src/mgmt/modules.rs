@@ -1,7 +1,10 @@
-//! Module operations over the management API: each calls the operator
-//! [`Environment`]'s operation directly, which decides (load refuses a name
-//! already installed, swap one that is not) and answers a typed report or a
-//! typed refusal with its hint.
+//! Module operations over the management API: each calls the operation of the
+//! environment it names (`?env=`, default the operator's), which decides (load
+//! refuses a name already installed, swap one that is not, bind a module that
+//! cannot serve the subnet and role) and answers a typed report or a typed
+//! refusal with its hint. A bind or unbind is then applied to the node (or, in
+//! the scheduler role, to the egress stage); every change is kept in the
+//! environment's state directory for a restart.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
@@ -99,7 +102,7 @@ impl MgmtState {
                         "{} of {} done in the running router but not kept for a restart: {e:#}",
                         rep.op, rep.name
                     ),
-                    "make [modules] state_dir writable by the router, then repeat the operation",
+                    "make [modules] state_dir writable by the router; until then a restart loses this change",
                 ))
             }
         }

@@ -219,11 +219,21 @@ impl ModuleStore {
             }
             match &active {
                 Some(bytes) => self.reinstall(env, &name, Which::Active, bytes)?,
-                // The configuration's version was active when the router stopped.
-                None => {
-                    env.rollback(&name)
-                        .with_context(|| format!("{}: rolling {name} back", self.dir.display()))?;
-                }
+                // The configuration's version was active when the router
+                // stopped: back to it, unless the configuration no longer
+                // installs one.
+                None => match env.rollback(&name) {
+                    Ok(_) => {}
+                    Err(ManagerError::NoPreviousVersion { .. }) => warn!(
+                        module = %name,
+                        "[modules] files no longer install the version that was active; the kept previous one serves"
+                    ),
+                    Err(e) => {
+                        return Err(e).with_context(|| {
+                            format!("{}: rolling {name} back", self.dir.display())
+                        });
+                    }
+                },
             }
             restored.push(name);
         }

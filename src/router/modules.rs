@@ -252,17 +252,84 @@ mod tests {
     /// A CA in `dir` and the shipped least_load policy signed by its signer.
     fn signed_policy(dir: &Path) -> Result<(ca::CaPaths, PathBuf)> {
         let paths = ca::init_ca(dir, &ca::CaOptions::new("Modules CA", 30))?;
+        let file = dir.join("least_load.signed.wasm");
+        std::fs::write(&file, signed(&paths, "least_load", None)?)?;
+        Ok((paths, file))
+    }
+
+    /// The shipped module `name` (as `version`, if given) signed by the CA's signer.
+    fn signed(paths: &ca::CaPaths, name: &str, version: Option<&str>) -> Result<Vec<u8>> {
         let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("slr-policy-wasm");
-        let wasm = std::fs::read(policies.join("modules/least_load.wasm"))?;
-        let manifest = exec_env::format::parse_manifest(&std::fs::read_to_string(
-            policies.join("manifests/least_load.toml"),
+        let wasm = std::fs::read(policies.join(format!("modules/{name}.wasm")))?;
+        let mut manifest = exec_env::format::parse_manifest(&std::fs::read_to_string(
+            policies.join(format!("manifests/{name}.toml")),
         )?)?;
+        if let Some(v) = version {
+            manifest.version = v.parse()?;
+        }
         let unsigned = exec_env::format::embed_manifest(&wasm, &manifest)?;
         let key = sign::ModuleSigningKey::from_pem_file(&paths.signer_key)?;
         let chain = sign::chain_from_pem_file(&paths.signer_cert)?;
-        let file = dir.join("least_load.signed.wasm");
-        std::fs::write(&file, sign::sign_module(&unsigned, &key, chain)?)?;
-        Ok((paths, file))
+        Ok(sign::sign_module(&unsigned, &key, chain)?)
+    }
+
+    /// What a restart finds: modules loaded and swapped through the API are
+    /// installed over the configuration's, the kept bindings replace the
+    /// configured ones, a rollback to the configuration's version holds, and
+    /// a configuration that no longer installs that version does not stop
+    /// the start.
+    #[test]
+    fn a_restart_installs_what_operators_changed_at_runtime() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("pronto-restore-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let (paths, file) = signed_policy(&dir)?;
+        let cfg = config(&paths, &file, Vec::new());
+        let store = ModuleStore::new(&cfg.state_dir);
+        // At runtime: consistent_hash loaded and bound to a /24, least_load
+        // swapped to 2.0.0.
+        store.loaded("consistent_hash", &signed(&paths, "consistent_hash", None)?)?;
+        store.swapped("least_load", &signed(&paths, "least_load", Some("2.0.0"))?)?;
+        let kept = vec![
+            Binding::new("192.200.0.0/16".parse()?, Role::Policy, "least_load"),
+            Binding::new("192.200.1.0/24".parse()?, Role::Policy, "consistent_hash"),
+        ];
+        store.save_bindings(&kept)?;
+        let loaded = load_modules(&cfg)?;
+        let env = &loaded.envs[0].env;
+        let version = |n: &str| env.module(n).map(|m| m.active.version.to_string());
+        assert_eq!(version("least_load").as_deref(), Some("2.0.0"));
+        assert_eq!(version("consistent_hash").as_deref(), Some("0.1.0"));
+        let bound: Vec<Binding> = loaded.bound().map(|(b, _)| b.clone()).collect();
+        assert_eq!(bound, kept);
+
+        // Rolled back to the configuration's 0.1.0 before the restart.
+        assert!(store.rolled_back("least_load")?);
+        let loaded = load_modules(&cfg)?;
+        let m = loaded.envs[0]
+            .env
+            .module("least_load")
+            .context("least_load")?;
+        assert_eq!(m.active.version.to_string(), "0.1.0");
+        assert_eq!(
+            m.previous.map(|p| p.version.to_string()).as_deref(),
+            Some("2.0.0")
+        );
+
+        // The configuration no longer installs least_load: the kept 2.0.0
+        // serves, and the binding to it holds.
+        let mut bare = cfg.clone();
+        bare.files.clear();
+        bare.policy = None;
+        let loaded = load_modules(&bare)?;
+        let m = loaded.envs[0]
+            .env
+            .module("least_load")
+            .context("least_load")?;
+        assert_eq!(m.active.version.to_string(), "2.0.0");
+        assert_eq!(loaded.bound().count(), 2);
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
     }
 
     fn config(paths: &ca::CaPaths, file: &Path, crls: Vec<PathBuf>) -> config::ModulesConfig {
