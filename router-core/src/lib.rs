@@ -11,7 +11,9 @@
 //! engine, or the router node the daemon builds around it) against the kernel,
 //! and loads the kernel fast path (`linux::fastpath`: eBPF programs built from
 //! `bpf/`, fed from the flow table's journal) that forwards pinned flows
-//! without crossing into userspace.
+//! without crossing into userspace, and the userspace egress stage
+//! (`linux::egress`) that puts the queue manager and the PIFO link scheduler
+//! ([`queue`], [`sched`]) in front of a real link.
 //!
 //! It must never: know a service (service choices arrive through [`policy::Policy`]),
 //! perform I/O or read the clock, allocate or make a syscall per packet on the

@@ -25,6 +25,11 @@
 //! decapsulate tunnels (host) in the kernel; the dataplane keeps the router
 //! program's maps in step with the engine's flow table.
 //!
+//! [`egress`] is the userspace egress stage: what leaves one link is captured
+//! (tc egress redirect to a TUN), queued per class, ranked by the link
+//! scheduler's rank function (built-in or a scheduler module), paced to the
+//! link rate and sent again through marked raw sockets.
+//!
 //! Buffers are allocated once per shell; the pinned-flow path allocates nothing and
 //! makes no syscall beyond the batched I/O itself.
 
