@@ -128,6 +128,15 @@ impl Handle {
         Err(fault)
     }
 
+    /// The active version of the module name, if one is installed.
+    fn active_version(&self) -> Option<semver::Version> {
+        self.slot
+            .versions
+            .load()
+            .as_deref()
+            .map(|v| v.active.manifest.version.clone())
+    }
+
     fn refuses(&self) -> bool {
         self.env.config.failure_policy == FailurePolicy::RefuseNewFlows
     }
@@ -158,12 +167,7 @@ impl ModulePolicy {
 
     /// The active version, if one is installed.
     pub fn active_version(&self) -> Option<semver::Version> {
-        self.handle
-            .slot
-            .versions
-            .load()
-            .as_deref()
-            .map(|v| v.active.manifest.version.clone())
+        self.handle.active_version()
     }
 }
 
@@ -289,12 +293,7 @@ impl ModuleRankHandle {
 
     /// The active version, if one is installed.
     pub fn active_version(&self) -> Option<semver::Version> {
-        self.handle
-            .slot
-            .versions
-            .load()
-            .as_deref()
-            .map(|v| v.active.manifest.version.clone())
+        self.handle.active_version()
     }
 }
 

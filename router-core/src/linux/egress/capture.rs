@@ -9,13 +9,11 @@ use super::filters::{
 };
 use super::{EgressConfig, EgressError};
 use crate::linux::netlink::{Driver, connect};
+use crate::linux::tc::io::{request_ack, request_dump};
 use crate::linux::{Netlink, sysctl};
-use futures::StreamExt;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::tc::{TcAttribute, TcMessage};
-use rtnetlink::packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
-};
+use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 
 /// Most tc objects read from one dump.
 const MAX_DUMP: usize = 4096;
@@ -130,41 +128,17 @@ impl Capture {
 
     /// Sends one request and waits for its acknowledgement.
     fn send(&self, msg: RouteNetlinkMessage, flags: u16) -> Result<(), rtnetlink::Error> {
-        let mut req = NetlinkMessage::from(msg);
-        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-        let mut handle = self.tc.clone();
-        self.rt.block_on(async move {
-            let mut resp = handle.request(req)?;
-            while let Some(m) = resp.next().await {
-                if let NetlinkPayload::Error(e) = m.payload {
-                    return Err(rtnetlink::Error::NetlinkError(e));
-                }
-            }
-            Ok(())
-        })
+        request_ack(&self.rt, &self.tc, msg, flags)
     }
 
+    /// This link's qdiscs or filters that `msg` dumps (at most [`MAX_DUMP`]).
     fn dump(&self, msg: RouteNetlinkMessage, what: &str) -> Result<Vec<TcMessage>, EgressError> {
-        let mut req = NetlinkMessage::from(msg);
-        req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        let mut handle = self.tc.clone();
         let ifindex = self.ifindex;
-        let r = self.rt.block_on(async move {
-            let mut resp = handle.request(req)?;
-            let mut out = Vec::new();
-            while let Some(m) = resp.next().await {
-                match m.payload {
-                    NetlinkPayload::Error(e) => return Err(rtnetlink::Error::NetlinkError(e)),
-                    NetlinkPayload::InnerMessage(
-                        RouteNetlinkMessage::NewQueueDiscipline(t)
-                        | RouteNetlinkMessage::NewTrafficFilter(t),
-                    ) if t.header.index == ifindex && out.len() < MAX_DUMP => out.push(t),
-                    _ => {}
-                }
-            }
-            Ok(out)
-        });
-        r.map_err(|e| self.tc_error("dump", what.to_owned(), e))
+        request_dump(&self.rt, &self.tc, msg, MAX_DUMP, move |t| {
+            t.header.index == ifindex
+        })
+        .map(|(out, _)| out)
+        .map_err(|e| self.tc_error("dump", what.to_owned(), e))
     }
 
     fn filters(&self, parent: u32) -> Result<Vec<TcMessage>, EgressError> {

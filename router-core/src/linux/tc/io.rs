@@ -167,48 +167,13 @@ impl Tc {
     /// Sends one request and waits for its acknowledgement.
     fn send(&self, msg: RouteNetlinkMessage, flags: u16) -> Raw<()> {
         bump(&self.counters.requests);
-        let mut req = NetlinkMessage::from(msg);
-        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-        let mut handle = self.handle.clone();
-        self.rt.block_on(async move {
-            let mut resp = handle.request(req)?;
-            while let Some(m) = resp.next().await {
-                if let NetlinkPayload::Error(e) = m.payload {
-                    return Err(rtnetlink::Error::NetlinkError(e));
-                }
-            }
-            Ok(())
-        })
+        request_ack(&self.rt, &self.handle, msg, flags)
     }
 
     /// Dumps and returns at most [`MAX_DUMP`] tc messages.
     fn dump(&self, msg: RouteNetlinkMessage) -> Raw<Vec<TcMessage>> {
         bump(&self.counters.requests);
-        let mut req = NetlinkMessage::from(msg);
-        req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        let mut handle = self.handle.clone();
-        let (out, truncated) = self.rt.block_on(async move {
-            let mut resp = handle.request(req)?;
-            let mut out = Vec::new();
-            let mut truncated = 0_u64;
-            while let Some(m) = resp.next().await {
-                let tc = match m.payload {
-                    NetlinkPayload::Error(e) => return Err(rtnetlink::Error::NetlinkError(e)),
-                    NetlinkPayload::InnerMessage(
-                        RouteNetlinkMessage::NewQueueDiscipline(t)
-                        | RouteNetlinkMessage::NewTrafficClass(t)
-                        | RouteNetlinkMessage::NewTrafficFilter(t),
-                    ) => t,
-                    _ => continue,
-                };
-                if out.len() < MAX_DUMP {
-                    out.push(tc);
-                } else {
-                    truncated += 1;
-                }
-            }
-            Ok((out, truncated))
-        })?;
+        let (out, truncated) = request_dump(&self.rt, &self.handle, msg, MAX_DUMP, |_| true)?;
         if truncated > 0 {
             self.counters
                 .dump_truncated
@@ -536,6 +501,64 @@ impl Tc {
         }
         Ok(())
     }
+}
+
+/// Sends one tc request on `handle` and waits for its acknowledgement (also
+/// used by the egress stage's capture).
+pub(crate) fn request_ack(
+    rt: &crate::linux::netlink::Driver,
+    handle: &rtnetlink::Handle,
+    msg: RouteNetlinkMessage,
+    flags: u16,
+) -> Raw<()> {
+    let mut req = NetlinkMessage::from(msg);
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+    let mut handle = handle.clone();
+    rt.block_on(async move {
+        let mut resp = handle.request(req)?;
+        while let Some(m) = resp.next().await {
+            if let NetlinkPayload::Error(e) = m.payload {
+                return Err(rtnetlink::Error::NetlinkError(e));
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Dumps the qdiscs, classes or filters `msg` asks for: at most `max` of
+/// those `keep` accepts, and how many more there were.
+pub(crate) fn request_dump(
+    rt: &crate::linux::netlink::Driver,
+    handle: &rtnetlink::Handle,
+    msg: RouteNetlinkMessage,
+    max: usize,
+    keep: impl Fn(&TcMessage) -> bool + Send + 'static,
+) -> Raw<(Vec<TcMessage>, u64)> {
+    let mut req = NetlinkMessage::from(msg);
+    req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let mut handle = handle.clone();
+    rt.block_on(async move {
+        let mut resp = handle.request(req)?;
+        let mut out = Vec::new();
+        let mut truncated = 0_u64;
+        while let Some(m) = resp.next().await {
+            let tc = match m.payload {
+                NetlinkPayload::Error(e) => return Err(rtnetlink::Error::NetlinkError(e)),
+                NetlinkPayload::InnerMessage(
+                    RouteNetlinkMessage::NewQueueDiscipline(t)
+                    | RouteNetlinkMessage::NewTrafficClass(t)
+                    | RouteNetlinkMessage::NewTrafficFilter(t),
+                ) if keep(&t) => t,
+                _ => continue,
+            };
+            if out.len() < max {
+                out.push(tc);
+            } else {
+                truncated += 1;
+            }
+        }
+        Ok((out, truncated))
+    })
 }
 
 /// Realise `config` on the egress of link `ifname`: create or update the HTB

@@ -77,7 +77,7 @@
 mod decode;
 mod encode;
 mod error;
-mod io;
+pub(crate) mod io;
 mod model;
 mod plan;
 #[cfg(test)]
